@@ -1,0 +1,104 @@
+"""Config schemas and value checks, run before any work starts.
+
+Types come from Hydra's structured configs (`TrainerConfig`: `trainer.T=abc` is refused by Hydra with the
+key and the expected type). Value ranges that a type cannot say are checked by `validate`: one rule per
+key, one clear line per broken rule.
+"""
+
+import re
+from dataclasses import dataclass
+from typing import Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A config value out of range; the message names the key, the value and what is allowed."""
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 15
+    batch_size: int = 64
+    T: int = 4
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = False
+    num_workers: int = 0
+    max_steps: Optional[int] = None
+    progress: bool = True
+
+
+ConfigStore.instance().store(group="trainer", name="trainer_schema", node=TrainerConfig)
+
+
+def _positive(v):
+    return v > 0
+
+
+def _at_least_1(v):
+    return v >= 1
+
+
+def _non_negative(v):
+    return v >= 0
+
+
+def _probability(v):
+    return 0 <= v < 1
+
+
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+# key -> (check, what is allowed). A rule applies only where the key exists in the composed config.
+RULES = {
+    "trainer.epochs": (_at_least_1, "an integer >= 1"),
+    "trainer.batch_size": (_at_least_1, "an integer >= 1"),
+    "trainer.T": (_at_least_1, "an integer >= 1 (time steps)"),
+    "trainer.num_workers": (_non_negative, "an integer >= 0"),
+    "trainer.max_steps": (lambda v: v is None or v >= 1, "null or an integer >= 1"),
+    "trainer.device": (lambda v: _DEVICE.fullmatch(str(v)) is not None, "auto, cpu, cuda, cuda:N or mps"),
+    "neuron.tau": (lambda v: v > 1, "> 1 (the Euler step with dt = 1 needs tau > 1)"),
+    "neuron.tau0": (lambda v: v > 1, "> 1 (PLIF's initial tau; 1/tau = sigmoid(w) < 1)"),
+    "neuron.v_threshold": (_positive, "> 0"),
+    "surrogate.alpha": (_positive, "> 0"),
+    "surrogate.width": (_positive, "> 0"),
+    "surrogate.slope": (_positive, "> 0"),
+    "norm.alpha": (_positive, "> 0"),
+    "norm.eps": (_positive, "> 0"),
+    "norm.momentum": (lambda v: v is None or 0 <= v <= 1, "in [0, 1]"),
+    "encoder.threshold": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "model.dropout": (_probability, "in [0, 1)"),
+    "model.hidden": (lambda v: all(isinstance(h, int) and h >= 1 for h in v), "a list of integers >= 1"),
+    "readout.population": (_at_least_1, "an integer >= 1"),
+    "optim.lr": (_positive, "> 0"),
+    "optim.weight_decay": (_non_negative, ">= 0"),
+    "optim.momentum": (_probability, "in [0, 1)"),
+    "sched.T_max": (_at_least_1, "an integer >= 1"),
+    "sched.step_size": (_at_least_1, "an integer >= 1"),
+    "sched.gamma": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "dataset.test_fraction": (lambda v: 0 < v < 1, "in (0, 1)"),
+}
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ConfigError listing every value that breaks a rule."""
+    problems = []
+    for key, (check, allowed) in RULES.items():
+        value = OmegaConf.select(cfg, key, default="<absent>")
+        if isinstance(value, str) and value == "<absent>":
+            continue
+        if hasattr(value, "_content"):  # ListConfig / DictConfig
+            value = OmegaConf.to_object(value)
+        try:
+            ok = check(value)
+        except TypeError:
+            ok = False
+        if not ok:
+            problems.append(f"{key}={value!r} is out of range: must be {allowed}")
+    v_reset, v_th = OmegaConf.select(cfg, "neuron.v_reset"), OmegaConf.select(cfg, "neuron.v_threshold")
+    if v_reset is not None and v_th is not None and not v_reset < v_th:
+        problems.append(f"neuron.v_reset={v_reset} must be below neuron.v_threshold={v_th} (or null for soft reset)")
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))

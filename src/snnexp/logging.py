@@ -1,0 +1,31 @@
+"""What a run writes for TensorBoard: per-epoch scalars and an hparams session, so that
+`tensorboard --logdir outputs` compares runs in the SCALARS and HPARAMS tabs."""
+
+from pathlib import Path
+from typing import Dict
+
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams
+
+
+class RunLogger:
+    def __init__(self, run_dir: Path):
+        self.writer = SummaryWriter(log_dir=str(run_dir))
+
+    def start(self, hparam_dict: Dict) -> None:
+        """Open the run's hparams session. Only the session start info is written (no experiment summary):
+        TensorBoard then builds the HPARAMS table from all runs' sessions, with every scalar tag as a
+        metric, so runs that differ in different keys still line up."""
+        _, session_start, self._session_end = hparams(hparam_dict, {})
+        self.writer.file_writer.add_summary(session_start)
+
+    def scalars(self, values: Dict[str, float], step: int) -> None:
+        for tag, value in values.items():
+            self.writer.add_scalar(tag, value, step)
+        self.writer.flush()
+
+    def close(self, success: bool) -> None:
+        """Mark the hparams session finished (TensorBoard shows a run that died as unfinished)."""
+        if success:
+            self.writer.file_writer.add_summary(self._session_end)
+        self.writer.close()

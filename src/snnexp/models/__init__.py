@@ -1,0 +1,100 @@
+"""Networks: every model is a sequence of layers built from the papers' spec notation (see spec.py).
+
+`SpecNet` builds any spec; `MLP` writes the spec of a fully connected network from its hidden sizes
+(with no hidden layer it is the single-layer tutorial network). The configured neuron and norm come
+in as factories, so one override (`neuron=plif`, `norm=tdbn`) swaps every SN and BN layer.
+"""
+
+import math
+from typing import Callable, Optional, Sequence
+
+from torch import nn
+
+from snnexp.layers import SeqDropout, SeqFlatten, SeqToANN
+from snnexp.models.spec import Layer, SpecError, expand, format_spec, parse_spec
+
+__all__ = ["MLP", "SpecNet", "SpecError", "parse_spec", "format_spec"]
+
+
+class ModelError(ValueError):
+    """A network that cannot be built for this input/output shape."""
+
+
+class SpecNet(nn.Sequential):
+    """A spiking network from a spec string. Input [T, B, *input_shape] -> output spikes [T, B, F]."""
+
+    def __init__(
+        self,
+        spec: str,
+        input_shape: Sequence[int],
+        num_outputs: int,
+        neuron: Callable[[], nn.Module],
+        norm: Callable[[int], nn.Module],
+        dropout: float = 0.5,
+        bias: bool = False,
+    ):
+        self.spec = format_spec(parse_spec(spec))
+        shape = tuple(int(s) for s in input_shape)
+        layers = []
+        for layer in expand(parse_spec(spec)):
+            module, shape = _build(layer, shape, neuron, norm, dropout, bias, self.spec)
+            if isinstance(module, list):
+                layers.extend(module)
+            elif module is not None:
+                layers.append(module)
+        super().__init__(*layers)
+        if len(shape) != 1 or shape[0] != num_outputs:
+            raise ModelError(
+                f"model '{self.spec}' ends with output shape {list(shape)}, but the readout needs "
+                f"{num_outputs} features (classes x readout.population). End the spec with FC{num_outputs}-SN, "
+                f"or with FC<classes*10>-SN-APk10s10 for voting, or change readout."
+            )
+
+
+def _build(layer: Layer, shape, neuron, norm, dropout, bias, spec):
+    """One layer: returns (module or list of modules or None, output shape without T and B)."""
+    kind, a = layer.kind, layer.args
+    if kind == "conv":
+        if len(shape) != 3:
+            raise ModelError(f"'{layer}' in '{spec}' needs a [C, H, W] input, got {list(shape)}")
+        out, k, s, p = a[0], a[1], a[2] or 1, a[3] if a[3] is not None else a[1] // 2
+        h, w = ((n + 2 * p - k) // s + 1 for n in shape[1:])
+        if h < 1 or w < 1:
+            raise ModelError(f"'{layer}' in '{spec}' gets a {shape[1]}x{shape[2]} map: too small")
+        return SeqToANN(nn.Conv2d(shape[0], out, k, s, p, bias=bias)), (out, h, w)
+    if kind == "fc":
+        mods = []
+        if len(shape) != 1:
+            mods.append(SeqFlatten())
+        mods.append(SeqToANN(nn.Linear(math.prod(shape), a[0], bias=bias)))
+        return mods, (a[0],)
+    if kind in ("maxpool", "avgpool"):
+        k, s = a[0], a[1] or a[0]
+        if len(shape) == 3:
+            pool = (nn.MaxPool2d if kind == "maxpool" else nn.AvgPool2d)(k, s)
+            out = (shape[0], (shape[1] - k) // s + 1, (shape[2] - k) // s + 1)
+        else:  # on a feature vector: 1-d pooling over features, e.g. the voting layer APk10s10
+            pool = (nn.MaxPool1d if kind == "maxpool" else nn.AvgPool1d)(k, s)
+            pool = nn.Sequential(nn.Unflatten(1, (1, shape[0])), pool, nn.Flatten(1))
+            out = ((shape[0] - k) // s + 1,)
+        if min(out) < 1:
+            raise ModelError(f"'{layer}' in '{spec}' gets input {list(shape)}: too small to pool")
+        return SeqToANN(pool), out
+    if kind == "norm":
+        return norm(shape[0]), shape
+    if kind == "neuron":
+        return neuron(), shape
+    if kind == "dropout":
+        p = a[0] if a[0] is not None else dropout
+        return (SeqDropout(p) if p > 0 else None), shape
+    raise AssertionError(kind)
+
+
+class MLP(SpecNet):
+    """Fully connected: {FC<h>-BN-SN} for each hidden size, then FC<outputs>-SN.
+    `hidden: []` is the single-layer network of the tutorial (Linear(784, 10) + neuron)."""
+
+    def __init__(self, hidden: Sequence[int], input_shape, num_outputs, neuron, norm, dropout=0.0, bias=False):
+        drop = f"DP{dropout}-" if dropout else ""
+        spec = "".join(f"FC{int(h)}-BN-SN-{drop}" for h in hidden) + f"FC{num_outputs}-SN"
+        super().__init__(spec, input_shape, num_outputs, neuron, norm, dropout, bias)

@@ -1,0 +1,62 @@
+"""Multi-step neuron dynamics as plain functions: the reference definition of each neuron.
+
+Input is time-major [T, B, ...]; every call starts from rest (V = V_reset, or 0 for a soft reset),
+so nothing has to be reset between batches. Equations: snn-reference.md, section 1.
+
+    H[t] = V[t-1] + (X[t] - (V[t-1] - V_reset)) / tau      decay_input = True
+    H[t] = V[t-1] - (V[t-1] - V_reset) / tau + X[t]        decay_input = False
+    H[t] = V[t-1] + X[t]                                   IF (tau_inv = None)
+    S[t] = Heaviside(H[t] - V_th)                          surrogate gradient in backward
+    V[t] = H[t] (1 - S[t]) + V_reset S[t]                  hard reset
+    V[t] = H[t] - V_th S[t]                                soft reset (v_reset = None)
+
+Faster kernels (later) must match these functions; tests compare against them.
+"""
+
+from typing import Callable, Optional, Union
+
+import torch
+
+Tensor = torch.Tensor
+
+
+def lif_multistep(
+    x_seq: Tensor,
+    tau_inv: Union[float, Tensor, None],
+    surrogate: Callable[[Tensor], Tensor],
+    v_threshold: float = 1.0,
+    v_reset: Optional[float] = 0.0,
+    decay_input: bool = True,
+    detach_reset: bool = False,
+    return_v: bool = False,
+):
+    """Run a LIF layer over a whole sequence. `tau_inv` = 1/tau (a tensor for PLIF); None gives IF.
+
+    Returns the spikes [T, B, ...], or (spikes, membrane potential after reset) if `return_v`.
+    """
+    leak_to = 0.0 if v_reset is None else v_reset
+    v = torch.full_like(x_seq[0], leak_to)
+    spikes, v_seq = [], []
+    for x in x_seq:
+        if tau_inv is None:
+            h = v + x
+        elif decay_input:
+            h = v + (x - (v - leak_to)) * tau_inv
+        else:
+            h = v - (v - leak_to) * tau_inv + x
+        s = surrogate(h - v_threshold)
+        s_reset = s.detach() if detach_reset else s
+        if v_reset is None:
+            v = h - v_threshold * s_reset
+        else:
+            v = h * (1.0 - s_reset) + v_reset * s_reset
+        spikes.append(s)
+        if return_v:
+            v_seq.append(v)
+    spikes = torch.stack(spikes)
+    return (spikes, torch.stack(v_seq)) if return_v else spikes
+
+
+def if_multistep(x_seq: Tensor, surrogate, v_threshold=1.0, v_reset=0.0, detach_reset=False, return_v=False):
+    """Integrate-and-fire: no leak."""
+    return lif_multistep(x_seq, None, surrogate, v_threshold, v_reset, True, detach_reset, return_v)

@@ -9,6 +9,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
 from snnexp import __version__
 from snnexp.config import ConfigError, validate
@@ -59,6 +60,9 @@ def _guarded(task):
             return task(cfg)
         except _user_errors() as e:
             _fail(str(e))
+        except MissingMandatoryValue as e:
+            key = getattr(e, "full_key", None) or str(e)
+            _fail(f"missing value for '{key}': give it on the command line, e.g. {key}=...")
         except InstantiationException as e:
             cause = e.__cause__ or e
             _fail(f"cannot build a part of the run from the config: {cause}")

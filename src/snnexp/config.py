@@ -30,7 +30,8 @@ class TrainerConfig:
     progress: bool = True
 
 
-ConfigStore.instance().store(group="trainer", name="trainer_schema", node=TrainerConfig)
+# the schema of conf/trainer/*.yaml (their defaults list starts with `/trainer_schema@_here_`)
+ConfigStore.instance().store(name="trainer_schema", node=TrainerConfig)
 
 
 def _positive(v):

@@ -1,0 +1,27 @@
+# make train: create .venv if missing, install snnexp into it, train on the built-in digits dataset.
+# make test: the same venv, the fast test suite (what CI runs). make test-all: also the slow tests.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.snnexp-installed
+
+.PHONY: install train test test-all clean
+
+install: $(INSTALLED)
+
+$(INSTALLED): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+train: $(INSTALLED)
+	$(VENV)/bin/snnexp train $(ARGS)
+
+test: $(INSTALLED)
+	$(PY) -m pytest -q $(ARGS)
+
+test-all: $(INSTALLED)
+	$(PY) -m pytest -q -m "" $(ARGS)
+
+clean:
+	rm -rf $(VENV) outputs build dist src/*.egg-info

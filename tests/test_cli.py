@@ -1,0 +1,170 @@
+"""The CLI end to end, as a user runs it, in a temporary directory."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import run_snnexp
+
+FAST = ["trainer.epochs=2", "trainer.progress=false"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One short default run on digits (the default dataset), shared by the tests below."""
+    cwd = tmp_path_factory.mktemp("train")
+    run_snnexp("train", *FAST, "hydra.run.dir=run", cwd=cwd)
+    return cwd / "run"
+
+
+def test_help_lists_commands_and_config_groups(tmp_path):
+    out = run_snnexp("--help", cwd=tmp_path).stdout
+    assert "train" in out and "eval" in out
+    out = run_snnexp("train", "--help", cwd=tmp_path).stdout
+    for line in ("neuron: if, lif, plif", "surrogate: atan, fast_sigmoid, rect, sigmoid, triangle",
+                 "norm: bn, none, tdbn", "encoder: direct, latency, poisson", "dataset: cifar10, digits"):
+        assert line in out
+
+
+def test_run_leaves_config_metrics_checkpoints_and_tensorboard(trained):
+    assert (trained / ".hydra" / "config.yaml").is_file()
+    metrics = json.loads((trained / "metrics.json").read_text())
+    for key in ("test_acc", "best_test_acc", "epoch", "train_samples_per_s", "wall_s"):
+        assert key in metrics
+    assert metrics["epoch"] == 2
+    assert metrics["best_test_acc"] >= metrics["test_acc"] > 0.3  # 10 classes: chance is 0.1
+
+    for name in ("last.pt", "best.pt"):
+        state = torch.load(trained / "checkpoints" / name, weights_only=True)
+        for key in ("model", "optimizer", "scheduler", "epoch", "config"):
+            assert key in state
+        assert state["config"]["trainer"]["epochs"] == 2
+
+    events = EventAccumulator(str(trained))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    for tag in ("train/loss", "train/acc", "test/loss", "test/acc", "lr"):
+        assert tag in tags
+        assert len(events.Scalars(tag)) == 2  # one point per epoch
+    assert any(t.startswith("firing_rate/") and t.endswith("_PLIF") for t in tags)
+    assert sum(t.startswith("tau/") for t in tags) == 3  # the default convnet has 3 PLIF layers
+    # the hparams session for the HPARAMS tab
+    hp = events.PluginTagToContent("hparams")
+    assert "_hparams_/session_start_info" in hp
+
+
+def test_eval_reproduces_the_test_accuracy_of_the_checkpoint(trained, tmp_path):
+    metrics = json.loads((trained / "metrics.json").read_text())
+    for name, key in (("best.pt", "best_test_acc"), ("last.pt", "test_acc")):
+        run_snnexp("eval", f"checkpoint={trained / 'checkpoints' / name}", "hydra.run.dir=ev", cwd=tmp_path)
+        evaluated = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+        assert evaluated["test_acc"] == pytest.approx(metrics[key], abs=1e-9)
+
+
+def test_poisson_run_and_eval_agree(tmp_path):
+    """A stochastic encoder is evaluated with its own seeded generator: eval gives the training run's number."""
+    run_snnexp("train", "encoder=poisson", "model=mlp", "trainer.T=8", "trainer.epochs=1", "hydra.run.dir=run",
+               cwd=tmp_path)
+    trained = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    run_snnexp("eval", "checkpoint=run/checkpoints/last.pt", "hydra.run.dir=ev", cwd=tmp_path)
+    evaluated = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert evaluated["test_acc"] == pytest.approx(trained["test_acc"], abs=1e-9)
+
+
+def test_multirun_sweep_leaves_one_named_directory_per_job(tmp_path):
+    run_snnexp("train", "-m", "neuron=lif,plif", "trainer.epochs=1", "trainer.max_steps=3", "hydra.sweep.dir=sweep",
+               cwd=tmp_path)
+    runs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir())
+    # Hydra's override_dirname: every override of the job, so the names differ where the jobs differ
+    assert runs == ["neuron=lif,trainer.epochs=1,trainer.max_steps=3", "neuron=plif,trainer.epochs=1,trainer.max_steps=3"]
+    for run in runs:
+        metrics = json.loads((tmp_path / "sweep" / run / "metrics.json").read_text())
+        assert metrics["step"] == 3
+    lif_cfg = (tmp_path / "sweep" / runs[0] / ".hydra" / "config.yaml").read_text()
+    assert "snnexp.neurons.LIF" in lif_cfg
+
+
+def test_default_run_directory_names_say_what_it_is(tmp_path):
+    run_snnexp("train", "neuron=lif", "trainer.T=2", "trainer.epochs=1", "trainer.max_steps=1", cwd=tmp_path)
+    (run,) = (tmp_path / "outputs" / "digits").iterdir()
+    assert run.name.endswith("_convnet-lif-T2")
+
+
+def test_voting_readout_with_a_population_network(tmp_path):
+    run_snnexp("train", "readout=voting", 'model.spec="{c8k3s1-BN-SN-MPk2s2}*2-FC100-SN"', "trainer.epochs=1",
+               "trainer.max_steps=2", "hydra.run.dir=run", cwd=tmp_path)
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert state["model"][max(k for k in state["model"] if k.endswith(".module.weight"))].shape[0] == 100
+
+
+BAD = [
+    # (arguments, text the message must contain, exit code)
+    (["train", "trainer.T=0"], "trainer.T=0 is out of range: must be an integer >= 1", 2),
+    (["train", "neuron=lif", "neuron.tau=0.5"], "neuron.tau=0.5 is out of range: must be > 1", 2),
+    (["train", "optim.lr=-0.1"], "optim.lr=-0.1 is out of range: must be > 0", 2),
+    (["train", "neuron.v_reset=2.0"], "neuron.v_reset=2.0 must be below neuron.v_threshold=1.0", 2),
+    (["train", "trainer.device=gpu"], "trainer.device='gpu' is out of range", 2),
+    (["train", "neuron=foo"], "Could not find 'neuron/foo'", 1),
+    (["train", "trainer.T=abc"], "Value 'abc' of type 'str' could not be converted to Integer", 1),
+    (["train", "trainer.tt=4"], "Key 'tt' not in 'TrainerConfig'", 1),
+    (["train", "neuron.tauu=3"], "Key 'tauu' is not in struct", 1),
+    (["train", 'model.spec="{c32k-BN-SN}*2-FC10-SN"'], "unknown token 'c32k'", 2),
+    (["train", 'model.spec="c8k3s1-BN-SN"'], "ends with output shape [8, 8, 8], but the readout needs 10 features", 2),
+    (["train", "readout=voting"], "needs 100 features (classes x readout.population)", 2),
+    (["eval"], "missing value for 'checkpoint'", 2),
+    (["eval", "checkpoint=nope.pt"], "checkpoint not found", 2),
+    (["frobnicate"], "unknown command 'frobnicate'", 2),
+]
+
+
+@pytest.mark.parametrize("args,message,code", BAD, ids=[" ".join(b[0]) for b in BAD])
+def test_bad_input_gets_a_clear_error_and_no_traceback(tmp_path, args, message, code):
+    proc = run_snnexp(*args, cwd=tmp_path, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == code, out
+    assert message in out, out
+    assert "Traceback" not in out
+
+
+def test_missing_dataset_says_where_to_put_which_files(tmp_path):
+    proc = run_snnexp("train", "dataset=mnist", f"dataset.data_dir={tmp_path / 'nodata'}", "dataset.download=false",
+                      cwd=tmp_path, check=False)
+    out = proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in out
+    assert f"{tmp_path / 'nodata' / 'MNIST' / 'raw'}/" in out
+    for name, md5 in (("train-images-idx3-ubyte.gz", "f68b3c2dcbeaaa9fbdd348bbdeb94873"),
+                      ("t10k-labels-idx1-ubyte.gz", "ec29112dd5afa0611ce80d1b7f02629c")):
+        assert name in out and md5 in out
+
+
+def test_data_dir_is_relative_to_where_snnexp_started(tmp_path):
+    proc = run_snnexp("train", "dataset=fashion_mnist", "dataset.download=false", cwd=tmp_path, check=False)
+    assert f"{tmp_path / 'data' / 'FashionMNIST' / 'raw'}/" in proc.stderr
+
+
+def test_corrupt_checkpoint_is_refused(tmp_path):
+    (tmp_path / "bad.pt").write_bytes(b"\x80\x04 not a checkpoint")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
+    for name, message in (("bad.pt", "not a valid snnexp checkpoint"), ("foreign.pt", "not a snnexp checkpoint")):
+        proc = run_snnexp("eval", f"checkpoint={name}", cwd=tmp_path, check=False)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_user_config_folder_joins_the_search_path(tmp_path):
+    conf = tmp_path / "my_conf" / "neuron"
+    conf.mkdir(parents=True)
+    (conf / "slow_lif.yaml").write_text("defaults:\n  - lif\n  - _self_\ntau: 10.0\n")
+    run_snnexp("train", "--config-dir", "my_conf", "neuron=slow_lif", "trainer.epochs=1", "trainer.max_steps=1",
+               "hydra.run.dir=run", cwd=tmp_path)
+    assert "tau: 10.0" in (tmp_path / "run" / ".hydra" / "config.yaml").read_text()
+
+
+@pytest.mark.slow
+def test_convnet_learns_real_mnist(tmp_path, shared_data):
+    run_snnexp("train", "dataset=mnist", f"dataset.data_dir={shared_data}", "trainer.epochs=1",
+               "trainer.max_steps=300", "hydra.run.dir=run", cwd=tmp_path)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["test_acc"] > 0.9, metrics  # chance is 0.1

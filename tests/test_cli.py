@@ -168,3 +168,10 @@ def test_convnet_learns_real_mnist(tmp_path, shared_data):
                "trainer.max_steps=300", "hydra.run.dir=run", cwd=tmp_path)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["test_acc"] > 0.9, metrics  # chance is 0.1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_asked_for_without_cuda_is_a_clear_error(tmp_path):
+    proc = run_snnexp("train", "trainer.device=cuda", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "device cuda asked for, but no CUDA device is available: use device=cpu or auto" in proc.stderr

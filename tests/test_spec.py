@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import snnexp.models
-from snnexp.layers import BatchNormThroughTime
+from snnexp.layers import BatchNormThroughTime, SeqDropout
 from snnexp.models import MLP, SpecNet
 from snnexp.models.spec import Layer, Repeat, SpecError, expand, format_spec, parse_spec
 from snnexp.neurons import LIF
@@ -205,4 +205,5 @@ def test_mlp_hidden_layers_spec():
     assert [(l.in_features, l.out_features) for l in linears] == [(784, 100), (100, 50), (50, 10)]
     assert net(torch.rand(2, 3, 784)).shape == (2, 3, 10)
     net = MLP(hidden=[20], input_shape=(784,), num_outputs=10, neuron=NEURON, norm=NORM, dropout=0.25)
-    assert net.spec == "FC20-BN-SN-DP0.25-FC10-SN"
+    assert net.spec == "FC20-BN-SN-DP-FC10-SN"
+    assert [m.p for m in net.modules() if isinstance(m, SeqDropout)] == [0.25]

@@ -66,10 +66,6 @@ def _guarded(task):
         except InstantiationException as e:
             cause = e.__cause__ or e
             _fail(f"cannot build a part of the run from the config: {cause}")
-        except RuntimeError as e:
-            if "device" in str(e) or "CUDA" in str(e):
-                _fail(str(e))
-            raise
 
     wrapper.__name__ = task.__name__
     return wrapper

@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from snnexp.config import ConfigError
 from snnexp.logging import RunLogger
 from snnexp.neurons import PLIF, SpikingNeuron
 
@@ -55,7 +56,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"trainer.device={name} but no CUDA device is available: use trainer.device=cpu or auto")
+        raise ConfigError(f"device {name} asked for, but no CUDA device is available: use device=cpu or auto")
     return torch.device(name)
 
 

@@ -95,6 +95,6 @@ class MLP(SpecNet):
     `hidden: []` is the single-layer network of the tutorial (Linear(784, 10) + neuron)."""
 
     def __init__(self, hidden: Sequence[int], input_shape, num_outputs, neuron, norm, dropout=0.0, bias=False):
-        drop = f"DP{dropout}-" if dropout else ""
+        drop = "DP-" if dropout else ""  # DP without a value takes `dropout`
         spec = "".join(f"FC{int(h)}-BN-SN-{drop}" for h in hidden) + f"FC{num_outputs}-SN"
         super().__init__(spec, input_shape, num_outputs, neuron, norm, dropout, bias)

@@ -1,6 +1,7 @@
 """`snnexp <command> [hydra overrides]`: one Hydra app per command, configs from conf/."""
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -92,7 +93,7 @@ def train(cfg: DictConfig):
     from snnexp.engine import fit
 
     if "data_dir" in cfg.dataset:  # relative to where the user started snnexp; stored absolute
-        cfg.dataset.data_dir = to_absolute_path(cfg.dataset.data_dir)
+        cfg.dataset.data_dir = os.path.normpath(to_absolute_path(cfg.dataset.data_dir))
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     metrics = fit(cfg, run_dir, _hparams(cfg))
     return metrics["best_test_acc"]

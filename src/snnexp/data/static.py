@@ -1,0 +1,105 @@
+"""Static image datasets: scikit-learn's 8x8 digits (ships with the package, no download) and
+torchvision's MNIST, Fashion-MNIST and CIFAR10."""
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Tuple
+
+import torch
+from torch.utils.data import Dataset, TensorDataset
+
+
+class DatasetError(RuntimeError):
+    """Data that cannot be found or read; the message says where to put which files."""
+
+
+@dataclass
+class Splits:
+    train: Dataset
+    test: Dataset
+    input_shape: Tuple[int, ...]
+    num_classes: int
+
+
+def digits(test_fraction: float = 0.2, split_seed: int = 0) -> Splits:
+    """scikit-learn's handwritten digits: 1,797 8x8 grey images (values 0-16), 10 classes. It has no
+    official split: a stratified, seeded split, the same on every machine."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(d.target, dtype=torch.long)
+    idx = torch.arange(len(y)).numpy()
+    tr, te = train_test_split(idx, test_size=test_fraction, random_state=split_seed, stratify=d.target)
+    tr, te = torch.as_tensor(sorted(tr)), torch.as_tensor(sorted(te))
+    return Splits(TensorDataset(x[tr], y[tr]), TensorDataset(x[te], y[te]), (1, 8, 8), 10)
+
+
+def _torchvision(cls, data_dir, download, train_transform=None, test_transform=None):
+    """Build a torchvision dataset for both splits, turning 'not found / download failed' into one
+    message that names the folder and the files to put there."""
+    root = Path(data_dir).expanduser()
+    try:
+        return (
+            cls(str(root), train=True, download=download, transform=train_transform),
+            cls(str(root), train=False, transform=test_transform),
+        )
+    except (RuntimeError, OSError) as e:  # torchvision: "Dataset not found", URLError, failed mirrors
+        raise DatasetError(_missing_message(cls, root, download, e)) from None
+
+
+def _missing_message(cls, root: Path, download: bool, err: Exception) -> str:
+    name = cls.__name__
+    if hasattr(cls, "resources"):  # MNIST, FashionMNIST: four IDX gzip files in <root>/<Name>/raw/
+        folder = root / name / "raw"
+        files = "\n".join(f"    {fname:32s} md5 {md5}" for fname, md5 in cls.resources)
+        source = cls.mirrors[0] if hasattr(cls, "mirrors") else ""
+    else:  # CIFAR10: one archive in <root>/
+        folder = root
+        files = f"    {cls.filename:32s} md5 {cls.tgz_md5}"
+        source = cls.url
+    if isinstance(err, PermissionError) or (isinstance(err, OSError) and not os.access(folder, os.W_OK)):
+        how = f"cannot write to {folder} ({err}); copy the files to a writable folder and set dataset.data_dir"
+    elif download:
+        how = f"it is not there and the download failed ({err})"
+    else:
+        how = "it is not there and dataset.download=false"
+    return (
+        f"{name} not found: {how}.\n"
+        f"Put these files in {folder}/ (from {source}):\n{files}\n"
+        f"or point dataset.data_dir at a folder that already holds {name}/ (e.g. dataset.data_dir=/path/to/data)."
+    )
+
+
+def _as_tensors(tv_dataset) -> TensorDataset:
+    # MNIST-style datasets hold all images as one uint8 tensor: use it directly instead of converting
+    # 60,000 PIL images every epoch, which costs more than a small SNN's training step on 2 cores.
+    x = tv_dataset.data.unsqueeze(1).float().div_(255.0)
+    return TensorDataset(x, torch.as_tensor(tv_dataset.targets, dtype=torch.long))
+
+
+def mnist(data_dir: str = "data", download: bool = True) -> Splits:
+    from torchvision.datasets import MNIST
+
+    train, test = _torchvision(MNIST, data_dir, download)
+    return Splits(_as_tensors(train), _as_tensors(test), (1, 28, 28), 10)
+
+
+def fashion_mnist(data_dir: str = "data", download: bool = True) -> Splits:
+    from torchvision.datasets import FashionMNIST
+
+    train, test = _torchvision(FashionMNIST, data_dir, download)
+    return Splits(_as_tensors(train), _as_tensors(test), (1, 28, 28), 10)
+
+
+def cifar10(data_dir: str = "data", download: bool = True, augment: bool = True) -> Splits:
+    """CIFAR10 with the usual augmentation for training (random 32x32 crop of the 4-pixel padded image,
+    horizontal flip) when `augment`."""
+    from torchvision import transforms as tf
+    from torchvision.datasets import CIFAR10
+
+    train_tf = [tf.RandomCrop(32, padding=4), tf.RandomHorizontalFlip()] if augment else []
+    train, test = _torchvision(CIFAR10, data_dir, download, tf.Compose(train_tf + [tf.ToTensor()]), tf.ToTensor())
+    return Splits(train, test, (3, 32, 32), 10)

@@ -43,11 +43,11 @@ def conf_dir() -> Path:
 
 def _user_errors():
     """Errors that are the user's to fix: reported in one message, no traceback."""
-    from snnexp.data import DatasetError
+    from snnexp.data import CorruptFile, DatasetError
     from snnexp.engine import CheckpointError
     from snnexp.models import ModelError, SpecError
 
-    return (ConfigError, SpecError, ModelError, DatasetError, CheckpointError, FloatingPointError)
+    return (ConfigError, SpecError, ModelError, DatasetError, CorruptFile, CheckpointError, FloatingPointError)
 
 
 def _fail(message: str) -> None:

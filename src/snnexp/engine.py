@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from snnexp.config import ConfigError
+from snnexp.encoders import DirectEncoder
 from snnexp.logging import RunLogger
 from snnexp.neurons import PLIF, SpikingNeuron
 
@@ -69,6 +70,10 @@ def seed_everything(seed: int) -> None:
 def build_run(cfg: DictConfig, device: torch.device) -> Run:
     """Instantiate data, encoder, network, readout and loss from the config."""
     splits = instantiate(cfg.dataset)
+    encoder = instantiate(cfg.encoder)
+    if splits.sequence and not isinstance(encoder, DirectEncoder):
+        raise ConfigError(f"this dataset gives event frames, which are fed as they are: use encoder=direct, "
+                          f"not {type(encoder).__name__}")
     readout = instantiate(cfg.readout)
     surrogate = instantiate(cfg.surrogate)
     model = instantiate(
@@ -78,7 +83,7 @@ def build_run(cfg: DictConfig, device: torch.device) -> Run:
         neuron=instantiate(cfg.neuron, surrogate=surrogate),
         norm=instantiate(cfg.norm),
     )
-    return Run(cfg, splits, instantiate(cfg.encoder), model.to(device), readout, instantiate(cfg.loss), device)
+    return Run(cfg, splits, encoder, model.to(device), readout, instantiate(cfg.loss), device)
 
 
 def make_loader(dataset, cfg: DictConfig, train: bool) -> DataLoader:
@@ -102,8 +107,12 @@ def autocast(run: Run):
 
 
 def forward(run: Run, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """[B, ...] batch -> [B, classes] scores: encode over T steps, run the network, read out."""
-    x_seq = run.encoder(x, run.cfg.trainer.T, generator=generator)
+    """[B, ...] batch -> [B, classes] scores: encode over T steps (event data arrives as frames
+    [B, T, ...]), run the network, read out."""
+    if run.splits.sequence:
+        x_seq = x.transpose(0, 1)
+    else:
+        x_seq = run.encoder(x, run.cfg.trainer.T, generator=generator)
     with autocast(run):
         spikes = run.model(x_seq)
     return run.readout(spikes.float())

@@ -1,5 +1,8 @@
-"""Datasets. Each loader returns a `Splits`: train and test datasets of (x [C, H, W] in [0, 1], label)."""
+"""Datasets. Each loader returns a `Splits`: train and test datasets of (x, label), x an image [C, H, W]
+in [0, 1] (static datasets) or T event frames [T, 2, H, W] (event datasets)."""
 
+from snnexp.data.events import CorruptFile, dvs_cifar10, dvs_gesture, nmnist
 from snnexp.data.static import DatasetError, Splits, cifar10, digits, fashion_mnist, mnist
 
-__all__ = ["DatasetError", "Splits", "cifar10", "digits", "fashion_mnist", "mnist"]
+__all__ = ["CorruptFile", "DatasetError", "Splits", "cifar10", "digits", "dvs_cifar10", "dvs_gesture",
+           "fashion_mnist", "mnist", "nmnist"]

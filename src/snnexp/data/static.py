@@ -18,8 +18,9 @@ class DatasetError(RuntimeError):
 class Splits:
     train: Dataset
     test: Dataset
-    input_shape: Tuple[int, ...]
+    input_shape: Tuple[int, ...]  # of one frame: [C, H, W]
     num_classes: int
+    sequence: bool = False  # samples are already frame sequences [T, C, H, W] (event data), not images
 
 
 def digits(test_fraction: float = 0.2, split_seed: int = 0) -> Splits:

@@ -1,0 +1,150 @@
+"""FrameCache: each split of an event dataset converted to frames once, then read from disk.
+
+A cache is a folder named by a hash of everything that changes the frames (dataset, split, T, split
+method, bin size, sensor size, downsampling, denoising, the list of source files, FORMAT_VERSION), so a
+change of any of them builds a new one and an old one is never served. It holds
+
+    frames.npy   uint16 [N, T, 2, H, W], read through a memory map (near disk/page-cache speed)
+    labels.npy   int64 [N]
+    meta.json    the key, the source files, skipped files
+
+The build writes a temporary folder and renames it into place (atomic: an interrupted build never
+looks complete), under a file lock, so that several multirun jobs starting at once build it once and
+the others wait and read it. Samples are converted in worker processes, with a progress bar.
+"""
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import numpy as np
+from filelock import FileLock
+from tqdm import tqdm
+
+log = logging.getLogger("snnexp")
+
+FORMAT_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    """$SNNEXP_CACHE, else $XDG_CACHE_HOME/snnexp/frames, else ~/.cache/snnexp/frames: outside the data
+    folder, which may be read-only or shared."""
+    if os.environ.get("SNNEXP_CACHE"):
+        return Path(os.environ["SNNEXP_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "snnexp" / "frames"
+
+
+def cache_key_digest(key: dict) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class FrameCache:
+    def __init__(self, root, key: dict):
+        self.key = {**key, "format_version": FORMAT_VERSION}
+        self.dir = Path(root).expanduser() / f"{key['dataset']}-{key['split']}-{cache_key_digest(self.key)}"
+
+    def is_complete(self) -> bool:
+        meta = self.dir / "meta.json"
+        return meta.is_file() and json.loads(meta.read_text()).get("key") == self.key
+
+    def load(self) -> Tuple[np.ndarray, np.ndarray, dict]:
+        meta = json.loads((self.dir / "meta.json").read_text())
+        frames = np.load(self.dir / "frames.npy", mmap_mode="r")
+        return frames, np.load(self.dir / "labels.npy"), meta
+
+    def get_or_build(self, sources: Sequence, labels: Sequence[int], convert: Callable, frame_shape,
+                     workers: Optional[int] = None, on_corrupt: str = "error", desc: str = ""):
+        """Return (frames memmap, labels, meta), building the cache first if needed.
+        `convert(source)` turns one source into frames of `frame_shape` or raises CorruptFile."""
+        if self.is_complete():
+            return self.load()
+        self.dir.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.dir) + ".lock"):
+            if self.is_complete():  # another job built it while we waited
+                return self.load()
+            for stale in self.dir.parent.glob(self.dir.name + ".tmp-*"):  # an interrupted build
+                shutil.rmtree(stale, ignore_errors=True)
+            self._build(sources, labels, convert, frame_shape, workers, on_corrupt, desc)
+        return self.load()
+
+    def _build(self, sources, labels, convert, frame_shape, workers, on_corrupt, desc):
+        from snnexp.data.events import CorruptFile
+
+        tmp = self.dir.parent / f"{self.dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        start = time.perf_counter()
+        n = len(sources)
+        frames = np.lib.format.open_memmap(tmp / "frames.npy", mode="w+", dtype=np.uint16,
+                                           shape=(n, *frame_shape))
+        kept: List[int] = []
+        skipped: List[str] = []
+        workers = workers or os.cpu_count() or 1
+        log.info("building frame cache %s (%d samples, %d workers)", self.dir, n, workers)
+        bar = tqdm(total=n, desc=desc or f"caching {self.dir.name}", disable=None, dynamic_ncols=True)
+        with ProcessPoolExecutor(workers) if workers > 1 else _InProcess() as pool:
+            chunk = max(1, min(64, n // (workers * 8) or 1))
+            for i, result in enumerate(pool.map(_safe(convert), sources, chunksize=chunk)):
+                if isinstance(result, CorruptFile):
+                    if on_corrupt != "skip":
+                        raise result
+                    log.warning("skipping %s", result)
+                    skipped.append(str(result))
+                else:
+                    frames[len(kept)] = result
+                    kept.append(i)
+                bar.update()
+        bar.close()
+        frames.flush()
+        del frames
+        if skipped:  # drop the unused tail of the array
+            _truncate_npy(tmp / "frames.npy", len(kept), frame_shape)
+            log.warning("%d corrupt file(s) skipped (dataset.on_corrupt=skip)", len(skipped))
+        np.save(tmp / "labels.npy", np.asarray(labels, dtype=np.int64)[kept])
+        meta = {"key": self.key, "samples": len(kept), "skipped": skipped,
+                "sources": [str(sources[i]) for i in kept], "build_s": time.perf_counter() - start}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        os.replace(tmp, self.dir)  # atomic: the cache appears complete or not at all
+        log.info("frame cache built in %.1f s: %s", meta["build_s"], self.dir)
+
+
+class _safe:
+    """Return CorruptFile instead of raising it, so one bad file does not kill the worker pool."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, source):
+        from snnexp.data.events import CorruptFile
+
+        try:
+            return self.fn(source)
+        except CorruptFile as e:
+            return e
+
+
+class _InProcess:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def map(self, fn, items, chunksize=1):
+        return map(fn, items)
+
+
+def _truncate_npy(path: Path, n: int, frame_shape) -> None:
+    old = np.load(path, mmap_mode="r")
+    new = np.lib.format.open_memmap(str(path) + ".part", mode="w+", dtype=old.dtype, shape=(n, *frame_shape))
+    new[:] = old[:n]
+    new.flush()
+    del new, old
+    os.replace(str(path) + ".part", path)

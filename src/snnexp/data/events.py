@@ -1,0 +1,483 @@
+"""Event-camera datasets: N-MNIST, CIFAR10-DVS and DVS128 Gesture, read with tonic's readers, turned
+into T frames [2, H, W] per sample (frames.py) and stored once in a FrameCache (cache.py).
+
+Data is taken as the user has it, under `data_dir`:
+- the extracted folders (N-MNIST `NMNIST/{Train,Test}/<digit>/*.bin`, CIFAR10-DVS
+  `CIFAR10DVS/<class>/*.aedat4 or *.aedat`, DVS128 Gesture `DvsGesture/user*.aedat` with their
+  `_labels.csv`), complete or with fewer files than the full set;
+- the official archives placed by hand beside them (extracted on first use);
+- tonic's download, when online and `download: true`.
+Samples are listed in sorted order, the same on every machine.
+"""
+
+import csv
+import functools
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from snnexp.data.cache import FrameCache, default_cache_dir
+from snnexp.data.frames import SPLIT_METHODS, events_to_frames
+from snnexp.data.static import DatasetError, Splits
+
+log = logging.getLogger("snnexp")
+
+Events = Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # x, y, t (us), p
+
+
+class CorruptFile(ValueError):
+    """A file that cannot be read as the format it claims; the message names it."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Readers: one file (or one labelled slice of a file) -> (x, y, t, p)
+
+
+def _check(path, x, y, t, width, height) -> None:
+    if len(x) and (x.max() >= width or y.max() >= height):
+        raise CorruptFile(f"{path}: event at x={int(x.max())}, y={int(y.max())} outside the {width}x{height} sensor")
+    if len(t) > 1 and np.any(np.diff(t.astype(np.int64)) < 0):
+        raise CorruptFile(f"{path}: timestamps go backwards (corrupt file)")
+
+
+def read_nmnist(path) -> Events:
+    """N-MNIST 40-bit events with tonic's reader; a size that is not a multiple of 5 bytes is a
+    truncated file."""
+    from tonic.datasets import NMNIST
+    from tonic.io import read_mnist_file
+
+    size = os.path.getsize(path)
+    if size == 0 or size % 5:
+        raise CorruptFile(f"{path}: {size} bytes is not a whole number of 5-byte N-MNIST events (truncated?)")
+    ev = read_mnist_file(str(path), dtype=NMNIST.dtype)
+    x, y, t, p = ev["x"], ev["y"], ev["t"], ev["p"]
+    _check(path, x, y, t, 34, 34)
+    return x, y, t, p
+
+
+def read_aedat2_dvs128(path) -> Events:
+    """AER-DAT 2.0 (CIFAR10-DVS's original release) with tonic's header and event readers, decoded with
+    the DVS128 address layout of tonic's read_dvs_128 (which cannot be called itself: in tonic 1.7 it
+    unpacks two values from a reader that returns three)."""
+    from tonic.io import get_aer_events_from_file, read_aedat_header_from_file
+
+    try:
+        version, start, _ = read_aedat_header_from_file(str(path))
+    except Exception as e:
+        raise CorruptFile(f"{path}: not an AER-DAT file ({e})") from None
+    if not 2 <= version < 3:
+        raise CorruptFile(f"{path}: AER-DAT version {version}, expected 2.x")
+    if (os.path.getsize(path) - start) % 8:
+        raise CorruptFile(f"{path}: data is not a whole number of 8-byte events (truncated?)")
+    ev = get_aer_events_from_file(str(path), version, start)
+    addr, t = ev["address"], ev["timeStamp"]
+    x, y, p = (addr >> 8) & 0x7F, (addr >> 1) & 0x7F, addr & 0x1
+    _check(path, x, y, t, 128, 128)
+    return x, y, t, p
+
+
+def read_aedat4_events(path) -> Events:
+    """AEDAT4 (CIFAR10-DVS as tonic downloads it) with tonic's read_aedat4 (PyPI package `aedat`)."""
+    from tonic.io import read_aedat4
+
+    try:
+        ev = read_aedat4(str(path))
+    except ImportError:
+        raise DatasetError(f"reading {path} needs the 'aedat' package: pip install aedat") from None
+    except Exception as e:
+        raise CorruptFile(f"{path}: cannot read as AEDAT4 ({e})") from None
+    x, y, t = ev["x"], ev["y"], ev["t"]
+    p = ev[ev.dtype.names[3]]  # 'on' in aedat's dtype
+    _check(path, x, y, t, 128, 128)
+    return x, y, t.astype(np.int64), p.astype(np.int64)
+
+
+@functools.lru_cache(maxsize=2)  # the gestures of one recording are converted one after another
+def read_aedat31_polarity(path) -> Events:
+    """AEDAT 3.1 (DVS128 Gesture): tonic's header reader, then the packets walked here, keeping only
+    polarity packets (type 1): tonic's get_aer_events_from_file reads every packet as polarity events,
+    which the real recordings' special-event packets would corrupt, and cannot see a truncated file."""
+    from tonic.io import read_aedat_header_from_file
+
+    try:
+        version, start, _ = read_aedat_header_from_file(str(path))
+    except Exception as e:
+        raise CorruptFile(f"{path}: not an AEDAT file ({e})") from None
+    if version < 3:
+        raise CorruptFile(f"{path}: AEDAT version {version}, expected 3.x")
+    data = np.fromfile(path, dtype=np.uint8, offset=start)
+    header = np.dtype([("type", "<i2"), ("source", "<i2"), ("size", "<i4"), ("ts_offset", "<i4"),
+                       ("ts_overflow", "<i4"), ("capacity", "<i4"), ("number", "<i4"), ("valid", "<i4")])
+    polarity = np.dtype([("data", "<u4"), ("t", "<i4")])
+    chunks, pos = [], 0
+    while pos < len(data):
+        if pos + 28 > len(data):
+            raise CorruptFile(f"{path}: truncated packet header at byte {start + pos}")
+        h = data[pos:pos + 28].view(header)[0]
+        end = pos + 28 + int(h["capacity"]) * int(h["size"])
+        if h["size"] <= 0 or end > len(data):
+            raise CorruptFile(f"{path}: truncated or corrupt packet at byte {start + pos}")
+        if h["type"] == 1 and h["size"] == 8:
+            ev = data[pos + 28:pos + 28 + int(h["number"]) * 8].view(polarity)
+            chunks.append(ev[(ev["data"] & 1) == 1])  # bit 0: valid mark
+        pos = end
+    ev = np.concatenate(chunks) if chunks else np.zeros(0, polarity)
+    d, t = ev["data"], ev["t"].astype(np.int64)
+    x, y, p = (d >> 17) & 0x1FFF, (d >> 2) & 0x1FFF, (d >> 1) & 0x1
+    _check(path, x, y, t, 128, 128)
+    return x, y, t, p
+
+
+def read_gesture_slice(source) -> Events:
+    """One labelled gesture: the events of recording `path` with start <= t < end."""
+    path, start, end = source
+    x, y, t, p = read_aedat31_polarity(path)
+    keep = (t >= start) & (t < end)
+    return x[keep], y[keep], t[keep], p[keep]
+
+
+def read_tonic_gesture_npy(path) -> Events:
+    """tonic's DVSGesture download: one .npy per gesture, columns x, y, p, t (ms)."""
+    try:
+        ev = np.load(path)
+    except Exception as e:
+        raise CorruptFile(f"{path}: cannot read as .npy ({e})") from None
+    x, y, p = (ev[:, i].astype(np.int64) for i in range(3))
+    t = np.round(ev[:, 3] * 1000).astype(np.int64)
+    _check(path, x, y, t, 128, 128)
+    return x, y, t, p
+
+
+READERS = {".bin": read_nmnist, ".aedat": read_aedat2_dvs128, ".aedat4": read_aedat4_events,
+           ".npy": read_tonic_gesture_npy}
+
+
+class ToFrames:
+    """source -> frames [T, 2, H, W]; a picklable callable for the cache's worker processes."""
+
+    def __init__(self, sensor_size, T, split_by, bin_ms, downsample, denoise_ms):
+        self.sensor_size, self.T, self.split_by = tuple(sensor_size), T, split_by
+        self.bin_ms, self.downsample, self.denoise_ms = bin_ms, downsample, denoise_ms
+
+    def __call__(self, source):
+        if isinstance(source, tuple):
+            x, y, t, p = read_gesture_slice(source)
+        else:
+            x, y, t, p = READERS[Path(source).suffix](source)
+        if self.denoise_ms:
+            from tonic.functional import denoise_numpy
+            from tonic.io import make_structured_array
+
+            ev = denoise_numpy(make_structured_array(x, y, t, p), filter_time=self.denoise_ms * 1000)
+            x, y, t, p = ev["x"], ev["y"], ev["t"], ev["p"]
+        return events_to_frames(x, y, t, p, self.sensor_size, self.T, self.split_by, self.bin_ms, self.downsample)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The torch Dataset over a cache
+
+
+class FrameDataset(Dataset):
+    """(frames float32 [T, 2, H, W], label) from a FrameCache, with optional frame augmentation:
+    a random horizontal flip and a random translation by up to `roll` pixels (wrapping around)."""
+
+    def __init__(self, cache_dir: Path, flip: bool = False, roll: int = 0):
+        self.cache_dir, self.flip, self.roll = Path(cache_dir), flip, int(roll)
+        self.labels = np.load(self.cache_dir / "labels.npy")
+        self._frames = None  # opened lazily, so that DataLoader workers each map the file themselves
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        if self._frames is None:
+            self._frames = np.load(self.cache_dir / "frames.npy", mmap_mode="r")
+        x = torch.from_numpy(self._frames[i].astype(np.float32))
+        if self.flip and torch.rand(()) < 0.5:
+            x = x.flip(-1)
+        if self.roll:
+            dy, dx = torch.randint(-self.roll, self.roll + 1, (2,)).tolist()
+            x = x.roll((dy, dx), dims=(-2, -1))
+        return x, int(self.labels[i])
+
+
+# ---------------------------------------------------------------------------------------------------
+# The three datasets
+
+
+def _build_splits(name, data_dir, lists, sensor_size, num_classes, T, split_by, bin_ms, downsample, denoise_ms,
+                  on_corrupt, cache_dir, workers, flip, roll) -> Splits:
+    _check_options(T, split_by, bin_ms, downsample, denoise_ms, on_corrupt, roll)
+    convert = ToFrames(sensor_size, T, split_by, bin_ms, downsample, denoise_ms)
+    h, w = (-(-s // downsample) for s in sensor_size[::-1])
+    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    datasets = {}
+    for split, samples in lists.items():
+        sources = [s for s, _ in samples]
+        key = {"dataset": name, "split": split, "T": T, "split_by": split_by,
+               "bin_ms": bin_ms if split_by == "time" else None, "sensor_size": list(sensor_size),
+               "downsample": downsample, "denoise_ms": denoise_ms, "on_corrupt": on_corrupt,
+               "files": _digest(sources, data_dir)}
+        cache = FrameCache(root, key)
+        cache.get_or_build(sources, [label for _, label in samples], convert, (T, 2, h, w), workers, on_corrupt,
+                           desc=f"{name} {split}: events -> {T} frames")
+        train = split == "train"
+        datasets[split] = FrameDataset(cache.dir, flip=flip and train, roll=roll if train else 0)
+    return Splits(datasets["train"], datasets["test"], (2, h, w), num_classes, sequence=True)
+
+
+def _check_options(T, split_by, bin_ms, downsample, denoise_ms, on_corrupt, roll):
+    problems = []
+    if T < 1:
+        problems.append(f"T={T}: must be >= 1")
+    if split_by not in SPLIT_METHODS:
+        problems.append(f"split_by={split_by!r}: must be one of {', '.join(SPLIT_METHODS)}")
+    if bin_ms is not None and bin_ms <= 0:
+        problems.append(f"bin_ms={bin_ms}: must be > 0 (or null: T equal slices of the recording)")
+    if bin_ms is not None and split_by != "time":
+        problems.append(f"bin_ms={bin_ms} only applies with split_by=time")
+    if downsample < 1:
+        problems.append(f"downsample={downsample}: must be an integer >= 1")
+    if denoise_ms is not None and denoise_ms <= 0:
+        problems.append(f"denoise_ms={denoise_ms}: must be > 0 or null")
+    if on_corrupt not in ("error", "skip"):
+        problems.append(f"on_corrupt={on_corrupt!r}: must be error or skip")
+    if roll < 0:
+        problems.append(f"roll={roll}: must be >= 0")
+    if problems:
+        from snnexp.config import ConfigError
+
+        raise ConfigError("invalid dataset option:\n  " + "\n  ".join("dataset." + p for p in problems))
+
+
+def _digest(sources, data_dir) -> str:
+    """Which files (relative to data_dir) and their sizes: a changed file list gives a new cache."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for s in sources:
+        path, rest = (s[0], s[1:]) if isinstance(s, tuple) else (s, ())
+        rel = os.path.relpath(path, data_dir)
+        h.update(f"{rel}|{os.path.getsize(path)}|{rest}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _missing(name, folder: Path, layout: str, files: str, source: str, err: Optional[Exception] = None):
+    why = f" and the download failed ({err})" if err else ""
+    return DatasetError(
+        f"{name} not found in {folder}{why}.\n"
+        f"Expected layout:\n{layout}\n"
+        f"Get it from {source}:\n{files}\n"
+        f"Put the extracted folder or the archive(s) in {folder}/, or point dataset.data_dir at the folder "
+        f"that holds {folder.name}/."
+    )
+
+
+def _sorted_files(folder: Path, suffixes) -> List[Path]:
+    return sorted((p for p in folder.rglob("*") if p.suffix in suffixes and p.is_file()),
+                  key=lambda p: p.relative_to(folder).as_posix())
+
+
+def nmnist(data_dir="data", download=True, T=10, split_by="number", bin_ms=None, downsample=1, denoise_ms=None,
+           on_corrupt="error", cache_dir=None, workers=None, flip=False, roll=0) -> Splits:
+    """N-MNIST (Orchard 2015): 34x34 sensor, 10 classes, 60,000 / 10,000 recordings."""
+    from tonic.datasets import NMNIST
+
+    root = Path(data_dir).expanduser() / "NMNIST"
+    lists = {}
+    for split, folder, archive, md5 in (("train", "Train", NMNIST.train_filename, NMNIST.train_md5),
+                                        ("test", "Test", NMNIST.test_filename, NMNIST.test_md5)):
+        if not (root / folder).is_dir() and (root / archive).is_file():
+            _extract(root / archive, root)
+        if not (root / folder).is_dir() and download:
+            try:
+                NMNIST(str(Path(data_dir).expanduser()), train=split == "train")
+            except Exception as e:
+                raise _nmnist_missing(root, e) from None
+        files = _sorted_files(root / folder, {".bin"}) if (root / folder).is_dir() else []
+        if not files:
+            raise _nmnist_missing(root)
+        lists[split] = [(str(f), int(f.parent.name)) for f in files]
+    return _build_splits("nmnist", data_dir, lists, NMNIST.sensor_size[:2], 10, T, split_by, bin_ms, downsample,
+                         denoise_ms, on_corrupt, cache_dir, workers, flip, roll)
+
+
+def _nmnist_missing(root, err=None):
+    from tonic.datasets import NMNIST
+
+    return _missing(
+        "N-MNIST", root,
+        f"  {root}/Train/<digit 0-9>/<n>.bin   and   {root}/Test/<digit 0-9>/<n>.bin",
+        f"  {NMNIST.train_filename}  md5 {NMNIST.train_md5}  (60,000 training recordings)\n"
+        f"  {NMNIST.test_filename}   md5 {NMNIST.test_md5}  (10,000 test recordings)",
+        f"{NMNIST.train_url} and {NMNIST.test_url} (https://www.garrickorchard.com/datasets/n-mnist)", err)
+
+
+def _extract(archive: Path, to: Path) -> None:
+    from tonic.download_utils import extract_archive
+
+    log.info("extracting %s", archive)
+    try:
+        extract_archive(str(archive), str(to))
+    except Exception as e:
+        raise DatasetError(f"cannot extract {archive} into {to}: {e}") from None
+
+
+CIFAR10DVS_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def dvs_cifar10(data_dir="data", download=True, T=10, split_by="number", bin_ms=None, downsample=1,
+                denoise_ms=None, on_corrupt="error", cache_dir=None, workers=None, flip=False, roll=0,
+                test_fraction=0.1, split_seed=0) -> Splits:
+    """CIFAR10-DVS (Li 2017): 128x128 sensor, 10 classes, 1,000 recordings each, no official split: a
+    seeded, class-stratified split (test_fraction of each class), stored beside the cache and reused."""
+    from tonic.datasets import CIFAR10DVS
+
+    root = Path(data_dir).expanduser() / "CIFAR10DVS"
+    if not any((root / c).is_dir() for c in CIFAR10DVS_CLASSES):
+        if (root / CIFAR10DVS.filename).is_file():
+            _extract(root / CIFAR10DVS.filename, root)
+        for c in CIFAR10DVS_CLASSES:
+            if (root / f"{c}.zip").is_file() and not (root / c).is_dir():
+                _extract(root / f"{c}.zip", root)
+    if not any((root / c).is_dir() for c in CIFAR10DVS_CLASSES) and download:
+        try:
+            CIFAR10DVS(str(Path(data_dir).expanduser()))
+        except Exception as e:
+            raise _cifar10dvs_missing(root, e) from None
+    samples = []
+    for label, c in enumerate(CIFAR10DVS_CLASSES):
+        if (root / c).is_dir():
+            samples += [(str(f), label) for f in _sorted_files(root / c, {".aedat", ".aedat4"})]
+    if not samples:
+        raise _cifar10dvs_missing(root)
+    if not 0 < test_fraction < 1:
+        from snnexp.config import ConfigError
+
+        raise ConfigError(f"dataset.test_fraction={test_fraction}: must be in (0, 1)")
+    root_cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    lists = stratified_split(samples, test_fraction, split_seed, root_cache / f"dvs_cifar10-split-seed{split_seed}"
+                             f"-test{test_fraction}.json", base=str(root))
+    return _build_splits("dvs_cifar10", data_dir, lists, (128, 128), 10, T, split_by, bin_ms, downsample, denoise_ms,
+                         on_corrupt, cache_dir, workers, flip, roll)
+
+
+def _cifar10dvs_missing(root, err=None):
+    from tonic.datasets import CIFAR10DVS
+
+    return _missing(
+        "CIFAR10-DVS", root,
+        f"  {root}/<class>/*.aedat4 (tonic's release) or {root}/<class>/*.aedat (the original AEDAT 2.0 release),\n"
+        f"  <class> one of {', '.join(CIFAR10DVS_CLASSES)}",
+        f"  {CIFAR10DVS.filename}  md5 {CIFAR10DVS.file_md5}  (10 class zips, 1,000 recordings each)",
+        f"{CIFAR10DVS.url} (https://figshare.com/articles/dataset/CIFAR10-DVS_New/4724671)", err)
+
+
+def stratified_split(samples: Sequence[Tuple[str, int]], test_fraction: float, seed: int, store: Path, base: str):
+    """Per class: a seeded permutation of the sorted files, the first round(test_fraction * n) for test.
+    The assignment is stored (paths relative to `base`) and reused, so a file never moves between train
+    and test; files that appear later are split among themselves the same way."""
+    stored = json.loads(store.read_text()) if store.is_file() else {"train": [], "test": []}
+    known = {rel: split for split in ("train", "test") for rel in stored[split]}
+    new_by_class = {}
+    for path, label in samples:
+        rel = os.path.relpath(path, base)
+        if rel not in known:
+            new_by_class.setdefault(label, []).append(rel)
+    rng = np.random.default_rng(seed)
+    for label in sorted(new_by_class):
+        rels = sorted(new_by_class[label])
+        order = rng.permutation(len(rels))
+        n_test = int(round(test_fraction * len(rels)))
+        for j, idx in enumerate(order):
+            known[rels[idx]] = "test" if j < n_test else "train"
+    if new_by_class:
+        store.parent.mkdir(parents=True, exist_ok=True)
+        out = {s: sorted(r for r, v in known.items() if v == s) for s in ("train", "test")}
+        tmp = store.with_name(store.name + f".tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(out, indent=0))
+        os.replace(tmp, store)
+    lists = {"train": [], "test": []}
+    for path, label in samples:
+        lists[known[os.path.relpath(path, base)]].append((path, label))
+    return lists
+
+
+GESTURE_TRAIN_USERS = range(1, 24)  # the official split: users 1-23 train, 24-29 test
+
+
+def dvs_gesture(data_dir="data", download=True, T=20, split_by="number", bin_ms=None, downsample=1,
+                denoise_ms=None, on_corrupt="error", cache_dir=None, workers=None, flip=False, roll=0) -> Splits:
+    """DVS128 Gesture (Amir 2017): 128x128 sensor, 11 classes. The official release (`DvsGesture/`:
+    AEDAT 3.1 recordings, one `_labels.csv` each, trials_to_train.txt / trials_to_test.txt), or tonic's
+    download (`DVSGesture/ibmGesture{Train,Test}/<user>_<lighting>/<class>.npy`)."""
+    from tonic.datasets import DVSGesture
+
+    base = Path(data_dir).expanduser()
+    official, tonic_dir = base / "DvsGesture", base / "DVSGesture"
+    if not official.is_dir() and (base / "DvsGesture.tar.gz").is_file():
+        _extract(base / "DvsGesture.tar.gz", base)
+    if official.is_dir() and any(official.glob("*.aedat")):
+        lists = _gesture_official(official)
+    else:
+        if not (tonic_dir / "ibmGestureTrain").is_dir() and download:
+            try:
+                DVSGesture(str(base), train=True)
+                DVSGesture(str(base), train=False)
+            except Exception as e:
+                raise _gesture_missing(official, e) from None
+        if not (tonic_dir / "ibmGestureTrain").is_dir():
+            raise _gesture_missing(official)
+        lists = {split: [(str(f), int(f.stem)) for f in _sorted_files(tonic_dir / folder, {".npy"})]
+                 for split, folder in (("train", "ibmGestureTrain"), ("test", "ibmGestureTest"))}
+    return _build_splits("dvs_gesture", data_dir, lists, (128, 128), 11, T, split_by, bin_ms, downsample,
+                         denoise_ms, on_corrupt, cache_dir, workers, flip, roll)
+
+
+def _gesture_official(folder: Path):
+    trials = {}
+    for split in ("train", "test"):
+        listing = folder / f"trials_to_{split}.txt"
+        if listing.is_file():
+            trials[split] = {line.strip() for line in listing.read_text().splitlines() if line.strip()}
+    lists = {"train": [], "test": []}
+    for rec in sorted(folder.glob("*.aedat")):
+        labels = rec.with_name(rec.stem + "_labels.csv")
+        if not labels.is_file():
+            raise DatasetError(f"{rec} has no label file {labels.name} beside it")
+        if trials:
+            split = "train" if rec.name in trials.get("train", ()) else "test" if rec.name in trials.get("test", ()) else None
+            if split is None:
+                continue
+        else:
+            m = re.match(r"user(\d+)_", rec.name)
+            if not m:
+                raise DatasetError(f"{rec}: expected a name like user01_fluorescent.aedat")
+            split = "train" if int(m.group(1)) in GESTURE_TRAIN_USERS else "test"
+        with open(labels, newline="") as f:
+            for row in csv.DictReader(f):
+                try:
+                    cls, start, end = int(row["class"]), int(row["startTime_usec"]), int(row["endTime_usec"])
+                except (KeyError, ValueError):
+                    raise DatasetError(f"{labels}: expected columns class,startTime_usec,endTime_usec") from None
+                if not 1 <= cls <= 11:
+                    raise DatasetError(f"{labels}: class {cls} outside 1..11")
+                lists[split].append(((str(rec), start, end), cls - 1))
+    return lists
+
+
+def _gesture_missing(folder, err=None):
+    return _missing(
+        "DVS128 Gesture", folder,
+        f"  {folder}/user<NN>_<lighting>.aedat with user<NN>_<lighting>_labels.csv beside each,\n"
+        f"  and trials_to_train.txt / trials_to_test.txt (else users 1-23 train, 24-29 test)",
+        "  DvsGesture.tar.gz  md5 8a5c71fb11e24e5ca5b11866ca6c00a1  (122 recordings, 29 users, 11 gestures);\n"
+        "  put it in the folder that holds DvsGesture/ (dataset.data_dir)",
+        "https://ibm.ent.box.com/s/3hiq58ww1pbbjrinh367ykfdf60xsfm8/folder/50167556794 (IBM DVS128 Gesture)", err)

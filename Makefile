@@ -1,11 +1,12 @@
 # make train: create .venv if missing, install snnexp into it, train on the built-in digits dataset.
 # make test: the same venv, the fast test suite (what CI runs). make test-all: also the slow tests.
+# make bench: the benchmarks in bench/.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.snnexp-installed
 
-.PHONY: install train test test-all clean
+.PHONY: install train test test-all bench clean
 
 install: $(INSTALLED)
 
@@ -22,6 +23,10 @@ test: $(INSTALLED)
 
 test-all: $(INSTALLED)
 	$(PY) -m pytest -q -m "" $(ARGS)
+
+# benchmarks on the real data in ../shared/data (see bench/): print tables, write bench/results/*.json
+bench: $(INSTALLED)
+	$(PY) bench/bench_frames.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) outputs build dist src/*.egg-info

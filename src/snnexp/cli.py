@@ -66,6 +66,8 @@ def _guarded(task):
             _fail(f"missing value for '{key}': give it on the command line, e.g. {key}=...")
         except InstantiationException as e:
             cause = e.__cause__ or e
+            if isinstance(cause, _user_errors()):  # raised by a dataset or model that Hydra built
+                _fail(str(cause))
             _fail(f"cannot build a part of the run from the config: {cause}")
 
     wrapper.__name__ = task.__name__

@@ -80,6 +80,14 @@ RULES = {
     "sched.step_size": (_at_least_1, "an integer >= 1"),
     "sched.gamma": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "dataset.test_fraction": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "dataset.T": (_at_least_1, "an integer >= 1 (frames per sample)"),
+    "dataset.split_by": (lambda v: v in ("number", "time"), "one of number, time"),
+    "dataset.bin_ms": (lambda v: v is None or v > 0, "> 0, or null for T equal slices"),
+    "dataset.downsample": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+    "dataset.denoise_ms": (lambda v: v is None or v > 0, "> 0, or null for no denoising"),
+    "dataset.on_corrupt": (lambda v: v in ("error", "skip"), "error or skip"),
+    "dataset.workers": (lambda v: v is None or v >= 1, "null (all cores) or an integer >= 1"),
+    "dataset.roll": (_non_negative, "an integer >= 0"),
 }
 
 
@@ -101,5 +109,8 @@ def validate(cfg: DictConfig) -> None:
     v_reset, v_th = OmegaConf.select(cfg, "neuron.v_reset"), OmegaConf.select(cfg, "neuron.v_threshold")
     if v_reset is not None and v_th is not None and not v_reset < v_th:
         problems.append(f"neuron.v_reset={v_reset} must be below neuron.v_threshold={v_th} (or null for soft reset)")
+    if OmegaConf.select(cfg, "dataset.bin_ms") is not None and OmegaConf.select(cfg, "dataset.split_by") != "time":
+        problems.append("dataset.bin_ms is set but dataset.split_by is not time: set dataset.split_by=time, "
+                        "or dataset.bin_ms=null")
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))

@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from snnexp.data.cache import FrameCache, default_cache_dir
-from snnexp.data.frames import SPLIT_METHODS, events_to_frames
+from snnexp.data.frames import events_to_frames
 from snnexp.data.static import DatasetError, Splits
 
 log = logging.getLogger("snnexp")
@@ -214,7 +214,6 @@ class FrameDataset(Dataset):
 
 def _build_splits(name, data_dir, lists, sensor_size, num_classes, T, split_by, bin_ms, downsample, denoise_ms,
                   on_corrupt, cache_dir, workers, flip, roll) -> Splits:
-    _check_options(T, split_by, bin_ms, downsample, denoise_ms, on_corrupt, roll)
     convert = ToFrames(sensor_size, T, split_by, bin_ms, downsample, denoise_ms)
     h, w = (-(-s // downsample) for s in sensor_size[::-1])
     root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
@@ -231,30 +230,6 @@ def _build_splits(name, data_dir, lists, sensor_size, num_classes, T, split_by, 
         train = split == "train"
         datasets[split] = FrameDataset(cache.dir, flip=flip and train, roll=roll if train else 0)
     return Splits(datasets["train"], datasets["test"], (2, h, w), num_classes, sequence=True)
-
-
-def _check_options(T, split_by, bin_ms, downsample, denoise_ms, on_corrupt, roll):
-    problems = []
-    if T < 1:
-        problems.append(f"T={T}: must be >= 1")
-    if split_by not in SPLIT_METHODS:
-        problems.append(f"split_by={split_by!r}: must be one of {', '.join(SPLIT_METHODS)}")
-    if bin_ms is not None and bin_ms <= 0:
-        problems.append(f"bin_ms={bin_ms}: must be > 0 (or null: T equal slices of the recording)")
-    if bin_ms is not None and split_by != "time":
-        problems.append(f"bin_ms={bin_ms} only applies with split_by=time")
-    if downsample < 1:
-        problems.append(f"downsample={downsample}: must be an integer >= 1")
-    if denoise_ms is not None and denoise_ms <= 0:
-        problems.append(f"denoise_ms={denoise_ms}: must be > 0 or null")
-    if on_corrupt not in ("error", "skip"):
-        problems.append(f"on_corrupt={on_corrupt!r}: must be error or skip")
-    if roll < 0:
-        problems.append(f"roll={roll}: must be >= 0")
-    if problems:
-        from snnexp.config import ConfigError
-
-        raise ConfigError("invalid dataset option:\n  " + "\n  ".join("dataset." + p for p in problems))
 
 
 def _digest(sources, data_dir) -> str:
@@ -358,10 +333,6 @@ def dvs_cifar10(data_dir="data", download=True, T=10, split_by="number", bin_ms=
             samples += [(str(f), label) for f in _sorted_files(root / c, {".aedat", ".aedat4"})]
     if not samples:
         raise _cifar10dvs_missing(root)
-    if not 0 < test_fraction < 1:
-        from snnexp.config import ConfigError
-
-        raise ConfigError(f"dataset.test_fraction={test_fraction}: must be in (0, 1)")
     root_cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     lists = stratified_split(samples, test_fraction, split_seed, root_cache / f"dvs_cifar10-split-seed{split_seed}"
                              f"-test{test_fraction}.json", base=str(root))

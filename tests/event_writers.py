@@ -1,0 +1,78 @@
+"""Writers for small files in the real on-disk formats of the event datasets, so that tests read them
+through the real loading code (tonic's readers). x, y, t (microseconds, non-decreasing), p (0/1) are
+equal-length 1-d integer arrays. Formats: snn-reference.md section 6 and tonic/io.py."""
+
+import csv
+import struct
+
+import numpy as np
+
+
+def write_nmnist_bin(path, x, y, t, p):
+    """N-MNIST: 5 bytes per event: x, y, then bit 7 = polarity and 23 bits of timestamp (us)."""
+    x, y, t, p = (np.asarray(a, dtype=np.int64) for a in (x, y, t, p))
+    if len(t) and t.max() >= 2**23:
+        raise ValueError("N-MNIST timestamps are 23 bits (< 8.4 s)")
+    raw = np.empty((len(x), 5), dtype=np.uint8)
+    raw[:, 0] = x
+    raw[:, 1] = y
+    raw[:, 2] = (p << 7) | (t >> 16)
+    raw[:, 3] = (t >> 8) & 0xFF
+    raw[:, 4] = t & 0xFF
+    raw.tofile(path)
+
+
+def write_aedat2(path, x, y, t, p):
+    """AER-DAT 2.0 as in CIFAR10-DVS's original release: '#' header lines, then big-endian (uint32
+    address, uint32 timestamp) records; the address is the inverse of tonic's read_dvs_128 decoding
+    (x = addr >> 8 & 0x7F, y = addr >> 1 & 0x7F, p = addr & 1)."""
+    x, y, t, p = (np.asarray(a, dtype=np.uint32) for a in (x, y, t, p))
+    records = np.empty(len(x), dtype=[("address", ">u4"), ("timeStamp", ">u4")])
+    records["address"] = (x << 8) | (y << 1) | p
+    records["timeStamp"] = t
+    header = (b"#!AER-DAT2.0\r\n"
+              b"# This is a raw AE data file - do not edit\r\n"
+              b"# Data format is int32 address, int32 timestamp (8 bytes total), repeated for each event\r\n"
+              b"# Timestamps tick is 1 us\r\n"
+              b"# created by snnexp's tests\r\n")
+    with open(path, "wb") as f:
+        f.write(header)
+        f.write(records.tobytes())
+
+
+def write_aedat31_gesture(path, x, y, t, p, packet_size=4096):
+    """AEDAT 3.1 as in the DVS128 Gesture release: a text header, then packets of a 28-byte header
+    (eventType 1 = polarity, source, eventSize 8, tsOffset 4, tsOverflow, capacity, number, valid) and
+    8-byte little-endian events (data: bit 0 valid, bit 1 polarity, bits 2-16 y, bits 17-31 x; int32 t)."""
+    x, y, t, p = (np.asarray(a, dtype=np.uint32) for a in (x, y, t, p))
+    events = np.empty(len(x), dtype=[("data", "<u4"), ("t", "<i4")])
+    events["data"] = (x << 17) | (y << 2) | (p << 1) | 1
+    events["t"] = t.astype(np.int32)
+    with open(path, "wb") as f:
+        f.write(b"#!AER-DAT3.1\r\n#Format: RAW\r\n#Source 1: DVS128\r\n#Start-Time: 2017-01-01 00:00:00\r\n"
+                b"#!END-HEADER\r\n")
+        for start in range(0, len(events), packet_size):
+            chunk = events[start:start + packet_size]
+            n = len(chunk)
+            f.write(struct.pack("<hhiiiiii", 1, 1, 8, 4, 0, n, n, n))
+            f.write(chunk.tobytes())
+
+
+def write_gesture_labels_csv(path, rows):
+    """The release's user<NN>_<lighting>_labels.csv: rows of (class 1-11, start us, end us)."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["class", "startTime_usec", "endTime_usec"])
+        w.writerows(rows)
+
+
+def write_aedat4(path, x, y, t, p, width=128, height=128):
+    """AEDAT4 (what tonic's CIFAR10DVS download holds), written by iniVation's dv-processing."""
+    import dv_processing as dv
+
+    writer = dv.io.MonoCameraWriter(str(path), dv.io.MonoCameraWriter.EventOnlyConfig("DVS128", (width, height)))
+    store = dv.EventStore()
+    for ti, xi, yi, pi in zip(t, x, y, p):
+        store.push_back(int(ti), int(xi), int(yi), bool(pi))
+    writer.writeEvents(store)
+    del writer  # closes the file

@@ -112,6 +112,11 @@ def test_bad_frame_options_are_refused_before_any_work(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "dataset.split_by='count' is out of range: must be one of number, time" in proc.stderr
     assert "dataset.bin_ms=-1 is out of range: must be > 0, or null for T equal slices" in proc.stderr
+    proc = run_snnexp("train", "dataset=nmnist", "dataset.T=10", cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    assert "dataset.T=10 differs from trainer.T=4: set trainer.T (the frames per sample follow it)" in proc.stderr
+    proc = run_snnexp("train", "dataset=nmnist", "dataset.bin_ms=5", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "dataset.bin_ms is set but dataset.split_by is not time" in proc.stderr
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "NMNIST").is_dir(), reason="real N-MNIST not present")

@@ -109,6 +109,10 @@ def validate(cfg: DictConfig) -> None:
     v_reset, v_th = OmegaConf.select(cfg, "neuron.v_reset"), OmegaConf.select(cfg, "neuron.v_threshold")
     if v_reset is not None and v_th is not None and not v_reset < v_th:
         problems.append(f"neuron.v_reset={v_reset} must be below neuron.v_threshold={v_th} (or null for soft reset)")
+    frames_t = OmegaConf.select(cfg, "dataset.T")
+    if frames_t is not None and frames_t != OmegaConf.select(cfg, "trainer.T"):
+        problems.append(f"dataset.T={frames_t} differs from trainer.T={OmegaConf.select(cfg, 'trainer.T')}: "
+                        f"set trainer.T (the frames per sample follow it)")
     if OmegaConf.select(cfg, "dataset.bin_ms") is not None and OmegaConf.select(cfg, "dataset.split_by") != "time":
         problems.append("dataset.bin_ms is set but dataset.split_by is not time: set dataset.split_by=time, "
                         "or dataset.bin_ms=null")

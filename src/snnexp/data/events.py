@@ -12,6 +12,7 @@ Samples are listed in sorted order, the same on every machine.
 
 import csv
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -233,14 +234,13 @@ def _build_splits(name, data_dir, lists, sensor_size, num_classes, T, split_by, 
 
 
 def _digest(sources, data_dir) -> str:
-    """Which files (relative to data_dir) and their sizes: a changed file list gives a new cache."""
-    import hashlib
-
+    """Which files (relative to data_dir), their sizes and modification times: a changed, added or
+    removed file gives a new cache."""
     h = hashlib.sha256()
     for s in sources:
         path, rest = (s[0], s[1:]) if isinstance(s, tuple) else (s, ())
-        rel = os.path.relpath(path, data_dir)
-        h.update(f"{rel}|{os.path.getsize(path)}|{rest}\n".encode())
+        st = os.stat(path)
+        h.update(f"{os.path.relpath(path, data_dir)}|{st.st_size}|{st.st_mtime_ns}|{rest}\n".encode())
     return h.hexdigest()[:16]
 
 

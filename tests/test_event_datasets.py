@@ -6,6 +6,7 @@ import random
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 
 from conftest import SHARED_DATA, run_snnexp
@@ -239,3 +240,40 @@ def test_gesture_trains_through_the_cli(tmp_path):
                "dataset.downsample=4", "dataset.flip=true", "dataset.roll=2", *TRAIN_STEP, "trainer.batch_size=1",
                cwd=tmp_path)
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["step"] == 2
+
+
+# ------------------------------------------------------------------------------- denoising, augmentation
+
+
+def test_denoise_drops_isolated_events_only(tmp_path):
+    folder = tmp_path / "NMNIST" / "Train" / "0"
+    folder.mkdir(parents=True)
+    # a burst of neighbouring events around (10, 10) within 1 ms, and one lone event far away, 100 ms later
+    x = np.array([10, 11, 10, 11, 30])
+    y = np.array([10, 10, 11, 11, 30])
+    t = np.array([0, 100, 200, 300, 100_000])
+    write_nmnist_bin(folder / "00001.bin", x, y, t, np.ones(5, dtype=int))
+    (tmp_path / "NMNIST" / "Test").mkdir()
+    (tmp_path / "NMNIST" / "Test" / "0").symlink_to(folder)
+    raw = nmnist(str(tmp_path), download=False, T=1, cache_dir=str(tmp_path / "c"))
+    clean = nmnist(str(tmp_path), download=False, T=1, denoise_ms=5, cache_dir=str(tmp_path / "c"))
+    assert raw.train[0][0][0, 1, 30, 30] == 1 and raw.train[0][0].sum() == 5
+    assert clean.train[0][0][0, 1, 30, 30] == 0 and clean.train[0][0][0, 1, 10:12, 10:12].sum() >= 3
+
+
+def test_flip_and_roll_augment_training_frames_only(tmp_path):
+    make_nmnist(tmp_path, per_digit=1, digits=range(2))
+    plain = nmnist(str(tmp_path), download=False, T=2, cache_dir=str(tmp_path / "c"))
+    aug = nmnist(str(tmp_path), download=False, T=2, cache_dir=str(tmp_path / "c"), flip=True, roll=3)
+    x = plain.train[0][0]
+    seen_flips = set()
+    for _ in range(40):
+        y = aug.train[0][0]
+        assert y.sum() == x.sum()  # a flip and a wrapped translation move events, never drop them
+        matches = [k for k in (x, x.flip(-1)) for dy in range(-3, 4) for dx in range(-3, 4)
+                   if torch.equal(y, k.roll((dy, dx), dims=(-2, -1)))]
+        assert matches
+        seen_flips.add(any(torch.equal(y, x.flip(-1).roll((dy, dx), dims=(-2, -1)))
+                           for dy in range(-3, 4) for dx in range(-3, 4)))
+    assert seen_flips == {True, False}
+    assert torch.equal(aug.test[0][0], plain.test[0][0])  # the test split is never augmented

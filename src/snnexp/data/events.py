@@ -256,8 +256,10 @@ def _missing(name, folder: Path, layout: str, files: str, source: str, err: Opti
 
 
 def _sorted_files(folder: Path, suffixes) -> List[Path]:
-    return sorted((p for p in folder.rglob("*") if p.suffix in suffixes and p.is_file()),
-                  key=lambda p: p.relative_to(folder).as_posix())
+    """Files with these suffixes under folder, following symlinked folders, in sorted order."""
+    found = [Path(d, f) for d, _, files in os.walk(folder, followlinks=True) for f in files
+             if Path(f).suffix in suffixes]
+    return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
 
 
 def nmnist(data_dir="data", download=True, T=10, split_by="number", bin_ms=None, downsample=1, denoise_ms=None,

@@ -1,4 +1,5 @@
-# make train: create .venv if missing, install snnexp into it, train on the built-in digits dataset.
+# make train: create .venv if missing, install snnexp into it (with the dev and bench extras: the tests
+# compare against SpikingJelly), train on the built-in digits dataset.
 # make test: the same venv, the fast test suite (what CI runs). make test-all: also the slow tests.
 # make bench: the benchmarks in bench/.
 PYTHON ?= python3
@@ -12,7 +13,7 @@ install: $(INSTALLED)
 
 $(INSTALLED): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
 	@touch $@
 
 train: $(INSTALLED)

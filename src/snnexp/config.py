@@ -63,6 +63,7 @@ RULES = {
     "neuron.tau": (lambda v: v > 1, "> 1 (the Euler step with dt = 1 needs tau > 1)"),
     "neuron.tau0": (lambda v: v > 1, "> 1 (PLIF's initial tau; 1/tau = sigmoid(w) < 1)"),
     "neuron.v_threshold": (_positive, "> 0"),
+    "neuron.k": (lambda v: 0 < v < 1, "in (0, 1) (STBP's decay factor)"),
     "surrogate.alpha": (_positive, "> 0"),
     "surrogate.width": (_positive, "> 0"),
     "surrogate.slope": (_positive, "> 0"),

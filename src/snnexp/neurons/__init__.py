@@ -9,7 +9,7 @@ from torch import nn
 from snnexp.neurons.functional import if_multistep, lif_multistep
 from snnexp.surrogate import ATan, Surrogate
 
-__all__ = ["IF", "LIF", "PLIF", "SpikingNeuron", "if_multistep", "lif_multistep"]
+__all__ = ["IF", "LIF", "PLIF", "STBPLIF", "SpikingNeuron", "if_multistep", "lif_multistep"]
 
 
 class SpikingNeuron(nn.Module):
@@ -72,3 +72,22 @@ class PLIF(SpikingNeuron):
 
     def extra_repr(self):
         return f"tau={self.tau:.4f}, decay_input={self.decay_input}, " + super().extra_repr()
+
+
+class STBPLIF(LIF):
+    """STBP's explicit iterative LIF (Wu et al. 2019): u[t] = k u[t-1] (1 - o[t-1]) + I[t], o[t] = H(u[t] - V_th).
+
+    This is exactly the LIF above with decay_input = False, V_reset = 0, the reset kept in the gradient
+    (STBP differentiates through (1 - o)) and tau = 1 / (1 - k): then H[t] = (1 - 1/tau) V[t-1] + X[t]
+    = k u[t-1] (1 - o[t-1]) + I[t]. tests/test_neurons_stbp.py checks spikes and gradients against
+    the explicit formula."""
+
+    def __init__(self, k: float = 0.2, v_threshold: float = 0.5, surrogate: Optional[Surrogate] = None):
+        if not 0 < k < 1:
+            raise ValueError(f"STBP decay factor k must be in (0, 1), got {k}")
+        super().__init__(tau=1.0 / (1.0 - k), decay_input=False, v_threshold=v_threshold, v_reset=0.0,
+                         detach_reset=False, surrogate=surrogate)
+        self.k = float(k)
+
+    def extra_repr(self):
+        return f"k={self.k}, v_threshold={self.v_threshold}"

@@ -2,7 +2,7 @@
 in [0, 1] (static datasets) or T event frames [T, 2, H, W] (event datasets)."""
 
 from snnexp.data.events import CorruptFile, dvs_cifar10, dvs_gesture, nmnist
-from snnexp.data.static import DatasetError, Splits, cifar10, digits, fashion_mnist, mnist
+from snnexp.data.static import DatasetError, Splits, cifar10, cifar100, digits, fashion_mnist, mnist
 
-__all__ = ["CorruptFile", "DatasetError", "Splits", "cifar10", "digits", "dvs_cifar10", "dvs_gesture",
+__all__ = ["CorruptFile", "DatasetError", "Splits", "cifar10", "cifar100", "digits", "dvs_cifar10", "dvs_gesture",
            "fashion_mnist", "mnist", "nmnist"]

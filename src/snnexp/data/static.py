@@ -95,12 +95,23 @@ def fashion_mnist(data_dir: str = "data", download: bool = True) -> Splits:
     return Splits(_as_tensors(train), _as_tensors(test), (1, 28, 28), 10)
 
 
-def cifar10(data_dir: str = "data", download: bool = True, augment: bool = True) -> Splits:
-    """CIFAR10 with the usual augmentation for training (random 32x32 crop of the 4-pixel padded image,
+def _cifar(cls, num_classes, data_dir, download, augment) -> Splits:
+    """CIFAR with the usual augmentation for training (random 32x32 crop of the 4-pixel padded image,
     horizontal flip) when `augment`."""
     from torchvision import transforms as tf
-    from torchvision.datasets import CIFAR10
 
     train_tf = [tf.RandomCrop(32, padding=4), tf.RandomHorizontalFlip()] if augment else []
-    train, test = _torchvision(CIFAR10, data_dir, download, tf.Compose(train_tf + [tf.ToTensor()]), tf.ToTensor())
-    return Splits(train, test, (3, 32, 32), 10)
+    train, test = _torchvision(cls, data_dir, download, tf.Compose(train_tf + [tf.ToTensor()]), tf.ToTensor())
+    return Splits(train, test, (3, 32, 32), num_classes)
+
+
+def cifar10(data_dir: str = "data", download: bool = True, augment: bool = True) -> Splits:
+    from torchvision.datasets import CIFAR10
+
+    return _cifar(CIFAR10, 10, data_dir, download, augment)
+
+
+def cifar100(data_dir: str = "data", download: bool = True, augment: bool = True) -> Splits:
+    from torchvision.datasets import CIFAR100
+
+    return _cifar(CIFAR100, 100, data_dir, download, augment)

@@ -25,7 +25,7 @@ def test_help_lists_commands_and_config_groups(tmp_path):
     assert "train" in out and "eval" in out
     out = run_snnexp("train", "--help", cwd=tmp_path).stdout
     for line in ("neuron: if, lif, plif, stbp", "surrogate: atan, fast_sigmoid, rect, sigmoid, triangle",
-                 "norm: bn, none, tdbn", "encoder: direct, latency, poisson", "dataset: cifar10, cifar100, digits"):
+                 "norm: bn, neunorm, none, tdbn", "encoder: direct, latency, poisson", "dataset: cifar10, cifar100, digits"):
         assert line in out
 
 

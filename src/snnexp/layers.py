@@ -51,6 +51,41 @@ class ThresholdDependentBatchNorm(BatchNormThroughTime):
         return super().extra_repr() + f", alpha={self.alpha}, v_threshold={self.v_threshold}"
 
 
+class NeuNorm(nn.Module):
+    """NeuNorm (Wu et al. 2019): an auxiliary neuron per spatial position tracks the activity summed over
+    the layer's F feature maps, and a trainable map U of the feature-map size subtracts it:
+
+        x[t](i, j) = k_tau2 x[t-1](i, j) + (v / F) sum_f z_f[t](i, j),    with k_tau2 + v / F = 1
+        y[t] = z[t] - U * x[t]
+
+    In the paper z are a layer's output spikes and y feeds the next layer's weights (I = W (*) (o - U x)),
+    so put the norm token after the neuron for that: `c128k3s1-SN-BN-c128k3s1-SN-BN-...` with
+    norm=neunorm. A feature vector [T, B, F] is one position with F maps. U starts at 0 (the identity).
+    The spatial size is taken from the first input."""
+
+    def __init__(self, num_features: int, k_tau2: float = 0.9):
+        super().__init__()
+        if not 0 < k_tau2 < 1:
+            raise ValueError(f"NeuNorm k_tau2 must be in (0, 1), got {k_tau2}")
+        self.num_features, self.k_tau2 = int(num_features), float(k_tau2)
+        self.u = nn.UninitializedParameter()
+
+    def forward(self, z_seq):
+        spatial = z_seq.shape[3:]  # (H, W), or () for a feature vector
+        if isinstance(self.u, nn.UninitializedParameter):
+            self.u.materialize(spatial, device=z_seq.device, dtype=z_seq.dtype)
+            nn.init.zeros_(self.u)
+        x = torch.zeros_like(z_seq[0, :, :1])
+        out = []
+        for z in z_seq:
+            x = self.k_tau2 * x + (1.0 - self.k_tau2) * z.sum(1, keepdim=True)
+            out.append(z - self.u * x)
+        return torch.stack(out)
+
+    def extra_repr(self):
+        return f"{self.num_features}, k_tau2={self.k_tau2}"
+
+
 class NoNorm(nn.Identity):
     """norm=none: accepts the channel count the network builder passes and does nothing."""
 

@@ -8,6 +8,7 @@ in as factories, so one override (`neuron=plif`, `norm=tdbn`) swaps every SN and
 import math
 from typing import Callable, Optional, Sequence
 
+import torch
 from torch import nn
 
 from snnexp.layers import SeqDropout, SeqFlatten, SeqToANN
@@ -43,12 +44,23 @@ class SpecNet(nn.Sequential):
             elif module is not None:
                 layers.append(module)
         super().__init__(*layers)
+        if any(isinstance(p, nn.parameter.UninitializedParameter) for p in self.parameters()):
+            self._materialize(input_shape)
         if len(shape) != 1 or shape[0] != num_outputs:
             raise ModelError(
                 f"model '{self.spec}' ends with output shape {list(shape)}, but the readout needs "
                 f"{num_outputs} features (classes x readout.population). End the spec with FC{num_outputs}-SN, "
                 f"or with FC<classes*10>-SN-APk10s10 for voting, or change readout."
             )
+
+
+    def _materialize(self, input_shape):
+        """Shape lazy parameters (NeuNorm's U) with one dry pass, so the optimizer sees them all; in eval
+        mode, so that no BN statistics change."""
+        self.eval()
+        with torch.no_grad():
+            self(torch.zeros(1, 1, *input_shape))
+        self.train()
 
 
 def _build(layer: Layer, shape, neuron, norm, dropout, bias, spec):

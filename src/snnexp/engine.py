@@ -121,7 +121,8 @@ def forward(run: Run, x: torch.Tensor, generator: Optional[torch.Generator] = No
 def train_epoch(run, loader, optimizer, scaler, epoch: int, step: int, max_steps: Optional[int]):
     """One pass over the training set. Returns (metrics, global step)."""
     run.model.train()
-    total_loss, correct, seen = 0.0, 0, 0
+    total_loss, correct, seen, steps = 0.0, 0, 0, 0
+    grad_norms: Dict[str, torch.Tensor] = {}
     start = time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch}/{run.cfg.trainer.epochs}", leave=False,
                disable=None if run.cfg.trainer.progress else True, dynamic_ncols=True)
@@ -131,9 +132,13 @@ def train_epoch(run, loader, optimizer, scaler, epoch: int, step: int, max_steps
         loss = run.loss_fn(scores, y)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)  # true gradients for the norms below (a no-op without AMP on CUDA)
+        for layer, norm in layer_grad_norms(run.model).items():
+            grad_norms[layer] = grad_norms.get(layer, 0.0) + norm
         scaler.step(optimizer)
         scaler.update()
         step += 1
+        steps += 1
         n = y.numel()
         total_loss += loss.item() * n
         correct += (scores.argmax(1) == y).sum().item()
@@ -142,7 +147,19 @@ def train_epoch(run, loader, optimizer, scaler, epoch: int, step: int, max_steps
         if max_steps is not None and step >= max_steps:
             break
     elapsed = time.perf_counter() - start
-    return {"loss": total_loss / seen, "acc": correct / seen, "samples_per_s": seen / elapsed}, step
+    return {"loss": total_loss / seen, "acc": correct / seen, "samples_per_s": seen / elapsed,
+            "grad_norm": {k: v.item() / steps for k, v in grad_norms.items()}}, step
+
+
+def layer_grad_norms(model: nn.Module) -> Dict[str, torch.Tensor]:
+    """The gradient norm of each layer's parameters (a layer: the name before the last '.'), so that
+    exploding or vanishing gradients through depth (Ledinauskas 2020) show in TensorBoard."""
+    squares: Dict[str, torch.Tensor] = {}
+    for name, p in model.named_parameters():
+        if p.grad is not None:
+            layer = name.rsplit(".", 1)[0]
+            squares[layer] = squares.get(layer, 0.0) + p.grad.detach().float().pow(2).sum()
+    return {layer: sq.sqrt() for layer, sq in squares.items()}
 
 
 @torch.no_grad()
@@ -272,6 +289,7 @@ def fit(cfg: DictConfig, run_dir: Path, hparams: Dict[str, Any]) -> Dict[str, An
                 "lr": lr, "train/samples_per_s": train_m["samples_per_s"],
             }
             scalars.update({f"firing_rate/{k}": v for k, v in test_m["firing_rate"].items()})
+            scalars.update({f"grad_norm/{k}": v for k, v in train_m["grad_norm"].items()})
             scalars.update({f"tau/{k}": m.tau for k, m in spiking_layers(run.model).items() if isinstance(m, PLIF)})
             logger.scalars(scalars, epoch)
             save_checkpoint(ckpt_dir / "last.pt", run, optimizer, scheduler, scaler, epoch, step, metrics)

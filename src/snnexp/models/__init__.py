@@ -12,13 +12,10 @@ import torch
 from torch import nn
 
 from snnexp.layers import SeqDropout, SeqFlatten, SeqToANN
-from snnexp.models.spec import Layer, SpecError, expand, format_spec, parse_spec
+from snnexp.models.resnet import SpikingResNet
+from snnexp.models.spec import Layer, ModelError, SpecError, expand, format_spec, parse_spec
 
-__all__ = ["MLP", "SpecNet", "SpecError", "parse_spec", "format_spec"]
-
-
-class ModelError(ValueError):
-    """A network that cannot be built for this input/output shape."""
+__all__ = ["MLP", "ModelError", "SpecNet", "SpecError", "SpikingResNet", "parse_spec", "format_spec"]
 
 
 class SpecNet(nn.Sequential):

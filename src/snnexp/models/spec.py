@@ -30,6 +30,10 @@ _PATTERNS = {
 }
 
 
+class ModelError(ValueError):
+    """A network that cannot be built for this input/output shape or these options."""
+
+
 class SpecError(ValueError):
     """A malformed network spec; the message points at the bad token."""
 

@@ -3,7 +3,9 @@ through the real loading code (tonic's readers). x, y, t (microseconds, non-decr
 equal-length 1-d integer arrays. Formats: snn-reference.md section 6 and tonic/io.py."""
 
 import csv
+import random
 import struct
+from pathlib import Path
 
 import numpy as np
 
@@ -76,3 +78,48 @@ def write_aedat4(path, x, y, t, p, width=128, height=128):
         store.push_back(int(ti), int(xi), int(yi), bool(pi))
     writer.writeEvents(store)
     del writer  # closes the file
+
+
+# ------------------------------------------------------------- small datasets in the real folder layouts
+
+
+def random_events(rng, n, size, duration_us=300_000):
+    x = rng.integers(0, size, n)
+    y = rng.integers(0, size, n)
+    t = np.sort(rng.integers(0, duration_us, n))
+    p = rng.integers(0, 2, n)
+    return x, y, t, p
+
+
+def make_nmnist(root: Path, per_digit=2, digits=range(10), seed=0):
+    """NMNIST/{Train,Test}/<digit>/<n>.bin, written in a shuffled order."""
+    rng = np.random.default_rng(seed)
+    jobs = [(split, d, i) for split in ("Train", "Test") for d in digits for i in range(per_digit)]
+    random.Random(seed).shuffle(jobs)
+    for split, d, i in jobs:
+        folder = root / "NMNIST" / split / str(d)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_nmnist_bin(folder / f"{d * 100 + i:05d}.bin", *random_events(rng, 50 + 10 * d, 34))
+
+
+def make_cifar10dvs(root: Path, classes=("airplane", "cat", "truck"), per_class=10, seed=0):
+    rng = np.random.default_rng(seed)
+    for c in classes:
+        folder = root / "CIFAR10DVS" / c
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            write_aedat2(folder / f"cifar10_{c}_{i}.aedat", *random_events(rng, 200, 128, 1_000_000))
+
+
+def make_gesture(root: Path, seed=0):
+    """Two recordings (user01: train, user24: test), three labelled gestures each."""
+    rng = np.random.default_rng(seed)
+    folder = root / "DvsGesture"
+    folder.mkdir(parents=True)
+    for user in ("user01_led", "user24_led"):
+        write_aedat31_gesture(folder / f"{user}.aedat", *random_events(rng, 3000, 128, 3_000_000))
+        write_gesture_labels_csv(folder / f"{user}_labels.csv",
+                                 [(1, 0, 1_000_000), (5, 1_000_000, 2_000_000), (11, 2_000_000, 3_000_000)])
+    (folder / "trials_to_train.txt").write_text("user01_led.aedat\n")
+    (folder / "trials_to_test.txt").write_text("user24_led.aedat\n")
+    return folder

@@ -2,7 +2,6 @@
 through tonic's readers and our frames and cache, into training runs of the CLI."""
 
 import json
-import random
 from pathlib import Path
 
 import numpy as np
@@ -10,30 +9,11 @@ import torch
 import pytest
 
 from conftest import SHARED_DATA, run_snnexp
-from event_writers import write_aedat2, write_aedat31_gesture, write_gesture_labels_csv, write_nmnist_bin
+from event_writers import make_cifar10dvs, make_gesture, make_nmnist, write_aedat2, write_nmnist_bin
 from snnexp.data import CorruptFile, DatasetError, dvs_cifar10, dvs_gesture, nmnist
 
 TRAIN_STEP = ["trainer.T=4", "trainer.epochs=1", "trainer.max_steps=2", "trainer.batch_size=4",
               "model=mlp", "hydra.run.dir=run"]
-
-
-def random_events(rng, n, size, duration_us=300_000):
-    x = rng.integers(0, size, n)
-    y = rng.integers(0, size, n)
-    t = np.sort(rng.integers(0, duration_us, n))
-    p = rng.integers(0, 2, n)
-    return x, y, t, p
-
-
-def make_nmnist(root: Path, per_digit=2, digits=range(10), seed=0):
-    """NMNIST/{Train,Test}/<digit>/<n>.bin, written in a shuffled order."""
-    rng = np.random.default_rng(seed)
-    jobs = [(split, d, i) for split in ("Train", "Test") for d in digits for i in range(per_digit)]
-    random.Random(seed).shuffle(jobs)
-    for split, d, i in jobs:
-        folder = root / "NMNIST" / split / str(d)
-        folder.mkdir(parents=True, exist_ok=True)
-        write_nmnist_bin(folder / f"{d * 100 + i:05d}.bin", *random_events(rng, 50 + 10 * d, 34))
 
 
 def frames_of(ds, i):
@@ -142,15 +122,6 @@ def test_real_nmnist_trains_clearly_above_chance(tmp_path):
 # ------------------------------------------------------------------------------------------- CIFAR10-DVS
 
 
-def make_cifar10dvs(root: Path, classes=("airplane", "cat", "truck"), per_class=10, seed=0):
-    rng = np.random.default_rng(seed)
-    for c in classes:
-        folder = root / "CIFAR10DVS" / c
-        folder.mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            write_aedat2(folder / f"cifar10_{c}_{i}.aedat", *random_events(rng, 200, 128, 1_000_000))
-
-
 def test_cifar10dvs_aedat2_split_is_stratified_stored_and_never_leaks(tmp_path):
     make_cifar10dvs(tmp_path)
     kwargs = dict(download=False, T=4, downsample=4, cache_dir=str(tmp_path / "cache"))
@@ -199,20 +170,6 @@ def test_cifar10dvs_trains_through_the_cli(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------- DVS128 Gesture
-
-
-def make_gesture(root: Path, seed=0):
-    """Two recordings (user01: train, user24: test), three labelled gestures each."""
-    rng = np.random.default_rng(seed)
-    folder = root / "DvsGesture"
-    folder.mkdir(parents=True)
-    for user in ("user01_led", "user24_led"):
-        write_aedat31_gesture(folder / f"{user}.aedat", *random_events(rng, 3000, 128, 3_000_000))
-        write_gesture_labels_csv(folder / f"{user}_labels.csv",
-                                 [(1, 0, 1_000_000), (5, 1_000_000, 2_000_000), (11, 2_000_000, 3_000_000)])
-    (folder / "trials_to_train.txt").write_text("user01_led.aedat\n")
-    (folder / "trials_to_test.txt").write_text("user24_led.aedat\n")
-    return folder
 
 
 def test_gesture_samples_are_the_labelled_slices(tmp_path):

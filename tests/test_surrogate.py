@@ -57,6 +57,18 @@ CASES = [
 IDS = [f"{f.__name__}-{p}" for _, f, p in CASES]
 
 
+@pytest.mark.parametrize("cls, formula", [(Rect, rect_d), (Triangle, triangle_d)])
+@pytest.mark.parametrize("width, height", [(1.0, 0.3), (0.5, 4.0), (2.0, 2.0)])
+def test_height_scales_the_window_apart_from_its_width(cls, formula, width, height):
+    """Ledinauskas 2020 tune the surrogate's height and width separately: with `height` set, the derivative
+    is the unit-area window of that width rescaled to peak at `height` (formula x width x height)."""
+    x = torch.tensor(POINTS, dtype=F64, requires_grad=True)
+    cls(width=width, height=height)(x).sum().backward()
+    expected = torch.tensor([formula(p, width) * width * height for p in POINTS], dtype=F64)
+    torch.testing.assert_close(x.grad, expected, rtol=1e-12, atol=1e-12)
+    assert x.grad.max().item() == pytest.approx(height)
+
+
 @pytest.mark.parametrize("make, formula, param", CASES, ids=IDS)
 def test_forward_is_heaviside(make, formula, param):
     x = torch.tensor(POINTS, dtype=F64)

@@ -258,6 +258,7 @@ def fit(cfg: DictConfig, run_dir: Path, hparams: Dict[str, Any]) -> Dict[str, An
     logger = RunLogger(run_dir)
     logger.start(hparams)
     metrics: Dict[str, Any] = {"best_test_acc": 0.0}
+    paper_acc = OmegaConf.select(cfg, "paper.test_acc", default=None)  # a reproduction's published result
     step, success = 0, False
     try:
         for epoch in range(1, cfg.trainer.epochs + 1):
@@ -283,11 +284,15 @@ def fit(cfg: DictConfig, run_dir: Path, hparams: Dict[str, Any]) -> Dict[str, An
                 "wall_s": time.perf_counter() - t0,
                 "firing_rate": test_m["firing_rate"],
             }
+            if paper_acc is not None:
+                metrics["paper_test_acc"] = paper_acc
             scalars = {
                 "train/loss": train_m["loss"], "train/acc": train_m["acc"],
                 "test/loss": test_m["loss"], "test/acc": test_m["acc"], "test/best_acc": metrics["best_test_acc"],
                 "lr": lr, "train/samples_per_s": train_m["samples_per_s"],
             }
+            if paper_acc is not None:  # a flat line beside test/acc, and a metric column in HPARAMS
+                scalars["paper/test_acc"] = paper_acc
             scalars.update({f"firing_rate/{k}": v for k, v in test_m["firing_rate"].items()})
             scalars.update({f"grad_norm/{k}": v for k, v in train_m["grad_norm"].items()})
             scalars.update({f"tau/{k}": m.tau for k, m in spiking_layers(run.model).items() if isinstance(m, PLIF)})
@@ -307,8 +312,9 @@ def fit(cfg: DictConfig, run_dir: Path, hparams: Dict[str, Any]) -> Dict[str, An
         success = True
     finally:
         logger.close(success)
-    log.info("done in %.1f s: test acc %.2f%%, best %.2f%%; %s", metrics["wall_s"], 100 * metrics["test_acc"],
-             100 * metrics["best_test_acc"], run_dir)
+    paper = f" (paper: {100 * paper_acc:.2f}%)" if paper_acc is not None else ""
+    log.info("done in %.1f s: test acc %.2f%%, best %.2f%%%s; %s", metrics["wall_s"], 100 * metrics["test_acc"],
+             100 * metrics["best_test_acc"], paper, run_dir)
     return metrics
 
 

@@ -5,6 +5,7 @@ and a neuron can call it as `spike = surrogate(v - v_threshold)`. Formulas: snn-
 """
 
 import math
+from typing import Optional
 
 import torch
 from torch import nn
@@ -35,18 +36,24 @@ class Surrogate(nn.Module):
         return _SpikeFn.apply(x, self)
 
 
-class Rect(Surrogate):
-    """STBP's rectangular window: 1/a where |x| < a/2, else 0."""
+def _peak(width: float, height: Optional[float]) -> float:
+    """A window's height: given, or 1/width so that the derivative integrates to 1 like the step it
+    replaces. Ledinauskas et al. 2020 tune height and width apart to keep deep SNNs' gradients in range."""
+    return 1.0 / width if height is None else float(height)
 
-    def __init__(self, width: float = 1.0):
+
+class Rect(Surrogate):
+    """STBP's rectangular window: `height` (default 1/a) where |x| < a/2, else 0."""
+
+    def __init__(self, width: float = 1.0, height: Optional[float] = None):
         super().__init__()
-        self.width = float(width)
+        self.width, self.height = float(width), _peak(width, height)
 
     def grad(self, x):
-        return (x.abs() < self.width / 2).to(x.dtype) / self.width
+        return (x.abs() < self.width / 2).to(x.dtype) * self.height
 
     def extra_repr(self):
-        return f"width={self.width}"
+        return f"width={self.width}, height={self.height}"
 
 
 class Sigmoid(Surrogate):
@@ -93,14 +100,14 @@ class FastSigmoid(Surrogate):
 
 
 class Triangle(Surrogate):
-    """Derivative max(0, 1 - |x|/w) / w."""
+    """Derivative max(0, 1 - |x|/w) * height, height 1/w by default."""
 
-    def __init__(self, width: float = 1.0):
+    def __init__(self, width: float = 1.0, height: Optional[float] = None):
         super().__init__()
-        self.width = float(width)
+        self.width, self.height = float(width), _peak(width, height)
 
     def grad(self, x):
-        return torch.clamp(1 - x.abs() / self.width, min=0) / self.width
+        return torch.clamp(1 - x.abs() / self.width, min=0) * self.height
 
     def extra_repr(self):
-        return f"width={self.width}"
+        return f"width={self.width}, height={self.height}"

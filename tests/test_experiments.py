@@ -1,0 +1,141 @@
+"""Paper reproductions (conf/experiment/): each composes with the paper's settings (snn-reference.md 5) and
+trains a few steps on small data written in its dataset's real format; the paper's accuracy is logged
+beside the run's own."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torchvision.datasets
+from hydra import compose, initialize_config_dir
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import run_snnexp
+from event_writers import make_cifar10dvs, make_gesture, make_nmnist
+from image_writers import make_cifar, make_mnist_like
+from snnexp.cli import conf_dir
+from snnexp.config import validate
+from snnexp.engine import fit
+
+EXPERIMENTS = sorted(p.stem for p in (conf_dir() / "experiment").glob("*.yaml"))
+
+PLIF_MNIST = "{c128k3s1-BN-SN-MPk2s2}*2-DP-FC2048-SN-DP-FC100-SN-APk10s10"
+STBP_EVENTS = ("c128k3s1-SN-BN-c128k3s1-SN-BN-APk2s2-c384k3s1-SN-BN-c384k3s1-SN-BN-APk2s2-"
+               "FC1024-SN-FC512-SN-FC100-SN-APk10s10")
+# name: (dataset, T, network (spec, or model target and depth), neuron, norm, loss, batch, paper accuracy),
+# written from snn-reference.md 5 (the networks' PLIF written as SN, the configured neuron)
+PAPER = {
+    "tutorial_fc_mnist": ("mnist", 100, "FC10-SN", "LIF", "NoNorm", "MSERate", 64, 0.929),
+    "plif_mnist": ("mnist", 8, PLIF_MNIST, "PLIF", "BatchNormThroughTime", "MSERate", 16, 0.9972),
+    "plif_fmnist": ("fashion_mnist", 8, PLIF_MNIST, "PLIF", "BatchNormThroughTime", "MSERate", 16, 0.9438),
+    "plif_cifar10": ("cifar10", 8, "{{c256k3s1-BN-SN}*3-MPk2s2}*2-DP-FC2048-SN-DP-FC100-SN-APk10s10", "PLIF",
+                     "BatchNormThroughTime", "MSERate", 16, 0.9350),
+    "plif_nmnist": ("nmnist", 10, PLIF_MNIST, "PLIF", "BatchNormThroughTime", "MSERate", 16, 0.9961),
+    "plif_dvs_cifar10": ("dvs_cifar10", 20, "{c128k3s1-BN-SN-MPk2s2}*4-DP-FC512-SN-DP-FC100-SN-APk10s10", "PLIF",
+                         "BatchNormThroughTime", "MSERate", 16, 0.7480),
+    "plif_dvs_gesture": ("dvs_gesture", 20, "{c128k3s1-BN-SN-MPk2s2}*5-DP-FC512-SN-DP-FC110-SN-APk10s10", "PLIF",
+                         "BatchNormThroughTime", "MSERate", 16, 0.9757),
+    "stbp_neunorm_nmnist": ("nmnist", 60, STBP_EVENTS, "STBPLIF", "NeuNorm", "MSERate", 100, 0.9953),
+    "stbp_neunorm_dvs_cifar10": ("dvs_cifar10", 250, STBP_EVENTS, "STBPLIF", "NeuNorm", "MSERate", 100, 0.605),
+    "stbp_cifar10": ("cifar10", 5, "c128k3s1-SN-BN-c256k3s1-SN-BN-APk2s2-c512k3s1-SN-BN-APk2s2-c1024k3s1-SN-BN-"
+                     "c512k3s1-SN-BN-FC1024-SN-FC512-SN-FC100-SN-APk10s10", "STBPLIF", "NeuNorm", "MSERate", 100,
+                     0.9053),
+    "ledinauskas_resnet_cifar100": ("cifar100", 10, "SpikingResNet-50", "LIF", "BatchNormThroughTime", "CERate", 64,
+                                    None),
+}
+
+
+def compose_train(*overrides):
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides))
+
+
+def network_of(cfg) -> str:
+    if "spec" in cfg.model:
+        return cfg.model.spec
+    if "hidden" in cfg.model:  # MLP: its spec for 10 classes
+        return "".join(f"FC{h}-BN-SN-" for h in cfg.model.hidden) + "FC10-SN"
+    return f"{cfg.model._target_.rsplit('.', 1)[1]}-{cfg.model.depth}"
+
+
+def test_every_experiment_is_in_the_paper_table():
+    assert EXPERIMENTS == sorted(PAPER)
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_holds_the_papers_settings(name):
+    dataset, T, network, neuron, norm, loss, batch, acc = PAPER[name]
+    cfg = compose_train(f"experiment={name}")
+    validate(cfg)
+    assert cfg.dataset._target_ == f"snnexp.data.{dataset}"
+    assert cfg.trainer.T == T and cfg.trainer.batch_size == batch
+    assert network_of(cfg) == network
+    assert cfg.neuron._target_.rsplit(".", 1)[1] == neuron
+    assert cfg.norm._target_.rsplit(".", 1)[1] == norm
+    assert cfg.loss._target_.rsplit(".", 1)[1] == loss
+    assert cfg.paper.test_acc == acc and cfg.paper.citation
+    if neuron == "PLIF":  # Fang 2021: tau0 2, V_th 1, hard reset to 0, detached; atan alpha 2; Adam 1e-3,
+        # cosine T_max 64, dropout 0.5, T slices of equal event counts
+        assert (cfg.neuron.tau0, cfg.neuron.v_threshold, cfg.neuron.v_reset, cfg.neuron.detach_reset) == (2, 1, 0, True)
+        assert cfg.surrogate._target_.endswith("ATan") and cfg.surrogate.alpha == 2
+        assert cfg.optim._target_ == "torch.optim.Adam" and cfg.optim.lr == 1e-3
+        assert cfg.sched._target_.endswith("CosineAnnealingLR") and cfg.sched.T_max == 64
+        assert cfg.model.dropout == 0.5
+        if "split_by" in cfg.dataset:
+            assert cfg.dataset.split_by == "number"
+    if neuron == "STBPLIF":  # Wu 2019: rectangular surrogate, 5 ms bins for event data
+        assert cfg.surrogate._target_.endswith("Rect")
+        if "bin_ms" in cfg.dataset:
+            assert (cfg.dataset.split_by, cfg.dataset.bin_ms) == ("time", 5)
+
+
+def write_small_data(dataset: str, root: Path, monkeypatch) -> list:
+    """Small files in the dataset's real format under root; returns the overrides that read them."""
+    if dataset in ("mnist", "fashion_mnist"):
+        make_mnist_like(root, "MNIST" if dataset == "mnist" else "FashionMNIST")
+    elif dataset in ("cifar10", "cifar100"):
+        cls = torchvision.datasets.CIFAR10 if dataset == "cifar10" else torchvision.datasets.CIFAR100
+        for attr, value in make_cifar(root, cls).items():  # torchvision checks the official md5s
+            monkeypatch.setattr(cls, attr, value)
+    else:
+        {"nmnist": make_nmnist, "dvs_cifar10": make_cifar10dvs, "dvs_gesture": make_gesture}[dataset](root)
+        return [f"dataset.cache_dir={root / 'cache'}", "dataset.workers=1"]
+    return []
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_trains_a_few_steps_on_small_data(name, tmp_path, monkeypatch):
+    dataset = PAPER[name][0]
+    extra = write_small_data(dataset, tmp_path / "data", monkeypatch)
+    if name.startswith("ledinauskas"):  # all 50 layers, at a quarter of the width, to keep the test fast
+        extra.append("model.width=16")
+    cfg = compose_train(f"experiment={name}", f"dataset.data_dir={tmp_path / 'data'}", "dataset.download=false",
+                        "trainer.T=2", "trainer.batch_size=2", "trainer.epochs=1", "trainer.max_steps=2",
+                        "trainer.progress=false", *extra)
+    validate(cfg)
+    assert cfg.trainer.T == 2  # the command line overrides the experiment
+    metrics = fit(cfg, tmp_path / "run", hparams={"experiment": name})
+    assert metrics["step"] == 2
+    assert metrics.get("paper_test_acc") == PAPER[name][-1]
+
+
+def test_the_paper_accuracy_is_logged_beside_the_runs_own(tmp_path):
+    make_mnist_like(tmp_path / "data")
+    run_snnexp("train", "experiment=tutorial_fc_mnist", "trainer.T=4", "trainer.epochs=2", "trainer.max_steps=4",
+               "trainer.batch_size=4", "hydra.run.dir=run", cwd=tmp_path)
+    run = tmp_path / "run"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["paper_test_acc"] == 0.929 and 0 <= metrics["test_acc"] <= 1
+    assert "(paper: 92.90%)" in (run / "train.log").read_text()
+    events = EventAccumulator(str(run))
+    events.Reload()
+    assert [e.value for e in events.Scalars("paper/test_acc")] == pytest.approx([0.929, 0.929])
+    assert len(events.Scalars("test/acc")) == 2  # the two lines share TensorBoard's step axis
+    hp = events.PluginTagToContent("hparams")["_hparams_/session_start_info"].decode("latin1")
+    assert "tutorial_fc_mnist" in hp  # the experiment is a column of the HPARAMS tab
+
+
+def test_a_paper_accuracy_out_of_range_is_refused(tmp_path):
+    proc = run_snnexp("train", "experiment=plif_mnist", "paper.test_acc=99.72", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "paper.test_acc=99.72 is out of range: must be a fraction in (0, 1], or null" in proc.stderr

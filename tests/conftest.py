@@ -25,3 +25,14 @@ def shared_data():
     if not (SHARED_DATA / "MNIST" / "raw").is_dir():
         pytest.skip(f"real data not present at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture
+def real_mnist(shared_data, tmp_path):
+    """A data_dir whose MNIST/raw/ links to the real files: torchvision extracts the .gz files beside the
+    links, in tmp_path, and never writes into shared/."""
+    raw = tmp_path / "real_data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for gz in (shared_data / "MNIST" / "raw").glob("*.gz"):
+        (raw / gz.name).symlink_to(gz)
+    return tmp_path / "real_data"

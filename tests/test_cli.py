@@ -25,7 +25,8 @@ def test_help_lists_commands_and_config_groups(tmp_path):
     assert "train" in out and "eval" in out
     out = run_snnexp("train", "--help", cwd=tmp_path).stdout
     for line in ("neuron: if, lif, plif, stbp", "surrogate: atan, fast_sigmoid, rect, sigmoid, triangle",
-                 "norm: bn, neunorm, none, tdbn", "encoder: direct, latency, poisson", "dataset: cifar10, cifar100, digits"):
+                 "norm: bn, neunorm, none, tdbn", "encoder: direct, latency, poisson", "dataset: cifar10, cifar100, digits",
+                 "experiment: ledinauskas_resnet_cifar100, plif_cifar10"):
         assert line in out
 
 
@@ -163,8 +164,8 @@ def test_user_config_folder_joins_the_search_path(tmp_path):
 
 
 @pytest.mark.slow
-def test_convnet_learns_real_mnist(tmp_path, shared_data):
-    run_snnexp("train", "dataset=mnist", f"dataset.data_dir={shared_data}", "trainer.epochs=1",
+def test_convnet_learns_real_mnist(tmp_path, real_mnist):
+    run_snnexp("train", "dataset=mnist", f"dataset.data_dir={real_mnist}", "trainer.epochs=1",
                "trainer.max_steps=300", "hydra.run.dir=run", cwd=tmp_path)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["test_acc"] > 0.9, metrics  # chance is 0.1

@@ -284,15 +284,13 @@ def fit(cfg: DictConfig, run_dir: Path, hparams: Dict[str, Any]) -> Dict[str, An
                 "wall_s": time.perf_counter() - t0,
                 "firing_rate": test_m["firing_rate"],
             }
-            if paper_acc is not None:
-                metrics["paper_test_acc"] = paper_acc
             scalars = {
                 "train/loss": train_m["loss"], "train/acc": train_m["acc"],
                 "test/loss": test_m["loss"], "test/acc": test_m["acc"], "test/best_acc": metrics["best_test_acc"],
                 "lr": lr, "train/samples_per_s": train_m["samples_per_s"],
             }
-            if paper_acc is not None:  # a flat line beside test/acc, and a metric column in HPARAMS
-                scalars["paper/test_acc"] = paper_acc
+            if paper_acc is not None:  # in TensorBoard a flat line beside test/acc and a column in HPARAMS
+                metrics["paper_test_acc"] = scalars["paper/test_acc"] = paper_acc
             scalars.update({f"firing_rate/{k}": v for k, v in test_m["firing_rate"].items()})
             scalars.update({f"grad_norm/{k}": v for k, v in train_m["grad_norm"].items()})
             scalars.update({f"tau/{k}": m.tau for k, m in spiking_layers(run.model).items() if isinstance(m, PLIF)})

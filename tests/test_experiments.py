@@ -133,6 +133,9 @@ def test_the_paper_accuracy_is_logged_beside_the_runs_own(tmp_path):
     assert len(events.Scalars("test/acc")) == 2  # the two lines share TensorBoard's step axis
     hp = events.PluginTagToContent("hparams")["_hparams_/session_start_info"].decode("latin1")
     assert "tutorial_fc_mnist" in hp  # the experiment is a column of the HPARAMS tab
+    out = run_snnexp("eval", "checkpoint=run/checkpoints/last.pt", "hydra.run.dir=ev", cwd=tmp_path).stdout
+    assert f"test_acc {100 * metrics['test_acc']:.2f}% (paper: 92.90%)" in out
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["paper_test_acc"] == 0.929
 
 
 def test_a_paper_accuracy_out_of_range_is_refused(tmp_path):

@@ -108,7 +108,8 @@ def evaluate(cfg: DictConfig):
     metrics = evaluate_checkpoint(to_absolute_path(cfg.checkpoint), cfg.device, cfg.data_dir, cfg.batch_size)
     out = Path(HydraConfig.get().runtime.output_dir) / "metrics.json"
     write_json(out, metrics)
-    print(f"test_acc {100 * metrics['test_acc']:.2f}%  test_loss {metrics['test_loss']:.4f}  "
+    paper = f" (paper: {100 * metrics['paper_test_acc']:.2f}%)" if "paper_test_acc" in metrics else ""
+    print(f"test_acc {100 * metrics['test_acc']:.2f}%{paper}  test_loss {metrics['test_loss']:.4f}  "
           f"(epoch {metrics['epoch']} of {metrics['checkpoint']}); saved {out}")
     return metrics["test_acc"]
 

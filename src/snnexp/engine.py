@@ -334,5 +334,9 @@ def evaluate_checkpoint(path, device_name: str = "auto", data_dir: Optional[str]
     except RuntimeError as e:
         raise CheckpointError(f"{path}: weights do not fit the network of its own config: {e}") from None
     test = evaluate(run, make_loader(run.splits.test, cfg, train=False))
-    return {"test_acc": test["acc"], "test_loss": test["loss"], "epoch": state["epoch"],
-            "firing_rate": test["firing_rate"], "checkpoint": str(Path(path).resolve())}
+    metrics = {"test_acc": test["acc"], "test_loss": test["loss"], "epoch": state["epoch"],
+               "firing_rate": test["firing_rate"], "checkpoint": str(Path(path).resolve())}
+    paper_acc = OmegaConf.select(cfg, "paper.test_acc", default=None)
+    if paper_acc is not None:  # a reproduction's checkpoint
+        metrics["paper_test_acc"] = paper_acc
+    return metrics

@@ -25,8 +25,9 @@ test: $(INSTALLED)
 test-all: $(INSTALLED)
 	$(PY) -m pytest -q -m "" $(ARGS)
 
-# benchmarks on the real data in ../shared/data (see bench/): print tables, write bench/results/*.json
+# benchmarks (see bench/): print tables, write bench/results/*.json; frames need the real data in ../shared/data
 bench: $(INSTALLED)
+	$(PY) bench/bench_neuron.py
 	$(PY) bench/bench_frames.py $(ARGS)
 
 clean:

@@ -20,6 +20,20 @@ import torch
 Tensor = torch.Tensor
 
 
+def charge(v: Tensor, x: Tensor, tau_inv, leak_to: float, decay_input: bool) -> Tensor:
+    """H[t] from V[t-1] and X[t]; tau_inv = None is IF (no leak)."""
+    if tau_inv is None:
+        return v + x
+    if decay_input:
+        return v + (x - (v - leak_to)) * tau_inv
+    return v - (v - leak_to) * tau_inv + x
+
+
+def reset(h: Tensor, s: Tensor, v_threshold: float, v_reset: Optional[float]) -> Tensor:
+    """V[t] from H[t] and the spikes: hard reset to v_reset, or soft (subtract V_th) when it is None."""
+    return h - v_threshold * s if v_reset is None else h * (1.0 - s) + v_reset * s
+
+
 def lif_multistep(
     x_seq: Tensor,
     tau_inv: Union[float, Tensor, None],
@@ -38,18 +52,9 @@ def lif_multistep(
     v = torch.full_like(x_seq[0], leak_to)
     spikes, v_seq = [], []
     for x in x_seq:
-        if tau_inv is None:
-            h = v + x
-        elif decay_input:
-            h = v + (x - (v - leak_to)) * tau_inv
-        else:
-            h = v - (v - leak_to) * tau_inv + x
+        h = charge(v, x, tau_inv, leak_to, decay_input)
         s = surrogate(h - v_threshold)
-        s_reset = s.detach() if detach_reset else s
-        if v_reset is None:
-            v = h - v_threshold * s_reset
-        else:
-            v = h * (1.0 - s_reset) + v_reset * s_reset
+        v = reset(h, s.detach() if detach_reset else s, v_threshold, v_reset)
         spikes.append(s)
         if return_v:
             v_seq.append(v)

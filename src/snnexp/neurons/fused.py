@@ -19,11 +19,9 @@ from typing import Optional, Union
 
 import torch
 
+from snnexp.neurons.functional import charge, reset
+
 Tensor = torch.Tensor
-
-
-def _reset(h: Tensor, s: Tensor, v_threshold: float, v_reset: Optional[float]) -> Tensor:
-    return h - v_threshold * s if v_reset is None else h * (1.0 - s) + v_reset * s
 
 
 class _LIFMultistep(torch.autograd.Function):
@@ -34,15 +32,9 @@ class _LIFMultistep(torch.autograd.Function):
         h_seq = torch.empty_like(x_seq)
         spikes = torch.empty_like(x_seq)
         for t in range(x_seq.shape[0]):
-            x = x_seq[t]
-            if tau_inv is None:
-                h = v + x
-            elif decay_input:
-                h = v + (x - (v - leak_to)) * tau_inv
-            else:
-                h = v - (v - leak_to) * tau_inv + x
-            s = (h >= v_threshold).to(x.dtype)
-            v = _reset(h, s, v_threshold, v_reset)
+            h = charge(v, x_seq[t], tau_inv, leak_to, decay_input)
+            s = (h >= v_threshold).to(x_seq.dtype)
+            v = reset(h, s, v_threshold, v_reset)
             h_seq[t] = h
             spikes[t] = s
         tau_tensor = tau_inv if isinstance(tau_inv, Tensor) else None
@@ -77,7 +69,7 @@ class _LIFMultistep(torch.autograd.Function):
             grad_x[t] = grad_h * tau_inv if ctx.decay_input else grad_h
             grad_v = grad_h * (1.0 - tau_inv)
             if want_tau:
-                v_prev = _reset(h_seq[t - 1], spikes[t - 1].to(h_seq.dtype), v_th, v_reset) if t > 0 \
+                v_prev = reset(h_seq[t - 1], spikes[t - 1].to(h_seq.dtype), v_th, v_reset) if t > 0 \
                     else torch.full_like(h, leak_to)
                 if ctx.decay_input:
                     grad_tau = grad_tau + (grad_h * (h - v_prev)).sum() / tau_inv

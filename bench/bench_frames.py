@@ -10,25 +10,14 @@ Prints a table and writes bench/results/frames.json. Medians of repeated runs (t
 """
 
 import argparse
-import json
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
+from common import median_time, write_results
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def median_time(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main():
@@ -126,10 +115,7 @@ def main():
     data, step = r["train_data_ms_per_batch"], r["train_step_ms_per_batch"]
     print(f"training the PLIF N-MNIST network, batch 16: waiting for data {data:.1f} ms, training step {step:.1f} ms "
           f"per batch (data is {100 * data / (data + step):.2f}% of the loop)")
-    out = REPO / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "frames.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {out / 'frames.json'}")
+    write_results("frames", results)
 
 
 if __name__ == "__main__":

@@ -16,15 +16,12 @@ over ours (> 1: ours is faster / smaller). Prints a table and writes bench/resul
 import argparse
 import json
 import resource
-import statistics
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import torch
+from common import median_time, write_results
 
-REPO = Path(__file__).resolve().parents[1]
 IMPLS = ["snnexp reference", "snnexp fused", "SpikingJelly", "snnTorch"]
 SHAPES = {8: (8, 32, 128, 16, 16), 32: (32, 8, 128, 16, 16)}
 
@@ -83,12 +80,7 @@ def measure(impl: str, kind: str, T: int, repeats: int) -> dict:
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     step()  # warm-up, and the peak-memory figure
     peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return {"ms": 1000 * statistics.median(times), "peak_mb": peak_mb}
+    return {"ms": 1000 * median_time(step, repeats), "peak_mb": peak_mb}
 
 
 def main():
@@ -117,10 +109,8 @@ def main():
                 r = row[impl]
                 print(f"  {impl:18s} {r['ms']:9.1f} {r['peak_mb']:9.1f} {sj['ms'] / r['ms']:13.2f}x "
                       f"{r['peak_mb'] / max(sj['peak_mb'], 1e-9):14.2f}x")
-    out_dir = REPO / "bench" / "results"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "neuron.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\nwrote {out_dir / 'neuron.json'}")
+    print()
+    write_results("neuron", results)
 
 
 if __name__ == "__main__":

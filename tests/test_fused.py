@@ -12,7 +12,7 @@ import zlib
 import pytest
 import torch
 
-from snnexp.neurons.functional import lif_multistep
+from snnexp.neurons.functional import lif_multistep_reference as lif_multistep
 from snnexp.neurons.fused import lif_multistep_fused
 from snnexp.surrogate import ATan, FastSigmoid, Rect, Sigmoid, Triangle
 
@@ -65,10 +65,141 @@ def test_fused_equals_the_reference_in_float32(kind, v_reset, detach, decay):
         torch.testing.assert_close(gw, gw_ref, rtol=1e-4, atol=1e-5)
 
 
-def test_only_the_potential_and_bool_spikes_are_saved():
+def test_backward_keeps_only_the_input():
+    """Nothing is saved but X (which the caller holds anyway) and 1/tau: no H, no spikes."""
     x = torch.rand(4, 2, 3, requires_grad=True)
     w = torch.tensor(0.0, requires_grad=True)
     out = lif_multistep_fused(x, torch.sigmoid(w), ATan())
-    saved = out.grad_fn.saved_tensors
-    assert [t.dtype for t in saved[:2]] == [torch.float32, torch.bool]
-    assert all(t.shape == x.shape for t in saved[:2])
+    saved = [t for t in out.grad_fn.saved_tensors]
+    assert len(saved) == 2
+    assert saved[0].data_ptr() == x.data_ptr() and saved[1].dim() == 0
+
+
+@pytest.mark.parametrize("kind", ["lif", "plif"])
+def test_many_neurons_split_over_threads_and_blocks(kind):
+    """N = 70001: more than one thread's share (kernels/cpu.py), and not a multiple of the 256-neuron block."""
+    ours, ref, (gx, gx_ref), (gw, gw_ref) = run_both(kind, 0.0, False, True, "atan", 3, torch.float32,
+                                                   shape=(70001,))
+    assert torch.equal(ours, ref)
+    torch.testing.assert_close(gx, gx_ref, rtol=1e-5, atol=1e-6)
+    if kind == "plif":
+        torch.testing.assert_close(gw, gw_ref, rtol=1e-4, atol=1e-3)
+
+
+def test_channels_last_input_is_taken_as_it_is():
+    """A [T, B, C, H, W] sequence whose frames are channels_last (what a channels_last conv gives) runs
+    without a copy into NCHW order; the spikes come back in the same memory order."""
+    T, B, C, H, W = 3, 2, 4, 5, 6
+    x = (torch.rand(T, B, H, W, C) * 3 - 0.5).permute(0, 1, 4, 2, 3).requires_grad_()  # channels_last frames
+    x_ref = x.detach().contiguous().requires_grad_()
+    weights = torch.randn(T, B, C, H, W)
+    ours = lif_multistep_fused(x, 0.5, ATan())
+    ref = lif_multistep(x_ref, 0.5, ATan())
+    assert ours.stride() == x.stride()
+    assert torch.equal(ours, ref)
+    (ours * weights).sum().backward()
+    (ref * weights).sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad)
+
+
+def test_bfloat16_input_widens_to_float32():
+    x = (torch.rand(4, 3, 50) * 3 - 0.5).to(torch.bfloat16).requires_grad_()
+    x32 = x.detach().float().requires_grad_()
+    ours = lif_multistep_fused(x, 0.5, ATan())
+    ref = lif_multistep(x32, 0.5, ATan())
+    assert ours.dtype == torch.bfloat16 and torch.equal(ours.float(), ref)
+    ours.sum().backward()
+    ref.sum().backward()
+    assert x.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(x.grad.float(), x32.grad, rtol=1e-2, atol=1e-2)
+
+
+def test_the_custom_op_passes_torch_opcheck():
+    """torch.library.opcheck: schema, fake (meta) implementation, autograd registration and AOT dispatch
+    agree with the real op, which is what torch.compile relies on."""
+    from snnexp.neurons.fused import _lif_op
+
+    x = (torch.rand(3, 2, 4, dtype=torch.float64) * 3 - 0.5).requires_grad_()
+    tau = torch.tensor(0.4, dtype=torch.float64, requires_grad=True)
+    for args in [(x, tau, "decay_input", 1.0, 0.0, False, True, "atan", 2.0, 0.0),
+                 (x, tau, "plain", 1.0, 0.0, True, False, "rect", 1.0, 1.0)]:
+        torch.library.opcheck(_lif_op, args)
+
+
+def out_name_of_the_kernel():
+    return lif_multistep_fused(torch.rand(2, 3, requires_grad=True), 0.5, ATan()).grad_fn.name()
+
+
+def test_without_a_kernel_the_op_computes_the_reference(monkeypatch):
+    """No C compiler: one warning, then the same spikes and gradients through the reference."""
+    from snnexp.neurons import fused
+    from snnexp.neurons.kernels import cpu
+
+    kernel_name = out_name_of_the_kernel()
+    monkeypatch.setattr(cpu, "available", lambda: "no C compiler found (set CC, or install gcc)")
+    monkeypatch.setattr(fused, "_UNAVAILABLE", {})
+    with pytest.warns(RuntimeWarning, match="no C compiler found"):
+        ours, ref, (gx, gx_ref), (gw, gw_ref) = run_both("plif", 0.0, False, True, "atan", 4, torch.float64)
+    assert ours.grad_fn.name() != kernel_name
+    assert torch.equal(ours, ref)
+    torch.testing.assert_close(gx, gx_ref)
+    torch.testing.assert_close(gw, gw_ref)
+
+
+def test_modules_default_to_the_fused_kernel_and_agree_with_the_reference():
+    from snnexp.neurons import PLIF
+
+    x = (torch.rand(6, 4, 30) * 3 - 0.5).requires_grad_()
+    x_ref = x.detach().clone().requires_grad_()
+    fast, slow = PLIF(surrogate=ATan()), PLIF(surrogate=ATan(), backend="reference")
+    assert fast.backend == "fused"
+    out = fast(x)
+    assert out.grad_fn.name() == out_name_of_the_kernel()
+    ref = slow(x_ref)
+    assert torch.equal(out, ref)
+    out.sum().backward()
+    ref.sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad)
+    torch.testing.assert_close(fast.w.grad, slow.w.grad)
+    with pytest.raises(ValueError, match="backend must be one of fused, reference"):
+        PLIF(backend="triton")
+
+
+TRITON_CHECK = """
+import itertools, torch
+from snnexp.neurons.kernels import cuda
+from snnexp.neurons.functional import lif_multistep_reference
+from snnexp.surrogate import ATan, Rect, Sigmoid, Triangle, FastSigmoid
+torch.manual_seed(0)
+cases = [("if", False, True, ATan()), ("decay_input", False, False, Rect(1.0, 0.7)), ("plain", True, False, Sigmoid()),
+         ("decay_input", True, True, Triangle()), ("plain", False, True, FastSigmoid())]
+for dtype, (leak, soft, detach, sg) in itertools.product((torch.float32, torch.float64), cases):
+    x = torch.rand(5, 3, 300, dtype=dtype) * 4 - 0.5
+    tau = torch.tensor(0.4, dtype=dtype)
+    xr, taur = x.clone().requires_grad_(), tau.clone().requires_grad_(leak != "if")
+    ref = lif_multistep_reference(xr, None if leak == "if" else taur, sg, 1.0, None if soft else -0.2,
+                                  leak != "plain", detach)
+    g = torch.randn_like(ref)
+    ref.backward(g)
+    name, a, b = sg.kernel_args()
+    spikes = cuda.forward(x, tau, leak, 1.0, -0.2, soft)
+    gx, gt = cuda.backward(x, g, tau, leak, 1.0, -0.2, soft, detach, name, a, b, leak != "if")
+    assert torch.equal(spikes, ref), (dtype, leak, soft, detach, name)
+    torch.testing.assert_close(gx, xr.grad)
+    if leak != "if":
+        torch.testing.assert_close(gt, taur.grad, rtol=1e-4, atol=1e-4)
+print("ok")
+"""
+
+
+def test_the_triton_kernel_in_the_interpreter():
+    """The CUDA kernel (kernels/cuda.py) run by Triton's interpreter on the CPU: every surrogate, each leak
+    form, hard and soft reset, detach_reset both ways, float32 and float64, against the reference."""
+    pytest.importorskip("triton")
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    proc = subprocess.run([sys.executable, "-c", TRITON_CHECK], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]

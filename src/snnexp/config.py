@@ -25,6 +25,8 @@ class TrainerConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = False
+    channels_last: bool = False
+    compile: bool = False
     num_workers: int = 0
     max_steps: Optional[int] = None
     progress: bool = True
@@ -64,6 +66,7 @@ RULES = {
     "neuron.tau0": (lambda v: v > 1, "> 1 (PLIF's initial tau; 1/tau = sigmoid(w) < 1)"),
     "neuron.v_threshold": (_positive, "> 0"),
     "neuron.k": (lambda v: 0 < v < 1, "in (0, 1) (STBP's decay factor)"),
+    "neuron.backend": (lambda v: v in ("fused", "reference"), "fused or reference"),
     "surrogate.alpha": (_positive, "> 0"),
     "surrogate.width": (_positive, "> 0"),
     "surrogate.slope": (_positive, "> 0"),

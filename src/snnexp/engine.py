@@ -51,6 +51,11 @@ class Run:
     readout: nn.Module
     loss_fn: nn.Module
     device: torch.device
+    net: Optional[Any] = None  # what forward() calls: the model, or torch.compile of it (trainer.compile)
+
+    def __post_init__(self):
+        if self.net is None:
+            self.net = self.model
 
 
 def resolve_device(name: str) -> torch.device:
@@ -83,7 +88,12 @@ def build_run(cfg: DictConfig, device: torch.device) -> Run:
         neuron=instantiate(cfg.neuron, surrogate=surrogate),
         norm=instantiate(cfg.norm),
     )
-    return Run(cfg, splits, encoder, model.to(device), readout, instantiate(cfg.loss), device)
+    model = model.to(device)
+    if cfg.trainer.get("channels_last", False):
+        model = model.to(memory_format=torch.channels_last)  # conv weights; their outputs follow
+    # the checkpoint keeps the model's own state_dict keys; only forward() goes through the compiled net
+    net = torch.compile(model) if cfg.trainer.get("compile", False) else model
+    return Run(cfg, splits, encoder, model, readout, instantiate(cfg.loss), device, net)
 
 
 def make_loader(dataset, cfg: DictConfig, train: bool) -> DataLoader:
@@ -114,7 +124,7 @@ def forward(run: Run, x: torch.Tensor, generator: Optional[torch.Generator] = No
     else:
         x_seq = run.encoder(x, run.cfg.trainer.T, generator=generator)
     with autocast(run):
-        spikes = run.model(x_seq)
+        spikes = run.net(x_seq)
     return run.readout(spikes.float())
 
 
@@ -126,7 +136,10 @@ def train_epoch(run, loader, optimizer, scaler, epoch: int, step: int, max_steps
     start = time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch}/{run.cfg.trainer.epochs}", leave=False,
                disable=None if run.cfg.trainer.progress else True, dynamic_ncols=True)
+    timed = 0  # samples counted in samples/s: with trainer.compile, not the first step's (it compiles)
     for x, y in bar:
+        if steps == 1 and run.cfg.trainer.get("compile", False):
+            start, timed = time.perf_counter(), 0
         x, y = x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
         scores = forward(run, x)
         loss = run.loss_fn(scores, y)
@@ -143,11 +156,12 @@ def train_epoch(run, loader, optimizer, scaler, epoch: int, step: int, max_steps
         total_loss += loss.item() * n
         correct += (scores.argmax(1) == y).sum().item()
         seen += n
+        timed += n
         bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{100 * correct / seen:.2f}%")
         if max_steps is not None and step >= max_steps:
             break
     elapsed = time.perf_counter() - start
-    return {"loss": total_loss / seen, "acc": correct / seen, "samples_per_s": seen / elapsed,
+    return {"loss": total_loss / seen, "acc": correct / seen, "samples_per_s": timed / elapsed,
             "grad_norm": {k: v.item() / steps for k, v in grad_norms.items()}}, step
 
 

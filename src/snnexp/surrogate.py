@@ -32,6 +32,11 @@ class Surrogate(nn.Module):
     def grad(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def kernel_args(self) -> Optional[tuple]:
+        """(name, a, b) for the fused neuron kernels (snnexp/neurons/kernels), or None for a surrogate they
+        do not know: neurons then use the reference implementation."""
+        return None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _SpikeFn.apply(x, self)
 
@@ -52,6 +57,9 @@ class Rect(Surrogate):
     def grad(self, x):
         return (x.abs() < self.width / 2).to(x.dtype) * self.height
 
+    def kernel_args(self):
+        return ("rect", self.width, self.height)
+
     def extra_repr(self):
         return f"width={self.width}, height={self.height}"
 
@@ -67,6 +75,9 @@ class Sigmoid(Surrogate):
         s = torch.sigmoid(self.alpha * x)
         return self.alpha * s * (1 - s)
 
+    def kernel_args(self):
+        return ("sigmoid", self.alpha, 0.0)
+
     def extra_repr(self):
         return f"alpha={self.alpha}"
 
@@ -80,6 +91,9 @@ class ATan(Surrogate):
 
     def grad(self, x):
         return (self.alpha / 2) / (1 + (math.pi / 2 * self.alpha * x) ** 2)
+
+    def kernel_args(self):
+        return ("atan", self.alpha, 0.0)
 
     def extra_repr(self):
         return f"alpha={self.alpha}"
@@ -95,6 +109,9 @@ class FastSigmoid(Surrogate):
     def grad(self, x):
         return 1.0 / (1 + self.slope * x.abs()) ** 2
 
+    def kernel_args(self):
+        return ("fast_sigmoid", self.slope, 0.0)
+
     def extra_repr(self):
         return f"slope={self.slope}"
 
@@ -108,6 +125,9 @@ class Triangle(Surrogate):
 
     def grad(self, x):
         return torch.clamp(1 - x.abs() / self.width, min=0) * self.height
+
+    def kernel_args(self):
+        return ("triangle", self.width, self.height)
 
     def extra_repr(self):
         return f"width={self.width}, height={self.height}"

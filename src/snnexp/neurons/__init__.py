@@ -6,14 +6,18 @@ from typing import Optional
 import torch
 from torch import nn
 
-from snnexp.neurons.functional import if_multistep, lif_multistep
+from snnexp.neurons.functional import BACKENDS, if_multistep, lif_multistep
+from snnexp.neurons.fused import lif_multistep_fused  # loaded with the modules, so torch.compile finds it imported
 from snnexp.surrogate import ATan, Surrogate
 
-__all__ = ["IF", "LIF", "PLIF", "STBPLIF", "SpikingNeuron", "if_multistep", "lif_multistep"]
+__all__ = ["IF", "LIF", "PLIF", "STBPLIF", "SpikingNeuron", "if_multistep", "lif_multistep", "lif_multistep_fused"]
 
 
 class SpikingNeuron(nn.Module):
-    """Common parameters. A call processes a whole [T, B, ...] sequence from rest."""
+    """Common parameters. A call processes a whole [T, B, ...] sequence from rest.
+
+    backend: "fused" runs the fused kernel (snnexp/neurons/fused.py), "reference" the step-by-step definition
+    that autograd differentiates op by op; both give the same spikes and gradients."""
 
     def __init__(
         self,
@@ -21,20 +25,26 @@ class SpikingNeuron(nn.Module):
         v_reset: Optional[float] = 0.0,
         detach_reset: bool = False,
         surrogate: Optional[Surrogate] = None,
+        backend: str = "fused",
     ):
         super().__init__()
+        if backend not in BACKENDS:
+            raise ValueError(f"neuron backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         self.v_threshold = float(v_threshold)
         self.v_reset = None if v_reset is None else float(v_reset)
         self.detach_reset = bool(detach_reset)
         self.surrogate = surrogate if surrogate is not None else ATan()
+        self.backend = backend
 
     def extra_repr(self):
-        return f"v_threshold={self.v_threshold}, v_reset={self.v_reset}, detach_reset={self.detach_reset}"
+        return (f"v_threshold={self.v_threshold}, v_reset={self.v_reset}, detach_reset={self.detach_reset}, "
+                f"backend={self.backend}")
 
 
 class IF(SpikingNeuron):
     def forward(self, x_seq):
-        return if_multistep(x_seq, self.surrogate, self.v_threshold, self.v_reset, self.detach_reset)
+        return if_multistep(x_seq, self.surrogate, self.v_threshold, self.v_reset, self.detach_reset,
+                            backend=self.backend)
 
 
 class LIF(SpikingNeuron):
@@ -44,9 +54,8 @@ class LIF(SpikingNeuron):
         self.decay_input = bool(decay_input)
 
     def forward(self, x_seq):
-        return lif_multistep(
-            x_seq, 1.0 / self.tau, self.surrogate, self.v_threshold, self.v_reset, self.decay_input, self.detach_reset
-        )
+        return lif_multistep(x_seq, 1.0 / self.tau, self.surrogate, self.v_threshold, self.v_reset,
+                             self.decay_input, self.detach_reset, backend=self.backend)
 
     def extra_repr(self):
         return f"tau={self.tau}, decay_input={self.decay_input}, " + super().extra_repr()
@@ -66,9 +75,8 @@ class PLIF(SpikingNeuron):
 
     def forward(self, x_seq):
         tau_inv = torch.sigmoid(self.w)
-        return lif_multistep(
-            x_seq, tau_inv, self.surrogate, self.v_threshold, self.v_reset, self.decay_input, self.detach_reset
-        )
+        return lif_multistep(x_seq, tau_inv, self.surrogate, self.v_threshold, self.v_reset, self.decay_input,
+                             self.detach_reset, backend=self.backend)
 
     def extra_repr(self):
         return f"tau={self.tau:.4f}, decay_input={self.decay_input}, " + super().extra_repr()
@@ -82,11 +90,12 @@ class STBPLIF(LIF):
     = k u[t-1] (1 - o[t-1]) + I[t]. tests/test_neurons_stbp.py checks spikes and gradients against
     the explicit formula."""
 
-    def __init__(self, k: float = 0.2, v_threshold: float = 0.5, surrogate: Optional[Surrogate] = None):
+    def __init__(self, k: float = 0.2, v_threshold: float = 0.5, surrogate: Optional[Surrogate] = None,
+                 backend: str = "fused"):
         if not 0 < k < 1:
             raise ValueError(f"STBP decay factor k must be in (0, 1), got {k}")
         super().__init__(tau=1.0 / (1.0 - k), decay_input=False, v_threshold=v_threshold, v_reset=0.0,
-                         detach_reset=False, surrogate=surrogate)
+                         detach_reset=False, surrogate=surrogate, backend=backend)
         self.k = float(k)
 
     def extra_repr(self):

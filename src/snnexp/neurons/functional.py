@@ -10,7 +10,8 @@ so nothing has to be reset between batches. Equations: snn-reference.md, section
     V[t] = H[t] (1 - S[t]) + V_reset S[t]                  hard reset
     V[t] = H[t] - V_th S[t]                                soft reset (v_reset = None)
 
-Faster kernels (later) must match these functions; tests compare against them.
+`lif_multistep_reference` is the definition: autograd differentiates it op by op. `lif_multistep`, what the
+modules call, runs the fused kernel (fused.py) by default; tests compare the two.
 """
 
 from typing import Callable, Optional, Union
@@ -34,7 +35,7 @@ def reset(h: Tensor, s: Tensor, v_threshold: float, v_reset: Optional[float]) ->
     return h - v_threshold * s if v_reset is None else h * (1.0 - s) + v_reset * s
 
 
-def lif_multistep(
+def lif_multistep_reference(
     x_seq: Tensor,
     tau_inv: Union[float, Tensor, None],
     surrogate: Callable[[Tensor], Tensor],
@@ -62,6 +63,33 @@ def lif_multistep(
     return (spikes, torch.stack(v_seq)) if return_v else spikes
 
 
-def if_multistep(x_seq: Tensor, surrogate, v_threshold=1.0, v_reset=0.0, detach_reset=False, return_v=False):
+BACKENDS = ("fused", "reference")
+
+
+def lif_multistep(
+    x_seq: Tensor,
+    tau_inv: Union[float, Tensor, None],
+    surrogate: Callable[[Tensor], Tensor],
+    v_threshold: float = 1.0,
+    v_reset: Optional[float] = 0.0,
+    decay_input: bool = True,
+    detach_reset: bool = False,
+    return_v: bool = False,
+    backend: str = "fused",
+):
+    """`lif_multistep_reference`, through the fused kernel when it can: backend "fused" (the default) with a
+    surrogate the kernels know and no `return_v`; "reference" always runs the definition."""
+    if backend not in BACKENDS:
+        raise ValueError(f"neuron backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "fused" and not return_v and surrogate.kernel_args() is not None:
+        from snnexp.neurons.fused import lif_multistep_fused  # fused.py builds on this module
+
+        return lif_multistep_fused(x_seq, tau_inv, surrogate, v_threshold, v_reset, decay_input, detach_reset)
+    return lif_multistep_reference(x_seq, tau_inv, surrogate, v_threshold, v_reset, decay_input, detach_reset,
+                                   return_v)
+
+
+def if_multistep(x_seq: Tensor, surrogate, v_threshold=1.0, v_reset=0.0, detach_reset=False, return_v=False,
+                 backend: str = "fused"):
     """Integrate-and-fire: no leak."""
-    return lif_multistep(x_seq, None, surrogate, v_threshold, v_reset, True, detach_reset, return_v)
+    return lif_multistep(x_seq, None, surrogate, v_threshold, v_reset, True, detach_reset, return_v, backend)

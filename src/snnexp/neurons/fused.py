@@ -1,10 +1,12 @@
-"""Fused multi-step LIF / IF: one loop over time forward, one loop backward with the gradient written out,
-instead of autograd recording every elementwise op of every step.
+"""Fused multi-step LIF / IF: the whole sequence in one kernel call forward and one backward, instead of
+autograd recording several tensor ops per time step. C on the CPU (kernels/lif_cpu.c), Triton on CUDA
+(kernels/cuda.py); both registered as one PyTorch custom op, `snnexp::lif_multistep`, with its backward, so
+that `torch.compile` of a model keeps the op whole instead of breaking its graph at every neuron.
 
-The maths is that of `functional.lif_multistep` (the reference definition; tests compare the two, gradcheck
-included). What it saves for backward is only the pre-spike potential H[t] and the spikes as bool (exact);
-V[t-1] is recomputed from them, and dH/d(1/tau) from H[t] - V[t-1]. Backward, with g_S[t] the gradient
-arriving at the spikes and g_V[t] the one carried back from step t+1:
+The maths is that of `functional.lif_multistep_reference` (the definition; tests compare the two, in
+float64 to 1e-10 and in float32 to float32 tolerance). Nothing is saved for backward but the input X:
+backward recomputes H[t] block by block (S[t] = H[t] >= V_th exactly). With g_S[t] the gradient arriving
+at the spikes and g_V[t] the one carried back from step t+1:
 
     sg        = surrogate'(H[t] - V_th)
     dV/dH     = 1 - S[t] + (V_reset - H[t]) sg   hard reset (the sg term only without detach_reset)
@@ -13,70 +15,122 @@ arriving at the spikes and g_V[t] the one carried back from step t+1:
     g_X[t]    = g_H / tau (decay_input) or g_H;    g_V[t-1] = g_H (1 - 1/tau)   (IF: 1/tau = 0)
     g_(1/tau) += g_H (X[t] - (V[t-1] - V_reset)) = g_H (H[t] - V[t-1]) tau   (decay_input)
               += -g_H (V[t-1] - V_reset)                                    (otherwise)
+
+Where no kernel can run (no C compiler, no Triton, another device) `lif_multistep_fused` runs the reference
+implementation instead and says so once.
 """
 
-from typing import Optional, Union
+import importlib
+import warnings
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 
-from snnexp.neurons.functional import charge, reset
+from snnexp.neurons.functional import lif_multistep_reference
 
 Tensor = torch.Tensor
+_KERNELS = {"cpu": "snnexp.neurons.kernels.cpu", "cuda": "snnexp.neurons.kernels.cuda"}  # imported on first use
+def _kernel(device_type: str):
+    return importlib.import_module(_KERNELS[device_type])
 
 
-class _LIFMultistep(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x_seq, tau_inv, surrogate, v_threshold, v_reset, decay_input, detach_reset):
-        leak_to = 0.0 if v_reset is None else v_reset
-        v = torch.full_like(x_seq[0], leak_to)
-        h_seq = torch.empty_like(x_seq)
-        spikes = torch.empty_like(x_seq)
-        for t in range(x_seq.shape[0]):
-            h = charge(v, x_seq[t], tau_inv, leak_to, decay_input)
-            s = (h >= v_threshold).to(x_seq.dtype)
-            v = reset(h, s, v_threshold, v_reset)
-            h_seq[t] = h
-            spikes[t] = s
-        tau_tensor = tau_inv if isinstance(tau_inv, Tensor) else None
-        ctx.save_for_backward(h_seq, spikes.bool(), tau_tensor)
-        ctx.tau_inv = tau_inv if tau_tensor is None else None
-        ctx.surrogate, ctx.v_threshold, ctx.v_reset = surrogate, v_threshold, v_reset
-        ctx.decay_input, ctx.detach_reset = decay_input, detach_reset
-        return spikes
+def _check(device_type: str) -> Optional[str]:
+    reason = f"no fused kernel for device '{device_type}'" if device_type not in _KERNELS \
+        else _kernel(device_type).available()
+    if reason is not None:
+        warnings.warn(f"snnexp: fused neuron kernel unavailable ({reason}); neurons use the reference "
+                      "implementation, which is slower", RuntimeWarning, stacklevel=3)
+    return reason
 
-    @staticmethod
-    def backward(ctx, grad_spikes):
-        h_seq, spikes, tau_tensor = ctx.saved_tensors
-        tau_inv = tau_tensor if tau_tensor is not None else ctx.tau_inv
-        v_th, v_reset = ctx.v_threshold, ctx.v_reset
-        leak_to = 0.0 if v_reset is None else v_reset
-        want_tau = tau_tensor is not None and ctx.needs_input_grad[1]
-        grad_x = torch.empty_like(h_seq)
-        grad_v = torch.zeros_like(h_seq[0])
-        grad_tau = torch.zeros((), dtype=h_seq.dtype, device=h_seq.device)
-        for t in reversed(range(h_seq.shape[0])):
-            h, s = h_seq[t], spikes[t].to(h_seq.dtype)
-            sg = ctx.surrogate.grad(h - v_th)
-            if v_reset is None:
-                dv_dh = 1.0 if ctx.detach_reset else 1.0 - v_th * sg
-            else:
-                dv_dh = 1.0 - s if ctx.detach_reset else 1.0 - s + (v_reset - h) * sg
-            grad_h = grad_spikes[t] * sg + grad_v * dv_dh
-            if tau_inv is None:  # IF
-                grad_x[t] = grad_h
-                grad_v = grad_h
-                continue
-            grad_x[t] = grad_h * tau_inv if ctx.decay_input else grad_h
-            grad_v = grad_h * (1.0 - tau_inv)
-            if want_tau:
-                v_prev = reset(h_seq[t - 1], spikes[t - 1].to(h_seq.dtype), v_th, v_reset) if t > 0 \
-                    else torch.full_like(h, leak_to)
-                if ctx.decay_input:
-                    grad_tau = grad_tau + (grad_h * (h - v_prev)).sum() / tau_inv
-                else:
-                    grad_tau = grad_tau - (grad_h * (v_prev - leak_to)).sum()
-        grad_tau_out = grad_tau.reshape(tau_tensor.shape).to(tau_tensor.dtype) if want_tau else None
-        return grad_x, grad_tau_out, None, None, None, None, None
+
+def kernel_unavailable(device_type: str) -> Optional[str]:
+    """None if a fused kernel runs on this kind of device, else why not (said once, as a warning)."""
+    if device_type not in _UNAVAILABLE:
+        _UNAVAILABLE[device_type] = _check(device_type)
+    return _UNAVAILABLE[device_type]
+
+
+# Decided at import for the CPU (building the C kernel the first time, about a second) and CUDA, so that
+# torch.compile finds a plain dict lookup here rather than an import or a compiler run to trace.
+_UNAVAILABLE: Dict[str, Optional[str]] = {}
+for _device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
+    kernel_unavailable(_device)
+
+
+def _one_block_per_step(x: Tensor) -> bool:
+    """True if x[t] is one dense block of memory at offset t * x[0].numel(), whatever the order of the other
+    dims (channels_last included): the kernels see [T, N] and outputs made by empty_like keep that order."""
+    if x.shape[0] > 1 and x.stride(0) != x[0].numel():
+        return False
+    expected = 1
+    for stride, size in sorted((st, sz) for st, sz in zip(x.stride()[1:], x.shape[1:]) if sz > 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def _kernel_input(x: Tensor, like: Optional[Tensor] = None) -> Tensor:
+    """x as the kernels take it: float32 or float64 (bfloat16 / float16 widen to float32, spikes are exact),
+    one dense block per time step; with `like`, also in like's memory order (a gradient to match X)."""
+    dtype = x.dtype if like is None and x.dtype in (torch.float32, torch.float64) else \
+        (like.dtype if like is not None else torch.float32)
+    if like is not None:
+        return x if x.dtype == dtype and x.stride() == like.stride() else torch.empty_like(like).copy_(x)
+    x = x.to(dtype)
+    return x if _one_block_per_step(x) else x.contiguous()
+
+
+def _tau_value(tau_inv: Tensor, device_type: str):
+    return tau_inv.item() if device_type == "cpu" else tau_inv  # the Triton kernel reads it on the GPU
+
+
+@torch.library.custom_op("snnexp::lif_multistep", mutates_args=())
+def _lif_op(x: Tensor, tau_inv: Tensor, leak: str, v_threshold: float, v_reset: float, soft_reset: bool,
+            detach_reset: bool, surrogate: str, sg_a: float, sg_b: float) -> Tensor:
+    xk = _kernel_input(x)
+    spikes = _kernel(x.device.type).forward(xk, _tau_value(tau_inv, x.device.type), leak, v_threshold, v_reset,
+                                              soft_reset)
+    return spikes.to(x.dtype)
+
+
+@_lif_op.register_fake
+def _(x, tau_inv, leak, v_threshold, v_reset, soft_reset, detach_reset, surrogate, sg_a, sg_b):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("snnexp::lif_multistep_backward", mutates_args=())
+def _lif_backward_op(x: Tensor, grad_spikes: Tensor, tau_inv: Tensor, leak: str, v_threshold: float,
+                     v_reset: float, soft_reset: bool, detach_reset: bool, surrogate: str, sg_a: float,
+                     sg_b: float, want_tau: bool) -> Tuple[Tensor, Tensor]:
+    args = (leak, v_threshold, v_reset, soft_reset, detach_reset, surrogate, sg_a, sg_b)
+    device, xk = x.device.type, _kernel_input(x)
+    grad_x, grad_tau = _kernel(device).backward(xk, _kernel_input(grad_spikes, like=xk),
+                                                 _tau_value(tau_inv, device), *args, want_tau)
+    grad_tau = torch.as_tensor(grad_tau, dtype=tau_inv.dtype, device=tau_inv.device).reshape(tau_inv.shape)
+    return grad_x.to(x.dtype), grad_tau
+
+
+@_lif_backward_op.register_fake
+def _(x, grad_spikes, tau_inv, leak, v_threshold, v_reset, soft_reset, detach_reset, surrogate, sg_a, sg_b,
+      want_tau):
+    return torch.empty_like(x), torch.empty_like(tau_inv)
+
+
+def _setup_context(ctx, inputs, output):
+    x, tau_inv, *params = inputs
+    ctx.save_for_backward(x, tau_inv)
+    ctx.params = params
+
+
+def _backward(ctx, grad_spikes):
+    x, tau_inv = ctx.saved_tensors
+    want_tau = ctx.needs_input_grad[1]
+    grad_x, grad_tau = _lif_backward_op(x, grad_spikes, tau_inv, *ctx.params, want_tau)
+    return (grad_x, grad_tau if want_tau else None) + (None,) * len(ctx.params)
+
+
+_lif_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def lif_multistep_fused(
@@ -88,6 +142,18 @@ def lif_multistep_fused(
     decay_input: bool = True,
     detach_reset: bool = False,
 ) -> Tensor:
-    """`functional.lif_multistep` (spikes only) with the fused backward above."""
-    return _LIFMultistep.apply(x_seq, tau_inv, surrogate, float(v_threshold),
-                               None if v_reset is None else float(v_reset), bool(decay_input), bool(detach_reset))
+    """Spikes of `functional.lif_multistep_reference`, through the fused kernel. tau_inv = None is IF; a
+    tensor (PLIF) gets its gradient. The surrogate must be one the kernels know (`kernel_args()`). Where no
+    kernel runs on x's device, this is the reference."""
+    spec = surrogate.kernel_args()
+    if spec is None:
+        raise ValueError(f"{type(surrogate).__name__} has no fused kernel; use the reference implementation")
+    if kernel_unavailable(x_seq.device.type):
+        return lif_multistep_reference(x_seq, tau_inv, surrogate, v_threshold, v_reset, decay_input, detach_reset)
+    name, sg_a, sg_b = spec
+    leak = "if" if tau_inv is None else ("decay_input" if decay_input else "plain")
+    if not isinstance(tau_inv, Tensor):  # float64 holds the Python float exactly; the kernel rounds it like torch
+        tau_inv = torch.tensor(0.0 if tau_inv is None else float(tau_inv), dtype=torch.float64, device=x_seq.device)
+    soft_reset = v_reset is None
+    return _lif_op(x_seq, tau_inv, leak, float(v_threshold), 0.0 if soft_reset else float(v_reset), soft_reset,
+                   bool(detach_reset), name, float(sg_a), float(sg_b))

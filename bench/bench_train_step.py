@@ -1,0 +1,192 @@
+"""Training step benchmark (issue 5, benchmark 2): samples/s of forward + backward + Adam, ours against
+SpikingJelly 2.0 built the same way, in the same process, on the same weights and inputs.
+
+Networks (PLIF, tau0 2, atan alpha 2, detached hard reset to 0, BN on input currents, MSE of the output
+rate against the one-hot label, Adam lr 1e-3):
+- convnet: {c32k3s1-BN-SN-MPk2s2}*2-FC100-SN-APk10s10, T=4, batch 64, 1x28x28 images repeated over T
+- nmnist:  the PLIF paper's N-MNIST net {c128k3s1-BN-SN-MPk2s2}*2-DP-FC2048-SN-DP-FC100-SN-APk10s10, T=10,
+           batch 16, 2x34x34 binary event frames
+
+The SpikingJelly network is translated from ours layer by layer (SeqToANNContainer around the same conv,
+linear and pooling modules, its BatchNorm2d/1d and ParametricLIFNode in step_mode='m', Flatten, Dropout)
+with our weights copied in, and the first step's loss is checked equal before anything is timed (dropout
+off for that one step: the two draw their masks differently). Then the variants take turns, --repeats
+rounds of --steps steps each after warm-up steps (which also compile, for torch.compile); the figure is
+the median round. Prints a table and writes bench/results/train_step.json.
+"""
+
+import argparse
+import copy
+import statistics
+import time
+from functools import partial
+
+import torch
+from common import write_results
+from torch import nn
+
+from snnexp.layers import BatchNormThroughTime, SeqDropout, SeqFlatten, SeqToANN
+from snnexp.losses import MSERate
+from snnexp.models import SpecNet
+from snnexp.neurons import PLIF
+from snnexp.surrogate import ATan
+
+NETS = {
+    "convnet": dict(spec="{c32k3s1-BN-SN-MPk2s2}*2-FC100-SN-APk10s10", T=4, batch=64, input=(1, 28, 28)),
+    "nmnist": dict(spec="{c128k3s1-BN-SN-MPk2s2}*2-DP-FC2048-SN-DP-FC100-SN-APk10s10", T=10, batch=16,
+                   input=(2, 34, 34)),
+}
+
+
+def ours(spec, input_shape, backend="fused"):
+    neuron = partial(PLIF, tau0=2.0, detach_reset=True, surrogate=ATan(2.0), backend=backend)
+    return SpecNet(spec, input_shape, 10, neuron, BatchNormThroughTime, dropout=0.5)
+
+
+def spikingjelly_twin(model: nn.Module) -> nn.Module:
+    """The same network in SpikingJelly's layers, with our weights."""
+    from spikingjelly.activation_based import layer, neuron, surrogate
+
+    layers = []
+    for m in model:
+        if isinstance(m, SeqToANN):
+            layers.append(layer.SeqToANNContainer(copy.deepcopy(m.module)))
+        elif isinstance(m, BatchNormThroughTime):
+            bn = (layer.BatchNorm2d if m.weight.dim() == 1 and layers and _last_was_conv(model, m)
+                  else layer.BatchNorm1d)(m.num_features, step_mode="m")
+            bn.load_state_dict(m.state_dict())
+            layers.append(bn)
+        elif isinstance(m, PLIF):
+            node = neuron.ParametricLIFNode(init_tau=2.0, detach_reset=True, v_reset=0.0, v_threshold=1.0,
+                                            surrogate_function=surrogate.ATan(alpha=2.0), step_mode="m")
+            node.w.data.copy_(m.w.data)
+            layers.append(node)
+        elif isinstance(m, SeqFlatten):
+            layers.append(layer.Flatten(step_mode="m"))
+        elif isinstance(m, SeqDropout):
+            layers.append(layer.Dropout(m.p, step_mode="m"))
+        else:
+            raise TypeError(f"no SpikingJelly twin for {type(m).__name__}")
+    return nn.Sequential(*layers)
+
+
+def _last_was_conv(model, bn):
+    """Whether the BN follows a conv (2-d BN) rather than a linear layer (1-d BN)."""
+    before = None
+    for m in model:
+        if m is bn:
+            return isinstance(before, nn.Conv2d)
+        if isinstance(m, SeqToANN) and isinstance(m.module, (nn.Conv2d, nn.Linear)):
+            before = m.module
+    raise ValueError("BN not in model")
+
+
+def reset_sj(net):
+    from spikingjelly.activation_based import functional
+
+    functional.reset_net(net)
+
+
+class Variant:
+    def __init__(self, name, net, autocast=False, channels_last=False, compile=False, spikingjelly=False):
+        self.name, self.autocast, self.channels_last, self.sj = name, autocast, channels_last, spikingjelly
+        if channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        self.model = net
+        self.net = torch.compile(net) if compile else net
+        self.opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+        self.loss_fn = MSERate()
+
+    def step(self, x_seq, y):
+        if self.sj:
+            reset_sj(self.model)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
+            spikes = self.net(x_seq)
+        loss = self.loss_fn(spikes.float().mean(0), y)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.grad_norm = torch.norm(torch.stack([p.grad.norm() for p in self.model.parameters() if p.grad is not None]))
+        self.opt.step()
+        return loss.item()
+
+
+def inputs(cfg, seed):
+    g = torch.Generator().manual_seed(seed)
+    T, B = cfg["T"], cfg["batch"]
+    if cfg["input"][0] == 1:  # images, directly encoded: the same image at every step
+        x = torch.rand(B, *cfg["input"], generator=g).unsqueeze(0).repeat(T, 1, 1, 1, 1)
+    else:  # binary event frames
+        x = (torch.rand(T, B, *cfg["input"], generator=g) < 0.1).float()
+    return x, torch.randint(0, 10, (B,), generator=g)
+
+
+def run_net(name, cfg, args):
+    torch.manual_seed(0)
+    base = ours(cfg["spec"], cfg["input"])
+    variants = [
+        Variant("snnexp", copy.deepcopy(base)),
+        Variant("snnexp channels_last", copy.deepcopy(base), channels_last=True),
+        Variant("snnexp torch.compile", copy.deepcopy(base), compile=True),
+        Variant("snnexp reference neurons", ours(cfg["spec"], cfg["input"], "reference")),
+        Variant("SpikingJelly", spikingjelly_twin(base), spikingjelly=True),
+        Variant("snnexp bf16", copy.deepcopy(base), autocast=True),
+        Variant("SpikingJelly bf16", spikingjelly_twin(base), autocast=True, spikingjelly=True),
+    ]
+    variants[3].model.load_state_dict(base.state_dict())
+
+    # the same loss and gradient norm on the first step from the same weights (dropout off for it; later steps
+    # drift apart: a rounding difference flips a spike, and Adam's first updates are lr-sized whatever the size
+    # of the gradient)
+    dropouts = [m for v in variants for m in v.model.modules() if isinstance(m, (SeqDropout, nn.Dropout))]
+    saved_p = [m.p for m in dropouts]
+    for m in dropouts:
+        m.p = 0.0
+    x, y = inputs(cfg, 1000)
+    first = {v.name: [(v.step(x, y), v.grad_norm.item())] for v in variants}
+    for m, p in zip(dropouts, saved_p):
+        m.p = p
+    ref = first["snnexp"]
+    for v in variants:
+        tol = 5e-2 if v.autocast else 1e-3  # float32: summation order differs (channels_last, compile)
+        for (loss, gn), (loss_ref, gn_ref) in zip(first[v.name], ref):
+            if abs(loss - loss_ref) > tol * abs(loss_ref) or abs(gn - gn_ref) > tol * abs(gn_ref):
+                raise SystemExit(f"{name}: {v.name} gives loss {loss:.6f} / gradient norm {gn:.6f} where snnexp "
+                                 f"gives {loss_ref:.6f} / {gn_ref:.6f}")
+    print(f"\n{name}: the same first-step loss and gradient norm for all (float32 to 1e-3, bf16 to "
+          f"5e-2): " + ", ".join(f"{loss:.5f}/{gn:.5f}" for loss, gn in ref))
+
+    for v in variants:  # warm-up (torch.compile compiles here)
+        for s in range(args.warmup):
+            v.step(*inputs(cfg, 1 + s))
+    rounds = {v.name: [] for v in variants}
+    for r in range(args.repeats):  # variants take turns, so that drift in the machine's speed hits all alike
+        batches = [inputs(cfg, 100 + r * args.steps + s) for s in range(args.steps)]
+        for v in variants:
+            start = time.perf_counter()
+            for x, y in batches:
+                v.step(x, y)
+            rounds[v.name].append(cfg["batch"] * args.steps / (time.perf_counter() - start))
+    rows = {n: statistics.median(r) for n, r in rounds.items()}
+    sj, sj16 = rows["SpikingJelly"], rows["SpikingJelly bf16"]
+    print(f"  T={cfg['T']} batch {cfg['batch']} input {list(cfg['input'])}: samples/s, median of {args.repeats} "
+          f"rounds of {args.steps} steps")
+    for n, sps in rows.items():
+        base_sj = sj16 if n.endswith("bf16") else sj
+        print(f"  {n:26s} {sps:8.1f}   x{sps / base_sj:.2f} vs SpikingJelly{' bf16' if n.endswith('bf16') else ''}")
+    return {"net": name, **{k: v for k, v in cfg.items()}, "first_step_loss": first, "samples_per_s": rows,
+            "rounds": rounds}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--nets", nargs="+", default=list(NETS), choices=list(NETS))
+    ap.add_argument("--steps", type=int, default=5, help="steps per round")
+    ap.add_argument("--repeats", type=int, default=5, help="rounds")
+    ap.add_argument("--warmup", type=int, default=2)
+    args = ap.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    write_results("train_step", [run_net(n, NETS[n], args) for n in args.nets])
+
+
+if __name__ == "__main__":
+    main()

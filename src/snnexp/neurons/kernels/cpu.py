@@ -1,0 +1,148 @@
+"""The CPU kernel of lif_cpu.c: compiled once per machine with the system's C compiler, loaded with ctypes.
+
+Plain C through ctypes rather than a torch C++ extension: it compiles in about a second (no torch
+headers), and a ctypes call releases the GIL, so `torch.get_num_threads()` Python threads each run the
+kernel on their own slice of the neurons. bench/bench_neuron.py compares it with torch.compile (inductor)
+of the same loops and with the peers.
+
+The shared library is cached under $SNNEXP_CACHE_DIR (default ~/.cache/snnexp) by a hash of the source,
+the flags, the compiler and the CPU; `python -m snnexp.neurons.kernels.cpu` builds it ahead of time.
+"""
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+SOURCE = Path(__file__).with_name("lif_cpu.c")
+# -ffp-contract=off: no fused multiply-add, so H is computed with PyTorch's rounding and spikes match exactly.
+FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fopenmp-simd", "-shared", "-fPIC"]
+SURROGATE_KINDS = {"atan": 0, "sigmoid": 1, "rect": 2, "triangle": 3, "fast_sigmoid": 4}
+LEAK = {"if": 0, "decay_input": 1, "plain": 2}
+MIN_PER_THREAD = 1 << 15  # below this many neurons per thread, one thread is faster than handing out work
+
+_P, _I64, _I, _D = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_double
+_C_TYPES = {torch.float32: ("f32", ctypes.c_float), torch.float64: ("f64", ctypes.c_double)}
+
+
+class KernelUnavailable(RuntimeError):
+    pass
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SNNEXP_CACHE_DIR", Path.home() / ".cache" / "snnexp")) / "kernels"
+
+
+def _cpu_id() -> str:
+    try:  # -march=native code must not be loaded on another CPU sharing the same home directory
+        with open("/proc/cpuinfo") as f:
+            return "".join(line for line in f if line.startswith(("model name", "flags")))
+    except OSError:
+        return platform.processor()
+
+
+def _compiler() -> str:
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if not cc:
+        raise KernelUnavailable("no C compiler found (set CC, or install gcc)")
+    return cc
+
+
+def build(verbose: bool = False) -> Path:
+    """Compile lif_cpu.c if this machine has no up-to-date copy; return the library's path."""
+    cc = _compiler()
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), " ".join(FLAGS), version, _cpu_id()]).encode())
+    target = cache_dir() / f"lif_cpu-{key.hexdigest()[:16]}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:  # build aside, then rename: never half a file
+        out = Path(tmp) / target.name
+        proc = subprocess.run([cc, *FLAGS, "-o", str(out), str(SOURCE), "-lm"], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise KernelUnavailable(f"{cc} could not build {SOURCE.name}:\n{proc.stderr.strip()}")
+        os.replace(out, target)
+    if verbose:
+        print(f"built {target}")
+    return target
+
+
+@functools.lru_cache(maxsize=None)
+def library() -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(build()))
+    for suffix, real in _C_TYPES.values():
+        fwd = getattr(lib, f"lif_forward_{suffix}")
+        fwd.argtypes = [_P, _P, _I64, _I64, _I64, _I64, _I, real, real, real, _I]
+        fwd.restype = None
+        bwd = getattr(lib, f"lif_backward_{suffix}")
+        bwd.argtypes = [_P, _P, _P, _I64, _I64, _I64, _I64, _I, real, real, real, _I, _I, _I, real, real, _I, _P]
+        bwd.restype = _I
+    return lib
+
+
+def available() -> Optional[str]:
+    """None if the kernel can be used, else why not."""
+    try:
+        library()
+        return None
+    except (KernelUnavailable, OSError) as e:
+        return str(e)
+
+
+@functools.lru_cache(maxsize=None)
+def _pool(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(workers, thread_name_prefix="snnexp-lif")
+
+
+def _run_split(fn, n: int) -> list:
+    """fn(lo, hi) over [0, n) in torch.get_num_threads() slices, in parallel; their results in order."""
+    workers = max(1, min(torch.get_num_threads(), n // MIN_PER_THREAD))
+    if workers == 1:
+        return [fn(0, n)]
+    step = -(-n // workers)
+    return list(_pool(workers).map(lambda lo: fn(lo, min(n, lo + step)), range(0, n, step)))
+
+
+def forward(x: torch.Tensor, tau_inv: float, leak: str, v_th: float, v_reset: float, soft_reset: bool):
+    """Spikes of x [T, ...] (contiguous, float32 or float64)."""
+    suffix, _ = _C_TYPES[x.dtype]
+    fn = getattr(library(), f"lif_forward_{suffix}")
+    T, N = x.shape[0], x[0].numel()
+    spikes = torch.empty_like(x)
+    _run_split(lambda lo, hi: fn(x.data_ptr(), spikes.data_ptr(), T, N, lo, hi, LEAK[leak], tau_inv, v_th,
+                                 v_reset, int(soft_reset)), N)
+    return spikes
+
+
+def backward(x, grad_spikes, tau_inv: float, leak: str, v_th: float, v_reset: float, soft_reset: bool,
+             detach_reset: bool, surrogate: str, sg_a: float, sg_b: float, want_tau: bool):
+    """(grad_x, dL/d(1/tau) as a float, 0.0 unless want_tau)."""
+    suffix, _ = _C_TYPES[x.dtype]
+    fn = getattr(library(), f"lif_backward_{suffix}")
+    T, N = x.shape[0], x[0].numel()
+    grad_x = torch.empty_like(x)
+
+    def run(lo, hi):
+        partial = ctypes.c_double(0.0)
+        status = fn(x.data_ptr(), grad_spikes.data_ptr(), grad_x.data_ptr(), T, N, lo, hi, LEAK[leak], tau_inv,
+                    v_th, v_reset, int(soft_reset), int(detach_reset), SURROGATE_KINDS[surrogate], sg_a, sg_b,
+                    int(want_tau), ctypes.byref(partial))
+        if status != 0:
+            raise MemoryError(f"lif_backward: no memory for a {2 * T + 1} x 256 buffer")
+        return partial.value
+
+    return grad_x, sum(_run_split(run, N))
+
+
+if __name__ == "__main__":
+    build(verbose=True)

@@ -1,0 +1,50 @@
+"""The speed switches (trainer.channels_last, trainer.amp, trainer.compile, neuron.backend) compute the same
+network and train: the first batch gives the default run's loss from the same weights, and a few epochs on
+the built-in digits reach far above chance."""
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from snnexp.cli import conf_dir
+from snnexp.engine import build_run, fit, forward, seed_everything
+
+COMMON = ["trainer.progress=false", "trainer.batch_size=64"]
+
+
+def compose_train(*overrides):
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        return compose(config_name="train", overrides=[*COMMON, *overrides])
+
+
+def first_batch_loss(*overrides):
+    cfg = compose_train(*overrides)
+    seed_everything(cfg.trainer.seed)
+    run = build_run(cfg, torch.device("cpu"))
+    x, y = next(iter(torch.utils.data.DataLoader(run.splits.train, batch_size=64)))
+    run.model.train()
+    loss = run.loss_fn(forward(run, x), y)
+    loss.backward()
+    grad = torch.cat([p.grad.flatten() for p in run.model.parameters() if p.grad is not None])
+    return loss.detach(), grad
+
+
+@pytest.mark.parametrize("switch,tol", [
+    ("trainer.channels_last=true", 1e-5),
+    ("neuron.backend=reference", 1e-5),
+    ("trainer.compile=true", 1e-5),
+    ("trainer.amp=true", 2e-2),  # bfloat16 convolutions on the CPU
+])
+def test_switch_gives_the_default_loss_and_gradient(switch, tol):
+    loss, grad = first_batch_loss()
+    loss_s, grad_s = first_batch_loss(switch)
+    torch.testing.assert_close(loss_s, loss, rtol=tol, atol=tol)
+    assert torch.nn.functional.cosine_similarity(grad_s, grad, dim=0) > (0.999999 if tol < 1e-3 else 0.99)
+
+
+@pytest.mark.parametrize("switch", ["trainer.channels_last=true", "trainer.amp=true", "trainer.compile=true"])
+def test_switch_trains(tmp_path, switch):
+    cfg = compose_train(switch, "trainer.epochs=3")
+    metrics = fit(cfg, tmp_path, hparams={})
+    assert metrics["test_acc"] > 0.8  # 10 classes: chance is 0.1
+    assert metrics["train_samples_per_s"] > 0

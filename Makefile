@@ -25,9 +25,12 @@ test: $(INSTALLED)
 test-all: $(INSTALLED)
 	$(PY) -m pytest -q -m "" $(ARGS)
 
-# benchmarks (see bench/): print tables, write bench/results/*.json; frames need the real data in ../shared/data
+# benchmarks (see bench/ and docs/performance.md): print tables, write bench/results/*.json;
+# the MNIST epoch and the frames need the real data in ../shared/data
 bench: $(INSTALLED)
 	$(PY) bench/bench_neuron.py
+	$(PY) bench/bench_train_step.py
+	$(PY) bench/bench_mnist_epoch.py
 	$(PY) bench/bench_frames.py $(ARGS)
 
 clean:

@@ -5,7 +5,8 @@
 - snnexp reference:  `functional.lif_multistep_reference`, autograd through every step
 - torch.compile:     inductor's code for the same reference loops (what PyTorch offers without our kernel;
                      compile time is left out: the warm-up call compiles)
-- SpikingJelly 2.0:  `neuron.LIFNode` / `ParametricLIFNode`, step_mode='m' (its CPU path: the torch backend)
+- SpikingJelly 2.0:  `neuron.LIFNode` / `ParametricLIFNode`, step_mode='m' (it picks its op by device: on
+                     the CPU a Python loop with a hand-written backward, on CUDA its Triton kernels)
 - snnTorch 1.0:      `snntorch.Leaky` (PLIF: learn_beta=True), looped over T as its docs do
 - Norse 1.1:         `LIFBoxCell` (LIF without synaptic current; PLIF: tau_mem_inv a learned parameter), looped
                      over T; its surrogate is SuperSpike's, the others' atan
@@ -13,7 +14,9 @@
 All with tau 2 (snnTorch: beta = 1 - 1/tau; Norse: dt/tau_mem = 0.5), V_th 1, hard reset to 0, atan surrogate
 (alpha 2) with detached reset where the library offers it, on the same input and output gradient. Time: the
 median of --repeats forward+backward calls after a warm-up. Peak memory: each (implementation, neuron, T)
-runs in a fresh process; the figure is the rise of its peak resident memory over the warm-up call.
+is measured in its own fresh process, over one call after the warm-up (so that loading code does not count):
+the peak of glibc's bytes in use (mallinfo2, sampled every 0.2 ms) above the start. On CUDA, the allocator's
+peak.
 
 Bandwidth bound: the op must read X and write S forward, and read X and dL/dS and write dL/dX backward: five
 tensors. The bound is their bytes over this machine's memory bandwidth, measured here as torch.add(a, 1,
@@ -23,10 +26,12 @@ bench/results/neuron.json.
 """
 
 import argparse
+import ctypes
 import json
-import resource
 import subprocess
 import sys
+import threading
+import time
 
 import torch
 from common import median_time, write_results
@@ -35,7 +40,7 @@ IMPLS = ["snnexp fused", "snnexp reference", "torch.compile", "SpikingJelly", "s
 SHAPES = {8: (8, 32, 128, 16, 16), 32: (32, 8, 128, 16, 16)}
 
 
-def make_op(impl: str, kind: str):
+def make_op(impl: str, kind: str, device: str = "cpu"):
     """A function x_seq -> spikes [T, ...] holding the layer's parameters (PLIF's learnable decay)."""
     if impl.startswith("snnexp") or impl == "torch.compile":
         from snnexp.neurons import LIF, PLIF
@@ -43,7 +48,7 @@ def make_op(impl: str, kind: str):
         from snnexp.surrogate import ATan
 
         common = dict(detach_reset=True, surrogate=ATan(2.0), backend="fused" if impl == "snnexp fused" else "reference")
-        module = PLIF(tau0=2.0, **common) if kind == "plif" else LIF(tau=2.0, **common)
+        module = (PLIF(tau0=2.0, **common) if kind == "plif" else LIF(tau=2.0, **common)).to(device)
         if impl != "torch.compile":
             return module
         tau_inv = (lambda: torch.sigmoid(module.w)) if kind == "plif" else (lambda: 0.5)
@@ -53,8 +58,10 @@ def make_op(impl: str, kind: str):
         from spikingjelly.activation_based import functional, neuron, surrogate
 
         cls = neuron.ParametricLIFNode if kind == "plif" else neuron.LIFNode
+        # 2.0 picks its op by device: on the CPU a Python time loop with a hand-written backward, on CUDA its
+        # Triton kernels
         node = cls(**({"init_tau": 2.0} if kind == "plif" else {"tau": 2.0}), detach_reset=True,
-                   surrogate_function=surrogate.ATan(alpha=2.0), step_mode="m")
+                   surrogate_function=surrogate.ATan(alpha=2.0), step_mode="m").to(device)
 
         def run(x):
             functional.reset_net(node)
@@ -65,7 +72,7 @@ def make_op(impl: str, kind: str):
         from snntorch import surrogate as snn_surrogate
 
         cell = snntorch.Leaky(beta=0.5, threshold=1.0, spike_grad=snn_surrogate.atan(alpha=2.0),
-                              reset_mechanism="zero", learn_beta=kind == "plif", reset_delay=False)
+                              reset_mechanism="zero", learn_beta=kind == "plif", reset_delay=False).to(device)
 
         def run(x):
             mem, spikes = cell.init_leaky(), []
@@ -77,8 +84,10 @@ def make_op(impl: str, kind: str):
     from norse.torch import LIFBoxCell, LIFBoxParameters
 
     tau_mem_inv = torch.tensor(500.0)  # dt = 1e-3: dt / tau_mem = 0.5
+    tau_mem_inv = tau_mem_inv.to(device)
     cell = LIFBoxCell(LIFBoxParameters(tau_mem_inv=torch.nn.Parameter(tau_mem_inv) if kind == "plif" else tau_mem_inv,
-                                       v_th=torch.tensor(1.0), v_reset=torch.tensor(0.0)))
+                                       v_th=torch.tensor(1.0, device=device),
+                                       v_reset=torch.tensor(0.0, device=device)))
 
     def run(x):
         state, spikes = None, []
@@ -89,25 +98,66 @@ def make_op(impl: str, kind: str):
     return run
 
 
-def measure(impl: str, kind: str, T: int, repeats: int) -> dict:
+def measure(impl: str, kind: str, T: int, repeats: int, device: str = "cpu", what: str = "time") -> dict:
     torch.manual_seed(0)
-    x = (torch.randn(SHAPES[T]) + 0.5).requires_grad_()
-    grad = torch.randn(SHAPES[T])
-    op = make_op(impl, kind)
+    x = (torch.randn(SHAPES[T]) + 0.5).to(device).requires_grad_()
+    grad = torch.randn(SHAPES[T]).to(device)
+    op = make_op(impl, kind, device)
+    cuda = device == "cuda"
 
     def step():
-        x.grad = None
         op(x).backward(grad)
+        if cuda:
+            torch.cuda.synchronize()
 
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    step()  # warm-up (and compile), and the peak-memory figure
-    peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
-    return {"ms": 1000 * median_time(step, repeats), "peak_mb": peak_mb}
+    step()  # warm-up (and compile): loads code and fills caches, which must not count as memory
+    x.grad = None
+    if what == "time":
+        def timed():
+            x.grad = None
+            step()
+        return {"ms": 1000 * median_time(timed, repeats)}
+    if cuda:  # the allocator's peak over one call
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        step()
+        return {"peak_mb": (torch.cuda.max_memory_allocated() - before) / 2**20}
+    # CPU: glibc's count of bytes in use (mallinfo2: the heap and the mapped blocks that hold large tensors),
+    # sampled every 0.2 ms by a thread during one call; the figure is its peak above the start
+    before = _malloc_in_use()
+    peak, done = [before], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], _malloc_in_use())
+            time.sleep(0.0002)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    step()
+    done.set()
+    sampler.join()
+    return {"peak_mb": (max(peak[0], _malloc_in_use()) - before) / 2**20}
 
 
-def bandwidth_gbs(numel: int, repeats: int) -> float:
-    a, b = torch.randn(numel), torch.empty(numel)
-    seconds = median_time(lambda: torch.add(a, 1.0, out=b), max(repeats, 9))
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+
+
+_libc = ctypes.CDLL(None)
+_libc.mallinfo2.restype = _MallInfo2
+
+
+def _malloc_in_use() -> int:
+    info = _libc.mallinfo2()
+    return info.hblkhd + info.uordblks
+
+
+def bandwidth_gbs(numel: int, repeats: int, device: str = "cpu") -> float:
+    a, b = torch.randn(numel, device=device), torch.empty(numel, device=device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    seconds = median_time(lambda: (torch.add(a, 1.0, out=b), sync()), max(repeats, 9))
     return 2 * a.element_size() * numel / seconds / 1e9
 
 
@@ -115,36 +165,38 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--impls", nargs="+", default=IMPLS, choices=IMPLS, metavar="IMPL")
-    ap.add_argument("--one", nargs=3, metavar=("IMPL", "KIND", "T"), help=argparse.SUPPRESS)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--one", nargs=4, metavar=("IMPL", "KIND", "T", "WHAT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:  # a child process: one measurement, as JSON on stdout
-        impl, kind, T = args.one
-        print(json.dumps(measure(impl, kind, int(T), args.repeats)))
+        impl, kind, T, what = args.one
+        print(json.dumps(measure(impl, kind, int(T), args.repeats, args.device, what)))
         return
 
     numel = SHAPES[8][0] * SHAPES[8][1] * 128 * 16 * 16
-    gbs = bandwidth_gbs(numel, args.repeats)
+    gbs = bandwidth_gbs(numel, args.repeats, args.device)
     bound_ms = 5 * 4 * numel / (gbs * 1e9) * 1000
     print(f"memory bandwidth (torch.add out=, {4 * numel / 2**20:.0f} MiB tensors): {gbs:.1f} GB/s; "
           f"bound for the op (5 float32 tensors): {bound_ms:.1f} ms")
-    results = {"bandwidth_gbs": gbs, "bound_ms": bound_ms, "threads": torch.get_num_threads(), "rows": []}
+    results = {"device": args.device, "bandwidth_gbs": gbs, "bound_ms": bound_ms, "threads": torch.get_num_threads(),
+               "rows": []}
     for kind in ("lif", "plif"):
         for T in SHAPES:
             row = {"neuron": kind, "shape": list(SHAPES[T])}
             for impl in args.impls:
-                proc = subprocess.run([sys.executable, __file__, "--repeats", str(args.repeats), "--one", impl,
-                                       kind, str(T)], capture_output=True, text=True)
-                if proc.returncode != 0:
-                    print(f"  {impl} failed:\n{proc.stderr[-2000:]}")
-                    continue
-                row[impl] = json.loads(proc.stdout.strip().splitlines()[-1])
+                row[impl] = {}
+                for what in ("time", "memory"):
+                    proc = subprocess.run([sys.executable, __file__, "--repeats", str(args.repeats), "--device",
+                                           args.device, "--one", impl, kind, str(T), what],
+                                          capture_output=True, text=True)
+                    if proc.returncode != 0:
+                        sys.exit(f"{impl} {kind} T={T} ({what}) failed:\n{proc.stderr[-2000:]}")
+                    row[impl].update(json.loads(proc.stdout.strip().splitlines()[-1]))
             results["rows"].append(row)
             sj = row.get("SpikingJelly")
             print(f"\n{kind.upper()} {row['shape']}, forward + backward")
             print(f"  {'':17s} {'ms':>8s} {'peak MB':>8s} {'SJ/this time':>13s} {'this/SJ mem':>12s} {'this/bound':>11s}")
             for impl in args.impls:
-                if impl not in row:
-                    continue
                 r = row[impl]
                 vs_sj = (f"{sj['ms'] / r['ms']:12.2f}x {r['peak_mb'] / max(sj['peak_mb'], 1e-9):11.2f}x"
                          if sj else f"{'-':>13s} {'-':>12s}")

@@ -92,7 +92,9 @@ def build_run(cfg: DictConfig, device: torch.device) -> Run:
     if cfg.trainer.get("channels_last", False):
         model = model.to(memory_format=torch.channels_last)  # conv weights; their outputs follow
     # the checkpoint keeps the model's own state_dict keys; only forward() goes through the compiled net
-    net = torch.compile(model) if cfg.trainer.get("compile", False) else model
+    # dynamic=False: one graph per input shape (train, last batch, test); with symbolic shapes inductor cannot
+    # order the strides of the neuron op's output (InductorError "cannot determine truth value of Relational")
+    net = torch.compile(model, dynamic=False) if cfg.trainer.get("compile", False) else model
     return Run(cfg, splits, encoder, model, readout, instantiate(cfg.loss), device, net)
 
 

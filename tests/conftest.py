@@ -9,9 +9,10 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
-def run_snnexp(*args, cwd, timeout=600, check=True):
-    """Run the CLI as a user would (`python -m snnexp ...`) in `cwd`; returns the CompletedProcess."""
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+def run_snnexp(*args, cwd, timeout=600, check=True, env=None):
+    """Run the CLI as a user would (`python -m snnexp ...`) in `cwd`, with `env` added to the environment;
+    returns the CompletedProcess."""
+    env = {**{k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}, **(env or {})}
     proc = subprocess.run(
         [sys.executable, "-m", "snnexp", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )

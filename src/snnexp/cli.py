@@ -3,6 +3,7 @@
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 import hydra
@@ -50,15 +51,26 @@ def _user_errors():
     return (ConfigError, SpecError, ModelError, DatasetError, CorruptFile, CheckpointError, FloatingPointError)
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, code: int = 2) -> None:
+    """Exit codes: 2 bad input (config, data, checkpoint, output folder), 3 a run whose numbers went
+    non-finite, 128 + N stopped by signal N (130 Ctrl-C, 143 SIGTERM) after saving."""
     print(f"snnexp: error: {message}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(code)
 
 
 def _guarded(task):
     def wrapper(cfg: DictConfig):
+        from snnexp.engine import Interrupted, NonFiniteError
+
         try:
             return task(cfg)
+        except Interrupted as e:
+            run_dir = HydraConfig.get().runtime.output_dir
+            print(f"snnexp: interrupted by {e}\nresume with:  {_resume_command()}\n"
+                  f"          or:  snnexp train resume={run_dir}", file=sys.stderr)
+            sys.exit(e.exit_code)
+        except NonFiniteError as e:
+            _fail(str(e), code=3)
         except _user_errors() as e:
             _fail(str(e))
         except MissingMandatoryValue as e:
@@ -97,7 +109,13 @@ def train(cfg: DictConfig):
     if "data_dir" in cfg.dataset:  # relative to where the user started snnexp; stored absolute
         cfg.dataset.data_dir = os.path.normpath(to_absolute_path(cfg.dataset.data_dir))
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    metrics = fit(cfg, run_dir, _hparams(cfg))
+    checkpoint = None
+    if cfg.get("resume") not in (None, False):
+        checkpoint = run_dir / "checkpoints" / "last.pt"
+        if not checkpoint.is_file():  # a sweep job that had not started: it starts now
+            log.info("resume: no checkpoint in %s yet, starting this job from the beginning", run_dir)
+            checkpoint = None
+    metrics = fit(cfg, run_dir, _hparams(cfg), resume=checkpoint)
     return metrics["best_test_acc"]
 
 
@@ -115,6 +133,75 @@ def evaluate(cfg: DictConfig):
 
 
 COMMANDS = {"train": train, "eval": evaluate}
+_ARGS: list = []  # the command line of this call, for the resume hint
+
+
+def _resume_command() -> str:
+    kept = [a for a in _ARGS if not a.startswith(("resume=", "hydra.run.dir=", "hydra.sweep.dir="))]
+    return " ".join(["snnexp train", *kept, "resume=true"])
+
+
+def _task_overrides(args) -> list:
+    """The overrides that define a run, as Hydra stores them: no flags, no hydra.* keys, no resume."""
+    return sorted(a for a in args if "=" in a and not a.startswith(("-", "hydra.", "resume=", "+resume=")))
+
+
+def _stored_overrides(path: Path) -> list:
+    return _task_overrides(OmegaConf.to_container(OmegaConf.load(path)) or [])
+
+
+def _resolve_resume(args: list) -> list:
+    """resume=true / resume=PATH -> the overrides that make Hydra reopen the run (or sweep) directory. Hydra
+    writes the resumed session's config to .hydra/resume-<time>/, so the run's own .hydra/ stays as it was."""
+    value = next((a.split("=", 1)[1] for a in args if a.startswith("resume=")), None)
+    if value is None or value.lower() in ("null", "none", "false"):
+        return args
+    args = [*args, f"hydra.output_subdir=.hydra/resume-{time.strftime('%Y%m%d-%H%M%S')}"]
+    if any(a.startswith(("hydra.run.dir=", "hydra.sweep.dir=")) for a in args):
+        return args  # the user named the directory
+    multirun = "-m" in args or "--multirun" in args
+    outputs = Path("outputs")
+    if value.lower() == "true":
+        wanted = _task_overrides(args)
+        if multirun:
+            found = [p.parent for p in outputs.glob("multirun/*/multirun.yaml")
+                     if _task_overrides(OmegaConf.load(p).hydra.overrides.task) == wanted]
+            key = "hydra.sweep.dir"
+        else:
+            found = [p.parents[1] for p in outputs.glob("**/.hydra/overrides.yaml")
+                     if "multirun" not in p.parts and (p.parents[1] / "checkpoints" / "last.pt").is_file()
+                     and _stored_overrides(p) == wanted]
+            key = "hydra.run.dir"
+        if not found:
+            kind = "sweep" if multirun else "run with a checkpoint"
+            _fail(f"resume=true: no earlier {kind} under {outputs.resolve()} was made with these overrides "
+                  f"({' '.join(wanted) or 'none'}); give the run directory instead: resume=PATH")
+        latest = max(found, key=lambda d: d.stat().st_mtime)
+        return [*args, f"{key}={latest.resolve()}"]
+    run_dir = Path(value).expanduser()
+    if run_dir.is_file():  # .../checkpoints/last.pt
+        run_dir = run_dir.parent.parent
+    if not (run_dir / "checkpoints" / "last.pt").is_file() or not (run_dir / ".hydra" / "overrides.yaml").is_file():
+        _fail(f"resume={value}: not a snnexp run directory with a checkpoint (expected {run_dir}/checkpoints/last.pt "
+              f"and {run_dir}/.hydra/overrides.yaml)")
+    saved = _stored_overrides(run_dir / ".hydra" / "overrides.yaml")
+    rest = [a for a in args if not a.startswith("resume=")]
+    return [*saved, *rest, f"resume={run_dir.resolve()}", f"hydra.run.dir={run_dir.resolve()}"]
+
+
+def _check_writable(args: list) -> None:
+    """Runs are written under outputs/ of the current directory (or hydra.run.dir / hydra.sweep.dir): say so
+    now if that cannot be written, not as a traceback from deep inside Hydra or TensorBoard."""
+    target = next((Path(a.split("=", 1)[1]) for a in args if a.startswith(("hydra.run.dir=", "hydra.sweep.dir="))),
+                  Path("outputs"))
+    existing = target.resolve()
+    while not existing.exists():
+        existing = existing.parent
+    problem = f"{existing} is a file, not a folder" if not existing.is_dir() else \
+        None if os.access(existing, os.W_OK | os.X_OK) else f"{existing} is not writable"
+    if problem:
+        _fail(f"cannot write the run directory {target.resolve()}: {problem}; start snnexp in a folder you can "
+              f"write to, or give hydra.run.dir=DIR")
 
 
 def main(argv=None) -> None:
@@ -130,6 +217,11 @@ def main(argv=None) -> None:
         print(f"snnexp: error: unknown command '{command}': use one of {', '.join(COMMANDS)}\n\n{USAGE}",
               file=sys.stderr)
         sys.exit(2)
+    if command == "train" and not any(a in rest for a in ("-h", "--help", "--hydra-help", "--cfg", "-c", "--info")):
+        rest = _resolve_resume(rest)
+    if not any(a in rest for a in ("-h", "--help", "--hydra-help", "--cfg", "-c", "--info")):
+        _check_writable(rest)
+    _ARGS[:] = argv[1:]
     sys.argv = [f"snnexp {command}", *rest]  # Hydra parses sys.argv
     app = hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name=command)(COMMANDS[command])
     app()

@@ -30,6 +30,9 @@ class TrainerConfig:
     num_workers: int = 0
     max_steps: Optional[int] = None
     progress: bool = True
+    ckpt_every_steps: Optional[int] = None
+    on_nonfinite: str = "stop"
+    deterministic: bool = False
 
 
 # the schema of conf/trainer/*.yaml (their defaults list starts with `/trainer_schema@_here_`)
@@ -61,6 +64,8 @@ RULES = {
     "trainer.T": (_at_least_1, "an integer >= 1 (time steps)"),
     "trainer.num_workers": (_non_negative, "an integer >= 0"),
     "trainer.max_steps": (lambda v: v is None or v >= 1, "null or an integer >= 1"),
+    "trainer.ckpt_every_steps": (lambda v: v is None or v >= 1, "null or an integer >= 1"),
+    "trainer.on_nonfinite": (lambda v: v in ("stop", "skip"), "stop or skip"),
     "trainer.device": (lambda v: _DEVICE.fullmatch(str(v)) is not None, "auto, cpu, cuda, cuda:N or mps"),
     "neuron.tau": (lambda v: v > 1, "> 1 (the Euler step with dt = 1 needs tau > 1)"),
     "neuron.tau0": (lambda v: v > 1, "> 1 (PLIF's initial tau; 1/tau = sigmoid(w) < 1)"),

@@ -7,12 +7,17 @@ everything arrives as objects that Hydra instantiated from the config.
 
 import json
 import logging
-import math
 import os
+import platform
 import random
+import signal
+import subprocess
+import sys
+import threading
 import time
+import warnings
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -31,7 +36,7 @@ from snnexp.neurons import PLIF, SpikingNeuron
 
 log = logging.getLogger("snnexp")
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: RNG states and the position within an epoch, for exact resume
 EVAL_SEED = 1234  # the stochastic encoders draw from their own seeded generator at test time, so a
 # checkpoint's test accuracy is the same number during training and in `snnexp eval`
 
@@ -98,13 +103,30 @@ def build_run(cfg: DictConfig, device: torch.device) -> Run:
     return Run(cfg, splits, encoder, model, readout, instantiate(cfg.loss), device, net)
 
 
+class EpochOrder(torch.utils.data.Sampler):
+    """The training order: a permutation drawn from (seed, epoch) alone, so that a resumed run rebuilds the
+    order of the epoch it stopped in and starts at the batch where it stopped."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch, self.start = n, seed, 1, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g)[self.start:].tolist())
+
+    def __len__(self):
+        return self.n - self.start
+
+
 def make_loader(dataset, cfg: DictConfig, train: bool) -> DataLoader:
-    generator = torch.Generator().manual_seed(cfg.trainer.seed)
     return DataLoader(
         dataset,
         batch_size=cfg.trainer.batch_size,
-        shuffle=train,
-        generator=generator if train else None,
+        sampler=EpochOrder(len(dataset), cfg.trainer.seed) if train else None,
+        generator=torch.Generator().manual_seed(cfg.trainer.seed),  # worker seeds
         num_workers=cfg.trainer.num_workers,
         pin_memory=False,
         persistent_workers=cfg.trainer.num_workers > 0,
@@ -130,41 +152,126 @@ def forward(run: Run, x: torch.Tensor, generator: Optional[torch.Generator] = No
     return run.readout(spikes.float())
 
 
-def train_epoch(run, loader, optimizer, scaler, epoch: int, step: int, max_steps: Optional[int]):
-    """One pass over the training set. Returns (metrics, global step)."""
+class NonFiniteError(FloatingPointError):
+    """A NaN or inf loss or gradient; the message names the step, the layer and likely causes."""
+
+
+@dataclass
+class EpochTotals:
+    """Sums over the batches of an epoch so far: saved with a mid-epoch checkpoint, so that a resumed epoch
+    reports the same metrics as one never interrupted."""
+
+    batches: int = 0  # batches taken from the epoch's order (skipped ones included)
+    steps: int = 0    # optimizer steps
+    loss: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    skipped: int = 0  # batches with a non-finite loss or gradient, left out (trainer.on_nonfinite=skip)
+    grad_norm: Dict[str, float] = field(default_factory=dict)
+
+
+def train_epoch(run, loader, optimizer, scaler, epoch: int, step: int, max_steps: Optional[int],
+                totals: Optional[EpochTotals] = None, after_step=None):
+    """One pass over the training set (from where `totals` left it). Returns (metrics, global step).
+    after_step(step, totals) runs after every batch: checkpoints and interruptions happen there."""
     run.model.train()
-    total_loss, correct, seen, steps = 0.0, 0, 0, 0
-    grad_norms: Dict[str, torch.Tensor] = {}
+    totals = totals or EpochTotals()
     start = time.perf_counter()
-    bar = tqdm(loader, desc=f"epoch {epoch}/{run.cfg.trainer.epochs}", leave=False,
-               disable=None if run.cfg.trainer.progress else True, dynamic_ncols=True)
-    timed = 0  # samples counted in samples/s: with trainer.compile, not the first step's (it compiles)
+    bar = tqdm(loader, desc=f"epoch {epoch}/{run.cfg.trainer.epochs}", leave=False, initial=totals.batches,
+               total=totals.batches + len(loader), disable=None if run.cfg.trainer.progress else True,
+               dynamic_ncols=True)
+    timed, calls = 0, 0  # samples counted in samples/s: with trainer.compile, not the first step's (it compiles)
     for x, y in bar:
-        if steps == 1 and run.cfg.trainer.get("compile", False):
+        if calls == 1 and run.cfg.trainer.get("compile", False):
             start, timed = time.perf_counter(), 0
+        calls += 1
         x, y = x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
         scores = forward(run, x)
         loss = run.loss_fn(scores, y)
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)  # true gradients for the norms below (a no-op without AMP on CUDA)
-        for layer, norm in layer_grad_norms(run.model).items():
-            grad_norms[layer] = grad_norms.get(layer, 0.0) + norm
-        scaler.step(optimizer)
-        scaler.update()
-        step += 1
-        steps += 1
-        n = y.numel()
-        total_loss += loss.item() * n
-        correct += (scores.argmax(1) == y).sum().item()
-        seen += n
-        timed += n
-        bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{100 * correct / seen:.2f}%")
+        totals.batches += 1
+        norms = None
+        if torch.isfinite(loss):
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)  # true gradients for the norms below (a no-op without AMP on CUDA)
+            norms = layer_grad_norms(run.model)
+        # with float16 loss scaling an inf gradient is the scaler's business: it skips the step itself
+        bad_grad = norms is not None and not scaler.is_enabled() and \
+            not torch.isfinite(torch.stack(list(norms.values())).sum() if norms else torch.zeros(())).item()
+        if norms is None or bad_grad:
+            if run.cfg.trainer.get("on_nonfinite", "stop") != "skip":
+                raise NonFiniteError(diagnose_nonfinite(run, x, loss, step + 1, epoch, totals.batches))
+            optimizer.zero_grad(set_to_none=True)
+            totals.skipped += 1
+            log.warning("step %d: non-finite %s, batch skipped (%d so far this epoch)", step + 1,
+                        "loss" if norms is None else "gradient", totals.skipped)
+        else:
+            for layer, norm in norms.items():
+                totals.grad_norm[layer] = totals.grad_norm.get(layer, 0.0) + norm.item()
+            try:
+                scaler.step(optimizer)
+            except RuntimeError as e:  # e.g. Adam: "value cannot be converted to type float without overflow"
+                if "overflow" not in str(e):
+                    raise
+                raise NonFiniteError(f"the optimizer step {step + 1} (epoch {epoch}, batch {totals.batches}) "
+                                     f"overflows: {e}. Likely cause: a learning rate too high (optim.lr="
+                                     f"{OmegaConf.select(run.cfg, 'optim.lr')})") from None
+            scaler.update()
+            step += 1
+            totals.steps += 1
+            n = y.numel()
+            totals.loss += loss.item() * n
+            totals.correct += (scores.argmax(1) == y).sum().item()
+            totals.seen += n
+            timed += n
+            bar.set_postfix(loss=f"{totals.loss / totals.seen:.4f}", acc=f"{100 * totals.correct / totals.seen:.2f}%")
+        if after_step is not None:
+            after_step(step, totals)
         if max_steps is not None and step >= max_steps:
             break
     elapsed = time.perf_counter() - start
-    return {"loss": total_loss / seen, "acc": correct / seen, "samples_per_s": timed / elapsed,
-            "grad_norm": {k: v.item() / steps for k, v in grad_norms.items()}}, step
+    seen = max(totals.seen, 1)
+    return {"loss": totals.loss / seen if totals.seen else float("nan"), "acc": totals.correct / seen,
+            "samples_per_s": timed / elapsed if elapsed > 0 else 0.0, "skipped": totals.skipped,
+            "grad_norm": {k: v / max(totals.steps, 1) for k, v in totals.grad_norm.items()}}, step
+
+
+@torch.no_grad()
+def diagnose_nonfinite(run: Run, x: torch.Tensor, loss: torch.Tensor, step: int, epoch: int, batch: int) -> str:
+    """Where a non-finite loss or gradient first appears: the first layer whose output is not finite when the
+    batch runs again, else (a finite forward) the last layer whose gradient is not finite."""
+    what = f"non-finite loss ({loss.item()})" if not torch.isfinite(loss) else "non-finite gradient"
+    first: list = []
+    hooks = []
+    for name, module in run.model.named_modules():
+        if name and not list(module.children()):
+            def check(mod, inputs, out, name=name):
+                if not first and isinstance(out, torch.Tensor) and not torch.isfinite(out).all():
+                    first.append(f"{name} ({type(mod).__name__})")
+            hooks.append(module.register_forward_hook(check))
+    bad_params = [n for n, p in run.model.named_parameters()
+                  if p.grad is not None and not torch.isfinite(p.grad).all()]
+    try:
+        forward(run, x)
+    finally:
+        for h in hooks:
+            h.remove()
+    if first:
+        where = f"it first appears in the output of layer {first[0]}"
+    elif not torch.isfinite(x).all():
+        where = "the input batch itself holds NaN or inf values"
+    elif bad_params:
+        where = f"the forward pass is finite; the gradient is first non-finite at {bad_params[-1]}"
+    else:
+        where = "the forward pass is finite when repeated"
+    cfg = run.cfg
+    causes = [f"a learning rate too high (optim.lr={OmegaConf.select(cfg, 'optim.lr')})"]
+    for key in ("surrogate.alpha", "surrogate.slope", "surrogate.height"):
+        if OmegaConf.select(cfg, key, default=None) is not None:
+            causes.append(f"a surrogate gradient too steep ({key}={OmegaConf.select(cfg, key)})")
+    causes.append("NaN or inf in the data")
+    return (f"{what} at step {step} (epoch {epoch}, batch {batch}): {where}. Likely causes: {'; '.join(causes)}. "
+            f"To leave such batches out instead of stopping: trainer.on_nonfinite=skip")
 
 
 def layer_grad_norms(model: nn.Module) -> Dict[str, torch.Tensor]:
@@ -209,8 +316,30 @@ def spiking_layers(model: nn.Module) -> Dict[str, nn.Module]:
             for name, m in model.named_modules() if isinstance(m, SpikingNeuron)}
 
 
-def save_checkpoint(path: Path, run: Run, optimizer, scheduler, scaler, epoch: int, step: int, metrics) -> None:
-    """Write atomically: a crash mid-write leaves the previous file intact."""
+def rng_state() -> Dict[str, Any]:
+    """Every random generator a run draws from, in types that load with weights_only."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss,
+                                                     cached), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, run: Run, optimizer, scheduler, scaler, epoch: int, step: int, metrics,
+                    totals: Optional[EpochTotals] = None) -> None:
+    """Everything a resumed run needs to go on exactly: weights, optimizer, schedule, loss scale, the RNG
+    states and the position in the data (`epoch` epochs done, plus `totals.batches` batches of the next).
+    Written atomically: a crash or a full disk mid-write leaves the previous file intact."""
     state = {
         "snnexp_checkpoint": CHECKPOINT_FORMAT,
         "model": run.model.state_dict(),
@@ -218,13 +347,21 @@ def save_checkpoint(path: Path, run: Run, optimizer, scheduler, scaler, epoch: i
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict(),
         "epoch": epoch,
+        "batch": totals.batches if totals else 0,
+        "totals": asdict(totals) if totals else None,
         "step": step,
         "metrics": metrics,
+        "rng": rng_state(),
         "config": OmegaConf.to_container(run.cfg, resolve=True),
     }
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"cannot write checkpoint {path}: {e.strerror or e} (free disk space, or give "
+                              f"hydra.run.dir=... elsewhere); the previous checkpoint is intact") from None
 
 
 def load_checkpoint(path) -> Dict[str, Any]:
@@ -233,11 +370,23 @@ def load_checkpoint(path) -> Dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing a file
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated file, not a torch file, or a pickle that needs arbitrary code
+        text = str(e)
+        if "Weights only load failed" in text:
+            rest = text.split("WeightsUnpickler error:", 1)[1] if "WeightsUnpickler error:" in text \
+                else text.split("\n", 1)[-1]
+            detail = [line.strip() for line in rest.splitlines()
+                      if line.strip() and not line.startswith(("Please file", "Check the documentation"))]
+            needs = detail[0].split(". ")[0].rstrip(".") if detail else ""  # what it asked for, in torch's words
+            raise CheckpointError(f"cannot read checkpoint {path}: it is not a snnexp checkpoint: loading it would "
+                                  f"run Python code from the file, which snnexp never does"
+                                  f"{' (' + needs + ')' if needs else ''}") from None
         raise CheckpointError(
             f"cannot read checkpoint {path}: not a valid snnexp checkpoint (truncated, or not written by "
-            f"snnexp train): {str(e).splitlines()[0]}"
+            f"snnexp train): {text.splitlines()[0].split('. ')[0]}"
         ) from None
     if not isinstance(state, dict) or "snnexp_checkpoint" not in state:
         raise CheckpointError(f"{path} is a torch file but not a snnexp checkpoint (no 'snnexp_checkpoint' key)")
@@ -248,14 +397,81 @@ def load_checkpoint(path) -> Dict[str, Any]:
 
 def write_json(path: Path, data) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"cannot write {path}: {e.strerror or e} (free disk space, or give hydra.run.dir=... "
+                              "elsewhere)") from None
 
 
-def fit(cfg: DictConfig, run_dir: Path, hparams: Dict[str, Any]) -> Dict[str, Any]:
-    """Train for trainer.epochs (or trainer.max_steps), testing after every epoch. Returns metrics.json."""
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM: the current step finished and the run was saved; `exit_code` is 128 + the signal."""
+
+    def __init__(self, signame: str, exit_code: int, message: str):
+        super().__init__(message)
+        self.signame, self.exit_code = signame, exit_code
+
+
+class _StopSignals:
+    """While training: the first SIGINT / SIGTERM only asks the loop to stop after the current step (a second
+    one interrupts at once, as usual)."""
+
+    def __init__(self):
+        self.received: Optional[int] = None
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = signum
+        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def run_info(cfg: DictConfig, resumed_from: Optional[Path]) -> Dict[str, Any]:
+    """What makes a run reproducible besides its config: command line, versions, the project's commit."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"python": sys.version.split()[0]}
+    for pkg in ("snnexp", "torch", "torchvision", "hydra-core", "omegaconf", "tonic", "numpy", "tensorboard"):
+        try:
+            versions[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    source = Path(__file__).resolve().parents[2]
+    commit = None
+    try:
+        out = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10)
+        if out.returncode == 0:
+            dirty = subprocess.run(["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
+                                   capture_output=True, text=True, timeout=10).stdout.strip()
+            commit = out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return {"command": " ".join(sys.argv),  # the CLI sets argv[0] to "snnexp <command>"
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"), "resumed_from": str(resumed_from) if resumed_from else None,
+            "versions": versions, "git_commit": commit, "host": platform.node()}
+
+
+def fit(cfg: DictConfig, run_dir: Path, hparams: Dict[str, Any], resume: Optional[Path] = None) -> Dict[str, Any]:
+    """Train for trainer.epochs (or trainer.max_steps), testing after every epoch. Returns metrics.json.
+    With `resume` (a checkpoint), go on exactly from where it was written."""
     t0 = time.perf_counter()
     seed_everything(cfg.trainer.seed)
+    if cfg.trainer.get("deterministic", False):
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for deterministic results
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
     device = resolve_device(cfg.trainer.device)
     run = build_run(cfg, device)
     train_loader = make_loader(run.splits.train, cfg, train=True)
@@ -266,69 +482,130 @@ def fit(cfg: DictConfig, run_dir: Path, hparams: Dict[str, Any]) -> Dict[str, An
 
     ckpt_dir = run_dir / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
+    metrics: Dict[str, Any] = {"best_test_acc": 0.0}
+    step, start_epoch, totals = 0, 1, None
+    if resume is not None:
+        state = load_checkpoint(resume)
+        if "rng" not in state:
+            raise CheckpointError(f"{resume} was written by an older snnexp (format {state['snnexp_checkpoint']}) "
+                                  "without the state a resume needs; start a new run")
+        try:
+            run.model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CheckpointError(f"{resume} does not fit this config's network or optimizer (resume with the same "
+                                  f"overrides as the run): {str(e).splitlines()[0]}") from None
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        metrics, step = state["metrics"] or metrics, state["step"]
+        start_epoch = state["epoch"] + 1
+        totals = EpochTotals(**state["totals"]) if state["totals"] else None
+        if start_epoch > cfg.trainer.epochs:
+            log.info("resume: %s is from the end of epoch %d of %d; nothing left to train", resume, start_epoch - 1,
+                     cfg.trainer.epochs)
+        else:
+            log.info("resumed from %s: epoch %d, batch %d, step %d", resume, start_epoch,
+                     totals.batches if totals else 0, step)
+    info_path = run_dir / "run_info.json"
+    sessions = json.loads(info_path.read_text()) if resume is not None and info_path.is_file() else []
+    write_json(info_path, [*sessions, run_info(cfg, resume)])
+
     n_params = sum(p.numel() for p in run.model.parameters())
     log.info("run dir: %s", run_dir)
     log.info("network (%d parameters) on %s:\n%s", n_params, device, run.model)
     log.info("data: %d train / %d test samples", len(run.splits.train), len(run.splits.test))
 
-    logger = RunLogger(run_dir)
+    # a resumed run rewrites TensorBoard from its first unfinished epoch: no duplicate or stale points
+    logger = RunLogger(run_dir, purge_step=start_epoch if resume is not None else None)
     logger.start(hparams)
-    metrics: Dict[str, Any] = {"best_test_acc": 0.0}
     paper_acc = OmegaConf.select(cfg, "paper.test_acc", default=None)  # a reproduction's published result
-    step, success = 0, False
-    try:
-        for epoch in range(1, cfg.trainer.epochs + 1):
-            train_m, step = train_epoch(run, train_loader, optimizer, scaler, epoch, step, cfg.trainer.max_steps)
-            test_m = evaluate(run, test_loader)
-            lr = optimizer.param_groups[0]["lr"]
-            scheduler.step()
-            if not math.isfinite(train_m["loss"]):
-                raise FloatingPointError(
-                    f"training loss is {train_m['loss']} in epoch {epoch}: lower optim.lr or the surrogate's scale"
+    every = cfg.trainer.get("ckpt_every_steps", None)
+    success = False
+    with _StopSignals() as signals:
+        try:
+            for epoch in range(start_epoch, cfg.trainer.epochs + 1):
+                done = totals.batches if totals else 0
+                train_loader.sampler.set_epoch(epoch, done * cfg.trainer.batch_size)
+
+                def after_step(step, totals, epoch=epoch):
+                    stop = signals.received is not None
+                    if stop or (every and step % every == 0 and totals.batches < len(train_loader) + done):
+                        save_checkpoint(ckpt_dir / "last.pt", run, optimizer, scheduler, scaler, epoch - 1, step,
+                                        metrics, totals)
+                    if stop:
+                        name = signal.Signals(signals.received).name
+                        raise Interrupted(name, 128 + signals.received,
+                                          f"{name} at step {step} (epoch {epoch}, batch {totals.batches}): "
+                                          f"saved {ckpt_dir / 'last.pt'}")
+
+                try:
+                    train_m, step = train_epoch(run, train_loader, optimizer, scaler, epoch, step,
+                                                cfg.trainer.max_steps, totals, after_step)
+                except NonFiniteError as e:
+                    last = ckpt_dir / "last.pt"
+                    kept = f"the last good checkpoint is kept: {last}" if last.is_file() else \
+                        "no checkpoint had been written yet"
+                    raise NonFiniteError(f"{e}; {kept}") from None
+                totals = None
+                test_m = evaluate(run, test_loader)
+                lr = optimizer.param_groups[0]["lr"]
+                scheduler.step()
+                is_best = test_m["acc"] > metrics["best_test_acc"]
+                metrics = {
+                    "test_acc": test_m["acc"],
+                    "test_loss": test_m["loss"],
+                    "best_test_acc": max(test_m["acc"], metrics["best_test_acc"]),
+                    "best_epoch": epoch if is_best else metrics.get("best_epoch", epoch),
+                    "train_acc": train_m["acc"],
+                    "train_loss": train_m["loss"],
+                    "epoch": epoch,
+                    "step": step,
+                    "skipped_batches": metrics.get("skipped_batches", 0) + train_m["skipped"],
+                    "train_samples_per_s": train_m["samples_per_s"],
+                    "wall_s": time.perf_counter() - t0,
+                    "firing_rate": test_m["firing_rate"],
+                }
+                scalars = {
+                    "train/loss": train_m["loss"], "train/acc": train_m["acc"],
+                    "test/loss": test_m["loss"], "test/acc": test_m["acc"], "test/best_acc": metrics["best_test_acc"],
+                    "lr": lr, "train/samples_per_s": train_m["samples_per_s"],
+                    "train/skipped_batches": train_m["skipped"],
+                }
+                if paper_acc is not None:  # in TensorBoard a flat line beside test/acc and a column in HPARAMS
+                    metrics["paper_test_acc"] = scalars["paper/test_acc"] = paper_acc
+                scalars.update({f"firing_rate/{k}": v for k, v in test_m["firing_rate"].items()})
+                scalars.update({f"grad_norm/{k}": v for k, v in train_m["grad_norm"].items()})
+                scalars.update({f"tau/{k}": m.tau for k, m in spiking_layers(run.model).items()
+                                if isinstance(m, PLIF)})
+                logger.scalars(scalars, epoch)
+                save_checkpoint(ckpt_dir / "last.pt", run, optimizer, scheduler, scaler, epoch, step, metrics)
+                if is_best:
+                    save_checkpoint(ckpt_dir / "best.pt", run, optimizer, scheduler, scaler, epoch, step, metrics)
+                write_json(run_dir / "metrics.json", metrics)
+                log.info(
+                    "epoch %d/%d  train loss %.4f acc %.2f%%  test loss %.4f acc %.2f%% (best %.2f%%)  %.0f samples/s",
+                    epoch, cfg.trainer.epochs, train_m["loss"], 100 * train_m["acc"], test_m["loss"],
+                    100 * test_m["acc"], 100 * metrics["best_test_acc"], train_m["samples_per_s"],
                 )
-            is_best = test_m["acc"] > metrics["best_test_acc"]
-            metrics = {
-                "test_acc": test_m["acc"],
-                "test_loss": test_m["loss"],
-                "best_test_acc": max(test_m["acc"], metrics["best_test_acc"]),
-                "best_epoch": epoch if is_best else metrics.get("best_epoch", epoch),
-                "train_acc": train_m["acc"],
-                "train_loss": train_m["loss"],
-                "epoch": epoch,
-                "step": step,
-                "train_samples_per_s": train_m["samples_per_s"],
-                "wall_s": time.perf_counter() - t0,
-                "firing_rate": test_m["firing_rate"],
-            }
-            scalars = {
-                "train/loss": train_m["loss"], "train/acc": train_m["acc"],
-                "test/loss": test_m["loss"], "test/acc": test_m["acc"], "test/best_acc": metrics["best_test_acc"],
-                "lr": lr, "train/samples_per_s": train_m["samples_per_s"],
-            }
-            if paper_acc is not None:  # in TensorBoard a flat line beside test/acc and a column in HPARAMS
-                metrics["paper_test_acc"] = scalars["paper/test_acc"] = paper_acc
-            scalars.update({f"firing_rate/{k}": v for k, v in test_m["firing_rate"].items()})
-            scalars.update({f"grad_norm/{k}": v for k, v in train_m["grad_norm"].items()})
-            scalars.update({f"tau/{k}": m.tau for k, m in spiking_layers(run.model).items() if isinstance(m, PLIF)})
-            logger.scalars(scalars, epoch)
-            save_checkpoint(ckpt_dir / "last.pt", run, optimizer, scheduler, scaler, epoch, step, metrics)
-            if is_best:
-                save_checkpoint(ckpt_dir / "best.pt", run, optimizer, scheduler, scaler, epoch, step, metrics)
-            write_json(run_dir / "metrics.json", metrics)
-            log.info(
-                "epoch %d/%d  train loss %.4f acc %.2f%%  test loss %.4f acc %.2f%% (best %.2f%%)  %.0f samples/s",
-                epoch, cfg.trainer.epochs, train_m["loss"], 100 * train_m["acc"], test_m["loss"],
-                100 * test_m["acc"], 100 * metrics["best_test_acc"], train_m["samples_per_s"],
-            )
-            if cfg.trainer.max_steps is not None and step >= cfg.trainer.max_steps:
-                log.info("reached trainer.max_steps=%d", cfg.trainer.max_steps)
-                break
-        success = True
-    finally:
-        logger.close(success)
+                if train_m["skipped"]:
+                    log.warning("epoch %d: %d batches with a non-finite loss or gradient were skipped", epoch,
+                                train_m["skipped"])
+                if signals.received is not None:  # arrived during the test pass: the epoch is saved
+                    name = signal.Signals(signals.received).name
+                    raise Interrupted(name, 128 + signals.received, f"{name} after epoch {epoch}: saved "
+                                      f"{ckpt_dir / 'last.pt'}")
+                if cfg.trainer.max_steps is not None and step >= cfg.trainer.max_steps:
+                    log.info("reached trainer.max_steps=%d", cfg.trainer.max_steps)
+                    break
+            success = True
+        finally:
+            logger.close(success)
+    if "test_acc" not in metrics:  # resumed a run that had nothing left to do before its first epoch ended
+        raise CheckpointError(f"{resume}: nothing left to train (trainer.epochs={cfg.trainer.epochs})")
     paper = f" (paper: {100 * paper_acc:.2f}%)" if paper_acc is not None else ""
-    log.info("done in %.1f s: test acc %.2f%%, best %.2f%%%s; %s", metrics["wall_s"], 100 * metrics["test_acc"],
-             100 * metrics["best_test_acc"], paper, run_dir)
+    log.info("done in %.1f s: test acc %.2f%%, best %.2f%%%s; %s", time.perf_counter() - t0,
+             100 * metrics["test_acc"], 100 * metrics["best_test_acc"], paper, run_dir)
     return metrics
 
 

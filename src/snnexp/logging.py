@@ -9,8 +9,10 @@ from torch.utils.tensorboard.summary import hparams
 
 
 class RunLogger:
-    def __init__(self, run_dir: Path):
-        self.writer = SummaryWriter(log_dir=str(run_dir))
+    def __init__(self, run_dir: Path, purge_step=None):
+        """purge_step: a resumed run's first epoch; points from that epoch on, written before the run
+        stopped, are hidden, so the curves continue without duplicates."""
+        self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
 
     def start(self, hparam_dict: Dict) -> None:
         """Open the run's hparams session. Only the session start info is written (no experiment summary):

@@ -81,7 +81,7 @@ def lif_multistep(
     surrogate the kernels know and no `return_v`; "reference" always runs the definition."""
     if backend not in BACKENDS:
         raise ValueError(f"neuron backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    if backend == "fused" and not return_v and surrogate.kernel_args() is not None:
+    if backend == "fused" and not return_v and getattr(surrogate, "kernel_args", lambda: None)() is not None:
         from snnexp.neurons.fused import lif_multistep_fused  # fused.py builds on this module
 
         return lif_multistep_fused(x_seq, tau_inv, surrogate, v_threshold, v_reset, decay_input, detach_reset)

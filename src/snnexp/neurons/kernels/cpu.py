@@ -5,8 +5,9 @@ headers), and a ctypes call releases the GIL, so `torch.get_num_threads()` Pytho
 kernel on their own slice of the neurons. bench/bench_neuron.py compares it with torch.compile (inductor)
 of the same loops and with the peers.
 
-The shared library is cached under $SNNEXP_CACHE_DIR (default ~/.cache/snnexp) by a hash of the source,
-the flags, the compiler and the CPU; `python -m snnexp.neurons.kernels.cpu` builds it ahead of time.
+The shared library is cached under $XDG_CACHE_HOME/snnexp/kernels (default ~/.cache/snnexp/kernels, beside the
+frame cache) by a hash of the source, the flags, the compiler and the CPU; `python -m snnexp.neurons.kernels.cpu`
+builds it ahead of time.
 """
 
 import ctypes
@@ -39,7 +40,7 @@ class KernelUnavailable(RuntimeError):
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("SNNEXP_CACHE_DIR", Path.home() / ".cache" / "snnexp")) / "kernels"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "snnexp" / "kernels"
 
 
 def _cpu_id() -> str:

@@ -187,7 +187,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     args = ap.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    write_results("train_step", [run_net(n, NETS[n], args) for n in args.nets])
+    name = "train_step" if args.nets == list(NETS) else "train_step_" + "_".join(args.nets)
+    write_results(name, [run_net(n, NETS[n], args) for n in args.nets])
 
 
 if __name__ == "__main__":

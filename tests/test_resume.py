@@ -28,13 +28,14 @@ def start(args, cwd):
                             stderr=subprocess.PIPE, text=True)
 
 
-def wait_for_checkpoint(pattern, cwd, proc, timeout=120):
-    """The first mid-epoch checkpoint (batch > 0) matching pattern under cwd."""
+def wait_for_checkpoint(pattern, cwd, proc, timeout=120, epochs_done=0):
+    """The first mid-epoch checkpoint (batch > 0) after `epochs_done` epochs matching pattern under cwd."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         for path in Path(cwd).glob(pattern):
             try:
-                if torch.load(path, weights_only=True)["batch"] > 0:
+                state = torch.load(path, weights_only=True)
+                if state["batch"] > 0 and state["epoch"] == epochs_done:
                     return path
             except Exception:  # being replaced right now
                 pass
@@ -50,17 +51,29 @@ def same_results(a: Path, b: Path):
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def scalar_steps(run_dir: Path, tag: str) -> list:
+    """Every step at which `tag` was logged, over all of the run's event files, as TensorBoard shows them."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir))
+    acc.Reload()
+    return [e.step for e in acc.Scalars(tag)]
+
+
 def test_sigkill_mid_epoch_then_resume_equals_the_run_never_interrupted(tmp_path):
     run_snnexp("train", *ARGS, "hydra.run.dir=whole", cwd=tmp_path)
     proc = start([*ARGS, "hydra.run.dir=cut"], tmp_path)
-    ckpt = wait_for_checkpoint("cut/checkpoints/last.pt", tmp_path, proc)
+    ckpt = wait_for_checkpoint("cut/checkpoints/last.pt", tmp_path, proc, epochs_done=1)  # in epoch 2
     proc.kill()  # SIGKILL: no chance to save anything more
     proc.wait()
     state = torch.load(ckpt, weights_only=True)
-    assert state["epoch"] == 0 and 0 < state["batch"] and not (tmp_path / "cut" / "metrics.json").exists()
+    assert state["epoch"] == 1 and 0 < state["batch"]
+    assert json.loads((tmp_path / "cut" / "metrics.json").read_text())["epoch"] == 1
     out = run_snnexp("train", *ARGS, "hydra.run.dir=cut", "resume=true", cwd=tmp_path)
-    assert f"resumed from {tmp_path / 'cut' / 'checkpoints' / 'last.pt'}: epoch 1, batch {state['batch']}" in out.stdout + out.stderr
+    assert f"resumed from {tmp_path / 'cut' / 'checkpoints' / 'last.pt'}: epoch 2, batch {state['batch']}" in \
+        out.stdout + out.stderr
     same_results(tmp_path / "whole", tmp_path / "cut")
+    assert scalar_steps(tmp_path / "cut", "test/acc") == [1, 2]  # the curve goes on: no gap, no duplicate
     sessions = json.loads((tmp_path / "cut" / "run_info.json").read_text())
     assert len(sessions) == 2 and sessions[1]["resumed_from"].endswith("last.pt")
 
@@ -154,3 +167,24 @@ def test_deterministic_switch_trains(tmp_path):
         assert torch.are_deterministic_algorithms_enabled()
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+def test_a_full_disk_at_a_checkpoint_is_reported_and_keeps_the_previous_one(tmp_path, monkeypatch):
+    from snnexp import engine
+
+    cfg = compose_train("trainer.epochs=2")
+    fit(cfg, tmp_path, hparams={})
+    before = (tmp_path / "checkpoints" / "last.pt").read_bytes()
+
+    def full_disk(obj, path, *args, **kwargs):
+        Path(path).write_bytes(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(engine.torch, "save", full_disk)
+    with pytest.raises(engine.CheckpointError) as err:
+        fit(compose_train("trainer.epochs=3"), tmp_path, {}, resume=tmp_path / "checkpoints" / "last.pt")
+    assert str(err.value) == (f"cannot write checkpoint {tmp_path / 'checkpoints' / 'last.pt'}: No space left on "
+                              "device (free disk space, or give hydra.run.dir=... elsewhere); the previous checkpoint "
+                              "is intact")
+    assert (tmp_path / "checkpoints" / "last.pt").read_bytes() == before
+    assert not (tmp_path / "checkpoints" / "last.pt.tmp").exists()

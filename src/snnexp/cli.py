@@ -26,6 +26,7 @@ commands:
   train    train a network:            snnexp train dataset=mnist neuron=lif trainer.T=8
            sweep (one run per combo):  snnexp train -m neuron=lif,plif trainer.T=4,8
   eval     test a saved checkpoint:    snnexp eval checkpoint=outputs/.../checkpoints/best.pt
+  compare  one table of runs:          snnexp compare outputs/multirun/2026-... [--sort test_acc]
 
 `snnexp <command> --help` lists the config groups and their options.
 Runs are written under outputs/; compare them with `tensorboard --logdir outputs`.
@@ -101,6 +102,24 @@ def _hparams(cfg: DictConfig) -> dict:
     return hp
 
 
+def torch_threads(cfg: DictConfig) -> int:
+    """trainer.threads, or when null: all cores, shared out among the parallel jobs of hydra/launcher=joblib
+    (n_jobs of them, all cores for n_jobs=-1), so that jobs do not oversubscribe the machine."""
+    import torch
+
+    threads = cfg.trainer.get("threads")
+    if threads is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        launcher = HydraConfig.get().launcher
+        jobs = 1
+        if "Joblib" in str(launcher.get("_target_", "")):
+            n_jobs = launcher.get("n_jobs") or -1
+            jobs = cores if n_jobs < 0 else n_jobs
+        threads = max(1, cores // jobs)
+    torch.set_num_threads(threads)
+    return threads
+
+
 @_guarded
 def train(cfg: DictConfig):
     validate(cfg)
@@ -109,6 +128,7 @@ def train(cfg: DictConfig):
     if "data_dir" in cfg.dataset:  # relative to where the user started snnexp; stored absolute
         cfg.dataset.data_dir = os.path.normpath(to_absolute_path(cfg.dataset.data_dir))
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    torch_threads(cfg)
     checkpoint = None
     if cfg.get("resume") not in (None, False):
         checkpoint = run_dir / "checkpoints" / "last.pt"
@@ -213,8 +233,12 @@ def main(argv=None) -> None:
         print(f"snnexp {__version__}")
         return
     command, rest = argv[0], argv[1:]
+    if command == "compare":  # reads run folders; no config to compose
+        from snnexp.compare import main as compare
+
+        sys.exit(compare(rest))
     if command not in COMMANDS:
-        print(f"snnexp: error: unknown command '{command}': use one of {', '.join(COMMANDS)}\n\n{USAGE}",
+        print(f"snnexp: error: unknown command '{command}': use one of {', '.join([*COMMANDS, 'compare'])}\n\n{USAGE}",
               file=sys.stderr)
         sys.exit(2)
     if command == "train" and not any(a in rest for a in ("-h", "--help", "--hydra-help", "--cfg", "-c", "--info")):

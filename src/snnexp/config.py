@@ -33,6 +33,7 @@ class TrainerConfig:
     ckpt_every_steps: Optional[int] = None
     on_nonfinite: str = "stop"
     deterministic: bool = False
+    threads: Optional[int] = None
 
 
 # the schema of conf/trainer/*.yaml (their defaults list starts with `/trainer_schema@_here_`)
@@ -66,6 +67,7 @@ RULES = {
     "trainer.max_steps": (lambda v: v is None or v >= 1, "null or an integer >= 1"),
     "trainer.ckpt_every_steps": (lambda v: v is None or v >= 1, "null or an integer >= 1"),
     "trainer.on_nonfinite": (lambda v: v in ("stop", "skip"), "stop or skip"),
+    "trainer.threads": (lambda v: v is None or v >= 1, "null (automatic) or an integer >= 1"),
     "trainer.device": (lambda v: _DEVICE.fullmatch(str(v)) is not None, "auto, cpu, cuda, cuda:N or mps"),
     "neuron.tau": (lambda v: v > 1, "> 1 (the Euler step with dt = 1 needs tau > 1)"),
     "neuron.tau0": (lambda v: v > 1, "> 1 (PLIF's initial tau; 1/tau = sigmoid(w) < 1)"),

@@ -460,7 +460,7 @@ def run_info(cfg: DictConfig, resumed_from: Optional[Path]) -> Dict[str, Any]:
         pass
     return {"command": " ".join(sys.argv),  # the CLI sets argv[0] to "snnexp <command>"
             "started": time.strftime("%Y-%m-%d %H:%M:%S"), "resumed_from": str(resumed_from) if resumed_from else None,
-            "versions": versions, "git_commit": commit, "host": platform.node()}
+            "versions": versions, "git_commit": commit, "host": platform.node(), "threads": torch.get_num_threads()}
 
 
 def fit(cfg: DictConfig, run_dir: Path, hparams: Dict[str, Any], resume: Optional[Path] = None) -> Dict[str, Any]:
@@ -499,6 +499,7 @@ def fit(cfg: DictConfig, run_dir: Path, hparams: Dict[str, Any], resume: Optiona
         scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         metrics, step = state["metrics"] or metrics, state["step"]
+        t0 -= metrics.get("wall_s", 0.0)  # wall_s counts the earlier sessions (up to their last epoch)
         start_epoch = state["epoch"] + 1
         totals = EpochTotals(**state["totals"]) if state["totals"] else None
         if start_epoch > cfg.trainer.epochs:

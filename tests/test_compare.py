@@ -1,0 +1,63 @@
+"""`snnexp compare`: one table of runs, sorted, as text, CSV and Markdown, on a sweep in progress too."""
+
+import csv
+import json
+
+import pytest
+
+from snnexp.compare import main
+
+
+def fake_run(path, overrides, epochs, metrics=None):
+    (path / ".hydra").mkdir(parents=True)
+    (path / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    (path / ".hydra" / "config.yaml").write_text(f"trainer:\n  epochs: {epochs}\n")
+    if metrics is not None:
+        (path / "metrics.json").write_text(json.dumps(metrics))
+
+
+def metrics(epoch, best, final, rates):
+    return {"epoch": epoch, "best_test_acc": best, "test_acc": final, "wall_s": 10.0 * epoch,
+            "train_samples_per_s": 500.0, "firing_rate": rates}
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    root = tmp_path / "outputs" / "multirun" / "2026-11-23_10-00-00"
+    fake_run(root / "neuron=lif", ["neuron=lif", "trainer.epochs=3"], 3, metrics(3, 0.90, 0.89, {"a": 0.1, "b": 0.3}))
+    fake_run(root / "neuron=plif", ["neuron=plif", "trainer.epochs=3"], 3, metrics(3, 0.95, 0.95, {"a": 0.2}))
+    fake_run(root / "neuron=if", ["neuron=if", "trainer.epochs=3"], 3, metrics(1, 0.70, 0.70, {"a": 0.5}))  # running
+    fake_run(root / "neuron=stbp", ["neuron=stbp", "trainer.epochs=3"], 3)  # not through its first epoch
+    return root
+
+
+def test_compare_sorts_and_writes_csv_and_markdown(sweep, capsys):
+    assert main([str(sweep)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in out[1:5]] == ["neuron=plif", "neuron=lif", "neuron=if", "neuron=stbp"]
+    assert out[2].split()[1:] == ["neuron=lif", "trainer.epochs=3", "done", "3", "90.00", "89.00", "30.0", "500.0",
+                                  "0.2000"]  # mean firing rate over the layers
+    assert out[3].split()[3:5] == ["1/3", "epochs"]  # a run in progress shows how far it is
+    assert out[4].split()[1:] == ["neuron=stbp", "trainer.epochs=3", "started"]
+    rows = list(csv.DictReader((sweep / "compare.csv").open()))
+    assert [r["run"] for r in rows] == ["neuron=plif", "neuron=lif", "neuron=if", "neuron=stbp"]
+    assert float(rows[0]["best_test_acc"]) == 0.95
+    md = (sweep / "compare.md").read_text().splitlines()
+    assert md[0].startswith("| run | overrides | status |") and len(md) == 6
+
+
+def test_compare_sort_by_another_column_ascending(sweep, capsys, tmp_path):
+    assert main([str(sweep), "--sort", "wall_s", "--ascending", "--out", str(tmp_path / "table")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in out[1:4]] == ["neuron=if", "neuron=lif", "neuron=plif"]
+    assert (tmp_path / "table" / "compare.md").is_file()
+
+
+def test_compare_bad_input(tmp_path, capsys):
+    assert main([str(tmp_path / "nope")]) == 2
+    assert capsys.readouterr().err.strip() == f"snnexp: error: {tmp_path / 'nope'} does not exist"
+    assert main([str(tmp_path)]) == 2
+    assert f"no snnexp runs under {tmp_path}" in capsys.readouterr().err
+    fake_run(tmp_path / "r", ["neuron=lif"], 1, metrics(1, 0.5, 0.5, {}))
+    assert main([str(tmp_path), "--sort", "speed"]) == 2
+    assert "cannot sort by 'speed': use one of run, overrides" in capsys.readouterr().err

@@ -111,12 +111,15 @@ def test_an_interrupted_sweep_resumes_job_by_job(tmp_path):
 
 
 def test_resume_path_takes_the_runs_own_overrides(tmp_path):
-    run_snnexp("train", *ARGS, "trainer.max_steps=3", "hydra.run.dir=run", cwd=tmp_path)
+    short = [a for a in ARGS if not a.startswith("trainer.epochs")] + ["trainer.epochs=1"]
+    run_snnexp("train", *short, "trainer.max_steps=7", "hydra.run.dir=run", cwd=tmp_path)
     out = run_snnexp("train", "resume=run", "trainer.max_steps=null", cwd=tmp_path)
     assert "resumed from" in out.stdout + out.stderr
-    cfg = OmegaConf.load(tmp_path / "run" / ".hydra" / "config.yaml")
-    assert cfg.trainer.T == 8 and cfg.encoder._target_.endswith("PoissonEncoder")
-    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["epoch"] == 2
+    cfg = OmegaConf.load(tmp_path / "run" / ".hydra" / "config.yaml")  # the run's own config, untouched
+    assert cfg.trainer.T == 8 and cfg.encoder._target_.endswith("PoissonEncoder") and cfg.trainer.max_steps == 7
+    (resumed,) = (tmp_path / "run" / ".hydra").glob("resume-*/config.yaml")
+    assert OmegaConf.load(resumed).trainer.max_steps is None and OmegaConf.load(resumed).trainer.T == 8
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["step"] == 23
 
 
 def compose_train(*overrides):

@@ -42,6 +42,7 @@ def test_switch_gives_the_default_loss_and_gradient(switch, tol):
     assert torch.nn.functional.cosine_similarity(grad_s, grad, dim=0) > (0.999999 if tol < 1e-3 else 0.99)
 
 
+@pytest.mark.slow  # about 50 s for the three; the first-batch test above runs each switch's forward and backward
 @pytest.mark.parametrize("switch", ["trainer.channels_last=true", "trainer.amp=true", "trainer.compile=true"])
 def test_switch_trains(tmp_path, switch):
     cfg = compose_train(switch, "trainer.epochs=2")

@@ -540,6 +540,8 @@ def fit(cfg: DictConfig, run_dir: Path, hparams: Dict[str, Any], resume: Optiona
                                           f"{name} at step {step} (epoch {epoch}, batch {totals.batches}): "
                                           f"saved {ckpt_dir / 'last.pt'}")
 
+                totals = totals or EpochTotals()
+                epoch_batches = done + len(train_loader)
                 try:
                     train_m, step = train_epoch(run, train_loader, optimizer, scaler, epoch, step,
                                                 cfg.trainer.max_steps, totals, after_step)
@@ -548,10 +550,14 @@ def fit(cfg: DictConfig, run_dir: Path, hparams: Dict[str, Any], resume: Optiona
                     kept = f"the last good checkpoint is kept: {last}" if last.is_file() else \
                         "no checkpoint had been written yet"
                     raise NonFiniteError(f"{e}; {kept}") from None
+                # stopped by trainer.max_steps within the epoch: tested and logged, but saved as the position it
+                # is, so that a resume with more steps goes on with this epoch (and its schedule) from there
+                partial = totals if totals.batches < epoch_batches else None
                 totals = None
                 test_m = evaluate(run, test_loader)
                 lr = optimizer.param_groups[0]["lr"]
-                scheduler.step()
+                if partial is None:
+                    scheduler.step()
                 is_best = test_m["acc"] > metrics["best_test_acc"]
                 metrics = {
                     "test_acc": test_m["acc"],
@@ -580,7 +586,8 @@ def fit(cfg: DictConfig, run_dir: Path, hparams: Dict[str, Any], resume: Optiona
                 scalars.update({f"tau/{k}": m.tau for k, m in spiking_layers(run.model).items()
                                 if isinstance(m, PLIF)})
                 logger.scalars(scalars, epoch)
-                save_checkpoint(ckpt_dir / "last.pt", run, optimizer, scheduler, scaler, epoch, step, metrics)
+                save_checkpoint(ckpt_dir / "last.pt", run, optimizer, scheduler, scaler,
+                                epoch - 1 if partial else epoch, step, metrics, partial)
                 if is_best:
                     save_checkpoint(ckpt_dir / "best.pt", run, optimizer, scheduler, scaler, epoch, step, metrics)
                 write_json(run_dir / "metrics.json", metrics)

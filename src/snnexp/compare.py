@@ -76,6 +76,10 @@ def table(paths: List[Path], sort: str = "best_test_acc", ascending: bool = Fals
     if not runs:
         raise CompareError(f"no snnexp runs under {', '.join(map(str, paths))} (a run has .hydra/overrides.yaml)")
     rows = [row(run, base) for run, base in runs.items()]  # named relative to the folder given
+    if len(paths) > 1:  # and which of the folders
+        for r, base in zip(rows, runs.values()):
+            if not Path(r["run"]).is_absolute():
+                r["run"] = f"{base.name}/{r['run']}"
     present = [r for r in rows if r[sort] is not None]
     missing = [r for r in rows if r[sort] is None]
     present.sort(key=lambda r: r[sort], reverse=not ascending)

@@ -432,6 +432,10 @@ class _StopSignals:
         self.received = signum
         signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
 
+    def interrupted(self, where: str) -> Interrupted:
+        name = signal.Signals(self.received).name
+        return Interrupted(name, 128 + self.received, f"{name} {where}")
+
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
@@ -535,10 +539,8 @@ def fit(cfg: DictConfig, run_dir: Path, hparams: Dict[str, Any], resume: Optiona
                         save_checkpoint(ckpt_dir / "last.pt", run, optimizer, scheduler, scaler, epoch - 1, step,
                                         metrics, totals)
                     if stop:
-                        name = signal.Signals(signals.received).name
-                        raise Interrupted(name, 128 + signals.received,
-                                          f"{name} at step {step} (epoch {epoch}, batch {totals.batches}): "
-                                          f"saved {ckpt_dir / 'last.pt'}")
+                        raise signals.interrupted(f"at step {step} (epoch {epoch}, batch {totals.batches}): saved "
+                                                  f"{ckpt_dir / 'last.pt'}")
 
                 totals = totals or EpochTotals()
                 epoch_batches = done + len(train_loader)
@@ -600,9 +602,7 @@ def fit(cfg: DictConfig, run_dir: Path, hparams: Dict[str, Any], resume: Optiona
                     log.warning("epoch %d: %d batches with a non-finite loss or gradient were skipped", epoch,
                                 train_m["skipped"])
                 if signals.received is not None:  # arrived during the test pass: the epoch is saved
-                    name = signal.Signals(signals.received).name
-                    raise Interrupted(name, 128 + signals.received, f"{name} after epoch {epoch}: saved "
-                                      f"{ckpt_dir / 'last.pt'}")
+                    raise signals.interrupted(f"after epoch {epoch}: saved {ckpt_dir / 'last.pt'}")
                 if cfg.trainer.max_steps is not None and step >= cfg.trainer.max_steps:
                     log.info("reached trainer.max_steps=%d", cfg.trainer.max_steps)
                     break

@@ -73,11 +73,9 @@ def _one_block_per_step(x: Tensor) -> bool:
 def _kernel_input(x: Tensor, like: Optional[Tensor] = None) -> Tensor:
     """x as the kernels take it: float32 or float64 (bfloat16 / float16 widen to float32, spikes are exact),
     one dense block per time step; with `like`, also in like's memory order (a gradient to match X)."""
-    dtype = x.dtype if like is None and x.dtype in (torch.float32, torch.float64) else \
-        (like.dtype if like is not None else torch.float32)
     if like is not None:
-        return x if x.dtype == dtype and x.stride() == like.stride() else torch.empty_like(like).copy_(x)
-    x = x.to(dtype)
+        return x if x.dtype == like.dtype and x.stride() == like.stride() else torch.empty_like(like).copy_(x)
+    x = x if x.dtype in (torch.float32, torch.float64) else x.float()
     return x if _one_block_per_step(x) else x.contiguous()
 
 

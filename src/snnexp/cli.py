@@ -13,7 +13,7 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from snnexp import __version__
+from snnexp import __version__, distributed
 from snnexp.config import ConfigError, validate
 
 log = logging.getLogger("snnexp")
@@ -26,6 +26,7 @@ commands:
   train    train a network:            snnexp train dataset=mnist neuron=lif trainer.T=8
            sweep (one run per combo):  snnexp train -m neuron=lif,plif trainer.T=4,8
   eval     test a saved checkpoint:    snnexp eval checkpoint=outputs/.../checkpoints/best.pt
+  export   the network for hardware:   snnexp export checkpoint=outputs/.../checkpoints/best.pt format=nir
   compare  one table of runs:          snnexp compare outputs/multirun/2026-... [--sort test_acc]
 
 `snnexp <command> --help` lists the config groups and their options.
@@ -47,9 +48,11 @@ def _user_errors():
     """Errors that are the user's to fix: reported in one message, no traceback."""
     from snnexp.data import CorruptFile, DatasetError
     from snnexp.engine import CheckpointError
+    from snnexp.export import ExportError
     from snnexp.models import ModelError, SpecError
 
-    return (ConfigError, SpecError, ModelError, DatasetError, CorruptFile, CheckpointError, FloatingPointError)
+    return (ConfigError, SpecError, ModelError, DatasetError, CorruptFile, CheckpointError, ExportError,
+            FloatingPointError)
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -104,14 +107,15 @@ def _hparams(cfg: DictConfig) -> dict:
 
 def torch_threads(cfg: DictConfig) -> int:
     """trainer.threads, or when null: all cores, shared out among the parallel jobs of hydra/launcher=joblib
-    (n_jobs of them, all cores for n_jobs=-1), so that jobs do not oversubscribe the machine."""
+    (n_jobs of them, all cores for n_jobs=-1) or the processes torchrun started on this machine, so that they do
+    not oversubscribe it."""
     import torch
 
     threads = cfg.trainer.get("threads")
     if threads is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         launcher = HydraConfig.get().launcher
-        jobs = 1
+        jobs = distributed.local_processes()  # torchrun's processes on this machine
         if "Joblib" in str(launcher.get("_target_", "")):
             n_jobs = launcher.get("n_jobs") or -1
             jobs = cores if n_jobs < 0 else n_jobs
@@ -123,6 +127,11 @@ def torch_threads(cfg: DictConfig) -> int:
 @_guarded
 def train(cfg: DictConfig):
     validate(cfg)
+    hc = HydraConfig.get()
+    problem = distributed.check(cfg.trainer.strategy, cfg.trainer.batch_size, hc.launcher.get("_target_", ""),
+                                hc.sweeper.get("_target_", ""))
+    if problem:
+        raise ConfigError(problem)
     from snnexp.engine import fit
 
     if "data_dir" in cfg.dataset:  # relative to where the user started snnexp; stored absolute
@@ -148,11 +157,22 @@ def evaluate(cfg: DictConfig):
     write_json(out, metrics)
     paper = f" (paper: {100 * metrics['paper_test_acc']:.2f}%)" if "paper_test_acc" in metrics else ""
     print(f"test_acc {100 * metrics['test_acc']:.2f}%{paper}  test_loss {metrics['test_loss']:.4f}  "
+          f"spikes/sample {metrics['spikes_per_sample']:.0f}  SOPs/sample {metrics['sops_per_sample']:.0f}  "
           f"(epoch {metrics['epoch']} of {metrics['checkpoint']}); saved {out}")
     return metrics["test_acc"]
 
 
-COMMANDS = {"train": train, "eval": evaluate}
+@_guarded
+def export(cfg: DictConfig):
+    from snnexp.export import describe, export_checkpoint
+
+    out = to_absolute_path(cfg.out) if cfg.out is not None else None
+    path, graph = export_checkpoint(to_absolute_path(cfg.checkpoint), cfg.format, out, cfg.dt)
+    print(f"wrote {path}: NIR graph of {len(graph.nodes)} nodes, dt {cfg.dt} s per time step", *describe(graph),
+          sep="\n  ")
+
+
+COMMANDS = {"train": train, "eval": evaluate, "export": export}
 _ARGS: list = []  # the command line of this call, for the resume hint
 
 
@@ -245,7 +265,12 @@ def main(argv=None) -> None:
         rest = _resolve_resume(rest)
     if not any(a in rest for a in ("-h", "--help", "--hydra-help", "--cfg", "-c", "--info")):
         _check_writable(rest)
+    if command == "train" and distributed.launched():  # torchrun: one run directory for all its processes
+        rest = distributed.setup(rest)
     _ARGS[:] = argv[1:]
     sys.argv = [f"snnexp {command}", *rest]  # Hydra parses sys.argv
     app = hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name=command)(COMMANDS[command])
-    app()
+    try:
+        app()
+    finally:
+        distributed.shutdown()

@@ -7,6 +7,7 @@ key, one clear line per broken rule.
 
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Optional
 
 from hydra.core.config_store import ConfigStore
@@ -34,10 +35,23 @@ class TrainerConfig:
     on_nonfinite: str = "stop"
     deterministic: bool = False
     threads: Optional[int] = None
+    strategy: str = "single"
 
 
 # the schema of conf/trainer/*.yaml (their defaults list starts with `/trainer_schema@_here_`)
 ConfigStore.instance().store(name="trainer_schema", node=TrainerConfig)
+
+
+START_TIME: Optional[float] = None  # set by snnexp.distributed.setup: the start time all torchrun processes agree on
+
+
+def _start_time(pattern: str) -> str:
+    """${start_time:%Y-...}, which names the run directories in conf/*.yaml: Hydra's ${now:...}, except that
+    under torchrun every process gets rank 0's time, so that they share one run directory."""
+    return (datetime.fromtimestamp(START_TIME) if START_TIME is not None else datetime.now()).strftime(pattern)
+
+
+OmegaConf.register_new_resolver("start_time", _start_time, use_cache=True, replace=True)
 
 
 def _positive(v):
@@ -68,6 +82,7 @@ RULES = {
     "trainer.ckpt_every_steps": (lambda v: v is None or v >= 1, "null or an integer >= 1"),
     "trainer.on_nonfinite": (lambda v: v in ("stop", "skip"), "stop or skip"),
     "trainer.threads": (lambda v: v is None or v >= 1, "null (automatic) or an integer >= 1"),
+    "trainer.strategy": (lambda v: v in ("single", "ddp"), "single or ddp (under torchrun)"),
     "trainer.device": (lambda v: _DEVICE.fullmatch(str(v)) is not None, "auto, cpu, cuda, cuda:N or mps"),
     "neuron.tau": (lambda v: v > 1, "> 1 (the Euler step with dt = 1 needs tau > 1)"),
     "neuron.tau0": (lambda v: v > 1, "> 1 (PLIF's initial tau; 1/tau = sigmoid(w) < 1)"),

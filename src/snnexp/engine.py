@@ -17,7 +17,7 @@ import threading
 import time
 import warnings
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -29,6 +29,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from snnexp import distributed
+from snnexp.activity import Activity, confusion_image, input_is_spikes, raster_image
 from snnexp.config import ConfigError
 from snnexp.encoders import DirectEncoder
 from snnexp.logging import RunLogger
@@ -56,11 +58,15 @@ class Run:
     readout: nn.Module
     loss_fn: nn.Module
     device: torch.device
-    net: Optional[Any] = None  # what forward() calls: the model, or torch.compile of it (trainer.compile)
+    net: Optional[Any] = None  # what forward() calls in training: the model, wrapped in DDP (trainer.strategy=ddp)
+    # and/or compiled (trainer.compile); the checkpoint keeps the model's own state_dict keys
+    eval_net: Optional[Any] = None  # in eval mode: the same without DDP (a test pass needs no gradient sync)
 
     def __post_init__(self):
         if self.net is None:
             self.net = self.model
+        if self.eval_net is None:
+            self.eval_net = self.net
 
 
 def resolve_device(name: str) -> torch.device:
@@ -77,55 +83,76 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_run(cfg: DictConfig, device: torch.device) -> Run:
-    """Instantiate data, encoder, network, readout and loss from the config."""
+def build_model(cfg: DictConfig, input_shape, num_classes: int) -> nn.Module:
+    """The network of the config, with the configured neuron, surrogate and norm, for inputs of `input_shape`
+    and num_classes x readout.population outputs."""
+    return instantiate(
+        cfg.model,
+        input_shape=list(input_shape),
+        num_outputs=num_classes * instantiate(cfg.readout).population,
+        neuron=instantiate(cfg.neuron, surrogate=instantiate(cfg.surrogate)),
+        norm=instantiate(cfg.norm),
+    )
+
+
+def build_run(cfg: DictConfig, device: torch.device, ddp: bool = False) -> Run:
+    """Instantiate data, encoder, network, readout and loss from the config (`ddp`: for a process of a
+    data-parallel run)."""
     splits = instantiate(cfg.dataset)
     encoder = instantiate(cfg.encoder)
     if splits.sequence and not isinstance(encoder, DirectEncoder):
         raise ConfigError(f"this dataset gives event frames, which are fed as they are: use encoder=direct, "
                           f"not {type(encoder).__name__}")
     readout = instantiate(cfg.readout)
-    surrogate = instantiate(cfg.surrogate)
-    model = instantiate(
-        cfg.model,
-        input_shape=list(splits.input_shape),
-        num_outputs=splits.num_classes * readout.population,
-        neuron=instantiate(cfg.neuron, surrogate=surrogate),
-        norm=instantiate(cfg.norm),
-    )
-    model = model.to(device)
+    model = build_model(cfg, splits.input_shape, splits.num_classes).to(device)
     if cfg.trainer.get("channels_last", False):
         model = model.to(memory_format=torch.channels_last)  # conv weights; their outputs follow
-    # the checkpoint keeps the model's own state_dict keys; only forward() goes through the compiled net
     # dynamic=False: one graph per input shape (train, last batch, test); with symbolic shapes inductor cannot
     # order the strides of the neuron op's output (InductorError "cannot determine truth value of Relational")
-    net = torch.compile(model, dynamic=False) if cfg.trainer.get("compile", False) else model
-    return Run(cfg, splits, encoder, model, readout, instantiate(cfg.loss), device, net)
+    compiled = torch.compile(model, dynamic=False) if cfg.trainer.get("compile", False) else model
+    if not ddp:
+        return Run(cfg, splits, encoder, model, readout, instantiate(cfg.loss), device, compiled)
+    net = distributed.wrap(model, device)
+    net = torch.compile(net, dynamic=False) if cfg.trainer.get("compile", False) else net
+    return Run(cfg, splits, encoder, model, readout, instantiate(cfg.loss), device, net, eval_net=compiled)
 
 
 class EpochOrder(torch.utils.data.Sampler):
     """The training order: a permutation drawn from (seed, epoch) alone, so that a resumed run rebuilds the
-    order of the epoch it stopped in and starts at the batch where it stopped."""
+    order of the epoch it stopped in and starts at the sample where it stopped.
 
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch, self.start = n, seed, 1, 0
+    In a data-parallel run, process `rank` of `world` takes every world-th index from rank on (padded with the
+    first ones to a multiple of world, as torch's DistributedSampler does; ours also starts mid-epoch). With a
+    local batch of B / world, global step k then sees the samples single-process step k sees with batch B."""
+
+    def __init__(self, n: int, seed: int, rank: int = 0, world: int = 1):
+        self.n, self.seed, self.rank, self.world, self.epoch, self.start = n, seed, rank, world, 1, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """`start`: samples of this process's share already trained on."""
         self.epoch, self.start = epoch, start
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g)[self.start:].tolist())
+        order = torch.randperm(self.n, generator=g)
+        if self.world > 1:
+            pad = -self.n % self.world
+            order = torch.cat([order, order[:pad]])[self.rank::self.world]
+        return iter(order[self.start:].tolist())
 
     def __len__(self):
-        return self.n - self.start
+        return -(-self.n // self.world) - self.start
 
 
 def make_loader(dataset, cfg: DictConfig, train: bool) -> DataLoader:
+    """Under trainer.strategy=ddp: this process's share of each batch (batch_size / processes) and of the data
+    (the test set split without padding, so every test sample counts once)."""
+    rank, world = distributed.rank(), distributed.world()
+    test_share = list(range(rank, len(dataset), world)) if world > 1 else None
     return DataLoader(
         dataset,
-        batch_size=cfg.trainer.batch_size,
-        sampler=EpochOrder(len(dataset), cfg.trainer.seed) if train else None,
+        batch_size=cfg.trainer.batch_size // world,
+        sampler=EpochOrder(len(dataset), cfg.trainer.seed, rank, world) if train else test_share,
         generator=torch.Generator().manual_seed(cfg.trainer.seed),  # worker seeds
         num_workers=cfg.trainer.num_workers,
         pin_memory=False,
@@ -148,7 +175,7 @@ def forward(run: Run, x: torch.Tensor, generator: Optional[torch.Generator] = No
     else:
         x_seq = run.encoder(x, run.cfg.trainer.T, generator=generator)
     with autocast(run):
-        spikes = run.net(x_seq)
+        spikes = (run.net if run.model.training else run.eval_net)(x_seq)
     return run.readout(spikes.float())
 
 
@@ -178,7 +205,8 @@ def train_epoch(run, loader, optimizer, scaler, epoch: int, step: int, max_steps
     totals = totals or EpochTotals()
     start = time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch}/{run.cfg.trainer.epochs}", leave=False, initial=totals.batches,
-               total=totals.batches + len(loader), disable=None if run.cfg.trainer.progress else True,
+               total=totals.batches + len(loader),
+               disable=None if run.cfg.trainer.progress and distributed.is_main() else True,
                dynamic_ncols=True)
     timed, calls = 0, 0  # samples counted in samples/s: with trainer.compile, not the first step's (it compiles)
     for x, y in bar:
@@ -191,7 +219,8 @@ def train_epoch(run, loader, optimizer, scaler, epoch: int, step: int, max_steps
         optimizer.zero_grad(set_to_none=True)
         totals.batches += 1
         norms = None
-        if torch.isfinite(loss):
+        # data parallel: all processes skip (or stop at) a batch that is non-finite on any, or backward would hang
+        if not distributed.any_true(not torch.isfinite(loss).item()):
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)  # true gradients for the norms below (a no-op without AMP on CUDA)
             norms = layer_grad_norms(run.model)
@@ -229,9 +258,9 @@ def train_epoch(run, loader, optimizer, scaler, epoch: int, step: int, max_steps
             after_step(step, totals)
         if max_steps is not None and step >= max_steps:
             break
-    elapsed = time.perf_counter() - start
-    seen = max(totals.seen, 1)
-    return {"loss": totals.loss / seen if totals.seen else float("nan"), "acc": totals.correct / seen,
+    elapsed = distributed.max_all(time.perf_counter() - start)
+    loss_sum, correct, seen, timed = distributed.sum_all([totals.loss, totals.correct, totals.seen, timed])
+    return {"loss": loss_sum / seen if seen else float("nan"), "acc": correct / max(seen, 1),
             "samples_per_s": timed / elapsed if elapsed > 0 else 0.0, "skipped": totals.skipped,
             "grad_norm": {k: v / max(totals.steps, 1) for k, v in totals.grad_norm.items()}}, step
 
@@ -287,33 +316,44 @@ def layer_grad_norms(model: nn.Module) -> Dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def evaluate(run: Run, loader) -> Dict[str, Any]:
-    """Test loss, accuracy and the mean firing rate of every spiking layer."""
+    """Test loss, accuracy and the network's activity (snnexp.activity.Activity.summary): the mean firing rate of
+    every spiking layer, spikes and synaptic operations per sample, per-neuron rates, and the spike raster and
+    confusion matrix of the first (fixed) test batch."""
     run.model.eval()
     generator = torch.Generator(run.device).manual_seed(EVAL_SEED)
-    rates: Dict[str, float] = {}
-    hooks = []
-    for name, module in spiking_layers(run.model).items():
-        def record(mod, inputs, spikes, name=name):
-            rates[name] = rates.get(name, 0.0) + spikes.float().mean().item() * spikes.shape[1]
-        hooks.append(module.register_forward_hook(record))
     total_loss, correct, seen = 0.0, 0, 0
-    try:
+    with Activity(run.model, spiking_layers(run.model), input_is_spikes(run.encoder, run.splits.sequence)) as activity:
         for x, y in loader:
             x, y = x.to(run.device), y.to(run.device)
             scores = forward(run, x, generator)
             total_loss += run.loss_fn(scores, y).item() * y.numel()
             correct += (scores.argmax(1) == y).sum().item()
             seen += y.numel()
-    finally:
-        for h in hooks:
-            h.remove()
-    return {"loss": total_loss / seen, "acc": correct / seen, "firing_rate": {k: v / seen for k, v in rates.items()}}
+            activity.batch(scores, y)
+    if distributed.world() > 1:  # data parallel: each process tested its share; the sums over all of them
+        total_loss, correct, seen = distributed.sum_all([total_loss, correct, seen])
+        activity.all_reduce()
+    return {"loss": total_loss / seen, "acc": correct / seen, **activity.summary()}
 
 
 def spiking_layers(model: nn.Module) -> Dict[str, nn.Module]:
     """Spiking layers by a readable name: position in the network and type, e.g. '03_PLIF'."""
     return {f"{int(name):02d}_{type(m).__name__}" if name.isdigit() else f"{name}_{type(m).__name__}": m
             for name, m in model.named_modules() if isinstance(m, SpikingNeuron)}
+
+
+# what evaluate() measures of the network's activity that goes into metrics.json (the arrays go to TensorBoard only)
+ACTIVITY_METRICS = ("spikes_per_sample", "sops_per_sample", "layer_spikes_per_sample", "layer_sops_per_sample")
+
+
+def log_activity(logger: RunLogger, test_m: Dict[str, Any], epoch: int) -> None:
+    """TensorBoard images and histograms of a test pass: the spike raster of the fixed test batch's first sample
+    per spiking layer, that batch's confusion matrix, and the distribution of per-neuron firing rates per layer."""
+    images = {f"spike_raster/{k}": raster_image(v) for k, v in test_m["raster"].items()}
+    if test_m["confusion"] is not None:
+        images["confusion/test_batch"] = confusion_image(test_m["confusion"])
+    logger.images(images, epoch)
+    logger.histograms({f"firing_rate_hist/{k}": v for k, v in test_m["neuron_rates"].items()}, epoch)
 
 
 def rng_state() -> Dict[str, Any]:
@@ -339,7 +379,21 @@ def save_checkpoint(path: Path, run: Run, optimizer, scheduler, scaler, epoch: i
                     totals: Optional[EpochTotals] = None) -> None:
     """Everything a resumed run needs to go on exactly: weights, optimizer, schedule, loss scale, the RNG
     states and the position in the data (`epoch` epochs done, plus `totals.batches` batches of the next).
-    Written atomically: a crash or a full disk mid-write leaves the previous file intact."""
+    Written atomically: a crash or a full disk mid-write leaves the previous file intact.
+    Data parallel: every process calls it (their RNG states and metric sums are gathered); rank 0 writes."""
+    rngs = distributed.gather(rng_state())
+    if totals is not None and distributed.world() > 1:  # the sums over all processes; a resume gives them to rank 0
+        loss, correct, seen = distributed.sum_all([totals.loss, totals.correct, totals.seen])
+        totals = replace(totals, loss=loss, correct=int(correct), seen=int(seen))
+    error = None
+    if distributed.is_main():
+        error = _write_checkpoint(path, run, optimizer, scheduler, scaler, epoch, step, metrics, totals, rngs)
+    error = distributed.from_main(error)
+    if error:
+        raise CheckpointError(error)
+
+
+def _write_checkpoint(path, run, optimizer, scheduler, scaler, epoch, step, metrics, totals, rngs) -> Optional[str]:
     state = {
         "snnexp_checkpoint": CHECKPOINT_FORMAT,
         "model": run.model.state_dict(),
@@ -351,8 +405,11 @@ def save_checkpoint(path: Path, run: Run, optimizer, scheduler, scaler, epoch: i
         "totals": asdict(totals) if totals else None,
         "step": step,
         "metrics": metrics,
-        "rng": rng_state(),
+        "rng": rngs[0],
+        "rng_per_process": rngs if len(rngs) > 1 else None,  # data parallel: rank r's states at r
         "config": OmegaConf.to_container(run.cfg, resolve=True),
+        "input_shape": list(run.splits.input_shape),  # so that snnexp export rebuilds the network without the data
+        "num_classes": run.splits.num_classes,
     }
     tmp = path.with_name(path.name + ".tmp")
     try:
@@ -360,8 +417,9 @@ def save_checkpoint(path: Path, run: Run, optimizer, scheduler, scaler, epoch: i
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        raise CheckpointError(f"cannot write checkpoint {path}: {e.strerror or e} (free disk space, or give "
-                              f"hydra.run.dir=... elsewhere); the previous checkpoint is intact") from None
+        return (f"cannot write checkpoint {path}: {e.strerror or e} (free disk space, or give hydra.run.dir=... "
+                f"elsewhere); the previous checkpoint is intact")
+    return None
 
 
 def load_checkpoint(path) -> Dict[str, Any]:
@@ -471,13 +529,15 @@ def fit(cfg: DictConfig, run_dir: Path, hparams: Dict[str, Any], resume: Optiona
     """Train for trainer.epochs (or trainer.max_steps), testing after every epoch. Returns metrics.json.
     With `resume` (a checkpoint), go on exactly from where it was written."""
     t0 = time.perf_counter()
-    seed_everything(cfg.trainer.seed)
+    ddp = cfg.trainer.get("strategy", "single") == "ddp"
+    main = distributed.is_main()  # only rank 0 writes the run directory
+    seed_everything(cfg.trainer.seed + distributed.rank())  # rank 0's weights are everyone's (DDP broadcasts them)
     if cfg.trainer.get("deterministic", False):
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for deterministic results
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
-    device = resolve_device(cfg.trainer.device)
-    run = build_run(cfg, device)
+    device = distributed.device(cfg.trainer.device) if ddp else resolve_device(cfg.trainer.device)
+    run = build_run(cfg, device, ddp)
     train_loader = make_loader(run.splits.train, cfg, train=True)
     test_loader = make_loader(run.splits.test, cfg, train=False)
     optimizer = instantiate(cfg.optim, params=run.model.parameters())
@@ -501,11 +561,18 @@ def fit(cfg: DictConfig, run_dir: Path, hparams: Dict[str, Any], resume: Optiona
                                   f"overrides as the run): {str(e).splitlines()[0]}") from None
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
+        rngs = state.get("rng_per_process") or [state["rng"]]
+        if len(rngs) == distributed.world():
+            set_rng_state(rngs[distributed.rank()])
+        else:  # the data order depends on (seed, epoch) alone and goes on where it stopped
+            log.warning("%s was saved by %d processes and is resumed by %d: the random draws (dropout, Poisson "
+                        "spikes) start afresh from the seed", resume, len(rngs), distributed.world())
         metrics, step = state["metrics"] or metrics, state["step"]
         t0 -= metrics.get("wall_s", 0.0)  # wall_s counts the earlier sessions (up to their last epoch)
         start_epoch = state["epoch"] + 1
         totals = EpochTotals(**state["totals"]) if state["totals"] else None
+        if totals and not main:  # the saved sums are over all processes: rank 0 carries them
+            totals.loss, totals.correct, totals.seen = 0.0, 0, 0
         if start_epoch > cfg.trainer.epochs:
             log.info("resume: %s is from the end of epoch %d of %d; nothing left to train", resume, start_epoch - 1,
                      cfg.trainer.epochs)
@@ -513,17 +580,22 @@ def fit(cfg: DictConfig, run_dir: Path, hparams: Dict[str, Any], resume: Optiona
             log.info("resumed from %s: epoch %d, batch %d, step %d", resume, start_epoch,
                      totals.batches if totals else 0, step)
     info_path = run_dir / "run_info.json"
-    sessions = json.loads(info_path.read_text()) if resume is not None and info_path.is_file() else []
-    write_json(info_path, [*sessions, run_info(cfg, resume)])
+    if main:
+        sessions = json.loads(info_path.read_text()) if resume is not None and info_path.is_file() else []
+        write_json(info_path, [*sessions, run_info(cfg, resume)])
 
     n_params = sum(p.numel() for p in run.model.parameters())
     log.info("run dir: %s", run_dir)
     log.info("network (%d parameters) on %s:\n%s", n_params, device, run.model)
     log.info("data: %d train / %d test samples", len(run.splits.train), len(run.splits.test))
+    if ddp:
+        log.info("data parallel: %d processes, %d samples each per step (global batch %d)", distributed.world(),
+                 cfg.trainer.batch_size // distributed.world(), cfg.trainer.batch_size)
 
     # a resumed run rewrites TensorBoard from its first unfinished epoch: no duplicate or stale points
-    logger = RunLogger(run_dir, purge_step=start_epoch if resume is not None else None)
-    logger.start(hparams)
+    logger = RunLogger(run_dir, purge_step=start_epoch if resume is not None else None) if main else None
+    if logger:
+        logger.start(hparams)
     paper_acc = OmegaConf.select(cfg, "paper.test_acc", default=None)  # a reproduction's published result
     every = cfg.trainer.get("ckpt_every_steps", None)
     success = False
@@ -531,14 +603,15 @@ def fit(cfg: DictConfig, run_dir: Path, hparams: Dict[str, Any], resume: Optiona
         try:
             for epoch in range(start_epoch, cfg.trainer.epochs + 1):
                 done = totals.batches if totals else 0
-                train_loader.sampler.set_epoch(epoch, done * cfg.trainer.batch_size)
+                train_loader.sampler.set_epoch(epoch, done * train_loader.batch_size)
 
                 def after_step(step, totals, epoch=epoch):
-                    stop = signals.received is not None
+                    stop = distributed.any_true(signals.received is not None)  # all processes stop at one step
                     if stop or (every and step % every == 0 and totals.batches < len(train_loader) + done):
                         save_checkpoint(ckpt_dir / "last.pt", run, optimizer, scheduler, scaler, epoch - 1, step,
                                         metrics, totals)
                     if stop:
+                        signals.received = signals.received or signal.SIGTERM  # another process got it
                         raise signals.interrupted(f"at step {step} (epoch {epoch}, batch {totals.batches}): saved "
                                                   f"{ckpt_dir / 'last.pt'}")
 
@@ -556,6 +629,7 @@ def fit(cfg: DictConfig, run_dir: Path, hparams: Dict[str, Any], resume: Optiona
                 # is, so that a resume with more steps goes on with this epoch (and its schedule) from there
                 partial = totals if totals.batches < epoch_batches else None
                 totals = None
+                distributed.sync_buffers(run.model)  # rank 0's BN statistics, the ones its checkpoint keeps
                 test_m = evaluate(run, test_loader)
                 lr = optimizer.param_groups[0]["lr"]
                 if partial is None:
@@ -574,6 +648,7 @@ def fit(cfg: DictConfig, run_dir: Path, hparams: Dict[str, Any], resume: Optiona
                     "train_samples_per_s": train_m["samples_per_s"],
                     "wall_s": time.perf_counter() - t0,
                     "firing_rate": test_m["firing_rate"],
+                    **{k: test_m[k] for k in ACTIVITY_METRICS},
                 }
                 scalars = {
                     "train/loss": train_m["loss"], "train/acc": train_m["acc"],
@@ -587,12 +662,17 @@ def fit(cfg: DictConfig, run_dir: Path, hparams: Dict[str, Any], resume: Optiona
                 scalars.update({f"grad_norm/{k}": v for k, v in train_m["grad_norm"].items()})
                 scalars.update({f"tau/{k}": m.tau for k, m in spiking_layers(run.model).items()
                                 if isinstance(m, PLIF)})
-                logger.scalars(scalars, epoch)
+                scalars["activity/spikes_per_sample"] = test_m["spikes_per_sample"]
+                scalars["activity/sops_per_sample"] = test_m["sops_per_sample"]
+                if logger:
+                    logger.scalars(scalars, epoch)
+                    log_activity(logger, test_m, epoch)
                 save_checkpoint(ckpt_dir / "last.pt", run, optimizer, scheduler, scaler,
                                 epoch - 1 if partial else epoch, step, metrics, partial)
                 if is_best:
                     save_checkpoint(ckpt_dir / "best.pt", run, optimizer, scheduler, scaler, epoch, step, metrics)
-                write_json(run_dir / "metrics.json", metrics)
+                if main:
+                    write_json(run_dir / "metrics.json", metrics)
                 log.info(
                     "epoch %d/%d  train loss %.4f acc %.2f%%  test loss %.4f acc %.2f%% (best %.2f%%)  %.0f samples/s",
                     epoch, cfg.trainer.epochs, train_m["loss"], 100 * train_m["acc"], test_m["loss"],
@@ -601,14 +681,16 @@ def fit(cfg: DictConfig, run_dir: Path, hparams: Dict[str, Any], resume: Optiona
                 if train_m["skipped"]:
                     log.warning("epoch %d: %d batches with a non-finite loss or gradient were skipped", epoch,
                                 train_m["skipped"])
-                if signals.received is not None:  # arrived during the test pass: the epoch is saved
+                if distributed.any_true(signals.received is not None):  # arrived in the test pass: the epoch is saved
+                    signals.received = signals.received or signal.SIGTERM
                     raise signals.interrupted(f"after epoch {epoch}: saved {ckpt_dir / 'last.pt'}")
                 if cfg.trainer.max_steps is not None and step >= cfg.trainer.max_steps:
                     log.info("reached trainer.max_steps=%d", cfg.trainer.max_steps)
                     break
             success = True
         finally:
-            logger.close(success)
+            if logger:
+                logger.close(success)
     if "test_acc" not in metrics:  # resumed a run that had nothing left to do before its first epoch ended
         raise CheckpointError(f"{resume}: nothing left to train (trainer.epochs={cfg.trainer.epochs})")
     paper = f" (paper: {100 * paper_acc:.2f}%)" if paper_acc is not None else ""
@@ -636,7 +718,8 @@ def evaluate_checkpoint(path, device_name: str = "auto", data_dir: Optional[str]
         raise CheckpointError(f"{path}: weights do not fit the network of its own config: {e}") from None
     test = evaluate(run, make_loader(run.splits.test, cfg, train=False))
     metrics = {"test_acc": test["acc"], "test_loss": test["loss"], "epoch": state["epoch"],
-               "firing_rate": test["firing_rate"], "checkpoint": str(Path(path).resolve())}
+               "firing_rate": test["firing_rate"], **{k: test[k] for k in ACTIVITY_METRICS},
+               "checkpoint": str(Path(path).resolve())}
     paper_acc = OmegaConf.select(cfg, "paper.test_acc", default=None)
     if paper_acc is not None:  # a reproduction's checkpoint
         metrics["paper_test_acc"] = paper_acc

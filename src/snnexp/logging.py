@@ -1,9 +1,10 @@
-"""What a run writes for TensorBoard: per-epoch scalars and an hparams session, so that
-`tensorboard --logdir outputs` compares runs in the SCALARS and HPARAMS tabs."""
+"""What a run writes for TensorBoard: per-epoch scalars, images and histograms and an hparams session, so that
+`tensorboard --logdir outputs` compares runs in the SCALARS, IMAGES, HISTOGRAMS and HPARAMS tabs."""
 
 from pathlib import Path
 from typing import Dict
 
+import numpy as np
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
@@ -24,6 +25,17 @@ class RunLogger:
     def scalars(self, values: Dict[str, float], step: int) -> None:
         for tag, value in values.items():
             self.writer.add_scalar(tag, value, step)
+        self.writer.flush()
+
+    def images(self, values: Dict[str, np.ndarray], step: int) -> None:
+        """uint8 images: [H, W] grayscale or [H, W, 3] RGB."""
+        for tag, img in values.items():
+            self.writer.add_image(tag, img, step, dataformats="HW" if img.ndim == 2 else "HWC")
+        self.writer.flush()
+
+    def histograms(self, values: Dict[str, np.ndarray], step: int) -> None:
+        for tag, array in values.items():
+            self.writer.add_histogram(tag, array, step)
         self.writer.flush()
 
     def close(self, success: bool) -> None:

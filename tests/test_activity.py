@@ -1,0 +1,295 @@
+"""What a test pass measures of the network's activity (snnexp.activity): spike counts, per-neuron rates, synaptic
+operations, the fixed batch's raster and confusion matrix, and what a run writes of them to metrics.json and
+TensorBoard. The expected numbers are worked out by hand or by brute force, never by the code under test."""
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+from hydra import compose, initialize_config_dir
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch import nn
+
+from conftest import run_snnexp
+from snnexp.activity import (Activity, confusion_image, conv_reach, evenly_spaced, input_is_spikes, raster_image)
+from snnexp.cli import conf_dir
+from snnexp.encoders import DirectEncoder, LatencyEncoder, PoissonEncoder
+from snnexp.engine import build_run, evaluate, evaluate_checkpoint, make_loader, spiking_layers
+from snnexp.layers import SeqToANN
+from snnexp.neurons import IF
+
+T = 4
+
+
+def tiny_net():
+    """Linear(2, 3) -> IF (threshold 1, hard reset to 0) -> Linear(3, 4), no biases.
+
+    With input x = [1, 1] the three neurons get constant currents 1.5, 0.6, 0.6 and spike at steps
+    {0, 1, 2, 3}, {1, 3}, {1, 3}; with x = [0, 1] they get 0, 0.6, 0.3 and spike at {}, {1, 3}, {3}."""
+    first = nn.Linear(2, 3, bias=False)
+    second = nn.Linear(3, 4, bias=False)
+    with torch.no_grad():
+        first.weight.copy_(torch.tensor([[1.5, 0.0], [0.0, 0.6], [0.3, 0.3]]))
+        second.weight.fill_(0.25)
+    return nn.Sequential(SeqToANN(first), IF(v_threshold=1.0, v_reset=0.0), SeqToANN(second)).eval()
+
+
+TINY_X = torch.tensor([[1.0, 1.0], [0.0, 1.0]])  # two samples
+TINY_RASTER_0 = [[1, 1, 1, 1], [0, 1, 0, 1], [0, 1, 0, 1]]  # sample 0: neurons x steps
+# spikes per neuron over both samples: 4 + 0, 2 + 2, 2 + 1
+TINY_COUNTS = [4, 4, 3]
+
+
+def run_tiny(input_spikes: bool, batches=1):
+    model = tiny_net()
+    x_seq = TINY_X.unsqueeze(0).expand(T, *TINY_X.shape)  # direct coding: the same input at every step
+    with torch.no_grad(), Activity(model, spiking_layers(model), input_spikes) as activity:
+        for _ in range(batches):
+            out = model(x_seq)
+            activity.batch(out.mean(0), torch.tensor([0, 1]))
+    return activity.summary(), model, out
+
+
+def test_spike_counts_rates_and_sops_of_a_known_spike_pattern():
+    s, _, _ = run_tiny(input_spikes=False)
+    assert s["layer_spikes_per_sample"] == {"01_IF": pytest.approx(11 / 2)}
+    assert s["spikes_per_sample"] == pytest.approx(5.5)
+    # per neuron: count / (T * samples)
+    np.testing.assert_allclose(s["neuron_rates"]["01_IF"], np.array(TINY_COUNTS) / (T * 2))
+    assert s["firing_rate"]["01_IF"] == pytest.approx(11 / (T * 2 * 3))
+    # the second Linear: every spike drives its 4 synapses; the first sees analog input and is left out
+    assert s["layer_sops_per_sample"] == {"02_Linear": pytest.approx(11 * 4 / 2)}
+    assert s["sops_per_sample"] == pytest.approx(22.0)
+    assert s["sop_input_layers_left_out"] == ["00_Linear"]
+    np.testing.assert_array_equal(s["raster"]["01_IF"], TINY_RASTER_0)
+
+
+def test_first_layer_counts_when_the_input_is_spikes():
+    s, _, _ = run_tiny(input_spikes=True)
+    # the first Linear: non-zero inputs (2 in sample 0, 1 in sample 1, at each of 4 steps) x 3 synapses
+    assert s["layer_sops_per_sample"]["00_Linear"] == pytest.approx((2 + 1) * T * 3 / 2)
+    assert s["sops_per_sample"] == pytest.approx(18 + 22)
+    assert s["sop_input_layers_left_out"] == []
+
+
+def test_sums_over_batches_and_the_fixed_batch_is_the_first():
+    s, _, _ = run_tiny(input_spikes=False, batches=3)
+    assert s["spikes_per_sample"] == pytest.approx(5.5)  # the same batch 3 times: same per-sample numbers
+    np.testing.assert_allclose(s["neuron_rates"]["01_IF"], np.array(TINY_COUNTS) / (T * 2))
+    assert s["confusion"].sum() == 2  # only the first batch
+
+
+def test_hooks_change_nothing_and_are_removed():
+    model = tiny_net()
+    x_seq = torch.rand(T, 5, 2)
+    with torch.no_grad():
+        plain = model(x_seq)
+        with Activity(model, spiking_layers(model), input_spikes=True) as activity:
+            hooked = model(x_seq)
+            activity.batch(hooked.mean(0), torch.zeros(5, dtype=torch.long))
+        after = model(x_seq)
+    torch.testing.assert_close(hooked, plain, rtol=0, atol=0)
+    torch.testing.assert_close(after, plain, rtol=0, atol=0)
+    for m in model.modules():
+        assert not m._forward_hooks and not m._forward_pre_hooks
+
+
+def test_hooks_are_removed_when_the_pass_fails():
+    model = tiny_net()
+    with pytest.raises(RuntimeError):
+        with Activity(model, spiking_layers(model), input_spikes=True):
+            model(torch.rand(T, 5, 7))  # wrong feature count
+    for m in model.modules():
+        assert not m._forward_hooks and not m._forward_pre_hooks
+
+
+def brute_force_conv_sops(x, conv):
+    """Every spike, every output position and kernel tap it enters: out_channels / groups synapses each."""
+    n, c, h, w = x.shape
+    kh, kw = conv.kernel_size
+    (sh, sw), (ph, pw), (dh, dw) = conv.stride, conv.padding, conv.dilation
+    ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    per_synapse = conv.out_channels // conv.groups
+    total = 0
+    for b, ci, i, j in zip(*np.nonzero(x.numpy())):
+        for oi, oj, ki, kj in itertools.product(range(ho), range(wo), range(kh), range(kw)):
+            if oi * sh - ph + ki * dh == i and oj * sw - pw + kj * dw == j:
+                total += per_synapse
+    return total
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(in_channels=2, out_channels=3, kernel_size=3, stride=1, padding=1),
+    dict(in_channels=2, out_channels=3, kernel_size=3, stride=2, padding=1),
+    dict(in_channels=4, out_channels=6, kernel_size=(3, 2), stride=(2, 1), padding=(2, 0), dilation=(1, 2), groups=2),
+    dict(in_channels=3, out_channels=5, kernel_size=5, stride=3, padding=2),
+])
+def test_conv_sops_match_a_brute_force_count(kwargs):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(**kwargs, bias=False)
+    model = nn.Sequential(SeqToANN(conv)).eval()
+    B = 3
+    x_seq = (torch.rand(T, B, kwargs["in_channels"], 7, 6) < 0.3).float()
+    with torch.no_grad(), Activity(model, {}, input_spikes=True) as activity:
+        out = model(x_seq)
+        activity.batch(out.flatten(2)[0], torch.zeros(B, dtype=torch.long))
+    expected = brute_force_conv_sops(x_seq.flatten(0, 1), conv)
+    assert expected > 0
+    assert activity.summary()["layer_sops_per_sample"] == {"00_Conv2d": pytest.approx(expected / B)}
+    # the same as the design's definition: the op with all-ones weights on (input != 0), summed
+    ones = nn.functional.conv2d(x_seq.flatten(0, 1), torch.ones_like(conv.weight), None, conv.stride, conv.padding,
+                                conv.dilation, conv.groups).sum().item()
+    assert ones == expected
+
+
+def test_conv_reach_counts_the_synapses_out_of_each_input_position():
+    conv = nn.Conv2d(1, 2, 3, stride=1, padding=1, bias=False)
+    reach = conv_reach(conv, (1, 4, 4))[0]
+    # a corner pixel is in 4 of the 3x3 windows (positions 0, 1 along each axis), an edge pixel in 6, an inner one
+    # in 9; each window position feeds 2 output channels
+    assert reach[0, 0] == 2 * 4 and reach[0, 1] == 2 * 6 and reach[1, 1] == 2 * 9
+
+
+def test_which_inputs_are_spikes():
+    assert not input_is_spikes(DirectEncoder(), sequence=False)  # analog image: the first layer does MACs
+    assert input_is_spikes(PoissonEncoder(), sequence=False)
+    assert input_is_spikes(LatencyEncoder(), sequence=False)
+    assert input_is_spikes(DirectEncoder(), sequence=True)  # event frames
+
+
+def compose_train(*overrides):
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        return compose(config_name="train", overrides=["trainer.progress=false", *overrides])
+
+
+def eval_fc(encoder):
+    """The single-layer network (Flatten, Linear(64, 10), neuron) on the digits test set, untrained."""
+    cfg = compose_train("model=fc", f"encoder={encoder}", "trainer.T=4", "trainer.batch_size=128",
+                        "trainer.device=cpu")
+    run = build_run(cfg, torch.device("cpu"))
+    return run, evaluate(run, make_loader(run.splits.test, cfg, train=False))
+
+
+def test_direct_coding_leaves_the_first_layer_out_and_spike_codings_count_it():
+    _, direct = eval_fc("direct")
+    assert direct["layer_sops_per_sample"] == {} and direct["sops_per_sample"] == 0
+    assert direct["sop_input_layers_left_out"] == ["01_Linear"]
+    # latency coding with threshold 0: every one of the 64 pixels spikes exactly once, into 10 synapses
+    _, latency = eval_fc("latency")
+    assert latency["layer_sops_per_sample"] == {"01_Linear": pytest.approx(64 * 10)}
+    # Poisson: a pixel of intensity p spikes about p * T times
+    run, poisson = eval_fc("poisson")
+    mean_intensity_sum = torch.stack([x for x, _ in run.splits.test]).sum((1, 2, 3)).mean().item()
+    assert poisson["layer_sops_per_sample"]["01_Linear"] == pytest.approx(mean_intensity_sum * 4 * 10, rel=0.03)
+
+
+def test_confusion_matrix_of_a_known_batch():
+    model = tiny_net()
+    scores = torch.tensor([[0.9, 0.1, 0.0], [0.1, 0.8, 0.1], [0.2, 0.7, 0.1], [0.0, 0.2, 0.8], [0.6, 0.3, 0.1]])
+    labels = torch.tensor([0, 1, 0, 2, 2])
+    activity = Activity(model, {}, input_spikes=False)
+    activity.batch(scores, labels)
+    activity.batch(scores, torch.tensor([1, 1, 1, 1, 1]))  # not the fixed batch: not counted
+    # rows true, columns predicted: true 0 -> 0 and 1; true 1 -> 1; true 2 -> 2 and 0
+    np.testing.assert_array_equal(activity.summary()["confusion"], [[1, 1, 0], [0, 1, 0], [1, 0, 1]])
+    assert activity.samples == 10
+
+
+def test_confusion_image_is_row_normalised_grayscale():
+    img = confusion_image(np.array([[2, 1, 1], [0, 0, 0], [0, 0, 5]]), size=30)
+    assert img.shape == (30, 30) and img.dtype == np.uint8  # 10 x 10 pixel cells
+    cells = img[::10, ::10]
+    # the darker the larger the share of its row: 1/2 -> 128 (rounded), 1/4 -> 191, 1 -> 0, an empty row white
+    np.testing.assert_array_equal(cells, [[128, 191, 191], [255, 255, 255], [255, 255, 0]])
+    assert (img[:10, :10] == 128).all()
+
+
+def test_raster_image_and_neuron_subset():
+    img = raster_image(np.array(TINY_RASTER_0, dtype=np.uint8), height=12, width=8)
+    assert img.shape == (12, 8)  # cells 4 x 2
+    np.testing.assert_array_equal(img[::4, ::2] == 0, np.array(TINY_RASTER_0, dtype=bool))  # spikes black
+    assert set(np.unique(img)) == {0, 255}
+    idx = evenly_spaced(1000, 256)
+    assert len(idx) == 256 and idx[0] == 0 and idx[-1] < 1000 and (idx.diff() >= 3).all()
+    assert evenly_spaced(3, 256).tolist() == [0, 1, 2]
+
+
+def test_raster_keeps_at_most_256_evenly_spaced_neurons():
+    model = nn.Sequential(IF()).eval()
+    x_seq = torch.zeros(T, 2, 1000)
+    x_seq[:, 0, ::4] = 2.0  # sample 0: neurons 0, 4, 8, ... spike at every step
+    with torch.no_grad(), Activity(model, spiking_layers(model), input_spikes=True) as activity:
+        activity.batch(model(x_seq).mean(0), torch.zeros(2, dtype=torch.long))
+    raster = activity.summary()["raster"]["00_IF"]
+    kept = torch.arange(256) * 1000 // 256
+    assert raster.shape == (256, T)
+    np.testing.assert_array_equal(raster[:, 0], (kept % 4 == 0).numpy())
+
+
+def _ddp_worker(rank, init_file, out_dir):
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        model = tiny_net()
+        x = TINY_X[rank:rank + 1]  # rank 0 the first sample, rank 1 the second
+        with torch.no_grad(), Activity(model, spiking_layers(model), input_spikes=False) as activity:
+            out = model(x.unsqueeze(0).expand(T, *x.shape))
+            activity.batch(out.mean(0), torch.tensor([rank]))
+        activity.all_reduce()
+        s = activity.summary()
+        torch.save({"samples": activity.samples, "spikes": s["spikes_per_sample"], "sops": s["sops_per_sample"],
+                    "rates": s["neuron_rates"]["01_IF"]}, f"{out_dir}/{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_data_parallel_sums_over_processes(tmp_path):
+    mp.spawn(_ddp_worker, args=(str(tmp_path / "pg"), str(tmp_path)), nprocs=2)
+    for rank in range(2):
+        r = torch.load(tmp_path / f"{rank}.pt", weights_only=False)
+        # the two samples together, as in one process: 11 spikes, 44 SOPs
+        assert r["samples"] == 2 and r["spikes"] == pytest.approx(5.5) and r["sops"] == pytest.approx(22.0)
+        np.testing.assert_allclose(r["rates"], np.array(TINY_COUNTS) / (T * 2))
+
+
+def test_run_logs_activity_to_metrics_and_tensorboard(tmp_path):
+    run_snnexp("train", "trainer.epochs=2", "trainer.progress=false", "hydra.run.dir=run",
+               cwd=tmp_path)
+    run = tmp_path / "run"
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in ("spikes_per_sample", "sops_per_sample", "layer_spikes_per_sample", "layer_sops_per_sample"):
+        assert key in metrics
+    assert metrics["spikes_per_sample"] > 0 and metrics["sops_per_sample"] > 0
+    assert metrics["spikes_per_sample"] == pytest.approx(sum(metrics["layer_spikes_per_sample"].values()))
+    assert metrics["sops_per_sample"] == pytest.approx(sum(metrics["layer_sops_per_sample"].values()))
+    # the default convnet on 8x8 digits, direct coding: the first conv sees the image (left out); the second conv
+    # and the FC see spikes
+    assert set(metrics["layer_sops_per_sample"]) == {"04_Conv2d", "09_Linear"}
+    # the first PLIF layer has 32 x 8 x 8 neurons: spikes per sample = rate x T x neurons
+    assert metrics["layer_spikes_per_sample"]["02_PLIF"] == pytest.approx(
+        metrics["firing_rate"]["02_PLIF"] * 4 * 32 * 8 * 8)
+    assert "raster" not in metrics and "neuron_rates" not in metrics and "confusion" not in metrics
+
+    events = EventAccumulator(str(run), size_guidance={"images": 0, "histograms": 0, "scalars": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert {"activity/spikes_per_sample", "activity/sops_per_sample"} <= set(tags["scalars"])
+    assert len(events.Scalars("activity/sops_per_sample")) == 2  # one per epoch
+    assert events.Scalars("activity/sops_per_sample")[-1].value == pytest.approx(metrics["sops_per_sample"])
+    plif = ["02_PLIF", "06_PLIF", "10_PLIF"]
+    assert set(tags["images"]) == {f"spike_raster/{k}" for k in plif} | {"confusion/test_batch"}
+    assert set(tags["histograms"]) == {f"firing_rate_hist/{k}" for k in plif}
+    raster = events.Images("spike_raster/02_PLIF")[-1]
+    assert raster.height == 256 * 2 and raster.width == 4 * 32  # 256 of 2048 neurons, 4 steps
+    confusion = events.Images("confusion/test_batch")
+    assert len(confusion) == 2 and confusion[-1].height == confusion[-1].width == 320  # 10 classes, 32 px cells
+    hist = events.Histograms("firing_rate_hist/02_PLIF")[-1].histogram_value
+    assert hist.num == 32 * 8 * 8 and 0 <= hist.min <= hist.max <= 1
+    assert hist.sum / hist.num == pytest.approx(metrics["firing_rate"]["02_PLIF"], rel=1e-4)
+
+    evaluated = evaluate_checkpoint(run / "checkpoints" / "last.pt", "cpu")  # snnexp eval reports them too
+    assert evaluated["spikes_per_sample"] == pytest.approx(metrics["spikes_per_sample"], rel=1e-9)
+    assert evaluated["sops_per_sample"] == pytest.approx(metrics["sops_per_sample"], rel=1e-9)

@@ -44,15 +44,17 @@ def conf_dir() -> Path:
     raise SystemExit("snnexp: cannot find its configs (conf/train.yaml); reinstall snnexp")
 
 
-def _user_errors():
-    """Errors that are the user's to fix: reported in one message, no traceback."""
-    from snnexp.data import CorruptFile, DatasetError
-    from snnexp.engine import CheckpointError
-    from snnexp.export import ExportError
-    from snnexp.models import ModelError, SpecError
+# Errors that are the user's to fix, reported in one message without a traceback, by the module that raises
+# them. Looked up only among the modules already imported (one that is not cannot have raised), so that a config
+# error is reported before torch is imported: in one second instead of four.
+USER_ERRORS = {"snnexp.config": ["ConfigError"], "snnexp.models": ["ModelError", "SpecError"],
+               "snnexp.data": ["DatasetError", "CorruptFile"], "snnexp.engine": ["CheckpointError"],
+               "snnexp.export": ["ExportError"], "builtins": ["FloatingPointError"]}
 
-    return (ConfigError, SpecError, ModelError, DatasetError, CorruptFile, CheckpointError, ExportError,
-            FloatingPointError)
+
+def _is_user_error(e: BaseException) -> bool:
+    return any(isinstance(e, getattr(sys.modules[module], name))
+               for module, names in USER_ERRORS.items() if module in sys.modules for name in names)
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -64,27 +66,28 @@ def _fail(message: str, code: int = 2) -> None:
 
 def _guarded(task):
     def wrapper(cfg: DictConfig):
-        from snnexp.engine import Interrupted, NonFiniteError
-
         try:
             return task(cfg)
-        except Interrupted as e:
-            run_dir = HydraConfig.get().runtime.output_dir
-            print(f"snnexp: interrupted by {e}\nresume with:  {_resume_command()}\n"
-                  f"          or:  snnexp train resume={run_dir}", file=sys.stderr)
-            sys.exit(e.exit_code)
-        except NonFiniteError as e:
-            _fail(str(e), code=3)
-        except _user_errors() as e:
-            _fail(str(e))
         except MissingMandatoryValue as e:
             key = getattr(e, "full_key", None) or str(e)
             _fail(f"missing value for '{key}': give it on the command line, e.g. {key}=...")
         except InstantiationException as e:
             cause = e.__cause__ or e
-            if isinstance(cause, _user_errors()):  # raised by a dataset or model that Hydra built
+            if _is_user_error(cause):  # raised by a dataset or model that Hydra built
                 _fail(str(cause))
             _fail(f"cannot build a part of the run from the config: {cause}")
+        except Exception as e:
+            engine = sys.modules.get("snnexp.engine")
+            if engine and isinstance(e, engine.Interrupted):
+                run_dir = HydraConfig.get().runtime.output_dir
+                print(f"snnexp: interrupted by {e}\nresume with:  {_resume_command()}\n"
+                      f"          or:  snnexp train resume={run_dir}", file=sys.stderr)
+                sys.exit(e.exit_code)
+            if engine and isinstance(e, engine.NonFiniteError):
+                _fail(str(e), code=3)
+            if _is_user_error(e):
+                _fail(str(e))
+            raise
 
     wrapper.__name__ = task.__name__
     return wrapper

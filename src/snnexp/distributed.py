@@ -11,13 +11,18 @@ The processes agree on the run's start time before Hydra names the run directory
 snnexp.config), so that a run, or a Hydra multirun, has one directory shared by all of them.
 """
 
+from __future__ import annotations
+
 import os
 import time
 from datetime import timedelta
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
-import torch
-import torch.distributed as dist
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported inside the functions: the CLI asks launched() and check() before anything else, and a config
+# error or --help answers in a second instead of after torch's import (3 s)
 
 
 def launched() -> bool:
@@ -26,15 +31,26 @@ def launched() -> bool:
 
 
 def active() -> bool:
+    """A process group is up (setup() ran): only under torchrun."""
+    if not launched():
+        return False
+    import torch.distributed as dist
+
     return dist.is_available() and dist.is_initialized()
 
 
 def rank() -> int:
-    return dist.get_rank() if active() else 0
+    return _dist().get_rank() if active() else 0
 
 
 def world() -> int:
-    return dist.get_world_size() if active() else 1
+    return _dist().get_world_size() if active() else 1
+
+
+def _dist():
+    import torch.distributed
+
+    return torch.distributed
 
 
 def is_main() -> bool:
@@ -49,8 +65,11 @@ def local_processes() -> int:
 def setup(args: List[str]) -> List[str]:
     """Before Hydra starts (a torchrun launch): join the process group, agree on the start time that names the
     run directory, and keep the other ranks from writing to it (no .hydra/ copy, no train.log of their own)."""
+    import torch
+
     from snnexp import config
 
+    dist = _dist()
     if not active():
         # gloo for CPU tensors (and the metric sums), NCCL for CUDA ones
         backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
@@ -66,6 +85,8 @@ def setup(args: List[str]) -> List[str]:
 
 def device(name: str) -> torch.device:
     """trainer.device under torchrun: each process its own GPU (LOCAL_RANK) when CUDA is asked for or auto."""
+    import torch
+
     if name in ("auto", "cuda") and torch.cuda.is_available():
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(dev)
@@ -84,16 +105,20 @@ def sum_all(values: List[float]) -> List[float]:
     """The sums of `values` over all processes (float64, so that counts stay exact)."""
     if not active():
         return list(values)
+    import torch
+
     t = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(t)
+    _dist().all_reduce(t)
     return t.tolist()
 
 
 def max_all(value: float) -> float:
     if not active():
         return value
+    import torch
+
     t = torch.tensor([value], dtype=torch.float64)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    _dist().all_reduce(t, op=_dist().ReduceOp.MAX)
     return t.item()
 
 
@@ -107,7 +132,7 @@ def gather(obj) -> list:
     if not active():
         return [obj]
     out: list = [None] * world()
-    dist.all_gather_object(out, obj)
+    _dist().all_gather_object(out, obj)
     return out
 
 
@@ -116,7 +141,7 @@ def from_main(obj):
     if not active():
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=0)
+    _dist().broadcast_object_list(box, src=0)
     return box[0]
 
 
@@ -125,12 +150,12 @@ def sync_buffers(model: torch.nn.Module) -> None:
     but each process then updates them with its own share of the batch."""
     if active():
         for buffer in model.buffers():
-            dist.broadcast(buffer, src=0)
+            _dist().broadcast(buffer, src=0)
 
 
 def shutdown() -> None:
     if active():
-        dist.destroy_process_group()
+        _dist().destroy_process_group()
 
 
 def check(strategy: str, batch_size: int, launcher: str, sweeper: str) -> Optional[str]:

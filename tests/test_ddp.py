@@ -33,21 +33,31 @@ def weights(run_dir):
     return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
 
 
-def test_two_processes_take_the_same_optimizer_steps_as_one_process_with_the_global_batch(tmp_path):
+def test_two_processes_take_the_same_optimizer_steps_as_one_process_and_a_sweep_shares_one_directory(tmp_path):
     run_snnexp("train", *NET, "trainer.max_steps=10", "hydra.run.dir=one", cwd=tmp_path)
-    run_snnexp("train", *NET, "trainer.max_steps=9", "hydra.run.dir=one_step_less", cwd=tmp_path)
-    out = torchrun("train", *NET, "trainer.max_steps=10", "trainer.strategy=ddp", "hydra.run.dir=ddp", cwd=tmp_path)
+    # a Hydra sweep of data-parallel runs: every job on both processes, one after another
+    out = torchrun("train", "-m", *NET, "trainer.strategy=ddp", "trainer.max_steps=9,10", cwd=tmp_path)
     assert "data parallel: 2 processes, 32 samples each per step (global batch 64)" in out.stdout + out.stderr
 
-    one, ddp, less = weights(tmp_path / "one"), weights(tmp_path / "ddp"), weights(tmp_path / "one_step_less")
+    assert [p.name for p in (tmp_path / "outputs").iterdir()] == ["multirun"]  # no stray run directories
+    sweeps = list((tmp_path / "outputs" / "multirun").iterdir())
+    assert len(sweeps) == 1, sweeps
+    jobs = {p.name: p for p in sweeps[0].iterdir() if p.is_dir()}
+    assert len(jobs) == 2, jobs
+    ddp = next(p for name, p in jobs.items() if "max_steps=10" in name)
+    less = next(p for name, p in jobs.items() if "max_steps=9" in name)
+    assert json.loads((ddp / "metrics.json").read_text())["step"] == 10
+    assert len(list(ddp.glob("events.out.tfevents.*"))) == 1  # rank 0 alone writes TensorBoard
+
+    one, ddp, less = weights(tmp_path / "one"), weights(ddp), weights(less)
     assert one.keys() == ddp.keys()
     for name in one:
         # float32 sums in a different order: measured 4e-8; one optimizer step moves the weights by far more
         assert torch.allclose(one[name], ddp[name], rtol=0, atol=1e-6), name
         assert (one[name] - less[name]).abs().max() > 1e-4, name
-    assert json.loads((tmp_path / "ddp" / "metrics.json").read_text())["step"] == 10
 
 
+@pytest.mark.slow  # 25 s; the test above already shows the steps are the same
 def test_two_processes_give_the_accuracy_curve_of_one_process_and_rank_0_alone_writes(tmp_path):
     run_snnexp("train", *NET, "trainer.epochs=3", "hydra.run.dir=one", cwd=tmp_path)
     out = torchrun("train", *NET, "trainer.epochs=3", "trainer.strategy=ddp", cwd=tmp_path)
@@ -73,18 +83,6 @@ def test_two_processes_give_the_accuracy_curve_of_one_process_and_rank_0_alone_w
     # does), and spike thresholds turn float rounding differences into a few different spikes.
     for a, b in zip(one_curve, ddp_curve):
         assert abs(a - b) <= 0.025, (one_curve, ddp_curve)
-
-
-def test_a_sweep_of_data_parallel_runs_shares_one_sweep_directory(tmp_path):
-    torchrun("train", "-m", "trainer.strategy=ddp", "neuron=if,lif", "norm=none", "trainer.max_steps=2",
-             "trainer.progress=false", cwd=tmp_path)
-    sweeps = list((tmp_path / "outputs" / "multirun").iterdir())
-    assert len(sweeps) == 1, sweeps
-    jobs = sorted(p.name for p in sweeps[0].iterdir() if p.is_dir())
-    assert len(jobs) == 2 and jobs[0].startswith("neuron=if") and jobs[1].startswith("neuron=lif"), jobs
-    for job in jobs:
-        assert (sweeps[0] / job / "metrics.json").is_file()
-    assert [p.name for p in (tmp_path / "outputs").iterdir()] == ["multirun"]  # no stray run directories
 
 
 @pytest.mark.parametrize("args, launcher, message", [

@@ -14,6 +14,7 @@ snnexp.config), so that a run, or a Hydra multirun, has one directory shared by 
 from __future__ import annotations
 
 import os
+import sys
 import time
 from datetime import timedelta
 from typing import TYPE_CHECKING, List, Optional
@@ -31,12 +32,9 @@ def launched() -> bool:
 
 
 def active() -> bool:
-    """A process group is up (setup() ran): only under torchrun."""
-    if not launched():
-        return False
-    import torch.distributed as dist
-
-    return dist.is_available() and dist.is_initialized()
+    """A process group is up (setup() under torchrun, or a test's own init_process_group)."""
+    dist = sys.modules.get("torch.distributed")  # not imported: no group can have been initialised
+    return dist is not None and dist.is_available() and dist.is_initialized()
 
 
 def rank() -> int:

@@ -1,6 +1,7 @@
 """Static image datasets: scikit-learn's 8x8 digits (ships with the package, no download) and
 torchvision's MNIST, Fashion-MNIST and CIFAR10."""
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,22 @@ class Splits:
 def digits(test_fraction: float = 0.2, split_seed: int = 0) -> Splits:
     """scikit-learn's handwritten digits: 1,797 8x8 grey images (values 0-16), 10 classes. It has no
     official split: a stratified, seeded split, the same on every machine."""
+    x, y, tr, te = _digits_arrays(test_fraction, split_seed)
+    return Splits(TensorDataset(x[tr], y[tr]), TensorDataset(x[te], y[te]), (1, 8, 8), 10)
+
+
+def _digits_arrays(test_fraction: float, split_seed: int):
+    """Images, labels and the split's indices, kept in a small file under $XDG_CACHE_HOME/snnexp/digits after the
+    first call: importing scikit-learn takes 2 s of each run's start (more than 2 epochs of training on digits),
+    the file takes milliseconds. Keyed by scikit-learn's version and the split's settings."""
+    from importlib.metadata import version
+
+    name = f"digits-sklearn{version('scikit-learn')}-test{test_fraction}-seed{split_seed}.pt"
+    path = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "snnexp" / "digits" / name
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception:  # absent, or unreadable: build it again
+        pass
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -34,8 +51,16 @@ def digits(test_fraction: float = 0.2, split_seed: int = 0) -> Splits:
     y = torch.tensor(d.target, dtype=torch.long)
     idx = torch.arange(len(y)).numpy()
     tr, te = train_test_split(idx, test_size=test_fraction, random_state=split_seed, stratify=d.target)
-    tr, te = torch.as_tensor(sorted(tr)), torch.as_tensor(sorted(te))
-    return Splits(TensorDataset(x[tr], y[tr]), TensorDataset(x[te], y[te]), (1, 8, 8), 10)
+    arrays = (x, y, torch.as_tensor(sorted(tr)), torch.as_tensor(sorted(te)))
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:  # atomic, for parallel jobs; a cache that cannot be written only costs the next run the 2 s
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(arrays, tmp)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+    return arrays
 
 
 def _torchvision(cls, data_dir, download, train_transform=None, test_transform=None):

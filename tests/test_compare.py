@@ -18,7 +18,8 @@ def fake_run(path, overrides, epochs, metrics=None):
 
 def metrics(epoch, best, final, rates):
     return {"epoch": epoch, "best_test_acc": best, "test_acc": final, "wall_s": 10.0 * epoch,
-            "train_samples_per_s": 500.0, "firing_rate": rates}
+            "train_samples_per_s": 500.0, "firing_rate": rates, "spikes_per_sample": 1000 * final,
+            "sops_per_sample": 25000.4 * final}
 
 
 @pytest.fixture
@@ -36,7 +37,7 @@ def test_compare_sorts_and_writes_csv_and_markdown(sweep, capsys):
     out = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in out[1:5]] == ["neuron=plif", "neuron=lif", "neuron=if", "neuron=stbp"]
     assert out[2].split()[1:] == ["neuron=lif", "trainer.epochs=3", "done", "3", "90.00", "89.00", "30.0", "500.0",
-                                  "0.2000"]  # mean firing rate over the layers
+                                  "0.2000", "890", "22250"]  # mean firing rate over the layers, spikes, SOPs
     assert out[3].split()[3:5] == ["1/3", "epochs"]  # a run in progress shows how far it is
     assert out[4].split()[1:] == ["neuron=stbp", "trainer.epochs=3", "started"]
     rows = list(csv.DictReader((sweep / "compare.csv").open()))

@@ -17,8 +17,9 @@ from typing import Dict, List, Optional
 from omegaconf import OmegaConf
 
 COLUMNS = ["run", "overrides", "status", "epoch", "best_test_acc", "test_acc", "wall_s", "samples_per_s",
-           "firing_rate"]
-NUMERIC = {"epoch", "best_test_acc", "test_acc", "wall_s", "samples_per_s", "firing_rate"}
+           "firing_rate", "spikes_per_sample", "sops_per_sample"]
+NUMERIC = {"epoch", "best_test_acc", "test_acc", "wall_s", "samples_per_s", "firing_rate", "spikes_per_sample",
+           "sops_per_sample"}
 
 
 class CompareError(ValueError):
@@ -66,6 +67,8 @@ def row(run: Path, base: Optional[Path] = None) -> Dict:
         "wall_s": metrics.get("wall_s"),
         "samples_per_s": metrics.get("train_samples_per_s"),
         "firing_rate": mean(rates.values()) if rates else None,
+        "spikes_per_sample": metrics.get("spikes_per_sample"),  # the energy proxy, per test sample
+        "sops_per_sample": metrics.get("sops_per_sample"),  # (absent in older runs: left empty)
     }
 
 
@@ -95,11 +98,13 @@ def _fmt(key, value) -> str:
         return f"{value:.4f}"
     if key in ("wall_s", "samples_per_s"):
         return f"{value:.1f}"
+    if key in ("spikes_per_sample", "sops_per_sample"):
+        return f"{value:.0f}"
     return str(value)
 
 
 HEADERS = {"best_test_acc": "best acc %", "test_acc": "final acc %", "wall_s": "wall s", "samples_per_s": "samples/s",
-           "firing_rate": "mean rate"}
+           "firing_rate": "mean rate", "spikes_per_sample": "spikes/sample", "sops_per_sample": "SOPs/sample"}
 
 
 def as_text(rows: List[Dict]) -> str:

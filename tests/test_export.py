@@ -6,6 +6,7 @@ a second framework's importer), against Norse and snnTorch run on the same input
 import contextlib
 import io
 import logging
+import shutil
 import warnings
 from functools import partial
 
@@ -171,8 +172,11 @@ def default_export(tmp_path_factory):
     epochs, and `snnexp export` of its checkpoint."""
     cwd = tmp_path_factory.mktemp("export")
     run_snnexp("train", "trainer.epochs=2", "trainer.progress=false", "hydra.run.dir=run", cwd=cwd)
-    proc = run_snnexp("export", "checkpoint=run/checkpoints/best.pt", "format=nir", "out=digits.nir",
-                      "hydra.run.dir=ex", cwd=cwd)
+    job = cwd / "sweep" / "neuron=plif,trainer.T=4" / "checkpoints"  # named like a sweep's job: '=' and ','
+    job.mkdir(parents=True)
+    shutil.copy(cwd / "run" / "checkpoints" / "best.pt", job)
+    proc = run_snnexp("export", "checkpoint=sweep/neuron=plif,trainer.T=4/checkpoints/best.pt", "format=nir",
+                      "out=digits.nir", "hydra.run.dir=ex", cwd=cwd)
     return cwd, proc.stdout
 
 

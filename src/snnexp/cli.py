@@ -2,6 +2,7 @@
 
 import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -196,7 +197,7 @@ def _stored_overrides(path: Path) -> list:
 def _resolve_resume(args: list) -> list:
     """resume=true / resume=PATH -> the overrides that make Hydra reopen the run (or sweep) directory. Hydra
     writes the resumed session's config to .hydra/resume-<time>/, so the run's own .hydra/ stays as it was."""
-    value = next((a.split("=", 1)[1] for a in args if a.startswith("resume=")), None)
+    value = next((a.split("=", 1)[1].strip("'\"") for a in args if a.startswith("resume=")), None)
     if value is None or value.lower() in ("null", "none", "false"):
         return args
     args = [*args, f"hydra.output_subdir=.hydra/resume-{time.strftime('%Y%m%d-%H%M%S')}"]
@@ -247,6 +248,18 @@ def _check_writable(args: list) -> None:
               f"write to, or give hydra.run.dir=DIR")
 
 
+# keys whose values are paths: a sweep job's folder is named by its overrides (.../neuron=lif,trainer.T=8/...), and
+# Hydra's override grammar reads '=' or ',' in a bare value as syntax, so such a value is passed quoted
+PATH_KEYS = ("checkpoint", "out", "resume", "hydra.run.dir", "hydra.sweep.dir", "dataset.data_dir", "dataset.cache_dir")
+
+
+def _quote_path(arg: str) -> str:
+    key, eq, value = arg.partition("=")
+    if not eq or key not in PATH_KEYS or value[:1] in ("'", '"') or not re.search(r"[=,\s\[\]{}()]", value):
+        return arg
+    return f"{key}='{value}'" if "'" not in value and "\\" not in value else arg
+
+
 def main(argv=None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -268,6 +281,7 @@ def main(argv=None) -> None:
         rest = _resolve_resume(rest)
     if not any(a in rest for a in ("-h", "--help", "--hydra-help", "--cfg", "-c", "--info")):
         _check_writable(rest)
+    rest = [_quote_path(a) for a in rest]
     if command == "train" and distributed.launched():  # torchrun: one run directory for all its processes
         rest = distributed.setup(rest)
     _ARGS[:] = argv[1:]

@@ -19,12 +19,12 @@ from conftest import run_snnexp
 NET = ["neuron=if", "norm=none", "trainer.progress=false"]
 
 
-def torchrun(*args, cwd, nproc=2):
+def torchrun(*args, cwd, nproc=2, check=True):
     """`torchrun --standalone --nproc_per_node=N -m snnexp ...` as a user runs it."""
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                            "-m", "snnexp", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    if proc.returncode != 0:
+    if check and proc.returncode != 0:
         raise AssertionError(f"torchrun snnexp {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
 
@@ -91,16 +91,27 @@ def test_two_processes_give_the_accuracy_curve_of_one_process_and_rank_0_alone_w
     (["trainer.strategy=ddp", "trainer.batch_size=63"], True, "must divide evenly among the 2 processes"),
 ])
 def test_bad_data_parallel_settings_are_refused_with_the_fix(tmp_path, args, launcher, message):
-    if launcher:
-        env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                               "-m", "snnexp", "train", *args], cwd=tmp_path, env=env, capture_output=True, text=True,
-                              timeout=600)
-    else:
-        proc = run_snnexp("train", *args, cwd=tmp_path, check=False)
+    run = torchrun if launcher else run_snnexp
+    proc = run("train", *args, cwd=tmp_path, check=False)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "snnexp: error:" in out and message in out, out
     # torchrun reports a failed process with its own traceback; none may come from snnexp's code
     assert not re.search(r'File "[^"]*snnexp[/\\]', out), out
     assert not list(tmp_path.glob("outputs/*/*/checkpoints/*.pt"))
+
+
+def test_ddp_is_refused_with_launchers_and_sweepers_that_would_run_each_job_once_per_process(monkeypatch):
+    from snnexp import distributed
+
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as under torchrun, before the process group is up
+    basic_launcher = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
+    basic_sweeper = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+    assert distributed.check("ddp", 64, basic_launcher, basic_sweeper) is None
+    problem = distributed.check("ddp", 64, "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher",
+                                basic_sweeper)
+    assert "JoblibLauncher" in problem and "basic launcher" in problem
+    problem = distributed.check("ddp", 64, basic_launcher, "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper."
+                                "OptunaSweeper")
+    assert "OptunaSweeper" in problem and "run the search without DDP" in problem

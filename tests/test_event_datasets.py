@@ -52,6 +52,8 @@ def test_nmnist_order_is_sorted_and_labels_come_from_the_folders(tmp_path):
     assert [int(r.split("/")[0]) for r in rel] == splits.train.labels.tolist()
 
 
+@pytest.mark.slow  # 30 s (four CLI runs); test_frame_cache.py tests the cache in-process, and the DVS datasets
+# train through the CLI in the tests below
 def test_nmnist_trains_through_the_cli_and_reuses_its_cache(tmp_path):
     make_nmnist(tmp_path / "data")
     args = ["train", "dataset=nmnist", "dataset.cache_dir=cache", "dataset.download=false", *TRAIN_STEP]

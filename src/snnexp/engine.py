@@ -589,6 +589,9 @@ def fit(cfg: DictConfig, run_dir: Path, hparams: Dict[str, Any], resume: Optiona
     log.info("network (%d parameters) on %s:\n%s", n_params, device, run.model)
     log.info("data: %d train / %d test samples", len(run.splits.train), len(run.splits.test))
     if ddp:
+        if len(run.splits.test) < distributed.world():  # a process without test samples would wait for the others
+            raise ConfigError(f"the test set has {len(run.splits.test)} samples, fewer than the {distributed.world()} "
+                              "processes: use fewer processes (torchrun --nproc_per_node)")
         log.info("data parallel: %d processes, %d samples each per step (global batch %d)", distributed.world(),
                  cfg.trainer.batch_size // distributed.world(), cfg.trainer.batch_size)
 

@@ -85,6 +85,18 @@ def test_two_processes_give_the_accuracy_curve_of_one_process_and_rank_0_alone_w
         assert abs(a - b) <= 0.025, (one_curve, ddp_curve)
 
 
+@pytest.mark.slow  # 3 torchrun launches, 25 s
+def test_a_data_parallel_run_resumed_mid_epoch_equals_the_run_never_stopped(tmp_path):
+    args = [*NET, "trainer.strategy=ddp"]
+    torchrun("train", *args, "trainer.max_steps=10", "hydra.run.dir=straight", cwd=tmp_path)
+    torchrun("train", *args, "trainer.max_steps=5", "hydra.run.dir=resumed", cwd=tmp_path)
+    out = torchrun("train", "resume=resumed", "trainer.max_steps=10", cwd=tmp_path)
+    assert "resumed from" in out.stdout + out.stderr and "batch 5, step 5" in out.stdout + out.stderr
+    straight, resumed = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
+    for name in straight:  # measured: bit for bit
+        assert torch.equal(straight[name], resumed[name]), name
+
+
 @pytest.mark.parametrize("args, launcher, message", [
     (["trainer.strategy=ddp"], False, "torchrun"),
     (["trainer.max_steps=1"], True, "trainer.strategy=ddp"),

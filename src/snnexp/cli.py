@@ -140,7 +140,7 @@ def train(cfg: DictConfig):
 
     if "data_dir" in cfg.dataset:  # relative to where the user started snnexp; stored absolute
         cfg.dataset.data_dir = os.path.normpath(to_absolute_path(cfg.dataset.data_dir))
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    run_dir = Path(hc.runtime.output_dir)
     torch_threads(cfg)
     checkpoint = None
     if cfg.get("resume") not in (None, False):

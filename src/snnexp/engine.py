@@ -490,6 +490,13 @@ class _StopSignals:
         self.received = signum
         signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
 
+    def requested(self) -> bool:
+        """A stop was asked for, here or (data parallel) in any other process, so that all stop at the same step;
+        a process that got no signal of its own stops as if by SIGTERM."""
+        if distributed.any_true(self.received is not None) and self.received is None:
+            self.received = signal.SIGTERM
+        return self.received is not None
+
     def interrupted(self, where: str) -> Interrupted:
         name = signal.Signals(self.received).name
         return Interrupted(name, 128 + self.received, f"{name} {where}")
@@ -609,12 +616,11 @@ def fit(cfg: DictConfig, run_dir: Path, hparams: Dict[str, Any], resume: Optiona
                 train_loader.sampler.set_epoch(epoch, done * train_loader.batch_size)
 
                 def after_step(step, totals, epoch=epoch):
-                    stop = distributed.any_true(signals.received is not None)  # all processes stop at one step
+                    stop = signals.requested()
                     if stop or (every and step % every == 0 and totals.batches < len(train_loader) + done):
                         save_checkpoint(ckpt_dir / "last.pt", run, optimizer, scheduler, scaler, epoch - 1, step,
                                         metrics, totals)
                     if stop:
-                        signals.received = signals.received or signal.SIGTERM  # another process got it
                         raise signals.interrupted(f"at step {step} (epoch {epoch}, batch {totals.batches}): saved "
                                                   f"{ckpt_dir / 'last.pt'}")
 
@@ -684,8 +690,7 @@ def fit(cfg: DictConfig, run_dir: Path, hparams: Dict[str, Any], resume: Optiona
                 if train_m["skipped"]:
                     log.warning("epoch %d: %d batches with a non-finite loss or gradient were skipped", epoch,
                                 train_m["skipped"])
-                if distributed.any_true(signals.received is not None):  # arrived in the test pass: the epoch is saved
-                    signals.received = signals.received or signal.SIGTERM
+                if signals.requested():  # arrived in the test pass: the epoch is saved
                     raise signals.interrupted(f"after epoch {epoch}: saved {ckpt_dir / 'last.pt'}")
                 if cfg.trainer.max_steps is not None and step >= cfg.trainer.max_steps:
                     log.info("reached trainer.max_steps=%d", cfg.trainer.max_steps)

@@ -28,6 +28,8 @@ import numpy as np
 from filelock import FileLock
 from tqdm import tqdm
 
+from snnexp import cache_home
+
 log = logging.getLogger("snnexp")
 
 FORMAT_VERSION = 1
@@ -38,8 +40,7 @@ def default_cache_dir() -> Path:
     folder, which may be read-only or shared."""
     if os.environ.get("SNNEXP_CACHE"):
         return Path(os.environ["SNNEXP_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "snnexp" / "frames"
+    return cache_home() / "frames"
 
 
 def cache_key_digest(key: dict) -> str:

@@ -10,6 +10,8 @@ from typing import Tuple
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
+from snnexp import cache_home
+
 
 class DatasetError(RuntimeError):
     """Data that cannot be found or read; the message says where to put which files."""
@@ -38,7 +40,7 @@ def _digits_arrays(test_fraction: float, split_seed: int):
     from importlib.metadata import version
 
     name = f"digits-sklearn{version('scikit-learn')}-test{test_fraction}-seed{split_seed}.pt"
-    path = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "snnexp" / "digits" / name
+    path = cache_home() / "digits" / name
     try:
         return torch.load(path, weights_only=True)
     except Exception:  # absent, or unreadable: build it again

@@ -24,6 +24,8 @@ from typing import Optional
 
 import torch
 
+from snnexp import cache_home
+
 SOURCE = Path(__file__).with_name("lif_cpu.c")
 # -ffp-contract=off: no fused multiply-add, so H is computed with PyTorch's rounding and spikes match exactly.
 FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fopenmp-simd", "-shared", "-fPIC"]
@@ -40,7 +42,7 @@ class KernelUnavailable(RuntimeError):
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "snnexp" / "kernels"
+    return cache_home() / "kernels"
 
 
 def _cpu_id() -> str:

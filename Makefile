@@ -1,13 +1,14 @@
 # make train: create .venv if missing, install snnexp into it (with the dev and bench extras: the tests
 # compare against SpikingJelly), train on the built-in digits dataset.
 # make test: the same venv, the fast test suite (what CI runs). make test-all: also the slow tests.
+# make lint: ruff (lint and import order, configured in pyproject.toml) on src, tests and bench; CI runs it first.
 # make bench: the benchmarks in bench/.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.snnexp-installed
 
-.PHONY: install train test test-all bench clean
+.PHONY: install train test test-all lint bench clean
 
 install: $(INSTALLED)
 
@@ -24,6 +25,9 @@ test: $(INSTALLED)
 
 test-all: $(INSTALLED)
 	$(PY) -m pytest -q -m "" $(ARGS)
+
+lint: $(INSTALLED)
+	$(VENV)/bin/ruff check src tests bench
 
 # benchmarks (see bench/ and docs/performance.md): print tables, write bench/results/*.json;
 # the MNIST epoch and the frames need the real data in ../shared/data

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import torch
+
 from common import median_time, write_results
 
 REPO = Path(__file__).resolve().parents[1]

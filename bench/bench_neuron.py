@@ -34,6 +34,7 @@ import threading
 import time
 
 import torch
+
 from common import median_time, write_results
 
 IMPLS = ["snnexp fused", "snnexp reference", "torch.compile", "SpikingJelly", "snnTorch", "Norse"]
@@ -47,7 +48,8 @@ def make_op(impl: str, kind: str, device: str = "cpu"):
         from snnexp.neurons.functional import lif_multistep_reference
         from snnexp.surrogate import ATan
 
-        common = dict(detach_reset=True, surrogate=ATan(2.0), backend="fused" if impl == "snnexp fused" else "reference")
+        backend = "fused" if impl == "snnexp fused" else "reference"
+        common = dict(detach_reset=True, surrogate=ATan(2.0), backend=backend)
         module = (PLIF(tau0=2.0, **common) if kind == "plif" else LIF(tau=2.0, **common)).to(device)
         if impl != "torch.compile":
             return module
@@ -195,7 +197,8 @@ def main():
             results["rows"].append(row)
             sj = row.get("SpikingJelly")
             print(f"\n{kind.upper()} {row['shape']}, forward + backward")
-            print(f"  {'':17s} {'ms':>8s} {'peak MB':>8s} {'SJ/this time':>13s} {'this/SJ mem':>12s} {'this/bound':>11s}")
+            print(f"  {'':17s} {'ms':>8s} {'peak MB':>8s} {'SJ/this time':>13s} {'this/SJ mem':>12s} "
+                  f"{'this/bound':>11s}")
             for impl in args.impls:
                 r = row[impl]
                 vs_sj = (f"{sj['ms'] / r['ms']:12.2f}x {r['peak_mb'] / max(sj['peak_mb'], 1e-9):11.2f}x"

@@ -22,9 +22,9 @@ import time
 from functools import partial
 
 import torch
-from common import write_results
 from torch import nn
 
+from common import write_results
 from snnexp.layers import BatchNormThroughTime, SeqDropout, SeqFlatten, SeqToANN
 from snnexp.losses import MSERate
 from snnexp.models import SpecNet

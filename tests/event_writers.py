@@ -1,6 +1,6 @@
 """Writers for small files in the real on-disk formats of the event datasets, so that tests read them
 through the real loading code (tonic's readers). x, y, t (microseconds, non-decreasing), p (0/1) are
-equal-length 1-d integer arrays. Formats: snn-reference.md section 6 and tonic/io.py."""
+equal-length 1-d integer arrays. Formats: docs/science.md, section 6, and tonic/io.py."""
 
 import csv
 import random

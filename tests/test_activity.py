@@ -14,10 +14,18 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 
 from conftest import run_snnexp
-from snnexp.activity import (Activity, confusion_image, conv_reach, evenly_spaced, input_is_spikes, raster_image)
+from snnexp.activity import (
+    Activity,
+    confusion_image,
+    conv_reach,
+    evenly_spaced,
+    input_is_spikes,
+    raster_image,
+    spiking_layers,
+)
 from snnexp.cli import conf_dir
 from snnexp.encoders import DirectEncoder, LatencyEncoder, PoissonEncoder
-from snnexp.engine import build_run, evaluate, evaluate_checkpoint, make_loader, spiking_layers
+from snnexp.engine import build_run, evaluate, evaluate_checkpoint, make_loader
 from snnexp.layers import SeqToANN
 from snnexp.neurons import IF
 

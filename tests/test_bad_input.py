@@ -25,25 +25,31 @@ CASES = [
     ("T zero", ["train", "trainer.T=0"],
      "snnexp: error: invalid config:\n  trainer.T=0 is out of range: must be an integer >= 1 (time steps)", 2),
     ("tau below 1", ["train", "neuron=lif", "neuron.tau=0.5"],
-     "snnexp: error: invalid config:\n  neuron.tau=0.5 is out of range: must be > 1 (the Euler step with dt = 1 needs tau > 1)", 2),
-    ("negative lr", ["train", "optim.lr=-0.1"], "snnexp: error: invalid config:\n  optim.lr=-0.1 is out of range: must be > 0", 2),
+     "snnexp: error: invalid config:\n  neuron.tau=0.5 is out of range: must be > 1 (the Euler step with dt = 1 "
+     "needs tau > 1)", 2),
+    ("negative lr", ["train", "optim.lr=-0.1"],
+     "snnexp: error: invalid config:\n  optim.lr=-0.1 is out of range: must be > 0", 2),
     ("reset above threshold", ["train", "neuron.v_reset=2.0"],
-     "snnexp: error: invalid config:\n  neuron.v_reset=2.0 must be below neuron.v_threshold=1.0 (or null for soft reset)", 2),
+     "snnexp: error: invalid config:\n  neuron.v_reset=2.0 must be below neuron.v_threshold=1.0 (or null for "
+     "soft reset)", 2),
     ("unknown device", ["train", "trainer.device=gpu"],
-     "snnexp: error: invalid config:\n  trainer.device='gpu' is out of range: must be auto, cpu, cuda, cuda:N or mps", 2),
+     "snnexp: error: invalid config:\n  trainer.device='gpu' is out of range: must be auto, cpu, cuda, cuda:N "
+     "or mps", 2),
     ("unknown on_nonfinite", ["train", "trainer.on_nonfinite=ignore"],
      "snnexp: error: invalid config:\n  trainer.on_nonfinite='ignore' is out of range: must be stop or skip", 2),
     ("unknown neuron backend", ["train", "neuron.backend=cuda"],
      "snnexp: error: invalid config:\n  neuron.backend='cuda' is out of range: must be fused or reference", 2),
     ("checkpoint every 0 steps", ["train", "trainer.ckpt_every_steps=0"],
-     "snnexp: error: invalid config:\n  trainer.ckpt_every_steps=0 is out of range: must be null or an integer >= 1", 2),
+     "snnexp: error: invalid config:\n  trainer.ckpt_every_steps=0 is out of range: must be null or an integer "
+     ">= 1", 2),
     ("unknown option", ["train", "neuron=foo"],
      "In 'train': Could not find 'neuron/foo'\n\nAvailable options in 'neuron':\n\tif\n\tlif\n\tplif\n\tstbp", 1),
     ("wrong type", ["train", "trainer.T=abc"],
      "Error merging override trainer.T=abc\nValue 'abc' of type 'str' could not be converted to Integer\n"
      "    full_key: trainer.T", 1),
     ("misspelt trainer key", ["train", "trainer.tt=4"],
-     "Could not override 'trainer.tt'.\nTo append to your config use +trainer.tt=4\nKey 'tt' not in 'TrainerConfig'", 1),
+     "Could not override 'trainer.tt'.\nTo append to your config use +trainer.tt=4\nKey 'tt' not in "
+     "'TrainerConfig'", 1),
     ("misspelt neuron key", ["train", "neuron.tauu=3"],
      "Could not override 'neuron.tauu'.\nTo append to your config use +neuron.tauu=3\nKey 'tauu' is not in struct", 1),
     ("malformed spec", ["train", 'model.spec="{c32k-BN-SN}*2-FC10-SN"'],

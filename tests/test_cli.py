@@ -24,7 +24,8 @@ def test_help_lists_commands_and_config_groups(tmp_path):
     assert "train" in out and "eval" in out
     out = run_snnexp("train", "--help", cwd=tmp_path).stdout
     for line in ("neuron: if, lif, plif, stbp", "surrogate: atan, fast_sigmoid, rect, sigmoid, triangle",
-                 "norm: bn, neunorm, none, tdbn", "encoder: direct, latency, poisson", "dataset: cifar10, cifar100, digits",
+                 "norm: bn, neunorm, none, tdbn", "encoder: direct, latency, poisson",
+                 "dataset: cifar10, cifar100, digits",
                  "experiment: ledinauskas_resnet_cifar100, plif_cifar10"):
         assert line in out
 
@@ -79,7 +80,8 @@ def test_multirun_sweep_leaves_one_named_directory_per_job(tmp_path):
                cwd=tmp_path)
     runs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir())
     # Hydra's override_dirname: every override of the job, so the names differ where the jobs differ
-    assert runs == ["neuron=lif,trainer.epochs=1,trainer.max_steps=3", "neuron=plif,trainer.epochs=1,trainer.max_steps=3"]
+    assert runs == ["neuron=lif,trainer.epochs=1,trainer.max_steps=3",
+                    "neuron=plif,trainer.epochs=1,trainer.max_steps=3"]
     for run in runs:
         metrics = json.loads((tmp_path / "sweep" / run / "metrics.json").read_text())
         assert metrics["step"] == 3

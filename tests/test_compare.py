@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from snnexp.cli import main as cli_main
 from snnexp.compare import main
 
 
@@ -54,11 +55,18 @@ def test_compare_sort_by_another_column_ascending(sweep, capsys, tmp_path):
     assert (tmp_path / "table" / "compare.md").is_file()
 
 
+def cli_exit_code(*args) -> int:
+    """`snnexp compare ...` in this process: the exit code (the CLI reports errors and exits)."""
+    with pytest.raises(SystemExit) as stop:
+        cli_main(["compare", *args])
+    return stop.value.code
+
+
 def test_compare_bad_input(tmp_path, capsys):
-    assert main([str(tmp_path / "nope")]) == 2
+    assert cli_exit_code(str(tmp_path / "nope")) == 2
     assert capsys.readouterr().err.strip() == f"snnexp: error: {tmp_path / 'nope'} does not exist"
-    assert main([str(tmp_path)]) == 2
+    assert cli_exit_code(str(tmp_path)) == 2
     assert f"no snnexp runs under {tmp_path}" in capsys.readouterr().err
     fake_run(tmp_path / "r", ["neuron=lif"], 1, metrics(1, 0.5, 0.5, {}))
-    assert main([str(tmp_path), "--sort", "speed"]) == 2
+    assert cli_exit_code(str(tmp_path), "--sort", "speed") == 2
     assert "cannot sort by 'speed': use one of run, overrides" in capsys.readouterr().err

@@ -25,7 +25,8 @@ def torchrun(*args, cwd, nproc=2, check=True):
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                            "-m", "snnexp", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     if check and proc.returncode != 0:
-        raise AssertionError(f"torchrun snnexp {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+        raise AssertionError(f"torchrun snnexp {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n"
+                             f"{proc.stderr}")
     return proc
 
 

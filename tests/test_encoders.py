@@ -1,4 +1,4 @@
-"""Input encoders against snn-reference.md, section 4: direct, Poisson (Bernoulli) and latency coding."""
+"""Input encoders against docs/science.md, section 4: direct, Poisson (Bernoulli) and latency coding."""
 
 import math
 

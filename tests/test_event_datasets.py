@@ -5,8 +5,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 import pytest
+import torch
 
 from conftest import SHARED_DATA, run_snnexp
 from event_writers import make_cifar10dvs, make_gesture, make_nmnist, write_aedat2, write_nmnist_bin
@@ -236,3 +236,8 @@ def test_flip_and_roll_augment_training_frames_only(tmp_path):
                            for dy in range(-3, 4) for dx in range(-3, 4)))
     assert seen_flips == {True, False}
     assert torch.equal(aug.test[0][0], plain.test[0][0])  # the test split is never augmented
+
+
+def test_a_misspelt_option_is_named(tmp_path):
+    with pytest.raises(TypeError, match="nmnist\\(\\) got an unexpected keyword argument 'spilt_by'; .* split_by"):
+        nmnist(str(tmp_path), download=False, spilt_by="time")

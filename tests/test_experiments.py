@@ -1,4 +1,4 @@
-"""Paper reproductions (conf/experiment/): each composes with the paper's settings (snn-reference.md 5) and
+"""Paper reproductions (conf/experiment/): each composes with the paper's settings (docs/science.md, section 5) and
 trains a few steps on small data written in its dataset's real format; the paper's accuracy is logged
 beside the run's own."""
 
@@ -23,7 +23,7 @@ PLIF_MNIST = "{c128k3s1-BN-SN-MPk2s2}*2-DP-FC2048-SN-DP-FC100-SN-APk10s10"
 STBP_EVENTS = ("c128k3s1-SN-BN-c128k3s1-SN-BN-APk2s2-c384k3s1-SN-BN-c384k3s1-SN-BN-APk2s2-"
                "FC1024-SN-FC512-SN-FC100-SN-APk10s10")
 # name: (dataset, T, network (spec, or model target and depth), neuron, norm, loss, batch, paper accuracy),
-# written from snn-reference.md 5 (the networks' PLIF written as SN, the configured neuron)
+# written from docs/science.md, section 5 (the networks' PLIF written as SN, the configured neuron)
 PAPER = {
     "tutorial_fc_mnist": ("mnist", 100, "FC10-SN", "LIF", "NoNorm", "MSERate", 64, 0.929),
     "plif_mnist": ("mnist", 8, PLIF_MNIST, "PLIF", "BatchNormThroughTime", "MSERate", 16, 0.9972),

@@ -5,7 +5,6 @@ a second framework's importer), against Norse and snnTorch run on the same input
 
 import contextlib
 import io
-import logging
 import shutil
 import warnings
 from functools import partial
@@ -16,8 +15,9 @@ import pytest
 import torch
 
 from conftest import run_snnexp
+from snnexp.checkpoint import load as load_checkpoint
 from snnexp.data import digits
-from snnexp.engine import CheckpointError, load_checkpoint
+from snnexp.errors import CheckpointError
 from snnexp.export import ExportError, build_model_from_checkpoint, chain, export_checkpoint, to_nir
 from snnexp.layers import BatchNormThroughTime, NeuNorm, NoNorm
 from snnexp.models import SpecNet, SpikingResNet
@@ -289,8 +289,8 @@ def nir_euler(node, currents: np.ndarray, dt: float) -> np.ndarray:
     pytest.param(IF(v_reset=0.1), id="if-reset-0.1"),
 ])
 def test_the_nir_node_is_our_neuron_under_euler_steps_of_dt(neuron):
-    """NIR's ODE, integrated with the graph's dt, gives our spikes (snn-reference.md 1) step for step, also where
-    the peers' importers cannot follow (v_leak != 0, r != 1)."""
+    """NIR's ODE, integrated with the graph's dt, gives our spikes (docs/science.md, section 1) step for step,
+    also where the peers' importers cannot follow (v_leak != 0, r != 1)."""
     torch.manual_seed(0)
     x = 1.5 * torch.randn(50, 4, 30, dtype=torch.float64) + 0.5  # currents that drive every neuron to fire
     tau_inv = None if isinstance(neuron, IF) else 1.0 / neuron.tau
@@ -323,7 +323,8 @@ def test_layers_nir_cannot_express_stop_the_export_with_a_message(build, message
 
 def test_dropout_and_norm_none_are_left_out_as_the_identity():
     model = spec_net("c8k3s1-BN-SN-MPk2s2-DP-FC10-BN-SN", partial(LIF), norm=partial(NoNorm))
-    assert node_types(to_nir(model, (1, 8, 8))) == ["Input", "Conv2d", "LIF", "SumPool2d", "Threshold", "Flatten", "Linear", "LIF", "Output"]
+    assert node_types(to_nir(model, (1, 8, 8))) == ["Input", "Conv2d", "LIF", "SumPool2d", "Threshold", "Flatten",
+                                                    "Linear", "LIF", "Output"]
 
 
 def test_export_cli_errors(default_export, tmp_path):

@@ -1,4 +1,4 @@
-"""Time-major layers, readouts and the rate loss against snn-reference.md, sections 3 and 4."""
+"""Time-major layers, readouts and the rate loss against docs/science.md, sections 3 and 4."""
 
 import pytest
 import torch

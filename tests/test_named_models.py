@@ -1,5 +1,5 @@
 """The papers' named architectures (conf/model/plif_*.yaml, stbp_*.yaml) build for their datasets' shapes
-with the layers of the papers' tables (snn-reference.md 5)."""
+with the layers of the papers' tables (docs/science.md, section 5)."""
 
 from functools import partial
 

@@ -1,4 +1,4 @@
-"""NeuNorm against its equations (snn-reference.md 3), written out by hand."""
+"""NeuNorm against its equations (docs/science.md, section 3), written out by hand."""
 
 import torch
 

@@ -1,4 +1,4 @@
-"""Neuron dynamics against sequences computed by hand from snn-reference.md, section 1.
+"""Neuron dynamics against sequences computed by hand from docs/science.md, section 1.
 
     H[t] = V[t-1] + (X[t] - (V[t-1] - V_reset)) / tau      decay_input = True
     H[t] = V[t-1] - (V[t-1] - V_reset) / tau + X[t]        decay_input = False

@@ -14,7 +14,7 @@ from spikingjelly.activation_based import surrogate as sj_surrogate  # noqa: E40
 from snnexp import surrogate as ours_surrogate  # noqa: E402
 from snnexp.neurons import IF, LIF, PLIF  # noqa: E402
 
-SURROGATES = {  # ours, SpikingJelly's: the same function (snn-reference.md 2)
+SURROGATES = {  # ours, SpikingJelly's: the same function (docs/science.md, section 2)
     "atan": (lambda: ours_surrogate.ATan(2.0), lambda: sj_surrogate.ATan(alpha=2.0)),
     "atan_wide": (lambda: ours_surrogate.ATan(0.5), lambda: sj_surrogate.ATan(alpha=0.5)),
     "sigmoid": (lambda: ours_surrogate.Sigmoid(4.0), lambda: sj_surrogate.Sigmoid(alpha=4.0)),

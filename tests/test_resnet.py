@@ -25,7 +25,8 @@ def weight_shapes(model, types):
 def test_layers_match_torchvision(depth, connection):
     ours = SpikingResNet(depth, (3, 224, 224), 1000, PLIF_, BatchNormThroughTime, connection, stem="imagenet")
     theirs = getattr(torchvision.models, f"resnet{depth}")(weights=None)
-    assert weight_shapes(ours, (torch.nn.Conv2d, torch.nn.Linear)) == weight_shapes(theirs, (torch.nn.Conv2d, torch.nn.Linear))
+    layers = (torch.nn.Conv2d, torch.nn.Linear)
+    assert weight_shapes(ours, layers) == weight_shapes(theirs, layers)
     assert len(weight_shapes(ours, BatchNormThroughTime)) == len(weight_shapes(theirs, torch.nn.BatchNorm2d))
 
 

@@ -1,4 +1,4 @@
-"""The network spec notation (snn-reference.md, section 5, with PLIF written as SN) and SpecNet / MLP."""
+"""The network spec notation (docs/science.md, section 5, with PLIF written as SN) and SpecNet / MLP."""
 
 from functools import partial
 
@@ -74,7 +74,7 @@ def test_parse_tree_structure():
 
 
 def test_expand_order_nested():
-    kinds = [l.kind for l in expand(parse_spec("{{c8k3-BN-SN}*2-MPk2s2}*2-FC10-SN"))]
+    kinds = [layer.kind for layer in expand(parse_spec("{{c8k3-BN-SN}*2-MPk2s2}*2-FC10-SN"))]
     block = ["conv", "norm", "neuron", "conv", "norm", "neuron", "maxpool"]
     assert kinds == block + block + ["fc", "neuron"]
 
@@ -140,7 +140,7 @@ def test_specnet_output_shape_mnist():
     assert net.spec == MNIST_SPEC
     # 28x28 --conv k3 p1--> 28 --MP2--> 14 --conv--> 14 --MP2--> 7: FC100 sees 32 * 7 * 7 features
     linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
-    assert [(l.in_features, l.out_features) for l in linears] == [(32 * 7 * 7, 100)]
+    assert [(fc.in_features, fc.out_features) for fc in linears] == [(32 * 7 * 7, 100)]
     convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
     assert [(c.in_channels, c.out_channels, c.kernel_size, c.stride) for c in convs] == [
         (1, 32, (3, 3), (1, 1)),
@@ -202,7 +202,7 @@ def test_mlp_hidden_layers_spec():
     net = MLP(hidden=[100, 50], input_shape=(784,), num_outputs=10, neuron=NEURON, norm=NORM)
     assert net.spec == "FC100-BN-SN-FC50-BN-SN-FC10-SN"
     linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
-    assert [(l.in_features, l.out_features) for l in linears] == [(784, 100), (100, 50), (50, 10)]
+    assert [(fc.in_features, fc.out_features) for fc in linears] == [(784, 100), (100, 50), (50, 10)]
     assert net(torch.rand(2, 3, 784)).shape == (2, 3, 10)
     net = MLP(hidden=[20], input_shape=(784,), num_outputs=10, neuron=NEURON, norm=NORM, dropout=0.25)
     assert net.spec == "FC20-BN-SN-DP-FC10-SN"

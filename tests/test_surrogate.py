@@ -1,4 +1,4 @@
-"""Surrogate spike functions against snn-reference.md, section 2.
+"""Surrogate spike functions against docs/science.md, section 2.
 
 Forward: Heaviside, H(x) = 1 for x >= 0.  Backward: the table's derivative, written out here with
 `math` (independently of snnexp.surrogate) and evaluated at several points, for default and other

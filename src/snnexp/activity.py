@@ -30,17 +30,24 @@ import torch
 from torch import nn
 
 from snnexp import distributed
+from snnexp.encoders import DirectEncoder
+from snnexp.neurons import SpikingNeuron
 
 SOP_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 RASTER_NEURONS = 256  # at most this many neurons of a layer in its raster: a fixed, evenly spaced subset
 
 
 def layer_name(name: str, module: nn.Module) -> str:
-    """A weight layer's readable name, as engine.spiking_layers names spiking ones: its position in the network
-    (the position of the SeqToANN wrapper that runs it on [T*B, ...]) and its type, e.g. '00_Conv2d'."""
+    """A layer's readable name in TensorBoard and metrics.json: its position in the network (for a weight layer,
+    the position of the SeqToANN wrapper that runs it on [T*B, ...]) and its type, e.g. '00_Conv2d', '03_PLIF'."""
     if name.endswith(".module"):
         name = name[: -len(".module")]
     return f"{int(name):02d}_{type(module).__name__}" if name.isdigit() else f"{name}_{type(module).__name__}"
+
+
+def spiking_layers(model: nn.Module) -> Dict[str, nn.Module]:
+    """The spiking layers of `model` by their readable name (layer_name)."""
+    return {layer_name(name, m): m for name, m in model.named_modules() if isinstance(m, SpikingNeuron)}
 
 
 def evenly_spaced(n: int, k: int = RASTER_NEURONS) -> torch.Tensor:
@@ -62,7 +69,7 @@ def conv_reach(conv: nn.Module, in_shape) -> torch.Tensor:
 class Activity:
     """Collects, while active as a context manager, the activity of `model` over a test pass (module docstring).
 
-    spiking: name -> spiking layer (engine.spiking_layers), whose outputs are [T, B, ...] 0/1 spikes.
+    spiking: name -> spiking layer (spiking_layers), whose outputs are [T, B, ...] 0/1 spikes.
     input_spikes: whether the network's input is spikes (SOPs of the first weight layers counted, see above).
     Call batch(scores, labels) after each batch's forward: it counts the samples, and the first call ends the
     fixed batch (the raster and the confusion matrix are taken from it)."""
@@ -207,8 +214,6 @@ class Activity:
 def input_is_spikes(encoder, sequence: bool) -> bool:
     """Whether a network's input is spikes (its first weight layer then does SOPs): event frames (`sequence`
     datasets) and every encoder but direct coding, which feeds the analog image."""
-    from snnexp.encoders import DirectEncoder
-
     return bool(sequence) or not isinstance(encoder, DirectEncoder)
 
 

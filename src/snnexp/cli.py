@@ -15,7 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from snnexp import __version__, distributed
-from snnexp.config import ConfigError, validate
+from snnexp.config import validate
+from snnexp.errors import ConfigError, Interrupted, SnnexpError
 
 log = logging.getLogger("snnexp")
 
@@ -45,24 +46,21 @@ def conf_dir() -> Path:
     raise SystemExit("snnexp: cannot find its configs (conf/train.yaml); reinstall snnexp")
 
 
-# Errors that are the user's to fix, reported in one message without a traceback, by the module that raises
-# them. Looked up only among the modules already imported (one that is not cannot have raised), so that a config
-# error is reported before torch is imported: in one second instead of four.
-USER_ERRORS = {"snnexp.config": ["ConfigError"], "snnexp.models": ["ModelError", "SpecError"],
-               "snnexp.data": ["DatasetError", "CorruptFile"], "snnexp.engine": ["CheckpointError"],
-               "snnexp.export": ["ExportError"], "builtins": ["FloatingPointError"]}
-
-
-def _is_user_error(e: BaseException) -> bool:
-    return any(isinstance(e, getattr(sys.modules[module], name))
-               for module, names in USER_ERRORS.items() if module in sys.modules for name in names)
-
-
 def _fail(message: str, code: int = 2) -> None:
-    """Exit codes: 2 bad input (config, data, checkpoint, output folder), 3 a run whose numbers went
-    non-finite, 128 + N stopped by signal N (130 Ctrl-C, 143 SIGTERM) after saving."""
+    """Exit codes (snnexp.errors): 2 bad input (config, data, checkpoint, output folder), 3 a run whose numbers
+    went non-finite, 128 + N stopped by signal N (130 Ctrl-C, 143 SIGTERM) after saving."""
     print(f"snnexp: error: {message}", file=sys.stderr)
     sys.exit(code)
+
+
+def _report(e: SnnexpError) -> None:
+    """An error the user can fix: its message, no traceback, its exit code."""
+    if isinstance(e, Interrupted):  # the run was saved: say how to go on
+        run_dir = HydraConfig.get().runtime.output_dir
+        print(f"snnexp: interrupted by {e}\nresume with:  {_resume_command()}\n"
+              f"          or:  snnexp train resume={run_dir}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    _fail(str(e), e.exit_code)
 
 
 def _guarded(task):
@@ -74,21 +72,11 @@ def _guarded(task):
             _fail(f"missing value for '{key}': give it on the command line, e.g. {key}=...")
         except InstantiationException as e:
             cause = e.__cause__ or e
-            if _is_user_error(cause):  # raised by a dataset or model that Hydra built
-                _fail(str(cause))
+            if isinstance(cause, SnnexpError):  # raised by a dataset or model that Hydra built
+                _report(cause)
             _fail(f"cannot build a part of the run from the config: {cause}")
-        except Exception as e:
-            engine = sys.modules.get("snnexp.engine")
-            if engine and isinstance(e, engine.Interrupted):
-                run_dir = HydraConfig.get().runtime.output_dir
-                print(f"snnexp: interrupted by {e}\nresume with:  {_resume_command()}\n"
-                      f"          or:  snnexp train resume={run_dir}", file=sys.stderr)
-                sys.exit(e.exit_code)
-            if engine and isinstance(e, engine.NonFiniteError):
-                _fail(str(e), code=3)
-            if _is_user_error(e):
-                _fail(str(e))
-            raise
+        except SnnexpError as e:
+            _report(e)
 
     wrapper.__name__ = task.__name__
     return wrapper
@@ -115,7 +103,7 @@ def torch_threads(cfg: DictConfig) -> int:
     not oversubscribe it."""
     import torch
 
-    threads = cfg.trainer.get("threads")
+    threads = cfg.trainer.threads
     if threads is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         launcher = HydraConfig.get().launcher
@@ -154,7 +142,8 @@ def train(cfg: DictConfig):
 
 @_guarded
 def evaluate(cfg: DictConfig):
-    from snnexp.engine import evaluate_checkpoint, write_json
+    from snnexp.checkpoint import write_json
+    from snnexp.engine import evaluate_checkpoint
 
     metrics = evaluate_checkpoint(to_absolute_path(cfg.checkpoint), cfg.device, cfg.data_dir, cfg.batch_size)
     out = Path(HydraConfig.get().runtime.output_dir) / "metrics.json"
@@ -218,16 +207,16 @@ def _resolve_resume(args: list) -> list:
             key = "hydra.run.dir"
         if not found:
             kind = "sweep" if multirun else "run with a checkpoint"
-            _fail(f"resume=true: no earlier {kind} under {outputs.resolve()} was made with these overrides "
-                  f"({' '.join(wanted) or 'none'}); give the run directory instead: resume=PATH")
+            raise ConfigError(f"resume=true: no earlier {kind} under {outputs.resolve()} was made with these "
+                              f"overrides ({' '.join(wanted) or 'none'}); give the run directory instead: resume=PATH")
         latest = max(found, key=lambda d: d.stat().st_mtime)
         return [*args, f"{key}={latest.resolve()}"]
     run_dir = Path(value).expanduser()
     if run_dir.is_file():  # .../checkpoints/last.pt
         run_dir = run_dir.parent.parent
     if not (run_dir / "checkpoints" / "last.pt").is_file() or not (run_dir / ".hydra" / "overrides.yaml").is_file():
-        _fail(f"resume={value}: not a snnexp run directory with a checkpoint (expected {run_dir}/checkpoints/last.pt "
-              f"and {run_dir}/.hydra/overrides.yaml)")
+        raise ConfigError(f"resume={value}: not a snnexp run directory with a checkpoint (expected "
+                          f"{run_dir}/checkpoints/last.pt and {run_dir}/.hydra/overrides.yaml)")
     saved = _stored_overrides(run_dir / ".hydra" / "overrides.yaml")
     rest = [a for a in args if not a.startswith("resume=")]
     return [*saved, *rest, f"resume={run_dir.resolve()}", f"hydra.run.dir={run_dir.resolve()}"]
@@ -244,8 +233,8 @@ def _check_writable(args: list) -> None:
     problem = f"{existing} is a file, not a folder" if not existing.is_dir() else \
         None if os.access(existing, os.W_OK | os.X_OK) else f"{existing} is not writable"
     if problem:
-        _fail(f"cannot write the run directory {target.resolve()}: {problem}; start snnexp in a folder you can "
-              f"write to, or give hydra.run.dir=DIR")
+        raise ConfigError(f"cannot write the run directory {target.resolve()}: {problem}; start snnexp in a folder "
+                          f"you can write to, or give hydra.run.dir=DIR")
 
 
 # keys whose values are paths: a sweep job's folder is named by its overrides (.../neuron=lif,trainer.T=8/...), and
@@ -268,7 +257,15 @@ def main(argv=None) -> None:
     if argv[0] in ("-V", "--version"):
         print(f"snnexp {__version__}")
         return
-    command, rest = argv[0], argv[1:]
+    try:
+        _run(argv[0], argv[1:])
+    except SnnexpError as e:  # raised before Hydra started (inside it, _guarded reports them)
+        _report(e)
+
+
+def _run(command: str, rest: list) -> None:
+    """`snnexp <command> <rest>`: compare at once; else resolve resume=, check the output folder, run Hydra's app."""
+    _ARGS[:] = rest
     if command == "compare":  # reads run folders; no config to compose
         from snnexp.compare import main as compare
 
@@ -284,7 +281,6 @@ def main(argv=None) -> None:
     rest = [_quote_path(a) for a in rest]
     if command == "train" and distributed.launched():  # torchrun: one run directory for all its processes
         rest = distributed.setup(rest)
-    _ARGS[:] = argv[1:]
     sys.argv = [f"snnexp {command}", *rest]  # Hydra parses sys.argv
     app = hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name=command)(COMMANDS[command])
     try:

@@ -9,21 +9,19 @@ import argparse
 import csv
 import io
 import json
-import sys
 from pathlib import Path
 from statistics import mean
 from typing import Dict, List, Optional
 
 from omegaconf import OmegaConf
 
+from snnexp.errors import CompareError
+
 COLUMNS = ["run", "overrides", "status", "epoch", "best_test_acc", "test_acc", "wall_s", "samples_per_s",
            "firing_rate", "spikes_per_sample", "sops_per_sample"]
 NUMERIC = {"epoch", "best_test_acc", "test_acc", "wall_s", "samples_per_s", "firing_rate", "spikes_per_sample",
            "sops_per_sample"}
 
-
-class CompareError(ValueError):
-    pass
 
 
 def find_runs(paths: List[Path]) -> Dict[Path, Path]:
@@ -137,11 +135,7 @@ def main(argv: List[str]) -> int:
     ap.add_argument("--ascending", action="store_true", help="smallest first (default: largest first)")
     ap.add_argument("--out", type=Path, help="write compare.csv and compare.md here (default: the first path)")
     args = ap.parse_args(argv)
-    try:
-        rows = table(args.paths, args.sort, args.ascending)
-    except CompareError as e:
-        print(f"snnexp: error: {e}", file=sys.stderr)
-        return 2
+    rows = table(args.paths, args.sort, args.ascending)  # CompareError: reported by the CLI
     out = args.out or (args.paths[0] if args.paths[0].is_dir() else Path("."))
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare.csv").write_text(as_csv(rows))

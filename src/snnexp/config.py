@@ -13,9 +13,7 @@ from typing import Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-
-class ConfigError(ValueError):
-    """A config value out of range; the message names the key, the value and what is allowed."""
+from snnexp.errors import ConfigError
 
 
 @dataclass
@@ -141,6 +139,10 @@ def validate(cfg: DictConfig) -> None:
     if frames_t is not None and frames_t != OmegaConf.select(cfg, "trainer.T"):
         problems.append(f"dataset.T={frames_t} differs from trainer.T={OmegaConf.select(cfg, 'trainer.T')}: "
                         f"set trainer.T (the frames per sample follow it)")
+    encoder = str(OmegaConf.select(cfg, "encoder._target_", default=None) or "")
+    if frames_t is not None and encoder and not encoder.endswith(".DirectEncoder"):  # dataset.T: event frames
+        problems.append(f"this dataset gives event frames, which are fed as they are: use encoder=direct, not "
+                        f"{encoder.rsplit('.', 1)[-1]}")
     if OmegaConf.select(cfg, "dataset.bin_ms") is not None and OmegaConf.select(cfg, "dataset.split_by") != "time":
         problems.append("dataset.bin_ms is set but dataset.split_by is not time: set dataset.split_by=time, "
                         "or dataset.bin_ms=null")

@@ -12,7 +12,7 @@ Layer by layer (shapes in NIR have no batch dimension):
     voting readout       a Linear that averages each class's population (rate readout: nothing; the class
                          score is the mean over time of the graph's output in both cases)
 
-Neurons. Ours (snn-reference.md 1) step, with tau in time steps:
+Neurons. Ours (docs/science.md, section 1) step, with tau in time steps:
 
     H[t] = V[t-1] + (X[t] - (V[t-1] - V_reset)) / tau        decay_input = true   (X / tau)
     H[t] = V[t-1] - (V[t-1] - V_reset) / tau + X[t]          decay_input = false  (X)
@@ -44,15 +44,14 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
+from snnexp import checkpoint
+from snnexp.engine import build_model
+from snnexp.errors import CheckpointError, ExportError
 from snnexp.layers import NeuNorm, NoNorm, SeqDropout, SeqFlatten, SeqToANN
 from snnexp.neurons import IF, LIF, PLIF, SpikingNeuron
 
 FORMATS = ("nir",)
 DEFAULT_DT = 1e-4  # seconds per time step; the step snnTorch's NIR importer assumes
-
-
-class ExportError(ValueError):
-    """A network, or a layer of it, that the chosen format cannot express; the message says what to do."""
 
 
 def _f32(shape, value) -> np.ndarray:
@@ -206,7 +205,8 @@ def _fold_norm(g: _Graph, bn: nn.modules.batchnorm._BatchNorm, where: str) -> No
     """BN in eval mode, y = (x - mean) / sqrt(var + eps) * gamma + beta, folded into the conv or FC before it."""
     node = g.nodes[g.last]
     if not isinstance(node, (nir.Conv2d, nir.Linear, nir.Affine)):
-        raise ExportError(f"{where}{type(bn).__name__} follows {type(node).__name__ if g.last != 'input' else 'the input'}"
+        before = type(node).__name__ if g.last != "input" else "the input"
+        raise ExportError(f"{where}{type(bn).__name__} follows {before}"
                           f", not a conv or FC layer: NIR has no normalisation node, and snnexp exports BN folded into "
                           f"the weights before it. Put BN right after a conv or FC layer (c...-BN-SN), or train "
                           f"with norm=none")
@@ -251,8 +251,6 @@ def build_model_from_checkpoint(state: dict) -> Tuple[nn.Module, dict]:
     """The network of a checkpoint with its trained weights, in eval mode, and its config. The input shape and class
     count are in checkpoints written since `snnexp export` exists; for older ones the dataset is opened to find
     them."""
-    from snnexp.engine import CheckpointError, build_model
-
     cfg = OmegaConf.create(state["config"])
     if "input_shape" in state and "num_classes" in state:
         input_shape, classes = state["input_shape"], state["num_classes"]
@@ -269,12 +267,10 @@ def build_model_from_checkpoint(state: dict) -> Tuple[nn.Module, dict]:
 
 def export_checkpoint(path, fmt: str = "nir", out=None, dt: float = DEFAULT_DT) -> Tuple[Path, nir.NIRGraph]:
     """Write the network of a snnexp checkpoint as a NIR graph (HDF5, nir.write); returns the file and the graph."""
-    from snnexp.engine import load_checkpoint
-
     if fmt not in FORMATS:
         raise ExportError(f"format={fmt}: snnexp export writes {', '.join(FORMATS)} (format=nir)")
     path = Path(path).expanduser()
-    state = load_checkpoint(path)
+    state = checkpoint.load(path)
     model, info = build_model_from_checkpoint(state)
     cfg = info["cfg"]
     readout = instantiate(cfg.readout)
@@ -287,7 +283,8 @@ def export_checkpoint(path, fmt: str = "nir", out=None, dt: float = DEFAULT_DT) 
         out.parent.mkdir(parents=True, exist_ok=True)
         nir.write(out, graph)
     except OSError as e:
-        raise ExportError(f"cannot write {out}: {e.strerror or e}; give out=FILE in a folder you can write to") from None
+        raise ExportError(f"cannot write {out}: {e.strerror or e}; give out=FILE in a folder you can write "
+                          "to") from None
     return out, graph
 
 

@@ -1,11 +1,11 @@
 """Spike functions: Heaviside step forward, the derivative of a smooth stand-in backward.
 
 Each surrogate is a small module so that Hydra can build it from `conf/surrogate/*.yaml`
-and a neuron can call it as `spike = surrogate(v - v_threshold)`. Formulas: snn-reference.md, section 2.
+and a neuron can call it as `spike = surrogate(v - v_threshold)`. Formulas: docs/science.md, section 2.
 """
 
 import math
-from typing import Optional
+from typing import Dict, Optional
 
 import torch
 from torch import nn
@@ -37,6 +37,10 @@ class Surrogate(nn.Module):
         do not know: neurons then use the reference implementation."""
         return None
 
+    def steepness(self) -> Dict[str, float]:
+        """The parameters, as configured, that make the gradient steeper (named when a loss goes non-finite)."""
+        return {}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _SpikeFn.apply(x, self)
 
@@ -53,12 +57,16 @@ class Rect(Surrogate):
     def __init__(self, width: float = 1.0, height: Optional[float] = None):
         super().__init__()
         self.width, self.height = float(width), _peak(width, height)
+        self._height_given = height is not None
 
     def grad(self, x):
         return (x.abs() < self.width / 2).to(x.dtype) * self.height
 
     def kernel_args(self):
         return ("rect", self.width, self.height)
+
+    def steepness(self):
+        return {"height": self.height} if self._height_given else {}
 
     def extra_repr(self):
         return f"width={self.width}, height={self.height}"
@@ -78,6 +86,9 @@ class Sigmoid(Surrogate):
     def kernel_args(self):
         return ("sigmoid", self.alpha, 0.0)
 
+    def steepness(self):
+        return {"alpha": self.alpha}
+
     def extra_repr(self):
         return f"alpha={self.alpha}"
 
@@ -94,6 +105,9 @@ class ATan(Surrogate):
 
     def kernel_args(self):
         return ("atan", self.alpha, 0.0)
+
+    def steepness(self):
+        return {"alpha": self.alpha}
 
     def extra_repr(self):
         return f"alpha={self.alpha}"
@@ -112,6 +126,9 @@ class FastSigmoid(Surrogate):
     def kernel_args(self):
         return ("fast_sigmoid", self.slope, 0.0)
 
+    def steepness(self):
+        return {"slope": self.slope}
+
     def extra_repr(self):
         return f"slope={self.slope}"
 
@@ -122,12 +139,16 @@ class Triangle(Surrogate):
     def __init__(self, width: float = 1.0, height: Optional[float] = None):
         super().__init__()
         self.width, self.height = float(width), _peak(width, height)
+        self._height_given = height is not None
 
     def grad(self, x):
         return torch.clamp(1 - x.abs() / self.width, min=0) * self.height
 
     def kernel_args(self):
         return ("triangle", self.width, self.height)
+
+    def steepness(self):
+        return {"height": self.height} if self._height_given else {}
 
     def extra_repr(self):
         return f"width={self.width}, height={self.height}"

@@ -1,16 +1,17 @@
 """FrameCache: each split of an event dataset converted to frames once, then read from disk.
 
 A cache is a folder named by a hash of everything that changes the frames (dataset, split, T, split
-method, bin size, sensor size, downsampling, denoising, the list of source files, FORMAT_VERSION), so a
-change of any of them builds a new one and an old one is never served. It holds
+method, bin size, sensor size, downsampling, denoising, corrupt files stopping or skipped, the list of source
+files, FORMAT_VERSION), so a change of any of them builds a new one and an old one is never served. It holds
 
     frames.npy   uint16 [N, T, 2, H, W], read through a memory map (near disk/page-cache speed)
     labels.npy   int64 [N]
     meta.json    the key, the source files, skipped files
 
-The build writes a temporary folder and renames it into place (atomic: an interrupted build never
-looks complete), under a file lock, so that several multirun jobs starting at once build it once and
-the others wait and read it. Samples are converted in worker processes, with a progress bar.
+The build writes a temporary folder and renames it into place (snnexp.files.atomic_path: an interrupted
+build never looks complete, and the next build removes what it left), under a file lock, so that several
+multirun jobs starting at once build it once and the others wait and read it. Samples are converted in
+worker processes, with a progress bar.
 """
 
 import hashlib
@@ -19,7 +20,6 @@ import logging
 import os
 import shutil
 import time
-import uuid
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
@@ -29,6 +29,8 @@ from filelock import FileLock
 from tqdm import tqdm
 
 from snnexp import cache_home
+from snnexp.errors import CorruptFile
+from snnexp.files import atomic_path
 
 log = logging.getLogger("snnexp")
 
@@ -77,14 +79,27 @@ class FrameCache:
         return self.load()
 
     def _build(self, sources, labels, convert, frame_shape, workers, on_corrupt, desc):
-        from snnexp.data.events import CorruptFile
-
-        tmp = self.dir.parent / f"{self.dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
+        """Convert into `<dir>.tmp-<pid>-<random>`, renamed to `dir` at the end: the cache appears complete or
+        not at all. An error removes the temporary folder; Ctrl-C or a kill leaves it to the next build."""
         start = time.perf_counter()
+        with atomic_path(self.dir) as tmp:
+            tmp.mkdir()
+            kept, skipped = self._convert(tmp / "frames.npy", sources, convert, frame_shape, workers, on_corrupt,
+                                          desc)
+            if skipped:  # drop the unused tail of the array
+                _truncate_npy(tmp / "frames.npy", len(kept), frame_shape)
+                log.warning("%d corrupt file(s) skipped (dataset.on_corrupt=skip)", len(skipped))
+            np.save(tmp / "labels.npy", np.asarray(labels, dtype=np.int64)[kept])
+            meta = {"key": self.key, "samples": len(kept), "skipped": skipped,
+                    "sources": [str(sources[i]) for i in kept], "build_s": time.perf_counter() - start}
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        log.info("frame cache built in %.1f s: %s", meta["build_s"], self.dir)
+
+    def _convert(self, path, sources, convert, frame_shape, workers, on_corrupt, desc) -> Tuple[List[int], List[str]]:
+        """Every source's frames into a new .npy at `path`, in order, leaving out (`on_corrupt="skip"`) or
+        raising CorruptFile; returns the indices kept and the messages of the files skipped."""
         n = len(sources)
-        frames = np.lib.format.open_memmap(tmp / "frames.npy", mode="w+", dtype=np.uint16,
-                                           shape=(n, *frame_shape))
+        frames = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint16, shape=(n, *frame_shape))
         kept: List[int] = []
         skipped: List[str] = []
         workers = workers or os.cpu_count() or 1
@@ -105,15 +120,7 @@ class FrameCache:
         bar.close()
         frames.flush()
         del frames
-        if skipped:  # drop the unused tail of the array
-            _truncate_npy(tmp / "frames.npy", len(kept), frame_shape)
-            log.warning("%d corrupt file(s) skipped (dataset.on_corrupt=skip)", len(skipped))
-        np.save(tmp / "labels.npy", np.asarray(labels, dtype=np.int64)[kept])
-        meta = {"key": self.key, "samples": len(kept), "skipped": skipped,
-                "sources": [str(sources[i]) for i in kept], "build_s": time.perf_counter() - start}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        os.replace(tmp, self.dir)  # atomic: the cache appears complete or not at all
-        log.info("frame cache built in %.1f s: %s", meta["build_s"], self.dir)
+        return kept, skipped
 
 
 class _safe:
@@ -123,8 +130,6 @@ class _safe:
         self.fn = fn
 
     def __call__(self, source):
-        from snnexp.data.events import CorruptFile
-
         try:
             return self.fn(source)
         except CorruptFile as e:
@@ -143,9 +148,10 @@ class _InProcess:
 
 
 def _truncate_npy(path: Path, n: int, frame_shape) -> None:
+    """Keep the first n samples of the .npy at `path` (rewritten beside it, then renamed onto it)."""
     old = np.load(path, mmap_mode="r")
-    new = np.lib.format.open_memmap(str(path) + ".part", mode="w+", dtype=old.dtype, shape=(n, *frame_shape))
-    new[:] = old[:n]
-    new.flush()
-    del new, old
-    os.replace(str(path) + ".part", path)
+    with atomic_path(path) as part:
+        new = np.lib.format.open_memmap(part, mode="w+", dtype=old.dtype, shape=(n, *frame_shape))
+        new[:] = old[:n]
+        new.flush()
+        del new, old

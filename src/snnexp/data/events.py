@@ -8,6 +8,11 @@ Data is taken as the user has it, under `data_dir`:
 - the official archives placed by hand beside them (extracted on first use);
 - tonic's download, when online and `download: true`.
 Samples are listed in sorted order, the same on every machine.
+
+Each loader takes `data_dir` and `download`, then its options as flat keywords (the keys of
+conf/dataset/<name>.yaml), grouped here as tonic groups a frame transform and a disk cache:
+FrameOptions (what changes the frames: T, split_by, bin_ms, downsample, denoise_ms), CacheOptions
+(cache_dir, workers, on_corrupt) and Augment (flip, roll: training frames only).
 """
 
 import csv
@@ -17,6 +22,7 @@ import json
 import logging
 import os
 import re
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
@@ -26,15 +32,13 @@ from torch.utils.data import Dataset
 
 from snnexp.data.cache import FrameCache, default_cache_dir
 from snnexp.data.frames import events_to_frames
-from snnexp.data.static import DatasetError, Splits
+from snnexp.data.static import Splits
+from snnexp.errors import CorruptFile, DatasetError
+from snnexp.files import write_json_atomic
 
 log = logging.getLogger("snnexp")
 
 Events = Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # x, y, t (us), p
-
-
-class CorruptFile(ValueError):
-    """A file that cannot be read as the format it claims; the message names it."""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -160,25 +164,85 @@ READERS = {".bin": read_nmnist, ".aedat": read_aedat2_dvs128, ".aedat4": read_ae
            ".npy": read_tonic_gesture_npy}
 
 
-class ToFrames:
-    """source -> frames [T, 2, H, W]; a picklable callable for the cache's worker processes."""
+# ---------------------------------------------------------------------------------------------------
+# Options: the flat keywords of the loaders, in three groups
 
-    def __init__(self, sensor_size, T, split_by, bin_ms, downsample, denoise_ms):
-        self.sensor_size, self.T, self.split_by = tuple(sensor_size), T, split_by
-        self.bin_ms, self.downsample, self.denoise_ms = bin_ms, downsample, denoise_ms
+
+@dataclass(frozen=True)
+class FrameOptions:
+    """What changes the frames (tonic's ToFrame, after its Denoise): T frames per sample, cut by equal event
+    counts (split_by="number") or by time ("time": bins of bin_ms, or T equal slices when bin_ms is None),
+    d x d pixel blocks summed (downsample = d), events with no neighbour within denoise_ms dropped first."""
+
+    T: int = 10
+    split_by: str = "number"
+    bin_ms: Optional[float] = None
+    downsample: int = 1
+    denoise_ms: Optional[float] = None
+
+    def shape(self, sensor_size) -> Tuple[int, int, int, int]:
+        """[T, 2, H, W] of one sample from a (W, H) sensor."""
+        h, w = (-(-s // self.downsample) for s in sensor_size[::-1])
+        return self.T, 2, h, w
+
+
+@dataclass(frozen=True)
+class CacheOptions:
+    """Where and how the frames are cached (as tonic's DiskCachedDataset): cache_dir (None: default_cache_dir()),
+    workers converting (None: all cores), on_corrupt "error" (stop at a corrupt file) or "skip" (leave it out)."""
+
+    cache_dir: Optional[str] = None
+    workers: Optional[int] = None
+    on_corrupt: str = "error"
+
+    def root(self) -> Path:
+        return Path(self.cache_dir).expanduser() if self.cache_dir else default_cache_dir()
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Training-frame augmentation (FrameDataset): a random horizontal flip, a random translation by up to
+    roll pixels. The test split is never augmented."""
+
+    flip: bool = False
+    roll: int = 0
+
+
+OPTION_GROUPS = (FrameOptions, CacheOptions, Augment)
+
+
+def event_options(loader: str, options: dict, **defaults) -> Tuple[FrameOptions, CacheOptions, Augment]:
+    """A loader's flat keyword options (`defaults` under them) as the three groups; an unknown name is a
+    TypeError that names it and lists the options."""
+    names = [f.name for group in OPTION_GROUPS for f in fields(group)]
+    unknown = [k for k in options if k not in names]
+    if unknown:
+        raise TypeError(f"{loader}() got an unexpected keyword argument {unknown[0]!r}; its frame, cache and "
+                        f"augmentation options are {', '.join(names)}")
+    options = {**defaults, **options}
+    return tuple(group(**{f.name: options[f.name] for f in fields(group) if f.name in options})
+                 for group in OPTION_GROUPS)
+
+
+class ToFrames:
+    """source -> frames [T, 2, H, W] as `frames` says; a picklable callable for the cache's worker processes."""
+
+    def __init__(self, sensor_size, frames: FrameOptions):
+        self.sensor_size, self.frames = tuple(sensor_size), frames
 
     def __call__(self, source):
         if isinstance(source, tuple):
             x, y, t, p = read_gesture_slice(source)
         else:
             x, y, t, p = READERS[Path(source).suffix](source)
-        if self.denoise_ms:
+        o = self.frames
+        if o.denoise_ms:
             from tonic.functional import denoise_numpy
             from tonic.io import make_structured_array
 
-            ev = denoise_numpy(make_structured_array(x, y, t, p), filter_time=self.denoise_ms * 1000)
+            ev = denoise_numpy(make_structured_array(x, y, t, p), filter_time=o.denoise_ms * 1000)
             x, y, t, p = ev["x"], ev["y"], ev["t"], ev["p"]
-        return events_to_frames(x, y, t, p, self.sensor_size, self.T, self.split_by, self.bin_ms, self.downsample)
+        return events_to_frames(x, y, t, p, self.sensor_size, o.T, o.split_by, o.bin_ms, o.downsample)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -213,24 +277,24 @@ class FrameDataset(Dataset):
 # The three datasets
 
 
-def _build_splits(name, data_dir, lists, sensor_size, num_classes, T, split_by, bin_ms, downsample, denoise_ms,
-                  on_corrupt, cache_dir, workers, flip, roll) -> Splits:
-    convert = ToFrames(sensor_size, T, split_by, bin_ms, downsample, denoise_ms)
-    h, w = (-(-s // downsample) for s in sensor_size[::-1])
-    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+def _build_splits(name, data_dir, lists, sensor_size, num_classes, frames: FrameOptions, cache: CacheOptions,
+                  augment: Augment) -> Splits:
+    """lists: {"train": [(source, label)], "test": [...]} -> a FrameCache per split, read by FrameDatasets."""
+    convert, shape = ToFrames(sensor_size, frames), frames.shape(sensor_size)
     datasets = {}
     for split, samples in lists.items():
         sources = [s for s, _ in samples]
-        key = {"dataset": name, "split": split, "T": T, "split_by": split_by,
-               "bin_ms": bin_ms if split_by == "time" else None, "sensor_size": list(sensor_size),
-               "downsample": downsample, "denoise_ms": denoise_ms, "on_corrupt": on_corrupt,
+        # the cache's key: keep this dict as it is, or every cache already built is orphaned and built again
+        key = {"dataset": name, "split": split, "T": frames.T, "split_by": frames.split_by,
+               "bin_ms": frames.bin_ms if frames.split_by == "time" else None, "sensor_size": list(sensor_size),
+               "downsample": frames.downsample, "denoise_ms": frames.denoise_ms, "on_corrupt": cache.on_corrupt,
                "files": _digest(sources, data_dir)}
-        cache = FrameCache(root, key)
-        cache.get_or_build(sources, [label for _, label in samples], convert, (T, 2, h, w), workers, on_corrupt,
-                           desc=f"{name} {split}: events -> {T} frames")
-        train = split == "train"
-        datasets[split] = FrameDataset(cache.dir, flip=flip and train, roll=roll if train else 0)
-    return Splits(datasets["train"], datasets["test"], (2, h, w), num_classes, sequence=True)
+        built = FrameCache(cache.root(), key)
+        built.get_or_build(sources, [label for _, label in samples], convert, shape, cache.workers, cache.on_corrupt,
+                           desc=f"{name} {split}: events -> {frames.T} frames")
+        aug = augment if split == "train" else Augment()
+        datasets[split] = FrameDataset(built.dir, flip=aug.flip, roll=aug.roll)
+    return Splits(datasets["train"], datasets["test"], shape[1:], num_classes, sequence=True)
 
 
 def _digest(sources, data_dir) -> str:
@@ -262,11 +326,12 @@ def _sorted_files(folder: Path, suffixes) -> List[Path]:
     return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
 
 
-def nmnist(data_dir="data", download=True, T=10, split_by="number", bin_ms=None, downsample=1, denoise_ms=None,
-           on_corrupt="error", cache_dir=None, workers=None, flip=False, roll=0) -> Splits:
-    """N-MNIST (Orchard 2015): 34x34 sensor, 10 classes, 60,000 / 10,000 recordings."""
+def nmnist(data_dir="data", download=True, **options) -> Splits:
+    """N-MNIST (Orchard 2015): 34x34 sensor, 10 classes, 60,000 / 10,000 recordings. `options`: the fields of
+    FrameOptions (T=10 frames by default), CacheOptions and Augment."""
     from tonic.datasets import NMNIST
 
+    frames, cache, augment = event_options("nmnist", options)
     root = Path(data_dir).expanduser() / "NMNIST"
     lists = {}
     for split, folder, archive, md5 in (("train", "Train", NMNIST.train_filename, NMNIST.train_md5),
@@ -282,8 +347,7 @@ def nmnist(data_dir="data", download=True, T=10, split_by="number", bin_ms=None,
         if not files:
             raise _nmnist_missing(root)
         lists[split] = [(str(f), int(f.parent.name)) for f in files]
-    return _build_splits("nmnist", data_dir, lists, NMNIST.sensor_size[:2], 10, T, split_by, bin_ms, downsample,
-                         denoise_ms, on_corrupt, cache_dir, workers, flip, roll)
+    return _build_splits("nmnist", data_dir, lists, NMNIST.sensor_size[:2], 10, frames, cache, augment)
 
 
 def _nmnist_missing(root, err=None):
@@ -310,13 +374,13 @@ def _extract(archive: Path, to: Path) -> None:
 CIFAR10DVS_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
-def dvs_cifar10(data_dir="data", download=True, T=10, split_by="number", bin_ms=None, downsample=1,
-                denoise_ms=None, on_corrupt="error", cache_dir=None, workers=None, flip=False, roll=0,
-                test_fraction=0.1, split_seed=0) -> Splits:
+def dvs_cifar10(data_dir="data", download=True, test_fraction=0.1, split_seed=0, **options) -> Splits:
     """CIFAR10-DVS (Li 2017): 128x128 sensor, 10 classes, 1,000 recordings each, no official split: a
-    seeded, class-stratified split (test_fraction of each class), stored beside the cache and reused."""
+    seeded, class-stratified split (test_fraction of each class), stored beside the cache and reused.
+    `options`: the fields of FrameOptions (T=10 frames by default), CacheOptions and Augment."""
     from tonic.datasets import CIFAR10DVS
 
+    frames, cache, augment = event_options("dvs_cifar10", options)
     root = Path(data_dir).expanduser() / "CIFAR10DVS"
     if not any((root / c).is_dir() for c in CIFAR10DVS_CLASSES):
         if (root / CIFAR10DVS.filename).is_file():
@@ -335,11 +399,9 @@ def dvs_cifar10(data_dir="data", download=True, T=10, split_by="number", bin_ms=
             samples += [(str(f), label) for f in _sorted_files(root / c, {".aedat", ".aedat4"})]
     if not samples:
         raise _cifar10dvs_missing(root)
-    root_cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    lists = stratified_split(samples, test_fraction, split_seed, root_cache / f"dvs_cifar10-split-seed{split_seed}"
-                             f"-test{test_fraction}.json", base=str(root))
-    return _build_splits("dvs_cifar10", data_dir, lists, (128, 128), 10, T, split_by, bin_ms, downsample, denoise_ms,
-                         on_corrupt, cache_dir, workers, flip, roll)
+    store = cache.root() / f"dvs_cifar10-split-seed{split_seed}-test{test_fraction}.json"
+    lists = stratified_split(samples, test_fraction, split_seed, store, base=str(root))
+    return _build_splits("dvs_cifar10", data_dir, lists, (128, 128), 10, frames, cache, augment)
 
 
 def _cifar10dvs_missing(root, err=None):
@@ -373,10 +435,7 @@ def stratified_split(samples: Sequence[Tuple[str, int]], test_fraction: float, s
             known[rels[idx]] = "test" if j < n_test else "train"
     if new_by_class:
         store.parent.mkdir(parents=True, exist_ok=True)
-        out = {s: sorted(r for r, v in known.items() if v == s) for s in ("train", "test")}
-        tmp = store.with_name(store.name + f".tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(out, indent=0))
-        os.replace(tmp, store)
+        write_json_atomic(store, {s: sorted(r for r, v in known.items() if v == s) for s in ("train", "test")})
     lists = {"train": [], "test": []}
     for path, label in samples:
         lists[known[os.path.relpath(path, base)]].append((path, label))
@@ -386,13 +445,14 @@ def stratified_split(samples: Sequence[Tuple[str, int]], test_fraction: float, s
 GESTURE_TRAIN_USERS = range(1, 24)  # the official split: users 1-23 train, 24-29 test
 
 
-def dvs_gesture(data_dir="data", download=True, T=20, split_by="number", bin_ms=None, downsample=1,
-                denoise_ms=None, on_corrupt="error", cache_dir=None, workers=None, flip=False, roll=0) -> Splits:
+def dvs_gesture(data_dir="data", download=True, **options) -> Splits:
     """DVS128 Gesture (Amir 2017): 128x128 sensor, 11 classes. The official release (`DvsGesture/`:
     AEDAT 3.1 recordings, one `_labels.csv` each, trials_to_train.txt / trials_to_test.txt), or tonic's
-    download (`DVSGesture/ibmGesture{Train,Test}/<user>_<lighting>/<class>.npy`)."""
+    download (`DVSGesture/ibmGesture{Train,Test}/<user>_<lighting>/<class>.npy`). `options`: the fields of
+    FrameOptions (T=20 frames by default), CacheOptions and Augment."""
     from tonic.datasets import DVSGesture
 
+    frames, cache, augment = event_options("dvs_gesture", options, T=20)
     base = Path(data_dir).expanduser()
     official, tonic_dir = base / "DvsGesture", base / "DVSGesture"
     if not official.is_dir() and (base / "DvsGesture.tar.gz").is_file():
@@ -410,8 +470,7 @@ def dvs_gesture(data_dir="data", download=True, T=20, split_by="number", bin_ms=
             raise _gesture_missing(official)
         lists = {split: [(str(f), int(f.stem)) for f in _sorted_files(tonic_dir / folder, {".npy"})]
                  for split, folder in (("train", "ibmGestureTrain"), ("test", "ibmGestureTest"))}
-    return _build_splits("dvs_gesture", data_dir, lists, (128, 128), 11, T, split_by, bin_ms, downsample,
-                         denoise_ms, on_corrupt, cache_dir, workers, flip, roll)
+    return _build_splits("dvs_gesture", data_dir, lists, (128, 128), 11, frames, cache, augment)
 
 
 def _gesture_official(folder: Path):
@@ -426,7 +485,7 @@ def _gesture_official(folder: Path):
         if not labels.is_file():
             raise DatasetError(f"{rec} has no label file {labels.name} beside it")
         if trials:
-            split = "train" if rec.name in trials.get("train", ()) else "test" if rec.name in trials.get("test", ()) else None
+            split = next((s for s in ("train", "test") if rec.name in trials.get(s, ())), None)
             if split is None:
                 continue
         else:

@@ -1,6 +1,6 @@
 """Integrate an event stream (x, y, t, p) into T frames of shape [2, H, W] (event counts per polarity).
 
-Two ways to cut the stream into T slices (snn-reference.md 4):
+Two ways to cut the stream into T slices (docs/science.md, section 4):
 - split_by="number": equal event counts, as SpikingJelly's code the PLIF paper used: with N events and
   d = N // T, slice k < T-1 holds events [k d, (k+1) d) and the last slice the rest [(T-1) d, N).
 - split_by="time": by time. With bin_ms set (STBP: 5 ms), slice k holds events with

@@ -11,10 +11,8 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 
 from snnexp import cache_home
-
-
-class DatasetError(RuntimeError):
-    """Data that cannot be found or read; the message says where to put which files."""
+from snnexp.errors import DatasetError
+from snnexp.files import atomic_path
 
 
 @dataclass
@@ -54,14 +52,12 @@ def _digits_arrays(test_fraction: float, split_seed: int):
     idx = torch.arange(len(y)).numpy()
     tr, te = train_test_split(idx, test_size=test_fraction, random_state=split_seed, stratify=d.target)
     arrays = (x, y, torch.as_tensor(sorted(tr)), torch.as_tensor(sorted(te)))
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:  # atomic, for parallel jobs; a cache that cannot be written only costs the next run the 2 s
+    # atomic, for parallel jobs; a cache that cannot be written only costs the next run the 2 s. Saved through
+    # open(), which raises OSError where torch.save's own file writer raises RuntimeError.
+    with contextlib.suppress(OSError):
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(arrays, tmp)
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            torch.save(arrays, f)
     return arrays
 
 

@@ -6,14 +6,15 @@ in as factories, so one override (`neuron=plif`, `norm=tdbn`) swaps every SN and
 """
 
 import math
-from typing import Callable, Optional, Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
+from snnexp.errors import ModelError, SpecError
 from snnexp.layers import SeqDropout, SeqFlatten, SeqToANN
 from snnexp.models.resnet import SpikingResNet
-from snnexp.models.spec import Layer, ModelError, SpecError, expand, format_spec, parse_spec
+from snnexp.models.spec import Layer, expand, format_spec, parse_spec
 
 __all__ = ["MLP", "ModelError", "SpecNet", "SpecError", "SpikingResNet", "parse_spec", "format_spec"]
 

@@ -13,8 +13,8 @@ from typing import Callable, Sequence
 
 from torch import nn
 
+from snnexp.errors import ModelError
 from snnexp.layers import SeqFlatten, SeqToANN
-from snnexp.models.spec import ModelError
 
 LAYERS = {18: ("basic", [2, 2, 2, 2]), 34: ("basic", [3, 4, 6, 3]), 50: ("bottleneck", [3, 4, 6, 3])}
 CONNECTIONS = ("spiking", "add", "iand")

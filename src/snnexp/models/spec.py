@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass
 from typing import List, Tuple, Union
 
+from snnexp.errors import SpecError
+
 TOKEN_HELP = (
     "expected one of: cXkY[sZ][pW] (conv), FCn (linear), MPkXsY / APkXsY (max / avg pool), "
     "BN (norm), SN (neuron), DP or DPp (dropout), {...}*n (repeat)"
@@ -30,18 +32,10 @@ _PATTERNS = {
 }
 
 
-class ModelError(ValueError):
-    """A network that cannot be built for this input/output shape or these options."""
-
-
-class SpecError(ValueError):
-    """A malformed network spec; the message points at the bad token."""
-
-    def __init__(self, spec: str, pos: int, length: int, problem: str):
-        length = max(1, length)
-        super().__init__(
-            f"{problem} at position {pos} of model.spec:\n  {spec}\n  {' ' * pos}{'^' * length}\n{TOKEN_HELP}"
-        )
+def _bad_token(spec: str, pos: int, length: int, problem: str) -> SpecError:
+    """The error for a spec with a problem at `pos`: the spec with a caret under the bad token, and the grammar."""
+    length = max(1, length)
+    return SpecError(f"{problem} at position {pos} of model.spec:\n  {spec}\n  {' ' * pos}{'^' * length}\n{TOKEN_HELP}")
 
 
 @dataclass(frozen=True)
@@ -83,11 +77,11 @@ def format_spec(nodes) -> str:
 def parse_spec(spec: str) -> Tuple[Node, ...]:
     """Parse a spec string into a tree of Layer and Repeat nodes, or raise SpecError."""
     if not isinstance(spec, str) or not spec.strip():
-        raise SpecError(str(spec), 0, 1, "empty network spec")
+        raise _bad_token(str(spec), 0, 1, "empty network spec")
     spec = spec.strip()
     nodes, pos = _parse_seq(spec, 0, depth=0)
     if pos != len(spec):
-        raise SpecError(spec, pos, 1, f"unexpected '{spec[pos]}'")
+        raise _bad_token(spec, pos, 1, f"unexpected '{spec[pos]}'")
     return nodes
 
 
@@ -104,15 +98,15 @@ def _parse_seq(spec, pos, depth):
 
 def _parse_item(spec, pos, depth):
     if pos >= len(spec):
-        raise SpecError(spec, pos, 1, "missing layer (the spec ends with '-')")
+        raise _bad_token(spec, pos, 1, "missing layer (the spec ends with '-')")
     if spec[pos] == "{":
         open_pos = pos
         items, pos = _parse_seq(spec, pos + 1, depth + 1)
         if pos >= len(spec) or spec[pos] != "}":
-            raise SpecError(spec, open_pos, 1, "'{' without a matching '}'")
+            raise _bad_token(spec, open_pos, 1, "'{' without a matching '}'")
         m = re.compile(r"\*(\d+)").match(spec, pos + 1)
         if not m or int(m.group(1)) < 1:
-            raise SpecError(spec, pos + 1, 2, "a group '{...}' must be followed by '*n' with n >= 1")
+            raise _bad_token(spec, pos + 1, 2, "a group '{...}' must be followed by '*n' with n >= 1")
         return Repeat(items, int(m.group(1))), m.end()
     end = pos
     while end < len(spec) and spec[end] not in "-{}":
@@ -123,13 +117,13 @@ def _parse_item(spec, pos, depth):
         if m:
             args = tuple(None if g is None else (float(g) if "." in g else int(g)) for g in m.groups())
             if any(isinstance(a, int) and a < 1 for a in args if a is not None and kind != "conv"):
-                raise SpecError(spec, pos, len(text), f"'{text}' needs sizes >= 1")
+                raise _bad_token(spec, pos, len(text), f"'{text}' needs sizes >= 1")
             if kind == "conv" and (args[0] < 1 or args[1] < 1 or (args[2] is not None and args[2] < 1)):
-                raise SpecError(spec, pos, len(text), f"'{text}' needs channels, kernel and stride >= 1")
+                raise _bad_token(spec, pos, len(text), f"'{text}' needs channels, kernel and stride >= 1")
             return Layer(kind, args), end
     if text == "" and end < len(spec) and spec[end] == "}":
-        raise SpecError(spec, pos, 1, "empty group or missing layer before '}'")
-    raise SpecError(spec, pos, len(text), f"unknown token '{text}'")
+        raise _bad_token(spec, pos, 1, "empty group or missing layer before '}'")
+    raise _bad_token(spec, pos, len(text), f"unknown token '{text}'")
 
 
 def expand(nodes) -> List[Layer]:

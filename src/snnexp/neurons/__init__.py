@@ -1,16 +1,47 @@
-"""Spiking neuron modules: thin wrappers holding parameters around the functions in `functional`."""
+"""Spiking neurons: `lif_multistep` / `if_multistep`, which run a layer over a whole sequence through the fused
+kernel or the reference definition, and the modules (IF, LIF, PLIF, STBPLIF), thin wrappers that hold parameters
+and call them. Equations: docs/science.md, section 1.
+
+Dependencies point one way: functional.py (the definitions) <- fused.py (the op and its kernels) <- this module.
+"""
 
 import math
-from typing import Optional
+from typing import Callable, Dict, Optional, Union
 
 import torch
 from torch import nn
 
-from snnexp.neurons.functional import BACKENDS, if_multistep, lif_multistep
-from snnexp.neurons.fused import lif_multistep_fused  # loaded with the modules, so torch.compile finds it imported
+from snnexp.neurons.functional import lif_multistep_reference
+from snnexp.neurons.fused import lif_multistep_fused  # imported with the modules, so torch.compile finds the op
 from snnexp.surrogate import ATan, Surrogate
 
-__all__ = ["IF", "LIF", "PLIF", "STBPLIF", "SpikingNeuron", "if_multistep", "lif_multistep", "lif_multistep_fused"]
+__all__ = ["IF", "LIF", "PLIF", "STBPLIF", "SpikingNeuron", "if_multistep", "lif_multistep", "lif_multistep_fused",
+           "lif_multistep_reference"]
+
+BACKENDS = ("fused", "reference")
+
+
+def check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"neuron backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+
+
+def lif_multistep(x_seq: torch.Tensor, tau_inv: Union[float, torch.Tensor, None], surrogate: Callable,
+                  v_threshold: float = 1.0, v_reset: Optional[float] = 0.0, decay_input: bool = True,
+                  detach_reset: bool = False, return_v: bool = False, backend: str = "fused"):
+    """`lif_multistep_reference`, through the fused kernel when it can: backend "fused" (the default) with a
+    surrogate the kernels know and no `return_v`; "reference" always runs the definition."""
+    check_backend(backend)
+    if backend == "fused" and not return_v and getattr(surrogate, "kernel_args", lambda: None)() is not None:
+        return lif_multistep_fused(x_seq, tau_inv, surrogate, v_threshold, v_reset, decay_input, detach_reset)
+    return lif_multistep_reference(x_seq, tau_inv, surrogate, v_threshold, v_reset, decay_input, detach_reset,
+                                   return_v)
+
+
+def if_multistep(x_seq: torch.Tensor, surrogate, v_threshold=1.0, v_reset=0.0, detach_reset=False, return_v=False,
+                 backend: str = "fused"):
+    """Integrate-and-fire: no leak."""
+    return lif_multistep(x_seq, None, surrogate, v_threshold, v_reset, True, detach_reset, return_v, backend)
 
 
 class SpikingNeuron(nn.Module):
@@ -28,13 +59,16 @@ class SpikingNeuron(nn.Module):
         backend: str = "fused",
     ):
         super().__init__()
-        if backend not in BACKENDS:
-            raise ValueError(f"neuron backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        check_backend(backend)
         self.v_threshold = float(v_threshold)
         self.v_reset = None if v_reset is None else float(v_reset)
         self.detach_reset = bool(detach_reset)
         self.surrogate = surrogate if surrogate is not None else ATan()
         self.backend = backend
+
+    def scalars(self) -> Dict[str, float]:
+        """What this layer logs to TensorBoard beside its firing rate, by name (PLIF: its learned tau)."""
+        return {}
 
     def extra_repr(self):
         return (f"v_threshold={self.v_threshold}, v_reset={self.v_reset}, detach_reset={self.detach_reset}, "
@@ -72,6 +106,9 @@ class PLIF(SpikingNeuron):
     @property
     def tau(self) -> float:
         return 1.0 / torch.sigmoid(self.w.detach()).item()
+
+    def scalars(self) -> Dict[str, float]:
+        return {"tau": self.tau}
 
     def forward(self, x_seq):
         tau_inv = torch.sigmoid(self.w)

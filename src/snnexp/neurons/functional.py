@@ -1,7 +1,7 @@
 """Multi-step neuron dynamics as plain functions: the reference definition of each neuron.
 
 Input is time-major [T, B, ...]; every call starts from rest (V = V_reset, or 0 for a soft reset),
-so nothing has to be reset between batches. Equations: snn-reference.md, section 1.
+so nothing has to be reset between batches. Equations and the papers: docs/science.md, section 1.
 
     H[t] = V[t-1] + (X[t] - (V[t-1] - V_reset)) / tau      decay_input = True
     H[t] = V[t-1] - (V[t-1] - V_reset) / tau + X[t]        decay_input = False
@@ -10,8 +10,9 @@ so nothing has to be reset between batches. Equations: snn-reference.md, section
     V[t] = H[t] (1 - S[t]) + V_reset S[t]                  hard reset
     V[t] = H[t] - V_th S[t]                                soft reset (v_reset = None)
 
-`lif_multistep_reference` is the definition: autograd differentiates it op by op. `lif_multistep`, what the
-modules call, runs the fused kernel (fused.py) by default; tests compare the two.
+`lif_multistep_reference` is the definition: autograd differentiates it op by op. The fused kernel (fused.py)
+computes the same; `snnexp.neurons.lif_multistep`, what the modules call, chooses between the two. This module
+imports nothing of snnexp: fused.py builds on it, never the reverse.
 """
 
 from typing import Callable, Optional, Union
@@ -61,35 +62,3 @@ def lif_multistep_reference(
             v_seq.append(v)
     spikes = torch.stack(spikes)
     return (spikes, torch.stack(v_seq)) if return_v else spikes
-
-
-BACKENDS = ("fused", "reference")
-
-
-def lif_multistep(
-    x_seq: Tensor,
-    tau_inv: Union[float, Tensor, None],
-    surrogate: Callable[[Tensor], Tensor],
-    v_threshold: float = 1.0,
-    v_reset: Optional[float] = 0.0,
-    decay_input: bool = True,
-    detach_reset: bool = False,
-    return_v: bool = False,
-    backend: str = "fused",
-):
-    """`lif_multistep_reference`, through the fused kernel when it can: backend "fused" (the default) with a
-    surrogate the kernels know and no `return_v`; "reference" always runs the definition."""
-    if backend not in BACKENDS:
-        raise ValueError(f"neuron backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    if backend == "fused" and not return_v and getattr(surrogate, "kernel_args", lambda: None)() is not None:
-        from snnexp.neurons.fused import lif_multistep_fused  # fused.py builds on this module
-
-        return lif_multistep_fused(x_seq, tau_inv, surrogate, v_threshold, v_reset, decay_input, detach_reset)
-    return lif_multistep_reference(x_seq, tau_inv, surrogate, v_threshold, v_reset, decay_input, detach_reset,
-                                   return_v)
-
-
-def if_multistep(x_seq: Tensor, surrogate, v_threshold=1.0, v_reset=0.0, detach_reset=False, return_v=False,
-                 backend: str = "fused"):
-    """Integrate-and-fire: no leak."""
-    return lif_multistep(x_seq, None, surrogate, v_threshold, v_reset, True, detach_reset, return_v, backend)

@@ -17,7 +17,6 @@ import os
 import platform
 import shutil
 import subprocess
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
@@ -25,6 +24,7 @@ from typing import Optional
 import torch
 
 from snnexp import cache_home
+from snnexp.files import atomic_path
 
 SOURCE = Path(__file__).with_name("lif_cpu.c")
 # -ffp-contract=off: no fused multiply-add, so H is computed with PyTorch's rounding and spikes match exactly.
@@ -69,12 +69,10 @@ def build(verbose: bool = False) -> Path:
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:  # build aside, then rename: never half a file
-        out = Path(tmp) / target.name
+    with atomic_path(target) as out:  # build aside, then rename: never half a file
         proc = subprocess.run([cc, *FLAGS, "-o", str(out), str(SOURCE), "-lm"], capture_output=True, text=True)
         if proc.returncode != 0:
             raise KernelUnavailable(f"{cc} could not build {SOURCE.name}:\n{proc.stderr.strip()}")
-        os.replace(out, target)
     if verbose:
         print(f"built {target}")
     return target

@@ -1,0 +1,190 @@
+"""Checkpoints: what a run saves and how it is read back.
+
+`TrainState` is everything a resumed run needs to go on exactly as if never stopped: the model, optimizer,
+schedule and loss scaler, how far training went (epochs done, optimizer steps, and the batches of the next epoch
+already trained on with their running sums), the metrics so far and every random generator's state. Its
+`state_dict()` / `load_state_dict()` are what `save` writes and `resume` reads.
+
+    save(path, state, meta)    atomic: a crash or a full disk mid-write leaves the previous file intact
+    load(path)                 weights_only (never runs code from the file), checked to be a snnexp checkpoint
+    resume(path, state)        load + state.load_state_dict, with messages for a checkpoint that does not fit
+
+`snnexp eval` and `snnexp export` read checkpoints through `load` too. The run's other files (metrics.json,
+run_info.json) are written with `write_json`, which fails with the same advice as a checkpoint write.
+"""
+
+import logging
+import random
+import warnings
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+
+from snnexp import distributed
+from snnexp.errors import CheckpointError
+from snnexp.files import atomic_path, write_json_atomic
+
+log = logging.getLogger("snnexp")
+
+FORMAT = 2  # 2: RNG states and the position within an epoch, for exact resume
+_WRITE_ADVICE = "(free disk space, or give hydra.run.dir=... elsewhere)"
+
+
+@dataclass
+class EpochTotals:
+    """Sums over the batches of an epoch so far: saved with a mid-epoch checkpoint, so that a resumed epoch
+    reports the same metrics as one never interrupted."""
+
+    batches: int = 0  # batches taken from the epoch's order (skipped ones included)
+    steps: int = 0    # optimizer steps
+    loss: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    skipped: int = 0  # batches with a non-finite loss or gradient, left out (trainer.on_nonfinite=skip)
+    grad_norm: Dict[str, float] = field(default_factory=dict)
+
+
+def rng_state() -> Dict[str, Any]:
+    """Every random generator a run draws from, in types that load with weights_only."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss,
+                                                     cached), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class TrainState:
+    """The training state of a run (module docstring). `epoch` counts finished epochs; `totals` is the position
+    within the next one (None at an epoch's start)."""
+
+    def __init__(self, model, optimizer, scheduler, scaler):
+        self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
+        self.epoch = 0
+        self.step = 0
+        self.totals: Optional[EpochTotals] = None
+        self.metrics: Dict[str, Any] = {"best_test_acc": 0.0}
+
+    def state_dict(self, end_of_epoch: Optional[int] = None) -> Dict[str, Any]:
+        """`end_of_epoch`: the state as at the end of that epoch, however far into it training went (best.pt,
+        which is tested and exported, never resumed). Data parallel: every process calls it (their RNG states
+        are gathered and their sums added)."""
+        rngs = distributed.gather(rng_state())
+        totals = None if end_of_epoch is not None else self.totals
+        if totals is not None and distributed.world() > 1:  # the sums over all processes; a resume gives them to rank 0
+            loss, correct, seen = distributed.sum_all([totals.loss, totals.correct, totals.seen])
+            totals = replace(totals, loss=loss, correct=int(correct), seen=int(seen))
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch if end_of_epoch is None else end_of_epoch,
+            "batch": totals.batches if totals else 0,
+            "totals": asdict(totals) if totals else None,
+            "step": self.step,
+            "metrics": self.metrics,
+            "rng": rngs[0],
+            "rng_per_process": rngs if len(rngs) > 1 else None,  # data parallel: rank r's states at r
+        }
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Raises RuntimeError, ValueError or KeyError when the weights or optimizer do not fit (see `resume`)."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        rngs = state.get("rng_per_process") or [state["rng"]]
+        if len(rngs) == distributed.world():
+            set_rng_state(rngs[distributed.rank()])
+        else:  # the data order depends on (seed, epoch) alone and goes on where it stopped
+            log.warning("the checkpoint was saved by %d processes and is resumed by %d: the random draws (dropout, "
+                        "Poisson spikes) start afresh from the seed", len(rngs), distributed.world())
+        self.metrics = state["metrics"] or self.metrics
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.totals = EpochTotals(**state["totals"]) if state["totals"] else None
+        if self.totals and not distributed.is_main():  # the saved sums are over all processes: rank 0 carries them
+            self.totals.loss, self.totals.correct, self.totals.seen = 0.0, 0, 0
+
+
+def save(path: Path, state: TrainState, meta: Dict[str, Any], end_of_epoch: Optional[int] = None) -> None:
+    """Write `state` (and `meta`: the config, input shape and class count that rebuild the network) to `path`,
+    atomically. Data parallel: every process calls it; rank 0 writes and all raise if it failed."""
+    contents = {"snnexp_checkpoint": FORMAT, **state.state_dict(end_of_epoch), **meta}
+    error = None
+    if distributed.is_main():
+        try:
+            # through open(): a full disk is then an OSError (torch's own file writer raises RuntimeError)
+            with atomic_path(path) as tmp, open(tmp, "wb") as f:
+                torch.save(contents, f)
+        except OSError as e:
+            error = (f"cannot write checkpoint {path}: {e.strerror or e} {_WRITE_ADVICE}; the previous checkpoint "
+                     "is intact")
+    error = distributed.from_main(error)
+    if error:
+        raise CheckpointError(error)
+
+
+def load(path) -> Dict[str, Any]:
+    """Load without executing code from the file (weights_only) and check it is a snnexp checkpoint."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing a file
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated file, not a torch file, or a pickle that needs arbitrary code
+        raise CheckpointError(_unreadable(path, str(e))) from None
+    if not isinstance(state, dict) or "snnexp_checkpoint" not in state:
+        raise CheckpointError(f"{path} is a torch file but not a snnexp checkpoint (no 'snnexp_checkpoint' key)")
+    if state["snnexp_checkpoint"] > FORMAT:
+        raise CheckpointError(f"{path} has checkpoint format {state['snnexp_checkpoint']}: upgrade snnexp")
+    return state
+
+
+def _unreadable(path: Path, text: str) -> str:
+    """Why torch.load refused the file, in a line: code it would have to run (torch's words), or damage."""
+    if "Weights only load failed" in text:
+        rest = text.split("WeightsUnpickler error:", 1)[1] if "WeightsUnpickler error:" in text \
+            else text.split("\n", 1)[-1]
+        detail = [line.strip() for line in rest.splitlines()
+                  if line.strip() and not line.startswith(("Please file", "Check the documentation"))]
+        needs = detail[0].split(". ")[0].rstrip(".") if detail else ""  # what it asked for, in torch's words
+        return (f"cannot read checkpoint {path}: it is not a snnexp checkpoint: loading it would run Python code "
+                f"from the file, which snnexp never does{' (' + needs + ')' if needs else ''}")
+    return (f"cannot read checkpoint {path}: not a valid snnexp checkpoint (truncated, or not written by snnexp "
+            f"train): {text.splitlines()[0].split('. ')[0]}")
+
+
+def resume(path: Path, state: TrainState) -> None:
+    """Load the checkpoint at `path` into `state`, or say why it cannot be resumed."""
+    saved = load(path)
+    if "rng" not in saved:
+        raise CheckpointError(f"{path} was written by an older snnexp (format {saved['snnexp_checkpoint']}) "
+                              "without the state a resume needs; start a new run")
+    try:
+        state.load_state_dict(saved)
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{path} does not fit this config's network or optimizer (resume with the same "
+                              f"overrides as the run): {str(e).splitlines()[0]}") from None
+
+
+def write_json(path: Path, data) -> None:
+    """A run file (metrics.json, run_info.json), atomically."""
+    try:
+        write_json_atomic(path, data)
+    except OSError as e:
+        raise CheckpointError(f"cannot write {path}: {e.strerror or e} {_WRITE_ADVICE}") from None

@@ -34,6 +34,7 @@ lint: $(INSTALLED)
 bench: $(INSTALLED)
 	$(PY) bench/bench_neuron.py
 	$(PY) bench/bench_train_step.py
+	$(PY) bench/bench_framework.py
 	$(PY) bench/bench_mnist_epoch.py
 	$(PY) bench/bench_frames.py $(ARGS)
 

@@ -47,8 +47,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     ap.add_argument("--repeats", type=int, default=1)
-    ap.add_argument("--ours", nargs="*", default=["trainer.channels_last=true"],
-                    help="extra overrides for snnexp train (default: trainer.channels_last=true)")
+    ap.add_argument("--ours", nargs="*", default=[],
+                    help="extra overrides for snnexp train (default: none, the default config)")
     args = ap.parse_args()
     raw = args.data / "MNIST" / "raw"
     if not raw.is_dir():

@@ -28,6 +28,7 @@ bench/results/neuron.json.
 import argparse
 import ctypes
 import json
+import resource
 import subprocess
 import sys
 import threading
@@ -118,7 +119,10 @@ def measure(impl: str, kind: str, T: int, repeats: int, device: str = "cpu", wha
         def timed():
             x.grad = None
             step()
-        return {"ms": 1000 * median_time(timed, repeats)}
+        # page faults per call beside the time: first touch of freshly mapped memory costs more than the kernels
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        ms = 1000 * median_time(timed, repeats)
+        return {"ms": ms, "page_faults": (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / repeats}
     if cuda:  # the allocator's peak over one call
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
@@ -197,13 +201,14 @@ def main():
             results["rows"].append(row)
             sj = row.get("SpikingJelly")
             print(f"\n{kind.upper()} {row['shape']}, forward + backward")
-            print(f"  {'':17s} {'ms':>8s} {'peak MB':>8s} {'SJ/this time':>13s} {'this/SJ mem':>12s} "
+            print(f"  {'':17s} {'ms':>8s} {'faults':>8s} {'peak MB':>8s} {'SJ/this time':>13s} {'this/SJ mem':>12s} "
                   f"{'this/bound':>11s}")
             for impl in args.impls:
                 r = row[impl]
                 vs_sj = (f"{sj['ms'] / r['ms']:12.2f}x {r['peak_mb'] / max(sj['peak_mb'], 1e-9):11.2f}x"
                          if sj else f"{'-':>13s} {'-':>12s}")
-                print(f"  {impl:17s} {r['ms']:8.1f} {r['peak_mb']:8.0f} {vs_sj} {r['ms'] / bound_ms:10.2f}x")
+                print(f"  {impl:17s} {r['ms']:8.1f} {r['page_faults']:8.0f} {r['peak_mb']:8.0f} {vs_sj} "
+                      f"{r['ms'] / bound_ms:10.2f}x")
     print()
     write_results("neuron", results)
 

@@ -6,6 +6,8 @@ rate against the one-hot label, Adam lr 1e-3):
 - convnet: {c32k3s1-BN-SN-MPk2s2}*2-FC100-SN-APk10s10, T=4, batch 64, 1x28x28 images repeated over T
 - nmnist:  the PLIF paper's N-MNIST net {c128k3s1-BN-SN-MPk2s2}*2-DP-FC2048-SN-DP-FC100-SN-APk10s10, T=10,
            batch 16, 2x34x34 binary event frames
+- dvs_cifar10: the PLIF paper's CIFAR10-DVS net {c128k3s1-BN-SN-MPk2s2}*4-DP-FC512-SN-DP-FC100-SN-APk10s10,
+           T=20, batch 4, 2x128x128 binary event frames
 
 The SpikingJelly network is translated from ours layer by layer (SeqToANNContainer around the same conv,
 linear and pooling modules, its BatchNorm2d/1d and ParametricLIFNode in step_mode='m', Flatten, Dropout)
@@ -36,6 +38,8 @@ NETS = {
                     steps=5, repeats=5),
     "nmnist": dict(spec="{c128k3s1-BN-SN-MPk2s2}*2-DP-FC2048-SN-DP-FC100-SN-APk10s10", T=10, batch=16,
                    input=(2, 34, 34), steps=2, repeats=3),
+    "dvs_cifar10": dict(spec="{c128k3s1-BN-SN-MPk2s2}*4-DP-FC512-SN-DP-FC100-SN-APk10s10", T=20, batch=4,
+                        input=(2, 128, 128), steps=1, repeats=3),
 }
 
 
@@ -89,8 +93,13 @@ def reset_sj(net):
 
 
 class Variant:
-    def __init__(self, name, net, autocast=False, channels_last=False, compile=False, spikingjelly=False):
+    """direct: an image input goes in as direct coding gives it, one [B, ...] view repeated over T (stride 0), so
+    the layers before the first neuron run once (snnexp.layers); else as T materialised copies."""
+
+    def __init__(self, name, net, autocast=False, channels_last=False, compile=False, spikingjelly=False,
+                 direct=False):
         self.name, self.autocast, self.channels_last, self.sj = name, autocast, channels_last, spikingjelly
+        self.direct = direct
         if channels_last:
             net = net.to(memory_format=torch.channels_last)
         self.model = net
@@ -101,6 +110,8 @@ class Variant:
     def step(self, x_seq, y):
         if self.sj:
             reset_sj(self.model)
+        if self.direct and x_seq.shape[2] == 1:  # images (the convnet's), not event frames
+            x_seq = x_seq[0].unsqueeze(0).expand(x_seq.shape)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
             spikes = self.net(x_seq)
         loss = self.loss_fn(spikes.float().mean(0), y)
@@ -125,9 +136,9 @@ def run_net(name, cfg, args):
     steps, repeats = args.steps or cfg["steps"], args.repeats or cfg["repeats"]
     torch.manual_seed(0)
     base = ours(cfg["spec"], cfg["input"])
-    variants = [
-        Variant("snnexp", copy.deepcopy(base)),
-        Variant("snnexp channels_last", copy.deepcopy(base), channels_last=True),
+    variants = [  # the first is the reference of the first-step check; the second what `snnexp train` runs
+        Variant("snnexp NCHW, T copies", copy.deepcopy(base)),
+        Variant("snnexp default", copy.deepcopy(base), channels_last=True, direct=True),
         Variant("snnexp torch.compile", copy.deepcopy(base), compile=True),
         Variant("snnexp reference neurons", ours(cfg["spec"], cfg["input"], "reference")),
         Variant("SpikingJelly", spikingjelly_twin(base), spikingjelly=True),
@@ -147,7 +158,7 @@ def run_net(name, cfg, args):
     first = {v.name: [(v.step(x, y), v.grad_norm.item())] for v in variants}
     for m, p in zip(dropouts, saved_p):
         m.p = p
-    ref = first["snnexp"]
+    ref = first[variants[0].name]
     for v in variants:
         tol = 5e-2 if v.autocast else 1e-3  # float32: summation order differs (channels_last, compile)
         for (loss, gn), (loss_ref, gn_ref) in zip(first[v.name], ref):

@@ -42,6 +42,9 @@ CASES = [
     ("checkpoint every 0 steps", ["train", "trainer.ckpt_every_steps=0"],
      "snnexp: error: invalid config:\n  trainer.ckpt_every_steps=0 is out of range: must be null or an integer "
      ">= 1", 2),
+    ("event frames through a spike encoder", ["train", "dataset=nmnist", "encoder=poisson"],
+     "snnexp: error: invalid config:\n  this dataset gives event frames, which are fed as they are: use "
+     "encoder=direct, not PoissonEncoder", 2),
     ("unknown option", ["train", "neuron=foo"],
      "In 'train': Could not find 'neuron/foo'\n\nAvailable options in 'neuron':\n\tif\n\tlif\n\tplif\n\tstbp", 1),
     ("wrong type", ["train", "trainer.T=abc"],

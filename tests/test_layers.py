@@ -159,3 +159,46 @@ def test_mse_rate_against_hand_one_hot():
     assert loss.item() == pytest.approx(1.375 / 6)
     # perfect rates give zero loss
     assert MSERate()(torch.tensor([[0.0, 1.0]]), torch.tensor([1])).item() == 0.0
+
+
+# ---------------------------------------------------------------- direct coding: the first layers run once
+
+
+@pytest.mark.parametrize("spec", ["{c6k3s1-BN-SN-MPk2s2}*2-FC10-SN", "DP-FC16-BN-SN-FC10-SN"])
+@pytest.mark.parametrize("norm", [BatchNormThroughTime, ThresholdDependentBatchNorm])
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_a_repeated_input_runs_the_first_layers_once_with_the_numbers_of_t_copies(spec, norm, momentum):
+    """Direct coding's [T, B, ...] view of one image (stride 0 in time) against the same image copied T times:
+    the layers before the first neuron run on [B, ...] once, and the spikes, every parameter's gradient and the BN
+    running statistics (momentum or cumulative) are those of the T*B fold, in float64."""
+    import copy
+    from functools import partial
+
+    from snnexp.encoders import DirectEncoder
+    from snnexp.models import SpecNet
+    from snnexp.neurons import PLIF
+
+    torch.manual_seed(0)
+    net = SpecNet(spec, (1, 8, 8), 10, partial(PLIF, v_threshold=0.3), partial(norm, momentum=momentum),
+                  dropout=0.3).double()
+    twin = copy.deepcopy(net)
+    seen = {}
+    for name, model in (("once", net), ("copies", twin)):
+        first = next(m.module for m in model if hasattr(m, "module"))
+        first.register_forward_pre_hook(lambda mod, inp, name=name: seen.update({name: inp[0].shape[0]}))
+    x = torch.rand(6, 1, 8, 8, generator=gen(1), dtype=torch.float64)
+    weights = torch.randn(4, 6, 10, generator=gen(2), dtype=torch.float64)
+    for step in range(2):  # two training steps: the running statistics are updated twice
+        outs = []
+        for model, x_seq in ((net, DirectEncoder()(x, 4)), (twin, x.unsqueeze(0).repeat(4, 1, 1, 1, 1))):
+            torch.manual_seed(10 + step)  # the same dropout mask
+            out = model.train()(x_seq)
+            (out * weights).sum().backward()
+            outs.append(out)
+        assert torch.equal(outs[0], outs[1]) and outs[0].sum() > 0
+    assert seen == {"once": 6, "copies": 24}
+    for (name, p), q in zip(net.named_parameters(), twin.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-12, msg=name)
+    for (name, b), c in zip(net.named_buffers(), twin.buffers()):
+        torch.testing.assert_close(b, c, rtol=1e-12, atol=1e-12, msg=name)
+    assert torch.equal(net.eval()(DirectEncoder()(x, 4)), twin.eval()(x.unsqueeze(0).repeat(4, 1, 1, 1, 1)))

@@ -30,7 +30,7 @@ def first_batch_loss(*overrides):
 
 
 @pytest.mark.parametrize("switch,tol", [
-    ("trainer.channels_last=true", 1e-5),
+    ("trainer.channels_last=false", 1e-5),
     ("neuron.backend=reference", 1e-5),
     ("trainer.compile=true", 1e-5),
     ("trainer.amp=true", 2e-2),  # bfloat16 convolutions on the CPU
@@ -43,7 +43,7 @@ def test_switch_gives_the_default_loss_and_gradient(switch, tol):
 
 
 @pytest.mark.slow  # about 50 s for the three; the first-batch test above runs each switch's forward and backward
-@pytest.mark.parametrize("switch", ["trainer.channels_last=true", "trainer.amp=true", "trainer.compile=true"])
+@pytest.mark.parametrize("switch", ["trainer.channels_last=false", "trainer.amp=true", "trainer.compile=true"])
 def test_switch_trains(tmp_path, switch):
     cfg = compose_train(switch, "trainer.epochs=2")
     metrics = fit(cfg, tmp_path, hparams={})

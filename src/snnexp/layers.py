@@ -1,7 +1,69 @@
-"""Layers that work on time-major sequences [T, B, ...]: normalisation, dropout, folding, readouts."""
+"""Layers that work on time-major sequences [T, B, ...]: normalisation, dropout, folding, readouts.
+
+A sequence that is one [B, ...] tensor repeated at every step (direct coding: the encoder gives a view with a
+time stride of 0) need not be copied: the layers that treat every step alike and hold no state (conv, linear,
+pooling, BN, dropout, flatten) have `forward_repeated(x, T)`, their output for T copies of x computed on x once,
+and `run_layers` runs the leading ones of a network that way before it repeats the result for the first neuron.
+Outputs, gradients and BN statistics are those of the T copies (tests/test_layers.py checks it in float64): the
+gradient of the repeated result is summed over its steps, which is what the T copies' gradients add up to, for BN
+too (the batch mean and variance of T equal copies are those of one).
+"""
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from snnexp.neurons.fused import one_block_per_step
+
+
+def repeated_in_time(x_seq: torch.Tensor) -> bool:
+    """Whether `x_seq` is one tensor seen at every step: a view whose time dimension has stride 0."""
+    return x_seq.dim() > 1 and x_seq.shape[0] > 1 and x_seq.stride(0) == 0
+
+
+def repeat_in_time(y: torch.Tensor, T: int) -> torch.Tensor:
+    """[B, ...] -> a [T, B, ...] view of y at every step (no copy)."""
+    return _RepeatInTime.apply(y, T) if y.requires_grad else y.unsqueeze(0).expand(T, *y.shape)
+
+
+class _RepeatInTime(torch.autograd.Function):
+    """expand() whose backward sums the steps' gradients into y's own memory order: autograd's sum of an
+    expand gives a contiguous (NCHW) gradient, and BN and convolution backward on a channels_last y with an
+    NCHW gradient take a slow path that costs more than running them once saved (bench/bench_train_step.py)."""
+
+    @staticmethod
+    def forward(ctx, y, T):
+        ctx.layout = (y.shape, y.stride()) if _dense(y) else None
+        return y.unsqueeze(0).expand(T, *y.shape)
+
+    @staticmethod
+    def backward(ctx, grad):
+        if ctx.layout is None:
+            return grad.sum(0), None
+        out = torch.empty_strided(*ctx.layout, dtype=grad.dtype, device=grad.device)
+        return torch.sum(grad, 0, out=out), None
+
+
+def _dense(y: torch.Tensor) -> bool:
+    """y's elements fill its memory without gaps or overlaps, in some order of its dims."""
+    return one_block_per_step(y.unsqueeze(0))
+
+
+def run_layers(layers, x_seq: torch.Tensor) -> torch.Tensor:
+    """Run `layers` in order on x_seq [T, B, ...]. A repeated x_seq (module docstring) goes through the leading
+    layers that have forward_repeated on [B, ...] once, and is repeated over T for the first layer that has not
+    (a neuron)."""
+    layers = list(layers)
+    start = 0
+    if repeated_in_time(x_seq):
+        x, T = x_seq[0], x_seq.shape[0]
+        while start < len(layers) and hasattr(layers[start], "forward_repeated"):
+            x = layers[start].forward_repeated(x, T)
+            start += 1
+        x_seq = repeat_in_time(x, T)
+    for layer in layers[start:]:
+        x_seq = layer(x_seq)
+    return x_seq
 
 
 class SeqToANN(nn.Module):
@@ -16,12 +78,18 @@ class SeqToANN(nn.Module):
         y = self.module(x_seq.flatten(0, 1))
         return y.unflatten(0, x_seq.shape[:2])
 
+    def forward_repeated(self, x, T: int):
+        return self.module(x)
+
 
 class SeqFlatten(nn.Module):
     """[T, B, C, H, W] -> [T, B, C*H*W]."""
 
     def forward(self, x_seq):
         return x_seq.flatten(2)
+
+    def forward_repeated(self, x, T: int):
+        return x.flatten(1)
 
 
 class BatchNormThroughTime(nn.modules.batchnorm._BatchNorm):
@@ -34,6 +102,25 @@ class BatchNormThroughTime(nn.modules.batchnorm._BatchNorm):
 
     def forward(self, x_seq):
         return super().forward(x_seq.flatten(0, 1)).unflatten(0, x_seq.shape[:2])
+
+    def forward_repeated(self, x: torch.Tensor, T: int) -> torch.Tensor:
+        """BN of T copies of x [B, C, ...], computed on x: the same batch mean and (biased) variance, so the same
+        output and the same running mean. Only the running variance differs: it is updated with the unbiased
+        variance of the n T values, v n T / (n T - 1), where batch_norm on x used v n / (n - 1). The update is
+        corrected from the buffers alone (C numbers), without another pass over x."""
+        if x.numel() == x.shape[1]:  # one value per channel: only the T copies give BN a batch
+            return self(repeat_in_time(x, T))[0]
+        if not (self.training and self.track_running_stats):
+            return super().forward(x)
+        self.num_batches_tracked.add_(1)
+        momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        updated = self.running_var.clone()  # batch_norm updates it in place (and keeps it for backward)
+        y = F.batch_norm(x, self.running_mean, updated, self.weight, self.bias, True, momentum, self.eps)
+        with torch.no_grad():
+            n = x.numel() // x.shape[1]
+            unbiased_n = (updated - (1 - momentum) * self.running_var) / momentum  # v n / (n - 1)
+            self.running_var.lerp_(unbiased_n * ((n - 1) * T / (n * T - 1)), momentum)
+        return y
 
 
 class ThresholdDependentBatchNorm(BatchNormThroughTime):
@@ -92,6 +179,9 @@ class NoNorm(nn.Identity):
     def __init__(self, num_features=None):
         super().__init__()
 
+    def forward_repeated(self, x, T: int):
+        return x
+
 
 class SeqDropout(nn.Module):
     """Dropout with one mask per sample, shared by all time steps (as in the PLIF code): dropping a
@@ -106,8 +196,14 @@ class SeqDropout(nn.Module):
     def forward(self, x_seq):
         if not self.training or self.p == 0.0:
             return x_seq
-        mask = torch.empty_like(x_seq[0]).bernoulli_(1.0 - self.p) / (1.0 - self.p)
-        return x_seq * mask
+        return x_seq * self._mask(x_seq[0])
+
+    def forward_repeated(self, x, T: int):
+        return x if not self.training or self.p == 0.0 else x * self._mask(x)
+
+    def _mask(self, x):
+        """One mask for all time steps, scaled by 1 / (1 - p)."""
+        return torch.empty_like(x).bernoulli_(1.0 - self.p) / (1.0 - self.p)
 
     def extra_repr(self):
         return f"p={self.p}"

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from snnexp.errors import ModelError, SpecError
-from snnexp.layers import SeqDropout, SeqFlatten, SeqToANN
+from snnexp.layers import SeqDropout, SeqFlatten, SeqToANN, run_layers
 from snnexp.models.resnet import SpikingResNet
 from snnexp.models.spec import Layer, expand, format_spec, parse_spec
 
@@ -51,6 +51,10 @@ class SpecNet(nn.Sequential):
                 f"or with FC<classes*10>-SN-APk10s10 for voting, or change readout."
             )
 
+
+    def forward(self, x_seq):
+        """[T, B, *input_shape] -> [T, B, F]; direct coding's repeated input runs the first layers once."""
+        return run_layers(self, x_seq)
 
     def _materialize(self, input_shape):
         """Shape lazy parameters (NeuNorm's U) with one dry pass, so the optimizer sees them all; in eval

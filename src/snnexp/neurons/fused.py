@@ -57,7 +57,7 @@ for _device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
     kernel_unavailable(_device)
 
 
-def _one_block_per_step(x: Tensor) -> bool:
+def one_block_per_step(x: Tensor) -> bool:
     """True if x[t] is one dense block of memory at offset t * x[0].numel(), whatever the order of the other
     dims (channels_last included): the kernels see [T, N] and outputs made by empty_like keep that order."""
     if x.shape[0] > 1 and x.stride(0) != x[0].numel():
@@ -76,7 +76,12 @@ def _kernel_input(x: Tensor, like: Optional[Tensor] = None) -> Tensor:
     if like is not None:
         return x if x.dtype == like.dtype and x.stride() == like.stride() else torch.empty_like(like).copy_(x)
     x = x if x.dtype in (torch.float32, torch.float64) else x.float()
-    return x if _one_block_per_step(x) else x.contiguous()
+    if one_block_per_step(x):
+        return x
+    if one_block_per_step(x[:1]):  # e.g. the same frame at every step (direct coding): keep its memory order
+        step = x[0]
+        return torch.empty_strided(x.shape, (step.numel(), *step.stride()), dtype=x.dtype, device=x.device).copy_(x)
+    return x.contiguous()
 
 
 def _tau_value(tau_inv: Tensor, device_type: str):
@@ -152,6 +157,8 @@ def lif_multistep_fused(
     leak = "if" if tau_inv is None else ("decay_input" if decay_input else "plain")
     if not isinstance(tau_inv, Tensor):  # float64 holds the Python float exactly; the kernel rounds it like torch
         tau_inv = torch.tensor(0.0 if tau_inv is None else float(tau_inv), dtype=torch.float64, device=x_seq.device)
+    if x_seq.shape[0] > 1 and x_seq.stride(0) == 0:  # one input at every step (direct coding): copied once here,
+        x_seq = _kernel_input(x_seq)  # not again in forward and in backward (the op saves its input)
     soft_reset = v_reset is None
     return _lif_op(x_seq, tau_inv, leak, float(v_threshold), 0.0 if soft_reset else float(v_reset), soft_reset,
                    bool(detach_reset), name, float(sg_a), float(sg_b))

@@ -121,8 +121,10 @@ def test_the_custom_op_passes_torch_opcheck():
 
     x = (torch.rand(3, 2, 4, dtype=torch.float64) * 3 - 0.5).requires_grad_()
     tau = torch.tensor(0.4, dtype=torch.float64, requires_grad=True)
-    for args in [(x, tau, "decay_input", 1.0, 0.0, False, True, "atan", 2.0, 0.0),
-                 (x, tau, "plain", 1.0, 0.0, True, False, "rect", 1.0, 1.0)]:
+    one_step = (torch.rand(2, 4, dtype=torch.float64) * 3 - 0.5).requires_grad_()
+    for args in [(x, tau, "decay_input", 1.0, 0.0, False, True, "atan", 2.0, 0.0, 0),
+                 (x, tau, "plain", 1.0, 0.0, True, False, "rect", 1.0, 1.0, 0),
+                 (one_step, tau, "decay_input", 1.0, 0.0, False, True, "atan", 2.0, 0.0, 5)]:  # steps=5
         torch.library.opcheck(_lif_op, args)
 
 
@@ -203,3 +205,26 @@ def test_the_triton_kernel_in_the_interpreter():
     env = dict(os.environ, TRITON_INTERPRET="1")
     proc = subprocess.run([sys.executable, "-c", TRITON_CHECK], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("kind,v_reset,detach,decay,sg,T", [c for c in CASES if c[5] > 1 and c[4] in ("atan", "rect")])
+def test_one_input_at_every_step_is_read_in_place_with_the_gradient_summed_over_steps(kind, v_reset, detach, decay,
+                                                                                      sg, T):
+    """steps=T (direct coding): x [B, ...] fed at each of T steps without a copy gives the spikes of the sequence
+    of T copies, and the gradient of x is the sum of the copies' gradients (float64, to 1e-10)."""
+    torch.manual_seed(zlib.crc32(repr((kind, v_reset, detach, decay, sg, T, "steps")).encode()))
+    x = (torch.rand(4, 2, 5, dtype=torch.float64) * 4.0 - 0.5).requires_grad_()
+    x_ref = x.detach().clone().requires_grad_()
+    weights = torch.randn(T, 4, 2, 5, dtype=torch.float64)
+    w = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    w_ref = w.detach().clone().requires_grad_()
+    tau_inv = {"if": (None, None), "lif": (0.4, 0.4), "plif": (torch.sigmoid(w), torch.sigmoid(w_ref))}[kind]
+    common = dict(v_threshold=1.0, v_reset=v_reset, decay_input=decay, detach_reset=detach)
+    ours = lif_multistep_fused(x, tau_inv[0], SURROGATES[sg](), **common, steps=T)
+    ref = lif_multistep(x_ref.unsqueeze(0).repeat(T, 1, 1, 1), tau_inv[1], SURROGATES[sg](), **common)
+    assert ours.shape == ref.shape and torch.equal(ours, ref) and 0 < ref.sum() < ref.numel()
+    (ours * weights).sum().backward()
+    (ref * weights).sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-10, atol=1e-12)
+    if kind == "plif":
+        torch.testing.assert_close(w.grad, w_ref.grad, rtol=1e-10, atol=1e-12)

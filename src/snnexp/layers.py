@@ -1,9 +1,11 @@
 """Layers that work on time-major sequences [T, B, ...]: normalisation, dropout, folding, readouts.
 
 A sequence that is one [B, ...] tensor repeated at every step (direct coding: the encoder gives a view with a
-time stride of 0) need not be copied: the layers that treat every step alike and hold no state (conv, linear,
-pooling, BN, dropout, flatten) have `forward_repeated(x, T)`, their output for T copies of x computed on x once,
-and `run_layers` runs the leading ones of a network that way before it repeats the result for the first neuron.
+time stride of 0) need not be copied. A layer whose forward takes `steps` (its class attribute `repeated_input`
+says what it gives) computes from one step's input x [B, ...] what T = steps copies of it would give: the layers
+that treat every step alike and hold no state (conv, linear, pooling, BN, dropout, flatten: "one step") their
+output for one step, computed once; a neuron ("sequence") its spikes [T, B, ...], with x read T times in place.
+`run_layers` runs the leading layers of a network that way.
 Outputs, gradients and BN statistics are those of the T copies (tests/test_layers.py checks it in float64): the
 gradient of the repeated result is summed over its steps, which is what the T copies' gradients add up to, for BN
 too (the batch mean and variance of T equal copies are those of one).
@@ -51,16 +53,20 @@ def _dense(y: torch.Tensor) -> bool:
 
 def run_layers(layers, x_seq: torch.Tensor) -> torch.Tensor:
     """Run `layers` in order on x_seq [T, B, ...]. A repeated x_seq (module docstring) goes through the leading
-    layers that have forward_repeated on [B, ...] once, and is repeated over T for the first layer that has not
-    (a neuron)."""
+    layers that take `steps` as one step, [B, ...], until one of them gives the sequence (a neuron) or one
+    cannot take it (then it gets the step repeated over T)."""
     layers = list(layers)
     start = 0
     if repeated_in_time(x_seq):
         x, T = x_seq[0], x_seq.shape[0]
-        while start < len(layers) and hasattr(layers[start], "forward_repeated"):
-            x = layers[start].forward_repeated(x, T)
+        while start < len(layers) and getattr(layers[start], "repeated_input", None) == "one step":
+            x = layers[start](x, steps=T)
             start += 1
-        x_seq = repeat_in_time(x, T)
+        if start < len(layers) and getattr(layers[start], "repeated_input", None) == "sequence":
+            x_seq = layers[start](x, steps=T)
+            start += 1
+        else:
+            x_seq = repeat_in_time(x, T)
     for layer in layers[start:]:
         x_seq = layer(x_seq)
     return x_seq
@@ -74,22 +80,22 @@ class SeqToANN(nn.Module):
         super().__init__()
         self.module = module
 
-    def forward(self, x_seq):
+    repeated_input = "one step"
+
+    def forward(self, x_seq, steps: int = 0):
+        if steps:
+            return self.module(x_seq)
         y = self.module(x_seq.flatten(0, 1))
         return y.unflatten(0, x_seq.shape[:2])
-
-    def forward_repeated(self, x, T: int):
-        return self.module(x)
 
 
 class SeqFlatten(nn.Module):
     """[T, B, C, H, W] -> [T, B, C*H*W]."""
 
-    def forward(self, x_seq):
-        return x_seq.flatten(2)
+    repeated_input = "one step"
 
-    def forward_repeated(self, x, T: int):
-        return x.flatten(1)
+    def forward(self, x_seq, steps: int = 0):
+        return x_seq.flatten(1 if steps else 2)
 
 
 class BatchNormThroughTime(nn.modules.batchnorm._BatchNorm):
@@ -100,10 +106,14 @@ class BatchNormThroughTime(nn.modules.batchnorm._BatchNorm):
         if x.dim() < 2:
             raise ValueError(f"expected at least [T*B, C] input, got shape {tuple(x.shape)}")
 
-    def forward(self, x_seq):
+    repeated_input = "one step"
+
+    def forward(self, x_seq, steps: int = 0):
+        if steps:
+            return self._forward_steps(x_seq, steps)
         return super().forward(x_seq.flatten(0, 1)).unflatten(0, x_seq.shape[:2])
 
-    def forward_repeated(self, x: torch.Tensor, T: int) -> torch.Tensor:
+    def _forward_steps(self, x: torch.Tensor, T: int) -> torch.Tensor:
         """BN of T copies of x [B, C, ...], computed on x: the same batch mean and (biased) variance, so the same
         output and the same running mean. Only the running variance differs: it is updated with the unbiased
         variance of the n T values, v n T / (n T - 1), where batch_norm on x used v n / (n - 1). The update is
@@ -179,7 +189,9 @@ class NoNorm(nn.Identity):
     def __init__(self, num_features=None):
         super().__init__()
 
-    def forward_repeated(self, x, T: int):
+    repeated_input = "one step"
+
+    def forward(self, x, steps: int = 0):
         return x
 
 
@@ -193,17 +205,13 @@ class SeqDropout(nn.Module):
             raise ValueError(f"dropout p must be in [0, 1), got {p}")
         self.p = float(p)
 
-    def forward(self, x_seq):
+    repeated_input = "one step"
+
+    def forward(self, x_seq, steps: int = 0):
         if not self.training or self.p == 0.0:
             return x_seq
-        return x_seq * self._mask(x_seq[0])
-
-    def forward_repeated(self, x, T: int):
-        return x if not self.training or self.p == 0.0 else x * self._mask(x)
-
-    def _mask(self, x):
-        """One mask for all time steps, scaled by 1 / (1 - p)."""
-        return torch.empty_like(x).bernoulli_(1.0 - self.p) / (1.0 - self.p)
+        mask = torch.empty_like(x_seq if steps else x_seq[0]).bernoulli_(1.0 - self.p) / (1.0 - self.p)
+        return x_seq * mask
 
     def extra_repr(self):
         return f"p={self.p}"

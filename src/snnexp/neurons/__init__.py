@@ -28,12 +28,15 @@ def check_backend(backend: str) -> None:
 
 def lif_multistep(x_seq: torch.Tensor, tau_inv: Union[float, torch.Tensor, None], surrogate: Callable,
                   v_threshold: float = 1.0, v_reset: Optional[float] = 0.0, decay_input: bool = True,
-                  detach_reset: bool = False, return_v: bool = False, backend: str = "fused"):
+                  detach_reset: bool = False, return_v: bool = False, backend: str = "fused", steps: int = 0):
     """`lif_multistep_reference`, through the fused kernel when it can: backend "fused" (the default) with a
-    surrogate the kernels know and no `return_v`; "reference" always runs the definition."""
+    surrogate the kernels know and no `return_v`; "reference" always runs the definition. With `steps`, x_seq
+    is one step's input [B, ...], the same at each of `steps` steps (direct coding; see lif_multistep_fused)."""
     check_backend(backend)
     if backend == "fused" and not return_v and getattr(surrogate, "kernel_args", lambda: None)() is not None:
-        return lif_multistep_fused(x_seq, tau_inv, surrogate, v_threshold, v_reset, decay_input, detach_reset)
+        return lif_multistep_fused(x_seq, tau_inv, surrogate, v_threshold, v_reset, decay_input, detach_reset,
+                                   steps)
+    x_seq = x_seq.unsqueeze(0).expand(steps, *x_seq.shape) if steps else x_seq
     return lif_multistep_reference(x_seq, tau_inv, surrogate, v_threshold, v_reset, decay_input, detach_reset,
                                    return_v)
 
@@ -66,6 +69,20 @@ class SpikingNeuron(nn.Module):
         self.surrogate = surrogate if surrogate is not None else ATan()
         self.backend = backend
 
+    decay_input = True
+
+    def tau_inv(self):
+        """1/tau as the neuron functions take it: a float, a tensor (learned), or None for IF."""
+        raise NotImplementedError
+
+    repeated_input = "sequence"  # see snnexp.layers.run_layers
+
+    def forward(self, x_seq, steps: int = 0):
+        """Spikes [T, B, ...] of x_seq [T, B, ...]; with `steps`, of x_seq [B, ...] fed at each of `steps` steps
+        (direct coding: the fused kernel reads it in place and sums its gradient over the steps)."""
+        return lif_multistep(x_seq, self.tau_inv(), self.surrogate, self.v_threshold, self.v_reset,
+                             self.decay_input, self.detach_reset, backend=self.backend, steps=steps)
+
     def scalars(self) -> Dict[str, float]:
         """What this layer logs to TensorBoard beside its firing rate, by name (PLIF: its learned tau)."""
         return {}
@@ -76,9 +93,8 @@ class SpikingNeuron(nn.Module):
 
 
 class IF(SpikingNeuron):
-    def forward(self, x_seq):
-        return if_multistep(x_seq, self.surrogate, self.v_threshold, self.v_reset, self.detach_reset,
-                            backend=self.backend)
+    def tau_inv(self):
+        return None  # no leak
 
 
 class LIF(SpikingNeuron):
@@ -87,9 +103,8 @@ class LIF(SpikingNeuron):
         self.tau = float(tau)
         self.decay_input = bool(decay_input)
 
-    def forward(self, x_seq):
-        return lif_multistep(x_seq, 1.0 / self.tau, self.surrogate, self.v_threshold, self.v_reset,
-                             self.decay_input, self.detach_reset, backend=self.backend)
+    def tau_inv(self):
+        return 1.0 / self.tau
 
     def extra_repr(self):
         return f"tau={self.tau}, decay_input={self.decay_input}, " + super().extra_repr()
@@ -110,10 +125,8 @@ class PLIF(SpikingNeuron):
     def scalars(self) -> Dict[str, float]:
         return {"tau": self.tau}
 
-    def forward(self, x_seq):
-        tau_inv = torch.sigmoid(self.w)
-        return lif_multistep(x_seq, tau_inv, self.surrogate, self.v_threshold, self.v_reset, self.decay_input,
-                             self.detach_reset, backend=self.backend)
+    def tau_inv(self):
+        return torch.sigmoid(self.w)
 
     def extra_repr(self):
         return f"tau={self.tau:.4f}, decay_input={self.decay_input}, " + super().extra_repr()

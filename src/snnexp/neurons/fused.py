@@ -70,53 +70,59 @@ def one_block_per_step(x: Tensor) -> bool:
     return True
 
 
-def _kernel_input(x: Tensor, like: Optional[Tensor] = None) -> Tensor:
+def _kernel_input(x: Tensor, steps: int = 0) -> Tensor:
     """x as the kernels take it: float32 or float64 (bfloat16 / float16 widen to float32, spikes are exact),
-    one dense block per time step; with `like`, also in like's memory order (a gradient to match X)."""
-    if like is not None:
-        return x if x.dtype == like.dtype and x.stride() == like.stride() else torch.empty_like(like).copy_(x)
+    one dense block per time step (with `steps`: x is one step, one dense block)."""
     x = x if x.dtype in (torch.float32, torch.float64) else x.float()
-    if one_block_per_step(x):
-        return x
-    if one_block_per_step(x[:1]):  # e.g. the same frame at every step (direct coding): keep its memory order
-        step = x[0]
-        return torch.empty_strided(x.shape, (step.numel(), *step.stride()), dtype=x.dtype, device=x.device).copy_(x)
-    return x.contiguous()
+    return x if one_block_per_step(x.unsqueeze(0) if steps else x) else x.contiguous()
+
+
+def _spikes_order(grad: Tensor, xk: Tensor, steps: int) -> Tensor:
+    """The gradient at the spikes in the spikes' memory order, which is xk's (with `steps`: xk's at every step)."""
+    shape, strides = ((steps, *xk.shape), (xk.numel(), *xk.stride())) if steps else (xk.shape, xk.stride())
+    if grad.dtype == xk.dtype and grad.stride() == strides:
+        return grad
+    return torch.empty_strided(shape, strides, dtype=xk.dtype, device=xk.device).copy_(grad)
 
 
 def _tau_value(tau_inv: Tensor, device_type: str):
     return tau_inv.item() if device_type == "cpu" else tau_inv  # the Triton kernel reads it on the GPU
 
 
+# steps = 0: x is the sequence [T, ...]. steps = T > 0: x is one step's input [...], the same at every one of T
+# steps (direct coding), read T times by the kernel instead of copied T times; its gradient is the steps' sum.
 @torch.library.custom_op("snnexp::lif_multistep", mutates_args=())
 def _lif_op(x: Tensor, tau_inv: Tensor, leak: str, v_threshold: float, v_reset: float, soft_reset: bool,
-            detach_reset: bool, surrogate: str, sg_a: float, sg_b: float) -> Tensor:
-    xk = _kernel_input(x)
+            detach_reset: bool, surrogate: str, sg_a: float, sg_b: float, steps: int) -> Tensor:
+    xk = _kernel_input(x, steps)
     spikes = _kernel(x.device.type).forward(xk, _tau_value(tau_inv, x.device.type), leak, v_threshold, v_reset,
-                                              soft_reset)
+                                              soft_reset, steps)
     return spikes.to(x.dtype)
 
 
 @_lif_op.register_fake
-def _(x, tau_inv, leak, v_threshold, v_reset, soft_reset, detach_reset, surrogate, sg_a, sg_b):
-    return torch.empty_like(x)
+def _(x, tau_inv, leak, v_threshold, v_reset, soft_reset, detach_reset, surrogate, sg_a, sg_b, steps):
+    if not steps:
+        return torch.empty_like(x)
+    xk = _kernel_input(x, steps)  # the spikes have its memory order at every step, as kernels/cpu.py makes them
+    return torch.empty_strided((steps, *xk.shape), (xk.numel(), *xk.stride()), dtype=x.dtype, device=x.device)
 
 
 @torch.library.custom_op("snnexp::lif_multistep_backward", mutates_args=())
 def _lif_backward_op(x: Tensor, grad_spikes: Tensor, tau_inv: Tensor, leak: str, v_threshold: float,
                      v_reset: float, soft_reset: bool, detach_reset: bool, surrogate: str, sg_a: float,
-                     sg_b: float, want_tau: bool) -> Tuple[Tensor, Tensor]:
+                     sg_b: float, steps: int, want_tau: bool) -> Tuple[Tensor, Tensor]:
     args = (leak, v_threshold, v_reset, soft_reset, detach_reset, surrogate, sg_a, sg_b)
-    device, xk = x.device.type, _kernel_input(x)
-    grad_x, grad_tau = _kernel(device).backward(xk, _kernel_input(grad_spikes, like=xk),
-                                                 _tau_value(tau_inv, device), *args, want_tau)
+    device, xk = x.device.type, _kernel_input(x, steps)
+    grad_x, grad_tau = _kernel(device).backward(xk, _spikes_order(grad_spikes, xk, steps),
+                                                 _tau_value(tau_inv, device), *args, want_tau, steps)
     grad_tau = torch.as_tensor(grad_tau, dtype=tau_inv.dtype, device=tau_inv.device).reshape(tau_inv.shape)
     return grad_x.to(x.dtype), grad_tau
 
 
 @_lif_backward_op.register_fake
 def _(x, grad_spikes, tau_inv, leak, v_threshold, v_reset, soft_reset, detach_reset, surrogate, sg_a, sg_b,
-      want_tau):
+      steps, want_tau):
     return torch.empty_like(x), torch.empty_like(tau_inv)
 
 
@@ -144,21 +150,24 @@ def lif_multistep_fused(
     v_reset: Optional[float] = 0.0,
     decay_input: bool = True,
     detach_reset: bool = False,
+    steps: int = 0,
 ) -> Tensor:
     """Spikes of `functional.lif_multistep_reference`, through the fused kernel. tau_inv = None is IF; a
-    tensor (PLIF) gets its gradient. The surrogate must be one the kernels know (`kernel_args()`). Where no
-    kernel runs on x's device, this is the reference."""
+    tensor (PLIF) gets its gradient. With `steps`, x_seq is one step's input [B, ...] fed at each of `steps`
+    steps (direct coding): read, never copied, and its gradient is the sum over the steps. The surrogate must
+    be one the kernels know (`kernel_args()`). Where no kernel runs on x's device, this is the reference."""
     spec = surrogate.kernel_args()
     if spec is None:
         raise ValueError(f"{type(surrogate).__name__} has no fused kernel; use the reference implementation")
     if kernel_unavailable(x_seq.device.type):
+        x_seq = x_seq.unsqueeze(0).expand(steps, *x_seq.shape) if steps else x_seq
         return lif_multistep_reference(x_seq, tau_inv, surrogate, v_threshold, v_reset, decay_input, detach_reset)
     name, sg_a, sg_b = spec
     leak = "if" if tau_inv is None else ("decay_input" if decay_input else "plain")
     if not isinstance(tau_inv, Tensor):  # float64 holds the Python float exactly; the kernel rounds it like torch
         tau_inv = torch.tensor(0.0 if tau_inv is None else float(tau_inv), dtype=torch.float64, device=x_seq.device)
-    if x_seq.shape[0] > 1 and x_seq.stride(0) == 0:  # one input at every step (direct coding): copied once here,
-        x_seq = _kernel_input(x_seq)  # not again in forward and in backward (the op saves its input)
+    if not steps and x_seq.shape[0] > 1 and x_seq.stride(0) == 0:  # a repeated view (direct coding's encoder)
+        x_seq, steps = x_seq[0], x_seq.shape[0]
     soft_reset = v_reset is None
     return _lif_op(x_seq, tau_inv, leak, float(v_threshold), 0.0 if soft_reset else float(v_reset), soft_reset,
-                   bool(detach_reset), name, float(sg_a), float(sg_b))
+                   bool(detach_reset), name, float(sg_a), float(sg_b), int(steps))

@@ -83,10 +83,11 @@ def library() -> ctypes.CDLL:
     lib = ctypes.CDLL(str(build()))
     for suffix, real in _C_TYPES.values():
         fwd = getattr(lib, f"lif_forward_{suffix}")
-        fwd.argtypes = [_P, _P, _I64, _I64, _I64, _I64, _I, real, real, real, _I]
+        fwd.argtypes = [_P, _P, _I64, _I64, _I64, _I64, _I64, _I, real, real, real, _I]
         fwd.restype = None
         bwd = getattr(lib, f"lif_backward_{suffix}")
-        bwd.argtypes = [_P, _P, _P, _I64, _I64, _I64, _I64, _I, real, real, real, _I, _I, _I, real, real, _I, _P]
+        bwd.argtypes = [_P, _P, _P, _I64, _I64, _I64, _I64, _I64, _I, real, real, real, _I, _I, _I, real, real, _I,
+                        _P]
         bwd.restype = _I
     return lib
 
@@ -114,29 +115,37 @@ def _run_split(fn, n: int) -> list:
     return list(_pool(workers).map(lambda lo: fn(lo, min(n, lo + step)), range(0, n, step)))
 
 
-def forward(x: torch.Tensor, tau_inv: float, leak: str, v_th: float, v_reset: float, soft_reset: bool):
-    """Spikes of x [T, ...] (contiguous, float32 or float64)."""
+def _steps(x: torch.Tensor, steps: int):
+    """(T, N, x_step) of x [T, ...], or of x [...] (one dense block) seen at each of `steps` steps: x_step 0."""
+    return (steps, x.numel(), 0) if steps else (x.shape[0], x[0].numel(), x[0].numel())
+
+
+def forward(x: torch.Tensor, tau_inv: float, leak: str, v_th: float, v_reset: float, soft_reset: bool,
+            steps: int = 0):
+    """Spikes of x [T, ...] (one dense block per step, float32 or float64), or with `steps` of x [...] at every
+    one of `steps` steps."""
     suffix, _ = _C_TYPES[x.dtype]
     fn = getattr(library(), f"lif_forward_{suffix}")
-    T, N = x.shape[0], x[0].numel()
-    spikes = torch.empty_like(x)
-    _run_split(lambda lo, hi: fn(x.data_ptr(), spikes.data_ptr(), T, N, lo, hi, LEAK[leak], tau_inv, v_th,
+    T, N, x_step = _steps(x, steps)
+    spikes = torch.empty_like(x) if not steps else \
+        torch.empty_strided((T, *x.shape), (N, *x.stride()), dtype=x.dtype, device=x.device)  # x's order per step
+    _run_split(lambda lo, hi: fn(x.data_ptr(), spikes.data_ptr(), T, N, x_step, lo, hi, LEAK[leak], tau_inv, v_th,
                                  v_reset, int(soft_reset)), N)
     return spikes
 
 
 def backward(x, grad_spikes, tau_inv: float, leak: str, v_th: float, v_reset: float, soft_reset: bool,
-             detach_reset: bool, surrogate: str, sg_a: float, sg_b: float, want_tau: bool):
-    """(grad_x, dL/d(1/tau) as a float, 0.0 unless want_tau)."""
+             detach_reset: bool, surrogate: str, sg_a: float, sg_b: float, want_tau: bool, steps: int = 0):
+    """(grad_x, dL/d(1/tau) as a float, 0.0 unless want_tau); with `steps`, grad_x is summed over the steps."""
     suffix, _ = _C_TYPES[x.dtype]
     fn = getattr(library(), f"lif_backward_{suffix}")
-    T, N = x.shape[0], x[0].numel()
+    T, N, x_step = _steps(x, steps)
     grad_x = torch.empty_like(x)
 
     def run(lo, hi):
         partial = ctypes.c_double(0.0)
-        status = fn(x.data_ptr(), grad_spikes.data_ptr(), grad_x.data_ptr(), T, N, lo, hi, LEAK[leak], tau_inv,
-                    v_th, v_reset, int(soft_reset), int(detach_reset), SURROGATE_KINDS[surrogate], sg_a, sg_b,
+        status = fn(x.data_ptr(), grad_spikes.data_ptr(), grad_x.data_ptr(), T, N, x_step, lo, hi, LEAK[leak],
+                    tau_inv, v_th, v_reset, int(soft_reset), int(detach_reset), SURROGATE_KINDS[surrogate], sg_a, sg_b,
                     int(want_tau), ctypes.byref(partial))
         if status != 0:
             raise MemoryError(f"lif_backward: no memory for a {2 * T + 1} x 256 buffer")

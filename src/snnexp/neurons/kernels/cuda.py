@@ -134,7 +134,14 @@ def _tau_tensor(tau_inv, like):
         else torch.tensor(float(tau_inv), dtype=like.dtype, device=like.device)
 
 
-def forward(x, tau_inv, leak: str, v_th: float, v_reset: float, soft_reset: bool):
+def _repeated(x, steps: int):
+    """x [...] fed at each of `steps` steps, as the [T, N] sequence the kernels read (the CPU kernel reads it in
+    place; here it is copied)."""
+    return x.unsqueeze(0).expand(steps, *x.shape).contiguous()
+
+
+def forward(x, tau_inv, leak: str, v_th: float, v_reset: float, soft_reset: bool, steps: int = 0):
+    x = _repeated(x, steps) if steps else x
     T, N = x.shape[0], x[0].numel()
     spikes = torch.empty_like(x)
     _forward_kernel[(triton.cdiv(N, BLOCK),)](x, spikes, _tau_tensor(tau_inv, x), T, N, v_th, v_reset,
@@ -143,8 +150,12 @@ def forward(x, tau_inv, leak: str, v_th: float, v_reset: float, soft_reset: bool
 
 
 def backward(x, grad_spikes, tau_inv, leak: str, v_th: float, v_reset: float, soft_reset: bool,
-             detach_reset: bool, surrogate: str, sg_a: float, sg_b: float, want_tau: bool):
-    """(grad_x, dL/d(1/tau) as a 0-d tensor)."""
+             detach_reset: bool, surrogate: str, sg_a: float, sg_b: float, want_tau: bool, steps: int = 0):
+    """(grad_x, dL/d(1/tau) as a 0-d tensor); with `steps`, grad_x is summed over the steps."""
+    if steps:
+        grad_x, grad_tau = backward(_repeated(x, steps), grad_spikes.contiguous(), tau_inv, leak, v_th, v_reset,
+                                    soft_reset, detach_reset, surrogate, sg_a, sg_b, want_tau)
+        return grad_x.sum(0), grad_tau
     T, N = x.shape[0], x[0].numel()
     grid = triton.cdiv(N, BLOCK)
     grad_x, h_scratch = torch.empty_like(x), torch.empty_like(x)

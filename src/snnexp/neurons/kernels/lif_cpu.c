@@ -2,7 +2,9 @@
  *
  * The maths is that of snnexp.neurons.functional.lif_multistep_reference (the definition; tests compare
  * the two) and the backward written out in snnexp/neurons/fused.py. Input is time-major [T, N] (N = all
- * other dims), contiguous. A call handles the neurons [lo, hi), so that Python can split N over threads.
+ * other dims), contiguous, step t at x + t * x_step: x_step = N, or 0 for one input [N] at every step (direct
+ * coding), whose gradient is then the sum over the steps, [N]. A call handles the neurons [lo, hi), so that
+ * Python can split N over threads.
  *
  * Forward reads X and writes only the spikes. Backward reads X again and the gradient at the spikes: for
  * a block of neurons it recomputes H[t] and V[t] into a small buffer that stays in cache, then runs back
@@ -24,10 +26,10 @@ enum { LEAK_NONE = 0, LEAK_DECAY_INPUT = 1, LEAK_PLAIN = 2 }; /* IF; H = V + (X 
 /* backward_range with the surrogate and want_tau as constants, so that each combination gets its own
  * vectorised loop (measured: 12.1 -> 8.4 ms for the [8, 32, 128, 16, 16] LIF backward on 2 threads). */
 #define BACKWARD_RANGE(SUFFIX, KIND)                                                                   \
-    (want_tau ? backward_range_##SUFFIX(KIND, 1, x, grad_s, grad_x, h_buf, T, N, lo, hi, leak, tau_inv, \
-                                        v_th, v_reset, soft_reset, detach_reset, sg_a, sg_b)           \
-              : backward_range_##SUFFIX(KIND, 0, x, grad_s, grad_x, h_buf, T, N, lo, hi, leak, tau_inv, \
-                                        v_th, v_reset, soft_reset, detach_reset, sg_a, sg_b))
+    (want_tau ? backward_range_##SUFFIX(KIND, 1, x, grad_s, grad_x, h_buf, T, N, x_step, lo, hi, leak,   \
+                                        tau_inv, v_th, v_reset, soft_reset, detach_reset, sg_a, sg_b)  \
+              : backward_range_##SUFFIX(KIND, 0, x, grad_s, grad_x, h_buf, T, N, x_step, lo, hi, leak,   \
+                                        tau_inv, v_th, v_reset, soft_reset, detach_reset, sg_a, sg_b))
 
 #define DEFINE_LIF(TYPE, SUFFIX)                                                                       \
 /* The step from V[t-1] and X[t] to H[t]. */                                                            \
@@ -51,15 +53,15 @@ static inline TYPE surrogate_grad_##SUFFIX(int kind, TYPE x, TYPE a, TYPE b) {  
     }                                                                                                   \
 }                                                                                                       \
                                                                                                         \
-void lif_forward_##SUFFIX(const TYPE *x, TYPE *spikes, int64_t T, int64_t N, int64_t lo, int64_t hi,    \
-                          int leak, TYPE tau_inv, TYPE v_th, TYPE v_reset, int soft_reset) {            \
+void lif_forward_##SUFFIX(const TYPE *x, TYPE *spikes, int64_t T, int64_t N, int64_t x_step, int64_t lo,  \
+                          int64_t hi, int leak, TYPE tau_inv, TYPE v_th, TYPE v_reset, int soft_reset) { \
     const TYPE leak_to = soft_reset ? 0 : v_reset;                                                      \
     TYPE v[BLOCK];                                                                                      \
     for (int64_t b0 = lo; b0 < hi; b0 += BLOCK) {                                                       \
         const int64_t n = hi - b0 < BLOCK ? hi - b0 : BLOCK;                                            \
         for (int64_t i = 0; i < n; i++) v[i] = leak_to;                                                 \
         for (int64_t t = 0; t < T; t++) {                                                               \
-            const TYPE *xt = x + t * N + b0;                                                            \
+            const TYPE *xt = x + t * x_step + b0;                                                       \
             TYPE *st = spikes + t * N + b0;                                                             \
             _Pragma("omp simd")                                                                         \
             for (int64_t i = 0; i < n; i++) {                                                           \
@@ -75,7 +77,7 @@ void lif_forward_##SUFFIX(const TYPE *x, TYPE *spikes, int64_t T, int64_t N, int
 /* The backward pass over [lo, hi), inlined once per (kind, want_tau): see BACKWARD_RANGE. */          \
 static inline __attribute__((always_inline)) double backward_range_##SUFFIX(                             \
         const int kind, const int want_tau, const TYPE *x, const TYPE *grad_s, TYPE *grad_x, TYPE *h_buf, int64_t T, int64_t N, \
-        int64_t lo, int64_t hi, int leak, TYPE tau_inv, TYPE v_th, TYPE v_reset, int soft_reset,        \
+        int64_t x_step, int64_t lo, int64_t hi, int leak, TYPE tau_inv, TYPE v_th, TYPE v_reset, int soft_reset, \
         int detach_reset, TYPE sg_a, TYPE sg_b) {                                                       \
     const TYPE leak_to = soft_reset ? 0 : v_reset;                                                      \
     const TYPE keep = leak == LEAK_NONE ? 1 : 1 - tau_inv;  /* dH[t]/dV[t-1] */                         \
@@ -83,13 +85,14 @@ static inline __attribute__((always_inline)) double backward_range_##SUFFIX(    
     const int decay_input = leak == LEAK_DECAY_INPUT;                                                   \
     TYPE *v_buf = h_buf + T * BLOCK;  /* V[t-1] of one block, t = 0..T */                               \
     TYPE v[BLOCK], gv[BLOCK], g_tau[BLOCK];  /* g_tau: each neuron's share of dL/d(1/tau) */            \
+    TYPE g_sum[BLOCK];  /* x_step = 0: dL/dx summed over the steps */                                   \
     double acc = 0;                                                                                     \
     for (int64_t b0 = lo; b0 < hi; b0 += BLOCK) {                                                       \
         const int64_t n = hi - b0 < BLOCK ? hi - b0 : BLOCK;                                            \
-        for (int64_t i = 0; i < n; i++) { v[i] = leak_to; gv[i] = 0; g_tau[i] = 0; }                    \
+        for (int64_t i = 0; i < n; i++) { v[i] = leak_to; gv[i] = 0; g_tau[i] = 0; g_sum[i] = 0; }      \
         for (int64_t i = 0; i < n; i++) v_buf[i] = leak_to;                                             \
         for (int64_t t = 0; t < T; t++) {  /* forward again, keeping H[t] and V[t] (V[-1] = rest) */    \
-            const TYPE *xt = x + t * N + b0;                                                            \
+            const TYPE *xt = x + t * x_step + b0;                                                       \
             TYPE *ht = h_buf + t * BLOCK, *vt = v_buf + (t + 1) * BLOCK;                                \
             _Pragma("omp simd")                                                                         \
             for (int64_t i = 0; i < n; i++) {                                                           \
@@ -101,7 +104,7 @@ static inline __attribute__((always_inline)) double backward_range_##SUFFIX(    
         for (int64_t t = T - 1; t >= 0; t--) {  /* and back */                                          \
             const TYPE *ht = h_buf + t * BLOCK, *gst = grad_s + t * N + b0;                             \
             const TYPE *vprev = v_buf + t * BLOCK;  /* V[t-1] */                                        \
-            TYPE *gxt = grad_x + t * N + b0;                                                            \
+            TYPE *gxt = grad_x + t * x_step + b0;  /* x_step = 0: not written here, see g_sum */        \
             _Pragma("omp simd")                                                                         \
             for (int64_t i = 0; i < n; i++) {                                                           \
                 const TYPE h = ht[i];                                                                   \
@@ -111,13 +114,16 @@ static inline __attribute__((always_inline)) double backward_range_##SUFFIX(    
                 if (soft_reset) dv_dh = detach_reset ? 1 : 1 - v_th * sg;                               \
                 else dv_dh = (s ? 0 : 1) + (detach_reset ? 0 : (v_reset - h) * sg);                     \
                 const TYPE gh = gst[i] * sg + gv[i] * dv_dh;                                            \
-                gxt[i] = gh * gx_scale;                                                                 \
+                if (x_step) gxt[i] = gh * gx_scale;                                                     \
+                else g_sum[i] += gh * gx_scale;                                                         \
                 gv[i] = gh * keep;                                                                      \
                 /* dH/d(1/tau): decay_input X - (V[t-1] - L) = (H - V[t-1]) / (1/tau), divided at the end; \
                  * otherwise L - V[t-1] */                                                              \
                 if (want_tau) g_tau[i] += gh * ((decay_input ? h : leak_to) - vprev[i]);               \
             }                                                                                           \
         }                                                                                               \
+        if (!x_step)                                                                                    \
+            for (int64_t i = 0; i < n; i++) grad_x[b0 + i] = g_sum[i];                                  \
         if (want_tau)  /* summed per neuron over t in the loop (which then vectorises), over neurons here */ \
             for (int64_t i = 0; i < n; i++) acc += g_tau[i];                                            \
     }                                                                                                   \
@@ -127,7 +133,8 @@ static inline __attribute__((always_inline)) double backward_range_##SUFFIX(    
 /* grad_x from grad_s; with want_tau, also *grad_tau_inv = sum over [lo, hi) and t of dL/dH dH/d(1/tau).  \
  * Returns 0, or -1 if the buffer could not be allocated. */                                            \
 int lif_backward_##SUFFIX(const TYPE *x, const TYPE *grad_s, TYPE *grad_x, int64_t T, int64_t N,        \
-                          int64_t lo, int64_t hi, int leak, TYPE tau_inv, TYPE v_th, TYPE v_reset,      \
+                          int64_t x_step, int64_t lo, int64_t hi, int leak, TYPE tau_inv, TYPE v_th,    \
+                          TYPE v_reset,                                                                 \
                           int soft_reset, int detach_reset, int sg_kind, TYPE sg_a, TYPE sg_b,          \
                           int want_tau, double *grad_tau_inv) {                                         \
     TYPE *h_buf = malloc(sizeof(TYPE) * BLOCK * (2 * T + 1));  /* H and V of one block over time */     \

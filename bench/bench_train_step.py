@@ -188,7 +188,7 @@ def run_net(name, cfg, args):
           f"rounds of {steps} steps")
     for n, sps in rows.items():
         base_sj = sj16 if n.endswith("bf16") else sj
-        print(f"  {n:26s} {sps:8.1f}   x{sps / base_sj:.2f} vs SpikingJelly{' bf16' if n.endswith('bf16') else ''}")
+        print(f"  {n:26s} {sps:8.2f}   x{sps / base_sj:.2f} vs SpikingJelly{' bf16' if n.endswith('bf16') else ''}")
     return {"net": name, **{k: v for k, v in cfg.items()}, "first_step_loss": first, "samples_per_s": rows,
             "rounds": rounds}
 

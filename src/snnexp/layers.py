@@ -76,11 +76,11 @@ class SeqToANN(nn.Module):
     """Run a stateless layer once on the whole sequence by folding time into the batch:
     [T, B, ...] -> [T*B, ...] -> layer -> [T, B, ...]."""
 
+    repeated_input = "one step"
+
     def __init__(self, module: nn.Module):
         super().__init__()
         self.module = module
-
-    repeated_input = "one step"
 
     def forward(self, x_seq, steps: int = 0):
         if steps:
@@ -102,11 +102,11 @@ class BatchNormThroughTime(nn.modules.batchnorm._BatchNorm):
     """BN on input currents (Ledinauskas 2020, PLIF): one BN per channel whose statistics are taken
     over time and batch together (and space, for conv layers). Works for [T, B, C] and [T, B, C, H, W]."""
 
+    repeated_input = "one step"
+
     def _check_input_dim(self, x):
         if x.dim() < 2:
             raise ValueError(f"expected at least [T*B, C] input, got shape {tuple(x.shape)}")
-
-    repeated_input = "one step"
 
     def forward(self, x_seq, steps: int = 0):
         if steps:
@@ -186,10 +186,10 @@ class NeuNorm(nn.Module):
 class NoNorm(nn.Identity):
     """norm=none: accepts the channel count the network builder passes and does nothing."""
 
+    repeated_input = "one step"
+
     def __init__(self, num_features=None):
         super().__init__()
-
-    repeated_input = "one step"
 
     def forward(self, x, steps: int = 0):
         return x
@@ -199,13 +199,13 @@ class SeqDropout(nn.Module):
     """Dropout with one mask per sample, shared by all time steps (as in the PLIF code): dropping a
     different unit at every step would only add noise to the rate."""
 
+    repeated_input = "one step"
+
     def __init__(self, p: float = 0.5):
         super().__init__()
         if not 0.0 <= p < 1.0:
             raise ValueError(f"dropout p must be in [0, 1), got {p}")
         self.p = float(p)
-
-    repeated_input = "one step"
 
     def forward(self, x_seq, steps: int = 0):
         if not self.training or self.p == 0.0:

@@ -53,6 +53,9 @@ class SpikingNeuron(nn.Module):
     backend: "fused" runs the fused kernel (snnexp/neurons/fused.py), "reference" the step-by-step definition
     that autograd differentiates op by op; both give the same spikes and gradients."""
 
+    decay_input = True  # IF: no leak, so no input decay either (LIF and PLIF set their own)
+    repeated_input = "sequence"  # one step's input gives the spikes of all steps: see snnexp.layers.run_layers
+
     def __init__(
         self,
         v_threshold: float = 1.0,
@@ -69,13 +72,9 @@ class SpikingNeuron(nn.Module):
         self.surrogate = surrogate if surrogate is not None else ATan()
         self.backend = backend
 
-    decay_input = True
-
     def tau_inv(self):
         """1/tau as the neuron functions take it: a float, a tensor (learned), or None for IF."""
         raise NotImplementedError
-
-    repeated_input = "sequence"  # see snnexp.layers.run_layers
 
     def forward(self, x_seq, steps: int = 0):
         """Spikes [T, B, ...] of x_seq [T, B, ...]; with `steps`, of x_seq [B, ...] fed at each of `steps` steps

@@ -35,6 +35,7 @@ bench: $(INSTALLED)
 	$(PY) bench/bench_neuron.py
 	$(PY) bench/bench_train_step.py
 	$(PY) bench/bench_framework.py
+	$(PY) bench/bench_memory.py
 	$(PY) bench/bench_mnist_epoch.py
 	$(PY) bench/bench_frames.py $(ARGS)
 

@@ -190,6 +190,19 @@ for dtype, (leak, soft, detach, sg) in itertools.product((torch.float32, torch.f
     torch.testing.assert_close(gx, xr.grad)
     if leak != "if":
         torch.testing.assert_close(gt, taur.grad, rtol=1e-4, atol=1e-4)
+# steps: one channels_last input fed at every step; spikes in its memory order, gradient summed over the steps
+x1 = (torch.rand(2, 4, 3, 5, dtype=torch.float64) * 4 - 0.5).to(memory_format=torch.channels_last)
+xr = x1.clone().requires_grad_()
+ref = lif_multistep_reference(xr.unsqueeze(0).repeat(6, 1, 1, 1, 1), 0.4, ATan(), 1.0, 0.0, True, False)
+g = torch.randn_like(ref)
+ref.backward(g)
+tau = torch.tensor(0.4, dtype=torch.float64)
+spikes = cuda.forward(x1, tau, "decay_input", 1.0, 0.0, False, steps=6)
+g_in_spikes_order = torch.empty_like(spikes).copy_(g)  # as fused._spikes_order hands it over
+gx, _ = cuda.backward(x1, g_in_spikes_order, tau, "decay_input", 1.0, 0.0, False, False, "atan", 2.0, 0.0, False,
+                      steps=6)
+assert torch.equal(spikes, ref) and spikes.stride() == (x1.numel(), *x1.stride())
+torch.testing.assert_close(gx, xr.grad)
 print("ok")
 """
 

@@ -27,6 +27,7 @@ from typing import Dict, Optional, Tuple, Union
 import torch
 
 from snnexp.neurons.functional import lif_multistep_reference
+from snnexp.neurons.kernels.cpu import empty_steps
 
 Tensor = torch.Tensor
 _KERNELS = {"cpu": "snnexp.neurons.kernels.cpu", "cuda": "snnexp.neurons.kernels.cuda"}  # imported on first use
@@ -79,10 +80,10 @@ def _kernel_input(x: Tensor, steps: int = 0) -> Tensor:
 
 def _spikes_order(grad: Tensor, xk: Tensor, steps: int) -> Tensor:
     """The gradient at the spikes in the spikes' memory order, which is xk's (with `steps`: xk's at every step)."""
-    shape, strides = ((steps, *xk.shape), (xk.numel(), *xk.stride())) if steps else (xk.shape, xk.stride())
+    strides = (xk.numel(), *xk.stride()) if steps else xk.stride()
     if grad.dtype == xk.dtype and grad.stride() == strides:
         return grad
-    return torch.empty_strided(shape, strides, dtype=xk.dtype, device=xk.device).copy_(grad)
+    return (empty_steps(xk, steps) if steps else torch.empty_like(xk)).copy_(grad)
 
 
 def _tau_value(tau_inv: Tensor, device_type: str):
@@ -104,8 +105,7 @@ def _lif_op(x: Tensor, tau_inv: Tensor, leak: str, v_threshold: float, v_reset: 
 def _(x, tau_inv, leak, v_threshold, v_reset, soft_reset, detach_reset, surrogate, sg_a, sg_b, steps):
     if not steps:
         return torch.empty_like(x)
-    xk = _kernel_input(x, steps)  # the spikes have its memory order at every step, as kernels/cpu.py makes them
-    return torch.empty_strided((steps, *xk.shape), (xk.numel(), *xk.stride()), dtype=x.dtype, device=x.device)
+    return empty_steps(_kernel_input(x, steps), steps).to(x.dtype)  # the spikes as the kernels make them
 
 
 @torch.library.custom_op("snnexp::lif_multistep_backward", mutates_args=())

@@ -115,6 +115,12 @@ def _run_split(fn, n: int) -> list:
     return list(_pool(workers).map(lambda lo: fn(lo, min(n, lo + step)), range(0, n, step)))
 
 
+def empty_steps(x: torch.Tensor, steps: int) -> torch.Tensor:
+    """An empty [steps, *x.shape] tensor with x's memory order (channels_last included) at every step: the
+    spikes of x fed at each of `steps` steps (x one dense block), on the CPU and on CUDA alike."""
+    return torch.empty_strided((steps, *x.shape), (x.numel(), *x.stride()), dtype=x.dtype, device=x.device)
+
+
 def _steps(x: torch.Tensor, steps: int):
     """(T, N, x_step) of x [T, ...], or of x [...] (one dense block) seen at each of `steps` steps: x_step 0."""
     return (steps, x.numel(), 0) if steps else (x.shape[0], x[0].numel(), x[0].numel())
@@ -127,8 +133,7 @@ def forward(x: torch.Tensor, tau_inv: float, leak: str, v_th: float, v_reset: fl
     suffix, _ = _C_TYPES[x.dtype]
     fn = getattr(library(), f"lif_forward_{suffix}")
     T, N, x_step = _steps(x, steps)
-    spikes = torch.empty_like(x) if not steps else \
-        torch.empty_strided((T, *x.shape), (N, *x.stride()), dtype=x.dtype, device=x.device)  # x's order per step
+    spikes = empty_steps(x, steps) if steps else torch.empty_like(x)
     _run_split(lambda lo, hi: fn(x.data_ptr(), spikes.data_ptr(), T, N, x_step, lo, hi, LEAK[leak], tau_inv, v_th,
                                  v_reset, int(soft_reset)), N)
     return spikes

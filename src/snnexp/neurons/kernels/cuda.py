@@ -16,7 +16,7 @@ try:
 except ImportError:  # the CPU-only install of torch comes without Triton
     triton = None
 
-from snnexp.neurons.kernels.cpu import LEAK, SURROGATE_KINDS
+from snnexp.neurons.kernels.cpu import LEAK, SURROGATE_KINDS, empty_steps
 
 BLOCK = 256
 
@@ -135,9 +135,9 @@ def _tau_tensor(tau_inv, like):
 
 
 def _repeated(x, steps: int):
-    """x [...] fed at each of `steps` steps, as the [T, N] sequence the kernels read (the CPU kernel reads it in
-    place; here it is copied)."""
-    return x.unsqueeze(0).expand(steps, *x.shape).contiguous()
+    """x [...] fed at each of `steps` steps, as the [T, N] sequence the kernels read, in x's memory order at every
+    step like the spikes the fake implementation predicts (the CPU kernel reads x in place; here it is copied)."""
+    return empty_steps(x, steps).copy_(x.unsqueeze(0).expand(steps, *x.shape))
 
 
 def forward(x, tau_inv, leak: str, v_th: float, v_reset: float, soft_reset: bool, steps: int = 0):
@@ -153,8 +153,9 @@ def backward(x, grad_spikes, tau_inv, leak: str, v_th: float, v_reset: float, so
              detach_reset: bool, surrogate: str, sg_a: float, sg_b: float, want_tau: bool, steps: int = 0):
     """(grad_x, dL/d(1/tau) as a 0-d tensor); with `steps`, grad_x is summed over the steps."""
     if steps:
-        grad_x, grad_tau = backward(_repeated(x, steps), grad_spikes.contiguous(), tau_inv, leak, v_th, v_reset,
-                                    soft_reset, detach_reset, surrogate, sg_a, sg_b, want_tau)
+        # grad_spikes comes in the spikes' memory order (fused._spikes_order), which is _repeated(x)'s
+        grad_x, grad_tau = backward(_repeated(x, steps), grad_spikes, tau_inv, leak, v_th, v_reset, soft_reset,
+                                    detach_reset, surrogate, sg_a, sg_b, want_tau)
         return grad_x.sum(0), grad_tau
     T, N = x.shape[0], x[0].numel()
     grid = triton.cdiv(N, BLOCK)

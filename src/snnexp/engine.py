@@ -37,8 +37,8 @@ from snnexp.logging import RunLogger
 from snnexp.metrics import epoch_metrics, epoch_scalars, test_metrics, train_summary
 from snnexp.session import StopSignals, record
 
-__all__ = ["CheckpointError", "EpochOrder", "Run", "build_model", "build_run", "evaluate", "evaluate_checkpoint",
-           "fit", "forward", "make_loader", "spiking_layers", "train_epoch"]
+__all__ = ["EpochOrder", "Run", "build_model", "build_run", "evaluate", "evaluate_checkpoint",
+           "fit", "forward", "make_loader", "train_epoch"]
 
 log = logging.getLogger("snnexp")
 

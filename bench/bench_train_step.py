@@ -10,11 +10,11 @@ rate against the one-hot label, Adam lr 1e-3):
            T=20, batch 4, 2x128x128 binary event frames
 
 The SpikingJelly network is translated from ours layer by layer (SeqToANNContainer around the same conv,
-linear and pooling modules, its BatchNorm2d/1d and ParametricLIFNode in step_mode='m', Flatten, Dropout)
-with our weights copied in, and the first step's loss is checked equal before anything is timed (dropout
-off for that one step: the two draw their masks differently). Then the variants take turns, --repeats
-rounds of --steps steps each after warm-up steps (which also compile, for torch.compile); the figure is
-the median round. Prints a table and writes bench/results/train_step.json.
+linear and pooling modules, with PyTorch's nn.MaxPool2d for ours, its BatchNorm2d/1d and ParametricLIFNode in
+step_mode='m', Flatten, Dropout) with our weights copied in, and the first step's loss is checked equal before
+anything is timed (dropout off for that one step: the two draw their masks differently). Then the variants take
+turns, --repeats rounds of --steps steps each after warm-up steps (which also compile, for torch.compile); the
+figure is the median round. Prints a table and writes bench/results/train_step.json.
 """
 
 import argparse
@@ -55,7 +55,7 @@ def spikingjelly_twin(model: nn.Module) -> nn.Module:
     layers = []
     for m in model:
         if isinstance(m, SeqToANN):
-            layers.append(layer.SeqToANNContainer(copy.deepcopy(m.module)))
+            layers.append(layer.SeqToANNContainer(_torch_module(m.module)))
         elif isinstance(m, BatchNormThroughTime):
             bn = (layer.BatchNorm2d if m.weight.dim() == 1 and layers and _last_was_conv(model, m)
                   else layer.BatchNorm1d)(m.num_features, step_mode="m")
@@ -75,6 +75,14 @@ def spikingjelly_twin(model: nn.Module) -> nn.Module:
     return nn.Sequential(*layers)
 
 
+def _torch_module(module: nn.Module) -> nn.Module:
+    """A copy of a conv, linear or pooling module, with PyTorch's max pooling for ours (snnexp.pooling)."""
+    if isinstance(module, nn.MaxPool2d):
+        return nn.MaxPool2d(module.kernel_size, module.stride, module.padding, module.dilation,
+                            ceil_mode=module.ceil_mode)
+    return copy.deepcopy(module)
+
+
 def _last_was_conv(model, bn):
     """Whether the BN follows a conv (2-d BN) rather than a linear layer (1-d BN)."""
     before = None
@@ -84,6 +92,14 @@ def _last_was_conv(model, bn):
         if isinstance(m, SeqToANN) and isinstance(m.module, (nn.Conv2d, nn.Linear)):
             before = m.module
     raise ValueError("BN not in model")
+
+
+def torch_pooling(model: nn.Module) -> nn.Module:
+    """model with PyTorch's max pooling in place of ours (snnexp.pooling): what our pooling kernel gains."""
+    for m in model:
+        if isinstance(m, SeqToANN) and isinstance(m.module, nn.MaxPool2d):
+            m.module = _torch_module(m.module)
+    return model
 
 
 def reset_sj(net):
@@ -139,13 +155,16 @@ def run_net(name, cfg, args):
     variants = [  # the first is the reference of the first-step check; the second what `snnexp train` runs
         Variant("snnexp NCHW, T copies", copy.deepcopy(base)),
         Variant("snnexp default", copy.deepcopy(base), channels_last=True, direct=True),
+        Variant("snnexp default, torch pool", torch_pooling(copy.deepcopy(base)), channels_last=True, direct=True),
         Variant("snnexp torch.compile", copy.deepcopy(base), compile=True),
         Variant("snnexp reference neurons", ours(cfg["spec"], cfg["input"], "reference")),
         Variant("SpikingJelly", spikingjelly_twin(base), spikingjelly=True),
         Variant("snnexp bf16", copy.deepcopy(base), autocast=True),
         Variant("SpikingJelly bf16", spikingjelly_twin(base), autocast=True, spikingjelly=True),
     ]
-    variants[3].model.load_state_dict(base.state_dict())
+    next(v for v in variants if v.name == "snnexp reference neurons").model.load_state_dict(base.state_dict())
+    if args.variants:  # the first stays: it is the reference of the first-step check
+        variants = variants[:1] + [v for v in variants[1:] if v.name in args.variants or v.name == "SpikingJelly"]
 
     # the same loss and gradient norm on the first step from the same weights (dropout off for it; later steps
     # drift apart: a rounding difference flips a spike, and Adam's first updates are lr-sized whatever the size
@@ -183,7 +202,7 @@ def run_net(name, cfg, args):
                 v.step(x, y)
             rounds[v.name].append(cfg["batch"] * steps / (time.perf_counter() - start))
     rows = {n: statistics.median(r) for n, r in rounds.items()}
-    sj, sj16 = rows["SpikingJelly"], rows["SpikingJelly bf16"]
+    sj, sj16 = rows["SpikingJelly"], rows.get("SpikingJelly bf16", float("nan"))
     print(f"  T={cfg['T']} batch {cfg['batch']} input {list(cfg['input'])}: samples/s, median of {repeats} "
           f"rounds of {steps} steps")
     for n, sps in rows.items():
@@ -199,6 +218,8 @@ def main():
     ap.add_argument("--steps", type=int, help="steps per round (default: the net's, 5 or 2)")
     ap.add_argument("--repeats", type=int, help="rounds (default: the net's, 5 or 3)")
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--variants", nargs="+", help="time only these variants (and the first, the reference; "
+                    "SpikingJelly is always one)")
     args = ap.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     name = "train_step" if args.nets == list(NETS) else "train_step_" + "_".join(args.nets)

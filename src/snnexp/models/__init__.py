@@ -15,6 +15,7 @@ from snnexp.errors import ModelError, SpecError
 from snnexp.layers import SeqDropout, SeqFlatten, SeqToANN, run_layers
 from snnexp.models.resnet import SpikingResNet
 from snnexp.models.spec import Layer, expand, format_spec, parse_spec
+from snnexp.pooling import MaxPool2d
 
 __all__ = ["MLP", "ModelError", "SpecNet", "SpecError", "SpikingResNet", "parse_spec", "format_spec"]
 
@@ -85,7 +86,7 @@ def _build(layer: Layer, shape, neuron, norm, dropout, bias, spec):
     if kind in ("maxpool", "avgpool"):
         k, s = a[0], a[1] or a[0]
         if len(shape) == 3:
-            pool = (nn.MaxPool2d if kind == "maxpool" else nn.AvgPool2d)(k, s)
+            pool = (MaxPool2d if kind == "maxpool" else nn.AvgPool2d)(k, s)
             out = (shape[0], (shape[1] - k) // s + 1, (shape[2] - k) // s + 1)
         else:  # on a feature vector: 1-d pooling over features, e.g. the voting layer APk10s10
             pool = (nn.MaxPool1d if kind == "maxpool" else nn.AvgPool1d)(k, s)

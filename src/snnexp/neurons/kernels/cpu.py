@@ -1,4 +1,5 @@
-"""The CPU kernel of lif_cpu.c: compiled once per machine with the system's C compiler, loaded with ctypes.
+"""The CPU kernels of lif_cpu.c (the neurons) and pool_cpu.c (max pooling, for snnexp.pooling): compiled once per
+machine with the system's C compiler into one library, loaded with ctypes.
 
 Plain C through ctypes rather than a torch C++ extension: it compiles in about a second (no torch
 headers), and a ctypes call releases the GIL, so `torch.get_num_threads()` Python threads each run the
@@ -26,7 +27,7 @@ import torch
 from snnexp import cache_home
 from snnexp.files import atomic_path
 
-SOURCE = Path(__file__).with_name("lif_cpu.c")
+SOURCES = [Path(__file__).with_name(name) for name in ("lif_cpu.c", "pool_cpu.c")]
 # -ffp-contract=off: no fused multiply-add, so H is computed with PyTorch's rounding and spikes match exactly.
 FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fopenmp-simd", "-shared", "-fPIC"]
 SURROGATE_KINDS = {"atan": 0, "sigmoid": 1, "rect": 2, "triangle": 3, "fast_sigmoid": 4}
@@ -61,18 +62,20 @@ def _compiler() -> str:
 
 
 def build(verbose: bool = False) -> Path:
-    """Compile lif_cpu.c if this machine has no up-to-date copy; return the library's path."""
+    """Compile the kernels if this machine has no up-to-date copy; return the library's path."""
     cc = _compiler()
     version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), " ".join(FLAGS), version, _cpu_id()]).encode())
+    sources = [source.read_text() for source in SOURCES]
+    key = hashlib.sha256("\0".join([*sources, " ".join(FLAGS), version, _cpu_id()]).encode())
     target = cache_dir() / f"lif_cpu-{key.hexdigest()[:16]}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(target) as out:  # build aside, then rename: never half a file
-        proc = subprocess.run([cc, *FLAGS, "-o", str(out), str(SOURCE), "-lm"], capture_output=True, text=True)
+        proc = subprocess.run([cc, *FLAGS, "-o", str(out), *map(str, SOURCES), "-lm"], capture_output=True, text=True)
         if proc.returncode != 0:
-            raise KernelUnavailable(f"{cc} could not build {SOURCE.name}:\n{proc.stderr.strip()}")
+            names = ", ".join(source.name for source in SOURCES)
+            raise KernelUnavailable(f"{cc} could not build {names}:\n{proc.stderr.strip()}")
     if verbose:
         print(f"built {target}")
     return target
@@ -89,6 +92,9 @@ def library() -> ctypes.CDLL:
         bwd.argtypes = [_P, _P, _P, _I64, _I64, _I64, _I64, _I64, _I, real, real, real, _I, _I, _I, real, real, _I,
                         _P]
         bwd.restype = _I
+        pool_fwd, pool_bwd = getattr(lib, f"max_pool_forward_{suffix}"), getattr(lib, f"max_pool_backward_{suffix}")
+        pool_fwd.argtypes = pool_bwd.argtypes = [_P, _P, _P] + [_I64] * 7
+        pool_fwd.restype = pool_bwd.restype = None
     return lib
 
 
@@ -106,9 +112,9 @@ def _pool(workers: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(workers, thread_name_prefix="snnexp-lif")
 
 
-def _run_split(fn, n: int) -> list:
+def _run_split(fn, n: int, min_per_thread: int = MIN_PER_THREAD) -> list:
     """fn(lo, hi) over [0, n) in torch.get_num_threads() slices, in parallel; their results in order."""
-    workers = max(1, min(torch.get_num_threads(), n // MIN_PER_THREAD))
+    workers = max(1, min(torch.get_num_threads(), n // min_per_thread))
     if workers == 1:
         return [fn(0, n)]
     step = -(-n // workers)
@@ -157,6 +163,45 @@ def backward(x, grad_spikes, tau_inv: float, leak: str, v_th: float, v_reset: fl
         return partial.value
 
     return grad_x, sum(_run_split(run, N))
+
+
+def max_pool(x: torch.Tensor, kh: int, kw: int, channels_last: bool):
+    """(y, pos) of pool_cpu.c for x [N, C, H, W], contiguous channels_last (if `channels_last`) or NCHW: the
+    window maxima [N, C, H // kh, W // kw] in x's memory order, and their positions in the window as uint8, laid
+    out as pool_cpu.c reads them back in `max_pool_backward`."""
+    suffix, _ = _C_TYPES[x.dtype]
+    fn = getattr(library(), f"max_pool_forward_{suffix}")
+    N, H, W, C = maps_shape(x.shape, channels_last)
+    y = torch.empty(N, H // kh, W // kw, C, dtype=x.dtype)
+    pos = torch.empty(y.shape, dtype=torch.uint8)
+    _run_split(lambda lo, hi: fn(x.data_ptr(), y.data_ptr(), pos.data_ptr(), H, W, C, kh, kw, lo, hi),
+               N * (H // kh), max(1, MIN_PER_THREAD // (W * C)))
+    return _nchw(y, x.shape[:2], channels_last), pos
+
+
+def max_pool_backward(grad_y: torch.Tensor, pos: torch.Tensor, x_shape, kh: int, kw: int,
+                      channels_last: bool) -> torch.Tensor:
+    """dL/dx [N, C, H, W] of `max_pool` from dL/dy and the positions it gave, in the forward's memory order."""
+    suffix, _ = _C_TYPES[grad_y.dtype]
+    fn = getattr(library(), f"max_pool_backward_{suffix}")
+    grad_y = grad_y.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    N, H, W, C = maps_shape(x_shape, channels_last)
+    grad_x = torch.empty(N, H, W, C, dtype=grad_y.dtype)
+    _run_split(lambda lo, hi: fn(grad_y.data_ptr(), pos.data_ptr(), grad_x.data_ptr(), H, W, C, kh, kw, lo, hi),
+               N * H, max(1, MIN_PER_THREAD // (W * C)))
+    return _nchw(grad_x, x_shape[:2], channels_last)
+
+
+def maps_shape(shape, channels_last: bool):
+    """(N, H, W, C) of an [N, C, H, W] tensor as pool_cpu.c sees it: NCHW is N*C maps with one channel."""
+    N, C, H, W = shape
+    return (N, H, W, C) if channels_last else (N * C, H, W, 1)
+
+
+def _nchw(out: torch.Tensor, nc, channels_last: bool) -> torch.Tensor:
+    """out [N', H, W, C'] of `maps_shape` as the [N, C, H, W] tensor it is (a view, in its memory order)."""
+    H, W = out.shape[1:3]
+    return out.permute(0, 3, 1, 2) if channels_last else out.view(*nc, H, W)
 
 
 if __name__ == "__main__":

@@ -115,7 +115,7 @@ class Activity:
             for name, module in self.model.named_modules():
                 if isinstance(module, SOP_LAYERS):
                     self._hooks.append(module.register_forward_hook(self._ops_hook(layer_name(name, module))))
-                if isinstance(module, SeqToANN):
+                if isinstance(module, SeqToANN) and isinstance(module.module, SOP_LAYERS):
                     self._hooks.append(module.register_forward_pre_hook(self._steps_hook, with_kwargs=True))
         except BaseException:
             self.remove()

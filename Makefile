@@ -1,5 +1,5 @@
-# make train: create .venv if missing, install snnexp into it (with the dev and bench extras: the tests
-# compare against SpikingJelly), train on the built-in digits dataset.
+# make train: create .venv if missing, install snnexp into it (with the dev, bench and neurobench extras: the tests
+# compare against SpikingJelly and NeuroBench), train on the built-in digits dataset.
 # make test: the same venv, the fast test suite (what CI runs). make test-all: also the slow tests.
 # make lint: ruff (lint and import order, configured in pyproject.toml) on src, tests and bench; CI runs it first.
 # make bench: the benchmarks in bench/.
@@ -14,7 +14,7 @@ install: $(INSTALLED)
 
 $(INSTALLED): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,bench,neurobench]'
 	@touch $@
 
 train: $(INSTALLED)

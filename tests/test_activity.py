@@ -1,6 +1,7 @@
 """What a test pass measures of the network's activity (snnexp.activity): spike counts, per-neuron rates, synaptic
-operations, the fixed batch's raster and confusion matrix, and what a run writes of them to metrics.json and
-TensorBoard. The expected numbers are worked out by hand or by brute force, never by the code under test."""
+operations (effective ACs and MACs, dense), the fixed batch's raster and confusion matrix, and what a run writes of
+them to metrics.json and TensorBoard. The expected numbers are worked out by hand or by brute force, never by the
+code under test; tests/test_neurobench.py checks them against the neurobench package."""
 
 import itertools
 import json
@@ -19,14 +20,14 @@ from snnexp.activity import (
     confusion_image,
     conv_reach,
     evenly_spaced,
-    input_is_spikes,
     raster_image,
     spiking_layers,
 )
 from snnexp.cli import conf_dir
-from snnexp.encoders import DirectEncoder, LatencyEncoder, PoissonEncoder
 from snnexp.engine import build_run, evaluate, evaluate_checkpoint, make_loader
 from snnexp.layers import SeqToANN
+from snnexp.metrics import COST_METRICS
+from snnexp.models import SpecNet
 from snnexp.neurons import IF
 
 T = 4
@@ -51,40 +52,66 @@ TINY_RASTER_0 = [[1, 1, 1, 1], [0, 1, 0, 1], [0, 1, 0, 1]]  # sample 0: neurons 
 TINY_COUNTS = [4, 4, 3]
 
 
-def run_tiny(input_spikes: bool, batches=1):
+def run_tiny(batches=1, x=TINY_X):
     model = tiny_net()
-    x_seq = TINY_X.unsqueeze(0).expand(T, *TINY_X.shape)  # direct coding: the same input at every step
-    with torch.no_grad(), Activity(model, spiking_layers(model), input_spikes) as activity:
+    x_seq = x.unsqueeze(0).expand(T, *x.shape)  # direct coding: the same input at every step
+    with torch.no_grad(), Activity(model, spiking_layers(model)) as activity:
         for _ in range(batches):
             out = model(x_seq)
             activity.batch(out.mean(0), torch.tensor([0, 1]))
     return activity.summary(), model, out
 
 
-def test_spike_counts_rates_and_sops_of_a_known_spike_pattern():
-    s, _, _ = run_tiny(input_spikes=False)
+def test_spike_counts_rates_and_operations_of_a_known_spike_pattern():
+    s, _, _ = run_tiny()
     assert s["layer_spikes_per_sample"] == {"01_IF": pytest.approx(11 / 2)}
     assert s["spikes_per_sample"] == pytest.approx(5.5)
     # per neuron: count / (T * samples)
     np.testing.assert_allclose(s["neuron_rates"]["01_IF"], np.array(TINY_COUNTS) / (T * 2))
     assert s["firing_rate"]["01_IF"] == pytest.approx(11 / (T * 2 * 3))
-    # the second Linear: every spike drives its 4 synapses; the first sees analog input and is left out
-    assert s["layer_sops_per_sample"] == {"02_Linear": pytest.approx(11 * 4 / 2)}
-    assert s["sops_per_sample"] == pytest.approx(22.0)
-    assert s["sop_input_layers_left_out"] == ["00_Linear"]
+    assert s["activation_sparsity"] == pytest.approx(1 - 11 / (T * 2 * 3))
+    # the first Linear's input is 0/1, so it does ACs: each input column has 2 non-zero weights (the zeros are
+    # pruned synapses, not counted); sample 0 drives 2 + 2, sample 1 drives 2, at each of the 4 steps
+    # the second Linear: every spike drives its 4 synapses
+    assert s["layer_acs_per_sample"] == {"00_Linear": pytest.approx((4 + 2) * T / 2),
+                                         "02_Linear": pytest.approx(11 * 4 / 2)}
+    assert s["layer_macs_per_sample"] == {"00_Linear": 0, "02_Linear": 0}
+    assert s["effective_acs_per_sample"] == pytest.approx(12 + 22) and s["effective_macs_per_sample"] == 0
+    # dense: every synapse at every step, zero weights included: T x (2 x 3 + 3 x 4)
+    assert s["dense_ops_per_sample"] == pytest.approx(T * (2 * 3 + 3 * 4))
     np.testing.assert_array_equal(s["raster"]["01_IF"], TINY_RASTER_0)
 
 
-def test_first_layer_counts_when_the_input_is_spikes():
-    s, _, _ = run_tiny(input_spikes=True)
-    # the first Linear: non-zero inputs (2 in sample 0, 1 in sample 1, at each of 4 steps) x 3 synapses
-    assert s["layer_sops_per_sample"]["00_Linear"] == pytest.approx((2 + 1) * T * 3 / 2)
-    assert s["sops_per_sample"] == pytest.approx(18 + 22)
-    assert s["sop_input_layers_left_out"] == []
+def test_an_analog_input_does_macs():
+    s, _, _ = run_tiny(x=torch.tensor([[0.5, 1.0], [0.0, 1.0]]))  # the same non-zero pattern, one value not 0/1
+    assert s["layer_macs_per_sample"]["00_Linear"] == pytest.approx((4 + 2) * T / 2)
+    assert s["layer_acs_per_sample"]["00_Linear"] == 0
+    assert s["layer_macs_per_sample"]["02_Linear"] == 0  # spikes in: ACs
+    assert s["effective_macs_per_sample"] == pytest.approx(12)
+
+
+def test_a_layer_run_once_for_a_repeated_input_counts_its_t_steps():
+    """Direct coding: SpecNet runs its first layers once on the repeated input (snnexp.layers.run_layers); the
+    counts are those of the T calls on a materialised copy."""
+    torch.manual_seed(0)
+    net = SpecNet("c3k3s1-SN-FC4-SN", input_shape=(1, 5, 5), num_outputs=4, neuron=lambda: IF(v_threshold=0.3),
+                  norm=None).eval()
+    x = torch.rand(2, 1, 5, 5)
+    summaries = []
+    for x_seq in (x.unsqueeze(0).expand(T, *x.shape), x.unsqueeze(0).repeat(T, 1, 1, 1, 1)):
+        with torch.no_grad(), Activity(net, spiking_layers(net)) as activity:
+            activity.batch(net(x_seq).mean(0), torch.zeros(2, dtype=torch.long))
+        summaries.append(activity.summary())
+    repeated, copied = summaries
+    assert copied["layer_macs_per_sample"]["00_Conv2d"] > 0 and copied["effective_acs_per_sample"] > 0
+    for key in ("layer_acs_per_sample", "layer_macs_per_sample", "dense_ops_per_sample", "spikes_per_sample"):
+        assert repeated[key] == copied[key]
+    conv = net[0].module  # every pixel is non-zero: all taps of all 3 x 3 x 3 weights, at T steps
+    assert copied["layer_macs_per_sample"]["00_Conv2d"] == T * conv_reach(conv, (1, 5, 5)).sum().item()
 
 
 def test_sums_over_batches_and_the_fixed_batch_is_the_first():
-    s, _, _ = run_tiny(input_spikes=False, batches=3)
+    s, _, _ = run_tiny(batches=3)
     assert s["spikes_per_sample"] == pytest.approx(5.5)  # the same batch 3 times: same per-sample numbers
     np.testing.assert_allclose(s["neuron_rates"]["01_IF"], np.array(TINY_COUNTS) / (T * 2))
     assert s["confusion"].sum() == 2  # only the first batch
@@ -95,7 +122,7 @@ def test_hooks_change_nothing_and_are_removed():
     x_seq = torch.rand(T, 5, 2)
     with torch.no_grad():
         plain = model(x_seq)
-        with Activity(model, spiking_layers(model), input_spikes=True) as activity:
+        with Activity(model, spiking_layers(model)) as activity:
             hooked = model(x_seq)
             activity.batch(hooked.mean(0), torch.zeros(5, dtype=torch.long))
         after = model(x_seq)
@@ -108,7 +135,7 @@ def test_hooks_change_nothing_and_are_removed():
 def test_hooks_are_removed_when_the_pass_fails():
     model = tiny_net()
     with pytest.raises(RuntimeError):
-        with Activity(model, spiking_layers(model), input_spikes=True):
+        with Activity(model, spiking_layers(model)):
             model(torch.rand(T, 5, 7))  # wrong feature count
     for m in model.modules():
         assert not m._forward_hooks and not m._forward_pre_hooks
@@ -142,12 +169,15 @@ def test_conv_sops_match_a_brute_force_count(kwargs):
     model = nn.Sequential(SeqToANN(conv)).eval()
     B = 3
     x_seq = (torch.rand(T, B, kwargs["in_channels"], 7, 6) < 0.3).float()
-    with torch.no_grad(), Activity(model, {}, input_spikes=True) as activity:
+    with torch.no_grad(), Activity(model, {}) as activity:
         out = model(x_seq)
         activity.batch(out.flatten(2)[0], torch.zeros(B, dtype=torch.long))
     expected = brute_force_conv_sops(x_seq.flatten(0, 1), conv)
     assert expected > 0
-    assert activity.summary()["layer_sops_per_sample"] == {"00_Conv2d": pytest.approx(expected / B)}
+    s = activity.summary()
+    assert s["layer_acs_per_sample"] == {"00_Conv2d": pytest.approx(expected / B)}
+    # dense: the same count with every input entry non-zero
+    assert s["dense_ops_per_sample"] == pytest.approx(brute_force_conv_sops(torch.ones_like(x_seq[:, 0]), conv))
     # the same as the design's definition: the op with all-ones weights on (input != 0), summed
     ones = nn.functional.conv2d(x_seq.flatten(0, 1), torch.ones_like(conv.weight), None, conv.stride, conv.padding,
                                 conv.dilation, conv.groups).sum().item()
@@ -162,11 +192,23 @@ def test_conv_reach_counts_the_synapses_out_of_each_input_position():
     assert reach[0, 0] == 2 * 4 and reach[0, 1] == 2 * 6 and reach[1, 1] == 2 * 9
 
 
-def test_which_inputs_are_spikes():
-    assert not input_is_spikes(DirectEncoder(), sequence=False)  # analog image: the first layer does MACs
-    assert input_is_spikes(PoissonEncoder(), sequence=False)
-    assert input_is_spikes(LatencyEncoder(), sequence=False)
-    assert input_is_spikes(DirectEncoder(), sequence=True)  # event frames
+def test_pruned_synapses_are_not_counted():
+    conv = nn.Conv2d(2, 3, 3, padding=1, bias=False)
+    with torch.no_grad():
+        conv.weight.fill_(0.5)
+        conv.weight[1] = 0  # output channel 1 pruned
+        conv.weight[2, 0] = 0  # and channel 0's synapses into output channel 2
+    model = nn.Sequential(SeqToANN(conv)).eval()
+    x_seq = (torch.rand(T, 2, 2, 6, 6) < 0.3).float()
+    with torch.no_grad(), Activity(model, {}) as activity:
+        activity.batch(model(x_seq).flatten(2)[0], torch.zeros(2, dtype=torch.long))
+    # brute force per output channel: channel 0 sees both input channels, channel 2 input channel 1 alone
+    single = nn.Conv2d(1, 1, 3, padding=1, bias=False)
+    x = x_seq.flatten(0, 1)
+    expected = brute_force_conv_sops(x[:, :1], single) + 2 * brute_force_conv_sops(x[:, 1:], single)
+    s = activity.summary()
+    assert s["layer_acs_per_sample"]["00_Conv2d"] == pytest.approx(expected / 2)
+    assert s["dense_ops_per_sample"] == pytest.approx(3 * brute_force_conv_sops(torch.ones_like(x), single) / 2)
 
 
 def compose_train(*overrides):
@@ -182,24 +224,30 @@ def eval_fc(encoder):
     return run, evaluate(run, make_loader(run.splits.test, cfg, train=False))
 
 
-def test_direct_coding_leaves_the_first_layer_out_and_spike_codings_count_it():
-    _, direct = eval_fc("direct")
-    assert direct["layer_sops_per_sample"] == {} and direct["sops_per_sample"] == 0
-    assert direct["sop_input_layers_left_out"] == ["01_Linear"]
+def test_direct_coding_makes_the_first_layer_do_macs_and_spike_codings_acs():
+    run, direct = eval_fc("direct")
+    images = torch.stack([x for x, _ in run.splits.test])
+    # the analog image at every step: each non-zero pixel into 10 synapses, at 4 steps, as MACs
+    nonzero_pixels = (images != 0).sum((1, 2, 3)).double().mean().item()
+    assert direct["layer_macs_per_sample"] == {"01_Linear": pytest.approx(nonzero_pixels * 4 * 10)}
+    assert direct["layer_acs_per_sample"] == {"01_Linear": 0}
     # latency coding with threshold 0: every one of the 64 pixels spikes exactly once, into 10 synapses
     _, latency = eval_fc("latency")
-    assert latency["layer_sops_per_sample"] == {"01_Linear": pytest.approx(64 * 10)}
+    assert latency["layer_acs_per_sample"] == {"01_Linear": pytest.approx(64 * 10)}
+    assert latency["effective_macs_per_sample"] == 0
     # Poisson: a pixel of intensity p spikes about p * T times
-    run, poisson = eval_fc("poisson")
-    mean_intensity_sum = torch.stack([x for x, _ in run.splits.test]).sum((1, 2, 3)).mean().item()
-    assert poisson["layer_sops_per_sample"]["01_Linear"] == pytest.approx(mean_intensity_sum * 4 * 10, rel=0.03)
+    _, poisson = eval_fc("poisson")
+    mean_intensity_sum = images.sum((1, 2, 3)).mean().item()
+    assert poisson["layer_acs_per_sample"]["01_Linear"] == pytest.approx(mean_intensity_sum * 4 * 10, rel=0.03)
+    for s in (direct, latency, poisson):  # every synapse at every step
+        assert s["dense_ops_per_sample"] == 4 * 64 * 10
 
 
 def test_confusion_matrix_of_a_known_batch():
     model = tiny_net()
     scores = torch.tensor([[0.9, 0.1, 0.0], [0.1, 0.8, 0.1], [0.2, 0.7, 0.1], [0.0, 0.2, 0.8], [0.6, 0.3, 0.1]])
     labels = torch.tensor([0, 1, 0, 2, 2])
-    activity = Activity(model, {}, input_spikes=False)
+    activity = Activity(model, {})
     activity.batch(scores, labels)
     activity.batch(scores, torch.tensor([1, 1, 1, 1, 1]))  # not the fixed batch: not counted
     # rows true, columns predicted: true 0 -> 0 and 1; true 1 -> 1; true 2 -> 2 and 0
@@ -230,7 +278,7 @@ def test_raster_keeps_at_most_256_evenly_spaced_neurons():
     model = nn.Sequential(IF()).eval()
     x_seq = torch.zeros(T, 2, 1000)
     x_seq[:, 0, ::4] = 2.0  # sample 0: neurons 0, 4, 8, ... spike at every step
-    with torch.no_grad(), Activity(model, spiking_layers(model), input_spikes=True) as activity:
+    with torch.no_grad(), Activity(model, spiking_layers(model)) as activity:
         activity.batch(model(x_seq).mean(0), torch.zeros(2, dtype=torch.long))
     raster = activity.summary()["raster"]["00_IF"]
     kept = torch.arange(256) * 1000 // 256
@@ -243,13 +291,13 @@ def _ddp_worker(rank, init_file, out_dir):
     try:
         model = tiny_net()
         x = TINY_X[rank:rank + 1]  # rank 0 the first sample, rank 1 the second
-        with torch.no_grad(), Activity(model, spiking_layers(model), input_spikes=False) as activity:
+        with torch.no_grad(), Activity(model, spiking_layers(model)) as activity:
             out = model(x.unsqueeze(0).expand(T, *x.shape))
             activity.batch(out.mean(0), torch.tensor([rank]))
         activity.all_reduce()
         s = activity.summary()
-        torch.save({"samples": activity.samples, "spikes": s["spikes_per_sample"], "sops": s["sops_per_sample"],
-                    "rates": s["neuron_rates"]["01_IF"]}, f"{out_dir}/{rank}.pt")
+        torch.save({"samples": activity.samples, "spikes": s["spikes_per_sample"], "acs": s["effective_acs_per_sample"],
+                    "dense": s["dense_ops_per_sample"], "rates": s["neuron_rates"]["01_IF"]}, f"{out_dir}/{rank}.pt")
     finally:
         torch.distributed.destroy_process_group()
 
@@ -258,8 +306,9 @@ def test_data_parallel_sums_over_processes(tmp_path):
     mp.spawn(_ddp_worker, args=(str(tmp_path / "pg"), str(tmp_path)), nprocs=2)
     for rank in range(2):
         r = torch.load(tmp_path / f"{rank}.pt", weights_only=False)
-        # the two samples together, as in one process: 11 spikes, 44 SOPs
-        assert r["samples"] == 2 and r["spikes"] == pytest.approx(5.5) and r["sops"] == pytest.approx(22.0)
+        # the two samples together, as in one process: 11 spikes, 68 ACs, 144 dense operations
+        assert r["samples"] == 2 and r["spikes"] == pytest.approx(5.5) and r["acs"] == pytest.approx(34.0)
+        assert r["dense"] == pytest.approx(72.0)
         np.testing.assert_allclose(r["rates"], np.array(TINY_COUNTS) / (T * 2))
 
 
@@ -268,14 +317,20 @@ def test_run_logs_activity_to_metrics_and_tensorboard(tmp_path):
                cwd=tmp_path)
     run = tmp_path / "run"
     metrics = json.loads((run / "metrics.json").read_text())
-    for key in ("spikes_per_sample", "sops_per_sample", "layer_spikes_per_sample", "layer_sops_per_sample"):
+    for key in ("spikes_per_sample", "layer_spikes_per_sample", *COST_METRICS, "layer_acs_per_sample",
+                "layer_macs_per_sample"):
         assert key in metrics
-    assert metrics["spikes_per_sample"] > 0 and metrics["sops_per_sample"] > 0
+    assert metrics["spikes_per_sample"] > 0 and metrics["effective_acs_per_sample"] > 0
     assert metrics["spikes_per_sample"] == pytest.approx(sum(metrics["layer_spikes_per_sample"].values()))
-    assert metrics["sops_per_sample"] == pytest.approx(sum(metrics["layer_sops_per_sample"].values()))
-    # the default convnet on 8x8 digits, direct coding: the first conv sees the image (left out); the second conv
-    # and the FC see spikes
-    assert set(metrics["layer_sops_per_sample"]) == {"04_Conv2d", "09_Linear"}
+    assert metrics["effective_acs_per_sample"] == pytest.approx(sum(metrics["layer_acs_per_sample"].values()))
+    # the default convnet on 8x8 digits, direct coding: the first conv sees the analog image (MACs); the second conv
+    # and the FC see spikes (ACs)
+    assert set(metrics["layer_acs_per_sample"]) == {"00_Conv2d", "04_Conv2d", "09_Linear"}
+    assert metrics["layer_acs_per_sample"]["00_Conv2d"] == 0 and metrics["layer_macs_per_sample"]["00_Conv2d"] > 0
+    assert metrics["effective_macs_per_sample"] == metrics["layer_macs_per_sample"]["00_Conv2d"]
+    # the energy of the 45 nm default: 0.9 pJ per AC, 4.6 pJ per MAC
+    assert metrics["energy_per_sample_pj"] == pytest.approx(
+        0.9 * metrics["effective_acs_per_sample"] + 4.6 * metrics["effective_macs_per_sample"])
     # the first PLIF layer has 32 x 8 x 8 neurons: spikes per sample = rate x T x neurons
     assert metrics["layer_spikes_per_sample"]["02_PLIF"] == pytest.approx(
         metrics["firing_rate"]["02_PLIF"] * 4 * 32 * 8 * 8)
@@ -284,9 +339,10 @@ def test_run_logs_activity_to_metrics_and_tensorboard(tmp_path):
     events = EventAccumulator(str(run), size_guidance={"images": 0, "histograms": 0, "scalars": 0})
     events.Reload()
     tags = events.Tags()
-    assert {"activity/spikes_per_sample", "activity/sops_per_sample"} <= set(tags["scalars"])
-    assert len(events.Scalars("activity/sops_per_sample")) == 2  # one per epoch
-    assert events.Scalars("activity/sops_per_sample")[-1].value == pytest.approx(metrics["sops_per_sample"])
+    assert {"activity/spikes_per_sample", *COST_METRICS.values()} <= set(tags["scalars"])
+    for key, tag in COST_METRICS.items():  # one per epoch, the last the final test pass's
+        assert len(events.Scalars(tag)) == 2
+        assert events.Scalars(tag)[-1].value == pytest.approx(metrics[key], rel=1e-6)
     plif = ["02_PLIF", "06_PLIF", "10_PLIF"]
     assert set(tags["images"]) == {f"spike_raster/{k}" for k in plif} | {"confusion/test_batch"}
     assert set(tags["histograms"]) == {f"firing_rate_hist/{k}" for k in plif}
@@ -300,4 +356,5 @@ def test_run_logs_activity_to_metrics_and_tensorboard(tmp_path):
 
     evaluated = evaluate_checkpoint(run / "checkpoints" / "last.pt", "cpu")  # snnexp eval reports them too
     assert evaluated["spikes_per_sample"] == pytest.approx(metrics["spikes_per_sample"], rel=1e-9)
-    assert evaluated["sops_per_sample"] == pytest.approx(metrics["sops_per_sample"], rel=1e-9)
+    for key in COST_METRICS:
+        assert evaluated[key] == pytest.approx(metrics[key], rel=1e-9)

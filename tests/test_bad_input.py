@@ -78,6 +78,11 @@ CASES = [
      "snnexp: error: cannot read checkpoint {w}/evil.pt: it is not a snnexp checkpoint: loading it would run Python "
      "code from the file, which snnexp never does (Trying to load unsupported GLOBAL posix.system whose module posix "
      "is blocked)", 2),
+    ("negative energy per operation", ["train", "energy.mac_pj=-4.6"],
+     "snnexp: error: invalid config:\n  energy.mac_pj=-4.6 is out of range: must be >= 0 (picojoules per "
+     "multiply-accumulate)", 2),
+    ("neurobench neither true nor false", ["eval", "checkpoint=old/checkpoints/last.pt", "neurobench=yes"],
+     "snnexp: error: neurobench='yes': must be true or false", 2),
     ("resume with another network", ["train", "resume=old", "model=mlp"],
      "snnexp: error: {w}/old/checkpoints/last.pt does not fit this config's network or optimizer (resume with the "
      "same overrides as the run): Error(s) in loading state_dict for MLP:", 2),

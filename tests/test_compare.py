@@ -20,7 +20,10 @@ def fake_run(path, overrides, epochs, metrics=None):
 def metrics(epoch, best, final, rates):
     return {"epoch": epoch, "best_test_acc": best, "test_acc": final, "wall_s": 10.0 * epoch,
             "train_samples_per_s": 500.0, "firing_rate": rates, "spikes_per_sample": 1000 * final,
-            "sops_per_sample": 25000.4 * final}
+            "activation_sparsity": 0.8, "effective_acs_per_sample": 25000.4 * final,
+            "effective_macs_per_sample": 3000.0, "dense_ops_per_sample": 522752.0,
+            "energy_per_sample_pj": 0.9 * 25000.4 * final + 4.6 * 3000.0, "parameter_count": 22435,
+            "footprint_bytes": 90256, "connection_sparsity": 0.125}
 
 
 @pytest.fixture
@@ -37,8 +40,13 @@ def test_compare_sorts_and_writes_csv_and_markdown(sweep, capsys):
     assert main([str(sweep)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in out[1:5]] == ["neuron=plif", "neuron=lif", "neuron=if", "neuron=stbp"]
+    # mean firing rate over the layers, spikes, activation sparsity, ACs, MACs, dense operations, energy in uJ
+    # (0.9 pJ x 22250.356 + 4.6 pJ x 3000 = 33825.32 pJ), parameters, bytes, connection sparsity
     assert out[2].split()[1:] == ["neuron=lif", "trainer.epochs=3", "done", "3", "90.00", "89.00", "30.0", "500.0",
-                                  "0.2000", "890", "22250"]  # mean firing rate over the layers, spikes, SOPs
+                                  "0.2000", "890", "0.8000", "22250", "3000", "522752", "0.03383", "22435", "90256",
+                                  "0.1250"]
+    assert out[0].split("  ")[-8:] == ["act. sparsity", "ACs/sample", "MACs/sample", "dense ops/sample",
+                                       "energy uJ/sample", "params", "footprint B", "conn. sparsity"]
     assert out[3].split()[3:5] == ["1/3", "epochs"]  # a run in progress shows how far it is
     assert out[4].split()[1:] == ["neuron=stbp", "trainer.epochs=3", "started"]
     rows = list(csv.DictReader((sweep / "compare.csv").open()))

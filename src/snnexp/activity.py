@@ -1,7 +1,8 @@
-"""Network activity over a test pass, for comparing runs: spike counts, synaptic operations (SOPs), and for a fixed
-batch (the first of the unshuffled test loader) a spike raster and a confusion matrix.
+"""Network activity over a test pass, for comparing runs: spike counts, activation sparsity, synaptic operations
+(effective ACs and MACs, dense operations) and, for a fixed batch (the first of the unshuffled test loader), a spike
+raster and a confusion matrix.
 
-    with Activity(model, spiking_layers(model), input_spikes) as activity:
+    with Activity(model, spiking_layers(model)) as activity:
         for x, y in loader:
             activity.batch(forward(x), y)
     activity.all_reduce()        # data parallel: the sums over all processes
@@ -10,27 +11,33 @@ batch (the first of the unshuffled test loader) a spike raster and a confusion m
 Forward hooks (removed on exit) accumulate integer SUMS, never means, so that the processes of a data-parallel run
 can add theirs before anything is divided. They read the layers' inputs and outputs and change nothing.
 
-SOPs, the usual energy proxy in SNN papers: a weight layer (Linear, Conv) whose input is spikes does one synaptic
-operation (an accumulate) for every synapse driven by a non-zero input, i.e. exactly the same op with all-ones
-weights applied to (input != 0), summed over its output. For Linear that is (number of non-zero inputs) x
-out_features. For a convolution it is computed without running the convolution at every batch: sum over inputs
-of (non-zero count at that input position) x reach, where reach = the number of synapses out of that position
-(output channels x the output positions its kernel taps reach, padding and stride included), taken once per
-layer and input shape as the gradient of sum(conv(x, ones)) with respect to x. Both are exact integers.
-The layers that see the network's input before any spiking layer ran count only when that input is spikes
-(`input_spikes`: Poisson or latency coding, event frames); with direct coding of static images their input is
-analog and they do multiply-accumulates (MACs), which SNN papers count apart, and are left out here. Inputs that
-are not 0/1 further on (after average pooling, NeuNorm, SEW-ResNet's spike sums) count by their non-zero entries.
+Synaptic operations are counted as NeuroBench counts them [Yik 2025] (tests/test_neurobench.py checks ours against
+the neurobench package), for every Linear and Conv layer at every call:
+- effective operations: one per synapse with a non-zero weight driven by a non-zero input, i.e. the layer with its
+  weights replaced by (weight != 0) applied to (input != 0), summed over its output. A pruned synapse (weight
+  exactly 0) does no operation and is not counted, as in NeuroBench.
+- they are accumulates (ACs) when every input entry of the call is -1, 0 or 1 (spikes), else multiply-accumulates
+  (MACs): the analog image under direct coding, event-frame counts above 1, average-pooled spikes, SEW-ResNet's
+  spike sums. Like NeuroBench we decide per call, i.e. per test batch, for the whole batch.
+- dense operations: every synapse with every input, zero weights and zero inputs included (the layer with all-ones
+  weights on all-ones input, summed): what a non-spiking network of the same shape would do.
+The layer's sum is computed without running it again: effective = sum over input positions of (non-zero count at
+that position over the batch) x reach, where reach = the number of non-zero-weight synapses out of that position
+(for a convolution: output channels x the output positions its kernel taps reach, padding, stride, dilation and
+groups included), taken once per layer and input shape per test pass as the gradient of sum(layer(x, weight != 0))
+with respect to x. For Linear, reach is the count of non-zero weights in each input's column. Exact integers.
+A layer that runs once for the T steps of a repeated input (direct coding, snnexp.layers.run_layers) counts T times,
+as the T calls it stands for.
 """
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
 from snnexp import distributed
-from snnexp.encoders import DirectEncoder
+from snnexp.layers import SeqToANN
 from snnexp.neurons import SpikingNeuron
 
 SOP_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -56,50 +63,60 @@ def evenly_spaced(n: int, k: int = RASTER_NEURONS) -> torch.Tensor:
     return torch.arange(k) * n // k
 
 
-def conv_reach(conv: nn.Module, in_shape) -> torch.Tensor:
+def conv_reach(conv: nn.Module, in_shape, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
     """For every input position [C, *spatial] of `conv`: the number of synapses out of it, i.e. of (output
     element, weight) pairs it enters, padding, stride, dilation and groups included: the gradient of
-    sum(conv(x, ones)) with respect to x (the transposed convolution of ones). Integer valued (int64)."""
+    sum(conv(x, weight)) with respect to x, for 0/1 `weight` (default all ones; (conv.weight != 0) leaves pruned
+    synapses out). Integer valued (int64), on the CPU."""
+    weight = torch.ones(conv.weight.shape) if weight is None else weight.detach().to("cpu", torch.float32)
     with torch.enable_grad():
         x = torch.zeros((1, *in_shape), requires_grad=True)
-        conv._conv_forward(x, torch.ones(conv.weight.shape), None).sum().backward()
+        conv._conv_forward(x, weight, None).sum().backward()
     return x.grad[0].round().long()
+
+
+def layer_reach(layer: nn.Module, in_shape) -> Tuple[torch.Tensor, int]:
+    """(reach, dense) of a weight layer for inputs of `in_shape` (one sample's row, without the batch): reach, the
+    synapses with a non-zero weight out of each input position ([in_features] for Linear, [C, *spatial] for a
+    convolution); dense, all synapses out of one row, zero weights included."""
+    nonzero_weight = layer.weight.detach() != 0
+    if isinstance(layer, nn.Linear):
+        return nonzero_weight.sum(0), layer.in_features * layer.out_features
+    return conv_reach(layer, in_shape, nonzero_weight), int(conv_reach(layer, in_shape).sum())
 
 
 class Activity:
     """Collects, while active as a context manager, the activity of `model` over a test pass (module docstring).
 
     spiking: name -> spiking layer (spiking_layers), whose outputs are [T, B, ...] 0/1 spikes.
-    input_spikes: whether the network's input is spikes (SOPs of the first weight layers counted, see above).
     Call batch(scores, labels) after each batch's forward: it counts the samples, and the first call ends the
     fixed batch (the raster and the confusion matrix are taken from it)."""
 
-    def __init__(self, model: nn.Module, spiking: Dict[str, nn.Module], input_spikes: bool,
-                 raster_neurons: int = RASTER_NEURONS):
-        self.model, self.spiking, self.input_spikes = model, dict(spiking), bool(input_spikes)
+    def __init__(self, model: nn.Module, spiking: Dict[str, nn.Module], raster_neurons: int = RASTER_NEURONS):
+        self.model, self.spiking = model, dict(spiking)
         self.raster_neurons = raster_neurons
         self.samples = 0
         self.neuron_counts: Dict[str, torch.Tensor] = {}  # per spiking layer: spikes per neuron, summed over T and B
         self.steps: Dict[str, int] = {}                   # per spiking layer: T
-        self.sops: Dict[str, torch.Tensor] = {}           # per weight layer with spiking input: SOPs summed
-        self.analog_input_layers: set = set()             # weight layers left out: analog network input (MACs)
+        self.ops: Dict[str, torch.Tensor] = {}            # per weight layer: [effective ACs, effective MACs, dense]
         self.raster: Dict[str, np.ndarray] = {}           # per spiking layer: [neurons, T] 0/1 of the fixed sample
         self.confusion: Optional[np.ndarray] = None       # [classes, classes] counts: true class x predicted
         self._first_batch = True
-        self._spiked = False  # a spiking layer ran in the current forward pass
-        self._reach: Dict[Any, torch.Tensor] = {}
+        self._reach: Dict[Any, Tuple[torch.Tensor, int]] = {}
+        self._repeats: Dict[nn.Module, int] = {}  # weight layer -> the steps its next call stands for
         self._hooks = []
 
     # -- hooks ------------------------------------------------------------------------------------------------
 
     def __enter__(self):
         try:
-            self._hooks.append(self.model.register_forward_pre_hook(self._start_forward))
             for name, module in self.spiking.items():
                 self._hooks.append(module.register_forward_hook(self._spike_hook(name)))
             for name, module in self.model.named_modules():
                 if isinstance(module, SOP_LAYERS):
-                    self._hooks.append(module.register_forward_hook(self._sop_hook(layer_name(name, module))))
+                    self._hooks.append(module.register_forward_hook(self._ops_hook(layer_name(name, module))))
+                if isinstance(module, SeqToANN) and isinstance(module.module, SOP_LAYERS):
+                    self._hooks.append(module.register_forward_pre_hook(self._steps_hook, with_kwargs=True))
         except BaseException:
             self.remove()
             raise
@@ -114,8 +131,10 @@ class Activity:
             h.remove()
         self._hooks.clear()
 
-    def _start_forward(self, module, inputs):
-        self._spiked = False
+    def _steps_hook(self, wrapper, args, kwargs):
+        """A SeqToANN called with steps=T runs its layer once for T identical steps (snnexp.layers)."""
+        steps = kwargs.get("steps", args[1] if len(args) > 1 else 0)
+        self._repeats[wrapper.module] = max(int(steps), 1)
 
     def _spike_hook(self, name: str):
         def hook(module, inputs, spikes):
@@ -123,28 +142,28 @@ class Activity:
             counts = s.sum((0, 1))  # int64, per neuron
             self.neuron_counts[name] = counts if name not in self.neuron_counts else self.neuron_counts[name] + counts
             self.steps[name] = s.shape[0]
-            self._spiked = True
             if self._first_batch:  # the fixed batch's first sample: [T, neurons] -> [neurons, T]
                 first = s[:, 0].flatten(1)
                 keep = evenly_spaced(first.shape[1], self.raster_neurons).to(first.device)
                 self.raster[name] = first[:, keep].t().to("cpu", torch.uint8).numpy()
         return hook
 
-    def _sop_hook(self, name: str):
+    def _ops_hook(self, name: str):
         def hook(module, inputs, out):
-            if not (self._spiked or self.input_spikes):
-                self.analog_input_layers.add(name)
-                return
-            nonzero = inputs[0].detach() != 0
-            if isinstance(module, nn.Linear):
-                sops = nonzero.sum() * module.out_features
-            else:  # [N, C, *spatial], N = T * B: non-zero count per input position x its synapses out
-                shape = tuple(nonzero.shape[1:])
-                key = (name, shape)
-                if key not in self._reach:
-                    self._reach[key] = conv_reach(module, shape).to(nonzero.device)
-                sops = (nonzero.sum(0) * self._reach[key]).sum()
-            self.sops[name] = sops if name not in self.sops else self.sops[name] + sops
+            x = inputs[0].detach()
+            repeats = self._repeats.pop(module, 1)
+            if isinstance(module, nn.Linear):  # [..., in_features]: rows of features
+                x = x.flatten(0, -2)
+            key = (name, tuple(x.shape[1:]))
+            if key not in self._reach:
+                reach, dense = layer_reach(module, key[1])
+                self._reach[key] = reach.to(x.device), dense
+            reach, dense = self._reach[key]
+            effective = ((x != 0).sum(0) * reach).sum() * repeats
+            spikes = ((x == 0) | (x.abs() == 1)).all().long()  # a tensor: no wait for the device
+            counts = torch.stack([effective * spikes, effective * (1 - spikes),
+                                  effective.new_tensor(x.shape[0] * repeats * dense)])
+            self.ops[name] = counts if name not in self.ops else self.ops[name] + counts
         return hook
 
     # -- per batch ---------------------------------------------------------------------------------------------
@@ -161,60 +180,58 @@ class Activity:
     # -- results -----------------------------------------------------------------------------------------------
 
     def all_reduce(self) -> None:
-        """Data parallel: replace the sums (samples, spike and SOP counts) by their sums over all processes; the
-        raster and confusion matrix stay this process's own. A no-op in a single process."""
+        """Data parallel: replace the sums (samples, spike and operation counts) by their sums over all processes;
+        the raster and confusion matrix stay this process's own. A no-op in a single process."""
         if distributed.world() <= 1:
             return
         import torch.distributed as dist
 
-        names = sorted(self.neuron_counts), sorted(self.sops)
-        parts = [torch.tensor([self.samples])] + [self.neuron_counts[n].cpu().flatten() for n in names[0]] + \
-            [self.sops[n].cpu().view(1) for n in names[1]]
-        flat = torch.cat(parts).long()
+        sums = {**{("spikes", n): v for n, v in self.neuron_counts.items()},
+                **{("ops", n): v for n, v in self.ops.items()}}
+        keys = sorted(sums)
+        flat = torch.cat([torch.tensor([self.samples])] + [sums[k].cpu().flatten() for k in keys]).long()
         dist.all_reduce(flat)
         self.samples = int(flat[0])
         pos = 1
-        for n in names[0]:
-            size = self.neuron_counts[n].numel()
-            self.neuron_counts[n] = flat[pos:pos + size].view(self.neuron_counts[n].shape)
+        for kind, n in keys:
+            store = self.neuron_counts if kind == "spikes" else self.ops
+            size = store[n].numel()
+            store[n] = flat[pos:pos + size].view(store[n].shape)
             pos += size
-        for n in names[1]:
-            self.sops[n] = flat[pos]
-            pos += 1
 
     def summary(self) -> Dict[str, Any]:
         """Per sample (summed over the T steps of a sample) and per layer; numbers for metrics.json, arrays for
         TensorBoard images and histograms:
 
-        spikes_per_sample, sops_per_sample: totals over the network
-        layer_spikes_per_sample, layer_sops_per_sample: the same per layer
+        spikes_per_sample: spikes of all spiking layers; layer_spikes_per_sample: per layer
+        activation_sparsity: the share of zeros among all spiking layers' outputs (neurons x T x samples), as
+            NeuroBench's ActivationSparsity (0.0 for a network without spiking layers, as there)
+        effective_acs_per_sample, effective_macs_per_sample, dense_ops_per_sample: synaptic operations (module
+            docstring); layer_acs_per_sample, layer_macs_per_sample: per weight layer
         firing_rate: per spiking layer, the mean over time steps, samples and neurons
         neuron_rates: per spiking layer, every neuron's rate (count / (T * samples)), flat float64 array
         raster: per spiking layer, [neurons, T] 0/1 uint8 of the fixed batch's first sample
-        confusion: [classes, classes] counts of the fixed batch, rows the true class, columns the predicted
-        sop_input_layers_left_out: weight layers with analog network input, not counted"""
+        confusion: [classes, classes] counts of the fixed batch, rows the true class, columns the predicted"""
         n = max(self.samples, 1)
         counts = {k: int(v.sum()) for k, v in self.neuron_counts.items()}
-        layer_spikes = {k: c / n for k, c in counts.items()}
-        layer_sops = {k: int(v) / n for k, v in self.sops.items()}
+        outputs = sum(self.steps[k] * self.samples * v.numel() for k, v in self.neuron_counts.items())
+        ops = {k: v.tolist() for k, v in self.ops.items()}  # exact integers: summed before dividing
+        total = [sum(v[i] for v in ops.values()) / n for i in range(3)]
         return {
-            "spikes_per_sample": sum(layer_spikes.values()),
-            "sops_per_sample": sum(layer_sops.values()),
-            "layer_spikes_per_sample": layer_spikes,
-            "layer_sops_per_sample": layer_sops,
+            "spikes_per_sample": sum(counts.values()) / n,
+            "layer_spikes_per_sample": {k: c / n for k, c in counts.items()},
+            "activation_sparsity": 1 - sum(counts.values()) / outputs if outputs else 0.0,
+            "effective_acs_per_sample": total[0],
+            "effective_macs_per_sample": total[1],
+            "dense_ops_per_sample": total[2],
+            "layer_acs_per_sample": {k: v[0] / n for k, v in ops.items()},
+            "layer_macs_per_sample": {k: v[1] / n for k, v in ops.items()},
             "firing_rate": {k: counts[k] / (self.steps[k] * n * v.numel()) for k, v in self.neuron_counts.items()},
             "neuron_rates": {k: v.cpu().double().flatten().numpy() / (self.steps[k] * n)
                              for k, v in self.neuron_counts.items()},
             "raster": dict(self.raster),
             "confusion": self.confusion,
-            "sop_input_layers_left_out": sorted(self.analog_input_layers),
         }
-
-
-def input_is_spikes(encoder, sequence: bool) -> bool:
-    """Whether a network's input is spikes (its first weight layer then does SOPs): event frames (`sequence`
-    datasets) and every encoder but direct coding, which feeds the analog image."""
-    return bool(sequence) or not isinstance(encoder, DirectEncoder)
 
 
 # -- images, made with numpy alone (matplotlib is no runtime dependency) ----------------------------------------

@@ -145,13 +145,25 @@ def evaluate(cfg: DictConfig):
     from snnexp.checkpoint import write_json
     from snnexp.engine import evaluate_checkpoint
 
-    metrics = evaluate_checkpoint(to_absolute_path(cfg.checkpoint), cfg.device, cfg.data_dir, cfg.batch_size)
+    if not isinstance(cfg.neurobench, bool):
+        raise ConfigError(f"neurobench={cfg.neurobench!r}: must be true or false")
+    metrics = evaluate_checkpoint(to_absolute_path(cfg.checkpoint), cfg.device, cfg.data_dir, cfg.batch_size,
+                                  cfg.neurobench)
     out = Path(HydraConfig.get().runtime.output_dir) / "metrics.json"
     write_json(out, metrics)
     paper = f" (paper: {100 * metrics['paper_test_acc']:.2f}%)" if "paper_test_acc" in metrics else ""
     print(f"test_acc {100 * metrics['test_acc']:.2f}%{paper}  test_loss {metrics['test_loss']:.4f}  "
-          f"spikes/sample {metrics['spikes_per_sample']:.0f}  SOPs/sample {metrics['sops_per_sample']:.0f}  "
-          f"(epoch {metrics['epoch']} of {metrics['checkpoint']}); saved {out}")
+          f"spikes/sample {metrics['spikes_per_sample']:.0f}  activation sparsity {metrics['activation_sparsity']:.4f}"
+          f"\nper sample: effective ACs {metrics['effective_acs_per_sample']:.1f}  effective MACs "
+          f"{metrics['effective_macs_per_sample']:.1f}  dense ops {metrics['dense_ops_per_sample']:.0f}  energy "
+          f"{metrics['energy_per_sample_pj'] / 1e6:.4g} uJ\nnetwork: {metrics['parameter_count']} parameters, "
+          f"footprint {metrics['footprint_bytes']} bytes, connection sparsity {metrics['connection_sparsity']:.4f}"
+          f"\n(epoch {metrics['epoch']} of {metrics['checkpoint']}); saved {out}")
+    if "neurobench" in metrics:
+        from neurobench import __version__ as version
+
+        print(f"NeuroBench {version} Benchmark, its own results:",
+              *(f"{name} {value}" for name, value in metrics["neurobench"].items()), sep="\n  ")
     return metrics["test_acc"]
 
 

@@ -17,10 +17,13 @@ from omegaconf import OmegaConf
 
 from snnexp.errors import CompareError
 
+# NeuroBench's set and the energy estimate, per test sample (snnexp.activity, snnexp.cost): metrics.json keys; runs
+# written before they existed leave them empty
+COST = ["activation_sparsity", "effective_acs_per_sample", "effective_macs_per_sample", "dense_ops_per_sample",
+        "energy_per_sample_pj", "parameter_count", "footprint_bytes", "connection_sparsity"]
 COLUMNS = ["run", "overrides", "status", "epoch", "best_test_acc", "test_acc", "wall_s", "samples_per_s",
-           "firing_rate", "spikes_per_sample", "sops_per_sample"]
-NUMERIC = {"epoch", "best_test_acc", "test_acc", "wall_s", "samples_per_s", "firing_rate", "spikes_per_sample",
-           "sops_per_sample"}
+           "firing_rate", "spikes_per_sample", *COST]
+NUMERIC = {"epoch", "best_test_acc", "test_acc", "wall_s", "samples_per_s", "firing_rate", "spikes_per_sample", *COST}
 
 
 
@@ -65,8 +68,8 @@ def row(run: Path, base: Optional[Path] = None) -> Dict:
         "wall_s": metrics.get("wall_s"),
         "samples_per_s": metrics.get("train_samples_per_s"),
         "firing_rate": mean(rates.values()) if rates else None,
-        "spikes_per_sample": metrics.get("spikes_per_sample"),  # the energy proxy, per test sample
-        "sops_per_sample": metrics.get("sops_per_sample"),  # (absent in older runs: left empty)
+        "spikes_per_sample": metrics.get("spikes_per_sample"),  # per test sample
+        **{key: metrics.get(key) for key in COST},
     }
 
 
@@ -96,13 +99,21 @@ def _fmt(key, value) -> str:
         return f"{value:.4f}"
     if key in ("wall_s", "samples_per_s"):
         return f"{value:.1f}"
-    if key in ("spikes_per_sample", "sops_per_sample"):
+    if key in ("spikes_per_sample", "effective_acs_per_sample", "effective_macs_per_sample", "dense_ops_per_sample",
+               "parameter_count", "footprint_bytes"):
         return f"{value:.0f}"
+    if key == "energy_per_sample_pj":
+        return f"{value / 1e6:.4g}"  # microjoules
+    if key in ("activation_sparsity", "connection_sparsity"):
+        return f"{value:.4f}"
     return str(value)
 
 
 HEADERS = {"best_test_acc": "best acc %", "test_acc": "final acc %", "wall_s": "wall s", "samples_per_s": "samples/s",
-           "firing_rate": "mean rate", "spikes_per_sample": "spikes/sample", "sops_per_sample": "SOPs/sample"}
+           "firing_rate": "mean rate", "spikes_per_sample": "spikes/sample", "activation_sparsity": "act. sparsity",
+           "effective_acs_per_sample": "ACs/sample", "effective_macs_per_sample": "MACs/sample",
+           "dense_ops_per_sample": "dense ops/sample", "energy_per_sample_pj": "energy uJ/sample",
+           "parameter_count": "params", "footprint_bytes": "footprint B", "connection_sparsity": "conn. sparsity"}
 
 
 def as_text(rows: List[Dict]) -> str:

@@ -40,6 +40,19 @@ class TrainerConfig:
 ConfigStore.instance().store(name="trainer_schema", node=TrainerConfig)
 
 
+@dataclass
+class EnergyConfig:
+    """Energy per synaptic operation, in picojoules, for the energy estimate (snnexp.cost): the 45 nm CMOS figures
+    of [Horowitz 2014] for 32-bit floats, the ones SNN papers commonly use (conf/energy/45nm.yaml cites them)."""
+
+    ac_pj: float = 0.9   # an accumulate: one add
+    mac_pj: float = 4.6  # a multiply-accumulate: one multiply (3.7) and one add (0.9)
+
+
+# the schema of conf/energy/*.yaml
+ConfigStore.instance().store(name="energy_schema", node=EnergyConfig)
+
+
 START_TIME: Optional[float] = None  # set by snnexp.distributed.setup: the start time all torchrun processes agree on
 
 
@@ -114,6 +127,8 @@ RULES = {
     "dataset.on_corrupt": (lambda v: v in ("error", "skip"), "error or skip"),
     "dataset.workers": (lambda v: v is None or v >= 1, "null (all cores) or an integer >= 1"),
     "dataset.roll": (_non_negative, "an integer >= 0"),
+    "energy.ac_pj": (_non_negative, ">= 0 (picojoules per accumulate)"),
+    "energy.mac_pj": (_non_negative, ">= 0 (picojoules per multiply-accumulate)"),
 }
 
 

@@ -28,9 +28,10 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from snnexp import checkpoint, distributed
-from snnexp.activity import Activity, input_is_spikes, spiking_layers
+from snnexp.activity import Activity, spiking_layers
 from snnexp.checkpoint import EpochTotals, TrainState
-from snnexp.config import TrainerConfig
+from snnexp.config import EnergyConfig, TrainerConfig
+from snnexp.cost import energy_pj, static_metrics
 from snnexp.diagnose import all_finite, diagnose_nonfinite, layer_grad_norms
 from snnexp.errors import CheckpointError, ConfigError, NonFiniteError
 from snnexp.logging import RunLogger
@@ -38,7 +39,7 @@ from snnexp.metrics import epoch_metrics, epoch_scalars, test_metrics, train_sum
 from snnexp.session import StopSignals, record
 
 __all__ = ["EpochOrder", "Run", "build_model", "build_run", "evaluate", "evaluate_checkpoint",
-           "fit", "forward", "make_loader", "train_epoch"]
+           "fit", "forward", "make_loader", "neurobench_results", "require_neurobench", "train_epoch"]
 
 log = logging.getLogger("snnexp")
 
@@ -257,12 +258,13 @@ def _learn(run: Run, state: TrainState, x: torch.Tensor, loss: torch.Tensor, epo
 @torch.no_grad()
 def evaluate(run: Run, loader) -> Dict[str, Any]:
     """Test loss, accuracy and the network's activity (snnexp.activity.Activity.summary): the mean firing rate of
-    every spiking layer, spikes and synaptic operations per sample, per-neuron rates, and the spike raster and
-    confusion matrix of the first (fixed) test batch."""
+    every spiking layer, spikes, activation sparsity and synaptic operations per sample, per-neuron rates, and the
+    spike raster and confusion matrix of the first (fixed) test batch; beside them the static metrics and the
+    energy per sample (snnexp.cost)."""
     run.model.eval()
     generator = torch.Generator(run.device).manual_seed(EVAL_SEED)
     total_loss, correct, seen = 0.0, 0, 0
-    with Activity(run.model, spiking_layers(run.model), input_is_spikes(run.encoder, run.splits.sequence)) as activity:
+    with Activity(run.model, spiking_layers(run.model)) as activity:
         for x, y in loader:
             x, y = x.to(run.device), y.to(run.device)
             scores = forward(run, x, generator)
@@ -273,7 +275,11 @@ def evaluate(run: Run, loader) -> Dict[str, Any]:
     if distributed.world() > 1:  # data parallel: each process tested its share; the sums over all of them
         total_loss, correct, seen = distributed.sum_all([total_loss, correct, seen])
         activity.all_reduce()
-    return {"loss": total_loss / seen, "acc": correct / seen, **activity.summary()}
+    summary = activity.summary()
+    energy = OmegaConf.merge(OmegaConf.structured(EnergyConfig), run.cfg.get("energy") or {})
+    return {"loss": total_loss / seen, "acc": correct / seen, **summary, **static_metrics(run.model),
+            "energy_per_sample_pj": energy_pj(summary["effective_acs_per_sample"],
+                                              summary["effective_macs_per_sample"], energy.ac_pj, energy.mac_pj)}
 
 
 def setup(cfg: DictConfig) -> Run:
@@ -400,9 +406,12 @@ def _log_epoch(epoch: int, epochs: int, train_m: Dict[str, Any], test_m: Dict[st
 
 
 def evaluate_checkpoint(path, device_name: str = "auto", data_dir: Optional[str] = None,
-                        batch_size: Optional[int] = None) -> Dict[str, Any]:
+                        batch_size: Optional[int] = None, neurobench: bool = False) -> Dict[str, Any]:
     """Rebuild the network from the config stored in a checkpoint and test it. The stored trainer settings are
-    read through the schema (TrainerConfig), so a checkpoint written before a setting existed gets its default."""
+    read through the schema (TrainerConfig), so a checkpoint written before a setting existed gets its default.
+    `neurobench`: also run NeuroBench's Benchmark on it (neurobench_results), under the key "neurobench"."""
+    if neurobench:
+        require_neurobench()
     state = checkpoint.load(path)
     cfg = OmegaConf.create(state["config"])
     cfg.trainer = OmegaConf.merge(OmegaConf.structured(TrainerConfig), cfg.trainer)
@@ -417,8 +426,30 @@ def evaluate_checkpoint(path, device_name: str = "auto", data_dir: Optional[str]
         run.model.load_state_dict(state["model"])
     except RuntimeError as e:
         raise CheckpointError(f"{path}: weights do not fit the network of its own config: {e}") from None
-    test = evaluate(run, make_loader(run.splits.test, cfg))
+    loader = make_loader(run.splits.test, cfg)
+    test = evaluate(run, loader)
     paper_acc = OmegaConf.select(cfg, "paper.test_acc", default=None)  # a reproduction's checkpoint
     metrics = test_metrics(test, paper_acc)
     metrics.update(epoch=state["epoch"], checkpoint=str(Path(path).resolve()))
+    if neurobench:
+        metrics["neurobench"] = neurobench_results(run, loader)
     return metrics
+
+
+def require_neurobench() -> None:
+    """ConfigError with the way to install it, when the optional neurobench package is missing."""
+    try:
+        import neurobench  # noqa: F401
+    except ImportError as e:
+        raise ConfigError(f"neurobench=true needs the neurobench package, which cannot be imported ({e}): install it "
+                          "with pip install 'snnexp[neurobench]' (or pip install neurobench)") from None
+
+
+def neurobench_results(run: Run, loader) -> Dict[str, Any]:
+    """NeuroBench's own results (snnexp.harness.run_benchmark) for the run's network on the test batches of
+    `loader`, with the input spikes of our own test pass (the same seeded generator), by NeuroBench's names."""
+    from snnexp.harness import Encode, run_benchmark
+
+    generator = torch.Generator(run.device).manual_seed(EVAL_SEED)
+    preprocessors = [] if run.splits.sequence else [Encode(run.encoder, run.cfg.trainer.T, generator)]
+    return run_benchmark(run.model, loader, preprocessors, run.readout, run.device)

@@ -2,7 +2,8 @@
 into metrics.json and the scalars that go to TensorBoard. Plain functions of plain dicts, no I/O.
 
     train_m  loss, acc, samples_per_s, skipped, grad_norm {layer: mean norm}
-    test_m   loss, acc and the activity summary (snnexp.activity.Activity.summary)
+    test_m   loss, acc, the activity summary (snnexp.activity.Activity.summary), the static metrics and the energy
+             per sample (snnexp.cost)
 """
 
 from typing import Any, Dict, Optional
@@ -12,7 +13,18 @@ from torch import nn
 from snnexp.activity import spiking_layers
 
 # what a test pass measures of the network's activity that goes into metrics.json (the arrays go to TensorBoard)
-ACTIVITY_METRICS = ("spikes_per_sample", "sops_per_sample", "layer_spikes_per_sample", "layer_sops_per_sample")
+ACTIVITY_METRICS = ("spikes_per_sample", "layer_spikes_per_sample", "effective_acs_per_sample",
+                    "effective_macs_per_sample", "dense_ops_per_sample", "layer_acs_per_sample",
+                    "layer_macs_per_sample")
+# NeuroBench's set [Yik 2025] (snnexp.activity, snnexp.cost) and the energy estimate: metrics.json keys and the
+# TensorBoard tags of their final values (hparams metrics too: TensorBoard takes every scalar tag as one)
+COST_METRICS = {"footprint_bytes": "static/footprint_bytes", "parameter_count": "static/parameter_count",
+                "connection_sparsity": "static/connection_sparsity",
+                "activation_sparsity": "activity/activation_sparsity",
+                "effective_acs_per_sample": "activity/effective_acs_per_sample",
+                "effective_macs_per_sample": "activity/effective_macs_per_sample",
+                "dense_ops_per_sample": "activity/dense_ops_per_sample",
+                "energy_per_sample_pj": "activity/energy_per_sample_pj"}
 
 
 def train_summary(loss_sum: float, correct: float, seen: float, timed: float, elapsed: float, skipped: int,
@@ -28,7 +40,7 @@ def test_metrics(test_m: Dict[str, Any], paper_acc: Optional[float]) -> Dict[str
     """What a test pass puts in metrics.json, in a run and in `snnexp eval`; a reproduction's published accuracy
     (paper.test_acc) beside it."""
     metrics = {"test_acc": test_m["acc"], "test_loss": test_m["loss"], "firing_rate": test_m["firing_rate"],
-               **{k: test_m[k] for k in ACTIVITY_METRICS}}
+               **{k: test_m[k] for k in (*ACTIVITY_METRICS, *COST_METRICS)}}
     if paper_acc is not None:
         metrics["paper_test_acc"] = paper_acc
     return metrics
@@ -76,5 +88,5 @@ def epoch_scalars(metrics: Dict[str, Any], train_m: Dict[str, Any], test_m: Dict
     scalars.update({f"grad_norm/{k}": v for k, v in train_m["grad_norm"].items()})
     scalars.update(layer_scalars(model))
     scalars["activity/spikes_per_sample"] = test_m["spikes_per_sample"]
-    scalars["activity/sops_per_sample"] = test_m["sops_per_sample"]
+    scalars.update({tag: test_m[key] for key, tag in COST_METRICS.items()})
     return scalars

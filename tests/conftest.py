@@ -1,3 +1,4 @@
+import logging
 import os
 import subprocess
 import sys
@@ -19,6 +20,39 @@ def run_snnexp(*args, cwd, timeout=600, check=True, env=None):
     if check and proc.returncode != 0:
         raise AssertionError(f"snnexp {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def run_snnexp_here(*args, cwd, env=None):
+    """Run the CLI in this process, as `snnexp ...` would run in `cwd` with `env` added to the environment: the
+    same code from `cli.main` on, without starting Python and importing torch again (seconds per call). Returns
+    a CompletedProcess with the exit code and what was printed. For cases that end in the CLI's own exit
+    path; a run that needs its own process (signals, torchrun, a clean import) uses run_snnexp."""
+    from contextlib import redirect_stderr, redirect_stdout
+    from io import StringIO
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    from snnexp import cli
+
+    saved = os.getcwd(), dict(os.environ), sys.argv, logging.root.handlers[:], logging.root.level
+    os.chdir(cwd)
+    os.environ.pop("HYDRA_FULL_ERROR", None)
+    os.environ.update(env or {})
+    sys.argv = ["snnexp", *args]
+    out, err, code = StringIO(), StringIO(), 0
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
+            cli.main(list(args))
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        os.chdir(saved[0])
+        os.environ.clear()
+        os.environ.update(saved[1])
+        sys.argv = saved[2]
+        logging.root.handlers[:], logging.root.level = saved[3], saved[4]
+        GlobalHydra.instance().clear()
+    return subprocess.CompletedProcess(["snnexp", *args], code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_snnexp
+from conftest import run_snnexp, run_snnexp_here
 from event_writers import make_nmnist
 
 SPEC_HELP = ("expected one of: cXkY[sZ][pW] (conv), FCn (linear), MPkXsY / APkXsY (max / avg pool), BN (norm), "
@@ -145,7 +145,7 @@ def test_bad_input(workdir, name, args, message, code):
     w, env = workdir
     before = {d: file_digests(w / d) for d in ("old", "cache")}
     args = [a.replace("{w}", str(w)) for a in args]
-    proc = run_snnexp(*args, cwd=w, env=env, check=False)
+    proc = run_snnexp_here(*args, cwd=w, env=env)
     out = proc.stdout + proc.stderr
     assert proc.returncode == code, out
     expected = message.replace("{w}", str(w))

@@ -101,7 +101,7 @@ CASES = [
      "copy? Get it again from https://ossci-datasets.s3.amazonaws.com/mnist/", 2),
     ("one recording per class", ["train", "dataset=dvs_cifar10", "dataset.data_dir=single"],
      "snnexp: error: the split (dataset.test_fraction=0.1) leaves the test set empty: 3 train / 0 test recordings "
-     "(airplane: 1 train / 0 test, cat: 1 train / 0 test, truck: 1 train / 0 test). A class needs 2 or more "
+     "(airplane: 1 train / 0 test, cat: 1 train / 0 test, truck: 1 train / 0 test); a class needs 2 or more "
      "recordings to give one to each set: add recordings to dataset.data_dir", 2),
     ("every test file corrupt and skipped", ["train", "dataset=nmnist", "dataset.data_dir=no_test",
                                              "dataset.on_corrupt=skip"],

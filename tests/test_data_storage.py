@@ -306,14 +306,38 @@ def test_the_split_tests_every_class_of_two_or_more_recordings(tmp_path):
     assert per_class == {0: [2, 1], 1: [1, 1], 2: [1, 0], 3: [900, 100], 4: [23, 2]}
 
 
-def test_a_split_with_no_test_recording_stops_with_the_counts_and_stores_nothing(tmp_path, cache):
-    make_cifar10dvs(tmp_path, classes=("airplane", "cat"), per_class=1)
+def dvs_cifar10_run(data_dir: Path, cache: Path):
+    cfg = compose_train("dataset=dvs_cifar10", f"dataset.data_dir={data_dir}", f"dataset.cache_dir={cache}",
+                        "dataset.download=false", "dataset.downsample=8", "trainer.T=1", "model=mlp")
+    return build_run(cfg, torch.device("cpu"))
+
+
+def test_a_split_with_no_test_recording_stops_the_run_with_the_counts(tmp_path):
+    make_cifar10dvs(tmp_path / "data", classes=("airplane", "cat"), per_class=1)
+    splits = data.dvs_cifar10(str(tmp_path / "data"), download=False, T=1, cache_dir=str(tmp_path / "c"))
+    assert (len(splits.train), len(splits.test)) == (2, 0)  # the loader gives what there is (one file decodes)
     with pytest.raises(DatasetError) as err:
-        data.dvs_cifar10(str(tmp_path), download=False, T=1)
+        dvs_cifar10_run(tmp_path / "data", tmp_path / "c")
     assert str(err.value) == ("the split (dataset.test_fraction=0.1) leaves the test set empty: 2 train / 0 test "
-                              "recordings (airplane: 1 train / 0 test, cat: 1 train / 0 test). A class needs 2 or "
+                              "recordings (airplane: 1 train / 0 test, cat: 1 train / 0 test); a class needs 2 or "
                               "more recordings to give one to each set: add recordings to dataset.data_dir")
-    assert not list(cache.glob("dvs_cifar10-split-*.json"))
+
+
+def test_a_stored_split_that_leaves_the_test_set_empty_says_to_delete_it(tmp_path):
+    make_cifar10dvs(tmp_path / "data", classes=("airplane", "cat"), per_class=1)
+    data.dvs_cifar10(str(tmp_path / "data"), download=False, T=1, cache_dir=str(tmp_path / "c"))  # stored: all train
+    make_cifar10dvs(tmp_path / "more", classes=("airplane", "cat"), per_class=1, seed=1)
+    for f in (tmp_path / "more").rglob("*.aedat"):  # one more recording a class: split alone, it trains
+        f.rename(tmp_path / "data" / f.relative_to(tmp_path / "more").with_name("extra.aedat"))
+    (store,) = (tmp_path / "c").glob("dvs_cifar10-split-*.json")
+    with pytest.raises(DatasetError) as err:
+        dvs_cifar10_run(tmp_path / "data", tmp_path / "c")
+    assert str(err.value).endswith(f"(airplane: 2 train / 0 test, cat: 2 train / 0 test); the split stored in {store} "
+                                   "(made when there were fewer recordings, or by an older snnexp) is reused: "
+                                   "delete it to split again")
+    store.unlink()
+    run = dvs_cifar10_run(tmp_path / "data", tmp_path / "c")
+    assert (len(run.splits.train), len(run.splits.test)) == (2, 2)
 
 
 def test_three_recordings_per_class_train_and_test_through_the_cli(tmp_path):

@@ -122,6 +122,8 @@ def _check_not_empty(splits) -> None:
     tested: the counts would divide by zero)."""
     if len(splits.train) and len(splits.test):
         return
+    if splits.empty_reason:
+        raise DatasetError(splits.empty_reason)
     empty = "test" if len(splits.train) else "training"
     raise DatasetError(f"the {empty} set is empty ({len(splits.train)} training / {len(splits.test)} test samples): "
                        "check that dataset.data_dir holds both splits' files (and, with dataset.on_corrupt=skip, "

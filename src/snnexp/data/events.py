@@ -392,8 +392,10 @@ def dvs_cifar10(data_dir="data", download=True, test_fraction=0.1, split_seed=0,
     if not samples:
         raise _cifar10dvs_missing(root)
     store = cache.root() / f"dvs_cifar10-split-seed{split_seed}-test{test_fraction}.json"
-    lists = stratified_split(samples, test_fraction, split_seed, store, base=str(folder), classes=CIFAR10DVS_CLASSES)
-    return _build_splits("dvs_cifar10", data_dir, lists, (128, 128), 10, frames, cache, augment)
+    lists = stratified_split(samples, test_fraction, split_seed, store, base=str(folder))
+    splits = _build_splits("dvs_cifar10", data_dir, lists, (128, 128), 10, frames, cache, augment)
+    splits.empty_reason = split_problem(lists, test_fraction, store, CIFAR10DVS_CLASSES)
+    return splits
 
 
 def _cifar10dvs_missing(root, err=None):
@@ -407,14 +409,12 @@ def _cifar10dvs_missing(root, err=None):
         f"{CIFAR10DVS.url} (https://figshare.com/articles/dataset/CIFAR10-DVS_New/4724671)", err)
 
 
-def stratified_split(samples: Sequence[Tuple[str, int]], test_fraction: float, seed: int, store: Path, base: str,
-                     classes: Sequence[str] = ()):
+def stratified_split(samples: Sequence[Tuple[str, int]], test_fraction: float, seed: int, store: Path, base: str):
     """Per class: a seeded permutation of the sorted files, the first n_test for test (_test_count: about
     test_fraction of them, and at least one test and one training recording for a class of 2 or more).
     The assignment is stored (paths relative to `base`) and reused, so a file never moves between train
-    and test; files that appear later are split among themselves the same way. A split that leaves either set
-    empty (every class a single recording) is a DatasetError with the counts per class (named by `classes`),
-    raised before anything is stored."""
+    and test; files that appear later are split among themselves the same way. A set left empty (every class a
+    single recording) is returned as it is: split_problem says why, for the error that stops a run."""
     stored = json.loads(store.read_text()) if store.is_file() else {"train": [], "test": []}
     known = {rel: split for split in ("train", "test") for rel in stored[split]}
     new_by_class = {}
@@ -432,7 +432,6 @@ def stratified_split(samples: Sequence[Tuple[str, int]], test_fraction: float, s
     lists = {"train": [], "test": []}
     for path, label in samples:
         lists[known[os.path.relpath(path, base)]].append((path, label))
-    _check_split(lists, test_fraction, store if stored["train"] or stored["test"] else None, classes)
     if new_by_class:
         store.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(store, {s: sorted(r for r, v in known.items() if v == s) for s in ("train", "test")})
@@ -446,21 +445,24 @@ def _test_count(test_fraction: float, n: int) -> int:
     return min(max(int(round(test_fraction * n)), 1), n - 1) if n >= 2 else 0
 
 
-def _check_split(lists, test_fraction: float, stored: Optional[Path], classes: Sequence[str]) -> None:
+def split_problem(lists, test_fraction: float, store: Path, classes: Sequence[str]) -> str:
+    """Why the split leaves the training or test set empty, with the counts per class ('' when it does not):
+    too few recordings, or a stored split made when there were fewer (or by an older snnexp)."""
     if lists["train"] and lists["test"]:
-        return
+        return ""
     counts = {}
     for split, samples in lists.items():
         for _, label in samples:
             counts.setdefault(label, {"train": 0, "test": 0})[split] += 1
-    per_class = ", ".join(f"{classes[label] if classes else label}: {c['train']} train / {c['test']} test"
+    per_class = ", ".join(f"{classes[label]}: {c['train']} train / {c['test']} test"
                           for label, c in sorted(counts.items()))
-    empty = "test" if not lists["test"] else "training"
-    again = f"; the split stored in {stored} is reused: delete it to split again" if stored else ""
-    raise DatasetError(f"the split (dataset.test_fraction={test_fraction}) leaves the {empty} set empty: "
-                       f"{len(lists['train'])} train / {len(lists['test'])} test recordings ({per_class}). A class "
-                       f"needs 2 or more recordings to give one to each set: add recordings to dataset.data_dir"
-                       f"{again}")
+    if any(_test_count(test_fraction, c["train"] + c["test"]) for c in counts.values()):
+        fix = (f"the split stored in {store} (made when there were fewer recordings, or by an older snnexp) is "
+               "reused: delete it to split again")
+    else:
+        fix = "a class needs 2 or more recordings to give one to each set: add recordings to dataset.data_dir"
+    return (f"the split (dataset.test_fraction={test_fraction}) leaves the {'test' if lists['train'] else 'training'} "
+            f"set empty: {len(lists['train'])} train / {len(lists['test'])} test recordings ({per_class}); {fix}")
 
 
 GESTURE_TRAIN_USERS = range(1, 24)  # the official split: users 1-23 train, 24-29 test

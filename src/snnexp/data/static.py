@@ -24,6 +24,7 @@ class Splits:
     input_shape: Tuple[int, ...]  # of one frame: [C, H, W]
     num_classes: int
     sequence: bool = False  # samples are already frame sequences [T, C, H, W] (event data), not images
+    empty_reason: str = ""  # why the training or test set is empty (a loader returns what there is; a run stops)
 
 
 def digits(test_fraction: float = 0.2, split_seed: int = 0) -> Splits:

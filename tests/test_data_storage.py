@@ -163,6 +163,26 @@ def test_missing_files_are_listed_with_the_ones_that_are_there(tmp_path, cache, 
                       "t10k-images-idx3-ubyte.gz": "here", "t10k-labels-idx1-ubyte.gz": "here"}
 
 
+def test_a_cache_that_cannot_be_written_is_named(tmp_path, monkeypatch):
+    place_mnist_gz(tmp_path / "src", tmp_path / "data", "MNIST", monkeypatch)
+    (tmp_path / "afile").write_text("a file where the cache folder should be")
+    monkeypatch.setenv("SNNEXP_CACHE", str(tmp_path / "afile"))
+    with pytest.raises(DatasetError) as err:
+        data.mnist(str(tmp_path / "data"), download=False)
+    message = str(err.value)
+    assert message.startswith(f"cannot extract {tmp_path / 'data' / 'MNIST' / 'raw' / 'train-images-idx3-ubyte.gz'}, ")
+    assert message.endswith(": Not a directory; free disk space or set SNNEXP_CACHE (dataset.cache_dir for event "
+                            "data) to a writable folder (the data folder is never written)")
+
+
+def test_a_damaged_extracted_cifar_folder_is_named(tmp_path, cache):
+    make_cifar(tmp_path, torchvision.datasets.CIFAR10)  # our batches: their md5s are not the official ones
+    with pytest.raises(DatasetError) as err:
+        data.cifar10(str(tmp_path), download=False)
+    assert str(err.value).splitlines()[0] == (f"CIFAR10 not found: {tmp_path / 'cifar-10-batches-py'} is incomplete "
+                                              "or damaged (a file is missing or its md5 differs).")
+
+
 # ---------------------------------------------------------------------------- the event datasets' archives
 
 def zip_folder(archive: Path, folder: Path, arcroot: str) -> None:

@@ -63,9 +63,10 @@ def shared_data():
 
 
 @pytest.fixture
-def real_mnist(shared_data, tmp_path):
-    """A data_dir whose MNIST/raw/ links to the real files: torchvision extracts the .gz files beside the
-    links, in tmp_path, and never writes into shared/."""
+def real_mnist(shared_data, tmp_path, monkeypatch):
+    """A data_dir whose MNIST/raw/ links to the real files; snnexp extracts the .gz files into the cache
+    ($SNNEXP_CACHE, set to tmp_path/cache for the test's runs) and never writes into the data folder."""
+    monkeypatch.setenv("SNNEXP_CACHE", str(tmp_path / "cache"))
     raw = tmp_path / "real_data" / "MNIST" / "raw"
     raw.mkdir(parents=True)
     for gz in (shared_data / "MNIST" / "raw").glob("*.gz"):

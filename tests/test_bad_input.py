@@ -14,7 +14,9 @@ import pytest
 import torch
 
 from conftest import run_snnexp, run_snnexp_here
-from event_writers import make_nmnist
+from event_writers import make_cifar10dvs, make_nmnist
+
+DAMAGED_GZ = b"\x1f\x8b\x08 an interrupted copy"  # a gzip header, then nothing of MNIST
 
 SPEC_HELP = ("expected one of: cXkY[sZ][pW] (conv), FCn (linear), MPkXsY / APkXsY (max / avg pool), BN (norm), "
              "SN (neuron), DP or DPp (dropout), {...}*n (repeat)")
@@ -98,6 +100,18 @@ CASES = [
     ("corrupt dataset file", ["train", "dataset=nmnist", "dataset.data_dir=corrupt", "trainer.max_steps=1"],
      "snnexp: error: {w}/corrupt/NMNIST/Train/3/0.bin: 7 bytes is not a whole number of 5-byte N-MNIST events "
      "(truncated?)", 2),
+    ("damaged MNIST archive", ["train", "dataset=mnist", "dataset.data_dir=damaged"],
+     "snnexp: error: {w}/damaged/MNIST/raw/train-images-idx3-ubyte.gz: not the official MNIST file (md5 "
+     f"{hashlib.md5(DAMAGED_GZ).hexdigest()}, expected f68b3c2dcbeaaa9fbdd348bbdeb94873): a damaged or incomplete "
+     "copy? Get it again from https://ossci-datasets.s3.amazonaws.com/mnist/", 2),
+    ("one recording per class", ["train", "dataset=dvs_cifar10", "dataset.data_dir=single"],
+     "snnexp: error: the split (dataset.test_fraction=0.1) leaves the test set empty: 3 train / 0 test recordings "
+     "(airplane: 1 train / 0 test, cat: 1 train / 0 test, truck: 1 train / 0 test); a class needs 2 or more "
+     "recordings to give one to each set: add recordings to dataset.data_dir", 2),
+    ("every test file corrupt and skipped", ["train", "dataset=nmnist", "dataset.data_dir=no_test",
+                                             "dataset.on_corrupt=skip"],
+     "snnexp: error: the test set is empty (10 training / 0 test samples): check that dataset.data_dir holds both "
+     "splits' files (and, with dataset.on_corrupt=skip, how many were skipped)", 2),
     ("output folder under a file", ["train", "hydra.run.dir=afile/run"],
      "snnexp: error: cannot write the run directory {w}/afile/run: {w}/afile is a file, not a folder; start snnexp "
      "in a folder you can write to, or give hydra.run.dir=DIR", 2),
@@ -124,7 +138,8 @@ def file_digests(root: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    """A working folder with an earlier run (`old`), a frame cache, checkpoints gone wrong and a corrupt dataset."""
+    """A working folder with an earlier run (`old`), a frame cache, checkpoints gone wrong and corrupt, damaged or
+    too small datasets."""
     w = tmp_path_factory.mktemp("bad_input")
     env = {"SNNEXP_CACHE": str(w / "cache")}
     make_nmnist(w / "events", per_digit=1)
@@ -132,6 +147,14 @@ def workdir(tmp_path_factory):
                "trainer.max_steps=1", "hydra.run.dir=old", cwd=w, env=env)
     shutil.copytree(w / "events", w / "corrupt")
     (w / "corrupt" / "NMNIST" / "Train" / "3" / "0.bin").write_bytes(b"\x00" * 7)
+    shutil.copytree(w / "events", w / "no_test")
+    for f in (w / "no_test" / "NMNIST" / "Test").rglob("*.bin"):
+        f.write_bytes(b"\x00" * 7)
+    (w / "damaged" / "MNIST" / "raw").mkdir(parents=True)
+    for split in ("train", "t10k"):
+        for kind in ("images-idx3", "labels-idx1"):
+            (w / "damaged" / "MNIST" / "raw" / f"{split}-{kind}-ubyte.gz").write_bytes(DAMAGED_GZ)
+    make_cifar10dvs(w / "single", per_class=1)
     good = (w / "old" / "checkpoints" / "last.pt").read_bytes()
     (w / "truncated.pt").write_bytes(good[: len(good) // 2])
     torch.save({"weights": torch.zeros(2)}, w / "foreign.pt")

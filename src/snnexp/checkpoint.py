@@ -30,7 +30,7 @@ from snnexp.files import atomic_path, write_json_atomic
 log = logging.getLogger("snnexp")
 
 FORMAT = 2  # 2: RNG states and the position within an epoch, for exact resume
-_WRITE_ADVICE = "(free disk space, or give hydra.run.dir=... elsewhere)"
+WRITE_ADVICE = "(free disk space, or give hydra.run.dir=... elsewhere)"
 
 
 @dataclass
@@ -130,7 +130,7 @@ def save(path: Path, state: TrainState, meta: Dict[str, Any], end_of_epoch: Opti
             with atomic_path(path) as tmp, open(tmp, "wb") as f:
                 torch.save(contents, f)
         except OSError as e:
-            error = (f"cannot write checkpoint {path}: {e.strerror or e} {_WRITE_ADVICE}; the previous checkpoint "
+            error = (f"cannot write checkpoint {path}: {e.strerror or e} {WRITE_ADVICE}; the previous checkpoint "
                      "is intact")
     error = distributed.from_main(error)
     if error:
@@ -187,4 +187,4 @@ def write_json(path: Path, data) -> None:
     try:
         write_json_atomic(path, data)
     except OSError as e:
-        raise CheckpointError(f"cannot write {path}: {e.strerror or e} {_WRITE_ADVICE}") from None
+        raise CheckpointError(f"cannot write {path}: {e.strerror or e} {WRITE_ADVICE}") from None

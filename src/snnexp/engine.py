@@ -33,7 +33,7 @@ from snnexp.checkpoint import EpochTotals, TrainState
 from snnexp.config import EnergyConfig, TrainerConfig
 from snnexp.cost import energy_pj, static_metrics
 from snnexp.diagnose import all_finite, diagnose_nonfinite, layer_grad_norms
-from snnexp.errors import CheckpointError, ConfigError, NonFiniteError
+from snnexp.errors import CheckpointError, ConfigError, DatasetError, NonFiniteError
 from snnexp.logging import RunLogger
 from snnexp.metrics import epoch_metrics, epoch_scalars, test_metrics, train_summary
 from snnexp.session import StopSignals, record
@@ -104,6 +104,7 @@ def build_run(cfg: DictConfig, device: torch.device, ddp: bool = False) -> Run:
     """Instantiate data, encoder, network, readout and loss from the config (`ddp`: for a process of a
     data-parallel run)."""
     splits = instantiate(cfg.dataset)
+    _check_not_empty(splits)
     model = build_model(cfg, splits.input_shape, splits.num_classes).to(device)
     if cfg.trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)  # conv weights; their outputs follow
@@ -115,6 +116,19 @@ def build_run(cfg: DictConfig, device: torch.device, ddp: bool = False) -> Run:
         net = torch.compile(net, dynamic=False)
     return Run(cfg, splits, instantiate(cfg.encoder), model, instantiate(cfg.readout), instantiate(cfg.loss), device,
                net, eval_net=compiled)
+
+
+def _check_not_empty(splits) -> None:
+    """A training or test set without samples stops the run before it starts (nothing could be trained on or
+    tested: the counts would divide by zero)."""
+    if len(splits.train) and len(splits.test):
+        return
+    if splits.empty_reason:
+        raise DatasetError(splits.empty_reason)
+    empty = "test" if len(splits.train) else "training"
+    raise DatasetError(f"the {empty} set is empty ({len(splits.train)} training / {len(splits.test)} test samples): "
+                       "check that dataset.data_dir holds both splits' files (and, with dataset.on_corrupt=skip, "
+                       "how many were skipped)")
 
 
 class EpochOrder(torch.utils.data.Sampler):
@@ -275,6 +289,8 @@ def evaluate(run: Run, loader) -> Dict[str, Any]:
     if distributed.world() > 1:  # data parallel: each process tested its share; the sums over all of them
         total_loss, correct, seen = distributed.sum_all([total_loss, correct, seen])
         activity.all_reduce()
+    if seen == 0:
+        raise DatasetError("the test set is empty: there is nothing to test (check dataset.data_dir)")
     summary = activity.summary()
     energy = OmegaConf.merge(OmegaConf.structured(EnergyConfig), run.cfg.get("energy") or {})
     return {"loss": total_loss / seen, "acc": correct / seen, **summary, **static_metrics(run.model),
@@ -354,14 +370,14 @@ def fit(cfg: DictConfig, run_dir: Path, hparams: Dict[str, Any], resume: Optiona
             is_best = test_m["acc"] > state.metrics["best_test_acc"]
             state.metrics = epoch_metrics(state.metrics, epoch, state.step, train_m, test_m, time.perf_counter() - t0,
                                           paper_acc)
-            if logger:
-                logger.scalars(epoch_scalars(state.metrics, train_m, test_m, lr, run.model), epoch)
-                logger.activity(test_m, epoch)
             checkpoint.save(last, state, meta)
             if is_best:
                 checkpoint.save(best, state, meta, end_of_epoch=epoch)
             if distributed.is_main():
                 checkpoint.write_json(run_dir / "metrics.json", state.metrics)
+            if logger:  # after the checkpoint: a TensorBoard write that fails (a full disk) loses no training
+                logger.scalars(epoch_scalars(state.metrics, train_m, test_m, lr, run.model), epoch)
+                logger.activity(test_m, epoch)
             _log_epoch(epoch, cfg.trainer.epochs, train_m, test_m, state.metrics)
             if signals.requested():  # arrived in the test pass: the epoch is saved
                 raise signals.interrupted(f"after epoch {epoch}: saved {last}")

@@ -12,14 +12,20 @@ The build writes a temporary folder and renames it into place (snnexp.files.atom
 build never looks complete, and the next build removes what it left), under a file lock, so that several
 multirun jobs starting at once build it once and the others wait and read it. Samples are converted in
 worker processes, with a progress bar.
+
+The same root holds `extracted/`: the official archives (and MNIST's .gz files) that a user placed in the data
+folder, extracted once by `extracted()`, so that the data folder is only ever read.
 """
 
+import gzip
 import hashlib
 import json
 import logging
 import os
 import shutil
+import tarfile
 import time
+import zipfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
@@ -29,7 +35,7 @@ from filelock import FileLock
 from tqdm import tqdm
 
 from snnexp import cache_home
-from snnexp.errors import CorruptFile
+from snnexp.errors import CorruptFile, DatasetError
 from snnexp.files import atomic_path
 
 log = logging.getLogger("snnexp")
@@ -43,6 +49,52 @@ def default_cache_dir() -> Path:
     if os.environ.get("SNNEXP_CACHE"):
         return Path(os.environ["SNNEXP_CACHE"])
     return cache_home() / "frames"
+
+
+def extracted(archives: Sequence[Path], root: Path, name: str, into: str = "", nested: bool = False) -> Path:
+    """The contents of `archives` (zip, tar, tar.gz or a single .gz: torchvision's extract_archive) in a folder
+    `<root>/extracted/<name>-<key>/` (under its `into` subfolder), extracted on first use and reused after. The
+    key hashes the archives' paths, sizes and modification times: a replaced archive is extracted again. The
+    folder is built under a temporary name and renamed into place (never seen half extracted), under a file
+    lock (parallel jobs extract once). `nested`: zips that the archives hold at their top level (CIFAR10-DVS's
+    class zips) are extracted in turn. The archives' own folder is only read."""
+    stats = [f"{Path(a).resolve()}|{os.stat(a).st_size}|{os.stat(a).st_mtime_ns}" for a in archives]
+    dest = Path(root).expanduser() / "extracted" / f"{name}-{cache_key_digest({'archives': stats})}"
+    if dest.is_dir():
+        return dest
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(dest) + ".lock"):
+            if not dest.is_dir():
+                for stale in dest.parent.glob(dest.name + ".tmp-*"):  # an interrupted extraction
+                    shutil.rmtree(stale, ignore_errors=True)
+                with atomic_path(dest) as tmp:
+                    _extract_all(archives, tmp / into, nested)
+    except OSError as e:  # no room, or a cache folder that cannot be written
+        raise DatasetError(f"cannot extract {', '.join(map(str, archives))} into {dest}: {e.strerror or e}; free "
+                           "disk space or set SNNEXP_CACHE (dataset.cache_dir for event data) to a writable folder "
+                           "(the data folder is never written)") from None
+    return dest
+
+
+def _extract_all(archives, to: Path, nested: bool) -> None:
+    to.mkdir(parents=True)
+    for archive in archives:
+        _extract_one(archive, to)
+    for inner in sorted(to.glob("*.zip")) if nested else ():
+        _extract_one(inner, to)
+        inner.unlink()
+
+
+def _extract_one(archive, to: Path) -> None:
+    from torchvision.datasets.utils import extract_archive
+
+    log.info("extracting %s into %s", archive, to)
+    try:
+        extract_archive(str(archive), str(to))
+    except (EOFError, ValueError, RuntimeError, tarfile.TarError, zipfile.BadZipFile, gzip.BadGzipFile) as e:
+        raise CorruptFile(f"{archive}: cannot extract it ({e or type(e).__name__}): a damaged or incomplete "
+                          "download? Get it again") from None
 
 
 def cache_key_digest(key: dict) -> str:

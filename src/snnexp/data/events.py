@@ -5,7 +5,8 @@ Data is taken as the user has it, under `data_dir`:
 - the extracted folders (N-MNIST `NMNIST/{Train,Test}/<digit>/*.bin`, CIFAR10-DVS
   `CIFAR10DVS/<class>/*.aedat4 or *.aedat`, DVS128 Gesture `DvsGesture/user*.aedat` with their
   `_labels.csv`), complete or with fewer files than the full set;
-- the official archives placed by hand beside them (extracted on first use);
+- the official archives placed by hand beside them (extracted on first use into the cache, under
+  `<cache root>/extracted/`: the data folder is only read, and may be read-only);
 - tonic's download, when online and `download: true`.
 Samples are listed in sorted order, the same on every machine.
 
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from snnexp.data.cache import FrameCache, default_cache_dir
+from snnexp.data.cache import FrameCache, default_cache_dir, extracted
 from snnexp.data.frames import events_to_frames
 from snnexp.data.static import Splits
 from snnexp.errors import CorruptFile, DatasetError
@@ -334,16 +335,16 @@ def nmnist(data_dir="data", download=True, **options) -> Splits:
     frames, cache, augment = event_options("nmnist", options)
     root = Path(data_dir).expanduser() / "NMNIST"
     lists = {}
-    for split, folder, archive, md5 in (("train", "Train", NMNIST.train_filename, NMNIST.train_md5),
-                                        ("test", "Test", NMNIST.test_filename, NMNIST.test_md5)):
-        if not (root / folder).is_dir() and (root / archive).is_file():
-            _extract(root / archive, root)
-        if not (root / folder).is_dir() and download:
+    for split, folder, archive in (("train", "Train", NMNIST.train_filename), ("test", "Test", NMNIST.test_filename)):
+        where = root / folder
+        if not where.is_dir() and (root / archive).is_file():
+            where = extracted([root / archive], cache.root(), f"NMNIST-{split}") / folder
+        if not where.is_dir() and download:
             try:
                 NMNIST(str(Path(data_dir).expanduser()), train=split == "train")
             except Exception as e:
                 raise _nmnist_missing(root, e) from None
-        files = _sorted_files(root / folder, {".bin"}) if (root / folder).is_dir() else []
+        files = _sorted_files(where, {".bin"}) if where.is_dir() else []
         if not files:
             raise _nmnist_missing(root)
         lists[split] = [(str(f), int(f.parent.name)) for f in files]
@@ -361,16 +362,6 @@ def _nmnist_missing(root, err=None):
         f"{NMNIST.train_url} and {NMNIST.test_url} (https://www.garrickorchard.com/datasets/n-mnist)", err)
 
 
-def _extract(archive: Path, to: Path) -> None:
-    from tonic.download_utils import extract_archive
-
-    log.info("extracting %s", archive)
-    try:
-        extract_archive(str(archive), str(to))
-    except Exception as e:
-        raise DatasetError(f"cannot extract {archive} into {to}: {e}") from None
-
-
 CIFAR10DVS_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
@@ -382,26 +373,29 @@ def dvs_cifar10(data_dir="data", download=True, test_fraction=0.1, split_seed=0,
 
     frames, cache, augment = event_options("dvs_cifar10", options)
     root = Path(data_dir).expanduser() / "CIFAR10DVS"
+    folder = root  # the class folders: extracted there by the user, or from the archive(s) there into the cache
     if not any((root / c).is_dir() for c in CIFAR10DVS_CLASSES):
-        if (root / CIFAR10DVS.filename).is_file():
-            _extract(root / CIFAR10DVS.filename, root)
-        for c in CIFAR10DVS_CLASSES:
-            if (root / f"{c}.zip").is_file() and not (root / c).is_dir():
-                _extract(root / f"{c}.zip", root)
-    if not any((root / c).is_dir() for c in CIFAR10DVS_CLASSES) and download:
+        archives = [root / CIFAR10DVS.filename] if (root / CIFAR10DVS.filename).is_file() else \
+            [root / f"{c}.zip" for c in CIFAR10DVS_CLASSES if (root / f"{c}.zip").is_file()]
+        if archives:  # CIFAR10DVS.zip holds one zip per class
+            folder = extracted(archives, cache.root(), "CIFAR10DVS", nested=True)
+    if not any((folder / c).is_dir() for c in CIFAR10DVS_CLASSES) and download:
         try:
             CIFAR10DVS(str(Path(data_dir).expanduser()))
         except Exception as e:
             raise _cifar10dvs_missing(root, e) from None
+        folder = root
     samples = []
     for label, c in enumerate(CIFAR10DVS_CLASSES):
-        if (root / c).is_dir():
-            samples += [(str(f), label) for f in _sorted_files(root / c, {".aedat", ".aedat4"})]
+        if (folder / c).is_dir():
+            samples += [(str(f), label) for f in _sorted_files(folder / c, {".aedat", ".aedat4"})]
     if not samples:
         raise _cifar10dvs_missing(root)
     store = cache.root() / f"dvs_cifar10-split-seed{split_seed}-test{test_fraction}.json"
-    lists = stratified_split(samples, test_fraction, split_seed, store, base=str(root))
-    return _build_splits("dvs_cifar10", data_dir, lists, (128, 128), 10, frames, cache, augment)
+    lists = stratified_split(samples, test_fraction, split_seed, store, base=str(folder))
+    splits = _build_splits("dvs_cifar10", data_dir, lists, (128, 128), 10, frames, cache, augment)
+    splits.empty_reason = split_problem(lists, test_fraction, store, CIFAR10DVS_CLASSES)
+    return splits
 
 
 def _cifar10dvs_missing(root, err=None):
@@ -416,9 +410,11 @@ def _cifar10dvs_missing(root, err=None):
 
 
 def stratified_split(samples: Sequence[Tuple[str, int]], test_fraction: float, seed: int, store: Path, base: str):
-    """Per class: a seeded permutation of the sorted files, the first round(test_fraction * n) for test.
+    """Per class: a seeded permutation of the sorted files, the first n_test for test (_test_count: about
+    test_fraction of them, and at least one test and one training recording for a class of 2 or more).
     The assignment is stored (paths relative to `base`) and reused, so a file never moves between train
-    and test; files that appear later are split among themselves the same way."""
+    and test; files that appear later are split among themselves the same way. A set left empty (every class a
+    single recording) is returned as it is: split_problem says why, for the error that stops a run."""
     stored = json.loads(store.read_text()) if store.is_file() else {"train": [], "test": []}
     known = {rel: split for split in ("train", "test") for rel in stored[split]}
     new_by_class = {}
@@ -430,16 +426,43 @@ def stratified_split(samples: Sequence[Tuple[str, int]], test_fraction: float, s
     for label in sorted(new_by_class):
         rels = sorted(new_by_class[label])
         order = rng.permutation(len(rels))
-        n_test = int(round(test_fraction * len(rels)))
+        n_test = _test_count(test_fraction, len(rels))
         for j, idx in enumerate(order):
             known[rels[idx]] = "test" if j < n_test else "train"
-    if new_by_class:
-        store.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(store, {s: sorted(r for r, v in known.items() if v == s) for s in ("train", "test")})
     lists = {"train": [], "test": []}
     for path, label in samples:
         lists[known[os.path.relpath(path, base)]].append((path, label))
+    if new_by_class:
+        store.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(store, {s: sorted(r for r, v in known.items() if v == s) for s in ("train", "test")})
     return lists
+
+
+def _test_count(test_fraction: float, n: int) -> int:
+    """How many of a class's n recordings go to the test set: round(test_fraction * n), but at least 1 and at
+    most n - 1 when n >= 2, so that a small subset (3 recordings a class: 0.3 rounds to 0) still tests every
+    class; a class of one recording trains."""
+    return min(max(int(round(test_fraction * n)), 1), n - 1) if n >= 2 else 0
+
+
+def split_problem(lists, test_fraction: float, store: Path, classes: Sequence[str]) -> str:
+    """Why the split leaves the training or test set empty, with the counts per class ('' when it does not):
+    too few recordings, or a stored split made when there were fewer (or by an older snnexp)."""
+    if lists["train"] and lists["test"]:
+        return ""
+    counts = {}
+    for split, samples in lists.items():
+        for _, label in samples:
+            counts.setdefault(label, {"train": 0, "test": 0})[split] += 1
+    per_class = ", ".join(f"{classes[label]}: {c['train']} train / {c['test']} test"
+                          for label, c in sorted(counts.items()))
+    if any(_test_count(test_fraction, c["train"] + c["test"]) for c in counts.values()):
+        fix = (f"the split stored in {store} (made when there were fewer recordings, or by an older snnexp) is "
+               "reused: delete it to split again")
+    else:
+        fix = "a class needs 2 or more recordings to give one to each set: add recordings to dataset.data_dir"
+    return (f"the split (dataset.test_fraction={test_fraction}) leaves the {'test' if lists['train'] else 'training'} "
+            f"set empty: {len(lists['train'])} train / {len(lists['test'])} test recordings ({per_class}); {fix}")
 
 
 GESTURE_TRAIN_USERS = range(1, 24)  # the official split: users 1-23 train, 24-29 test
@@ -456,7 +479,7 @@ def dvs_gesture(data_dir="data", download=True, **options) -> Splits:
     base = Path(data_dir).expanduser()
     official, tonic_dir = base / "DvsGesture", base / "DVSGesture"
     if not official.is_dir() and (base / "DvsGesture.tar.gz").is_file():
-        _extract(base / "DvsGesture.tar.gz", base)
+        official = extracted([base / "DvsGesture.tar.gz"], cache.root(), "DvsGesture") / "DvsGesture"
     if official.is_dir() and any(official.glob("*.aedat")):
         lists = _gesture_official(official)
     else:
@@ -465,9 +488,9 @@ def dvs_gesture(data_dir="data", download=True, **options) -> Splits:
                 DVSGesture(str(base), train=True)
                 DVSGesture(str(base), train=False)
             except Exception as e:
-                raise _gesture_missing(official, e) from None
+                raise _gesture_missing(base / "DvsGesture", e) from None
         if not (tonic_dir / "ibmGestureTrain").is_dir():
-            raise _gesture_missing(official)
+            raise _gesture_missing(base / "DvsGesture")
         lists = {split: [(str(f), int(f.stem)) for f in _sorted_files(tonic_dir / folder, {".npy"})]
                  for split, folder in (("train", "ibmGestureTrain"), ("test", "ibmGestureTest"))}
     return _build_splits("dvs_gesture", data_dir, lists, (128, 128), 11, frames, cache, augment)

@@ -2,16 +2,18 @@
 torchvision's MNIST, Fashion-MNIST and CIFAR10."""
 
 import contextlib
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Tuple
+from typing import Dict, Tuple
 
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
 from snnexp import cache_home
-from snnexp.errors import DatasetError
+from snnexp.data.cache import default_cache_dir, extracted
+from snnexp.errors import CorruptFile, DatasetError
 from snnexp.files import atomic_path
 
 
@@ -22,6 +24,7 @@ class Splits:
     input_shape: Tuple[int, ...]  # of one frame: [C, H, W]
     num_classes: int
     sequence: bool = False  # samples are already frame sequences [T, C, H, W] (event data), not images
+    empty_reason: str = ""  # why the training or test set is empty (a loader returns what there is; a run stops)
 
 
 def digits(test_fraction: float = 0.2, split_seed: int = 0) -> Splits:
@@ -63,38 +66,82 @@ def _digits_arrays(test_fraction: float, split_seed: int):
 
 def _torchvision(cls, data_dir, download, train_transform=None, test_transform=None):
     """Build a torchvision dataset for both splits, turning 'not found / download failed' into one
-    message that names the folder and the files to put there."""
+    message that names the folder and the files to put there. The files the user placed are read whatever
+    `download` says (see _placed); `download` only decides whether missing files are fetched into data_dir."""
     root = Path(data_dir).expanduser()
+    read_from = _placed(cls, root)
     try:
         return (
-            cls(str(root), train=True, download=download, transform=train_transform),
-            cls(str(root), train=False, transform=test_transform),
+            cls(str(read_from), train=True, download=download, transform=train_transform),
+            cls(str(read_from), train=False, transform=test_transform),
         )
     except (RuntimeError, OSError) as e:  # torchvision: "Dataset not found", URLError, failed mirrors
         raise DatasetError(_missing_message(cls, root, download, e)) from None
 
 
+def _official_files(cls, root: Path) -> Tuple[Path, Dict[Path, str], str]:
+    """(the folder, {official archive: md5}, where torchvision reads them extracted, relative to its root):
+    MNIST and Fashion-MNIST, four IDX .gz files in <root>/<Name>/raw/; CIFAR, one .tar.gz in <root>/."""
+    if hasattr(cls, "resources"):
+        folder = root / cls.__name__ / "raw"
+        return folder, {folder / name: md5 for name, md5 in cls.resources}, f"{cls.__name__}/raw"
+    return root, {root / cls.filename: cls.tgz_md5}, ""
+
+
+def _placed(cls, root: Path) -> Path:
+    """The folder torchvision is to read as its root. `root` (data_dir) when it holds the extracted files, or
+    lacks some archive (torchvision then downloads into it, or says what is missing). When all the official
+    archives are there (and no extracted copy), their md5s are checked and they are extracted once into the
+    cache (snnexp.data.cache.extracted), which torchvision reads: torchvision would extract them beside
+    themselves, so a read-only data folder would fail and a writable one would gain the extracted files."""
+    folder, archives, inside = _official_files(cls, root)
+    extracted_there = [folder / Path(a).stem for a in archives] if inside else [root / cls.base_folder]
+    if all(p.exists() for p in extracted_there) or not all(a.is_file() for a in archives):
+        return root
+    for archive, md5 in archives.items():
+        _check_md5(cls, archive, md5)
+    return extracted(list(archives), default_cache_dir(), cls.__name__, into=inside)
+
+
+def _check_md5(cls, archive: Path, md5: str) -> None:
+    digest = hashlib.md5()
+    with open(archive, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != md5:
+        raise CorruptFile(f"{archive}: not the official {cls.__name__} file (md5 {digest.hexdigest()}, expected "
+                          f"{md5}): a damaged or incomplete copy? Get it again from {_source(cls)}")
+
+
+def _source(cls) -> str:
+    return cls.mirrors[0] if hasattr(cls, "mirrors") else cls.url
+
+
 def _missing_message(cls, root: Path, download: bool, err: Exception) -> str:
     name = cls.__name__
-    if hasattr(cls, "resources"):  # MNIST, FashionMNIST: four IDX gzip files in <root>/<Name>/raw/
-        folder = root / name / "raw"
-        files = "\n".join(f"    {fname:32s} md5 {md5}" for fname, md5 in cls.resources)
-        source = cls.mirrors[0] if hasattr(cls, "mirrors") else ""
-    else:  # CIFAR10: one archive in <root>/
-        folder = root
-        files = f"    {cls.filename:32s} md5 {cls.tgz_md5}"
-        source = cls.url
+    folder, archives, inside = _official_files(cls, root)
+    files = "\n".join(f"    {a.name:32s} md5 {md5}  ({_found(a, inside)})" for a, md5 in archives.items())
     if isinstance(err, PermissionError) or (isinstance(err, OSError) and not os.access(folder, os.W_OK)):
         how = f"cannot write to {folder} ({err}); copy the files to a writable folder and set dataset.data_dir"
+    elif not inside and (root / cls.base_folder).is_dir():
+        how = f"{root / cls.base_folder} is incomplete or damaged (a file is missing or its md5 differs)"
     elif download:
         how = f"it is not there and the download failed ({err})"
     else:
         how = "it is not there and dataset.download=false"
     return (
         f"{name} not found: {how}.\n"
-        f"Put these files in {folder}/ (from {source}):\n{files}\n"
+        f"Put these files in {folder}/ (from {_source(cls)}):\n{files}\n"
         f"or point dataset.data_dir at a folder that already holds {name}/ (e.g. dataset.data_dir=/path/to/data)."
     )
+
+
+def _found(archive: Path, inside: str) -> str:
+    if archive.is_file():
+        return "here"
+    if inside and archive.with_suffix("").is_file():
+        return "here, extracted"
+    return "missing"
 
 
 def _as_tensors(tv_dataset) -> TensorDataset:

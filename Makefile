@@ -36,6 +36,7 @@ bench: $(INSTALLED)
 	$(PY) bench/bench_train_step.py
 	$(PY) bench/bench_framework.py
 	$(PY) bench/bench_memory.py
+	$(PY) bench/bench_sparse.py
 	$(PY) bench/bench_mnist_epoch.py
 	$(PY) bench/bench_frames.py $(ARGS)
 

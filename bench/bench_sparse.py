@@ -2,9 +2,9 @@
 multiplying every zero, beat the dense layer on this CPU at the firing rates the papers' nets really have?
 
 For each weight layer of the PLIF paper's N-MNIST net whose input is spikes, at the firing rate its input
-layer had in a real run (`--run`: a `snnexp train experiment=plif_nmnist` run directory, whose metrics.json
-holds the test pass's firing rate per spiking layer; without it, --rate for every layer), this times the
-forward on binary inputs of that density, medians of --repeats calls:
+layer had in a real run (`--run`: a `snnexp train experiment=plif_nmnist` run directory, whose metrics.json holds
+the test pass's firing rate per spiking layer; without it, --rate for every layer), max-pooled on the way where
+the net pools, this times the forward on those binary inputs, medians of --repeats calls:
 - dense: the layer as it runs today (mkldnn convolution, BLAS matmul);
 - gather: only the spikes' weights: a Linear as torch.sparse CSR x dense; a convolution as, for each of its
   k*k kernel offsets, index_add of the spiking input channels' weight columns into the output positions
@@ -25,11 +25,12 @@ from common import median_time, write_results
 
 # the weight layers with spiking input of {c128k3s1-BN-SN-MPk2s2}*2-DP-FC2048-SN-DP-FC100-SN-APk10s10, T=10,
 # batch 16 (the first conv's input is the event frames, not a neuron layer's spikes): the spiking layer whose
-# output feeds each, and the input shape [T*B, ...]
+# output feeds each (its index among the spiking layers), that layer's output [T*B, ...], whether it is max-pooled
+# on the way (which raises the rate: a window fires if any of its 4 neurons does), and the weight
 LAYERS = {
-    "conv 2 (128->128, k3, 17x17)": dict(source=0, shape=(160, 128, 17, 17), weight=(128, 128, 3, 3)),
-    "FC2048 (8192->2048)": dict(source=1, shape=(160, 8192), weight=(2048, 8192)),
-    "FC100 (2048->100)": dict(source=2, shape=(160, 2048), weight=(100, 2048)),
+    "conv 2 (128->128, k3, 17x17)": dict(source=0, shape=(160, 128, 34, 34), pool=True, weight=(128, 128, 3, 3)),
+    "FC2048 (8192->2048)": dict(source=1, shape=(160, 128, 17, 17), pool=True, weight=(2048, 8192)),
+    "FC100 (2048->100)": dict(source=2, shape=(160, 2048), pool=False, weight=(100, 2048)),
 }
 
 
@@ -70,6 +71,9 @@ def main():
     for name, layer in LAYERS.items():
         rate = rates[layer["source"]]
         x = (torch.rand(layer["shape"], generator=g) < rate).float()
+        if layer["pool"]:
+            x = F.max_pool2d(x, 2)
+        x = x.flatten(1) if len(layer["weight"]) == 2 else x
         w = torch.randn(layer["weight"], generator=g) * 0.05
         if x.dim() == 4:
             dense, gather = (lambda: F.conv2d(x, w, padding=1)), (lambda: gather_conv(x, w))
@@ -77,9 +81,11 @@ def main():
             dense, gather = (lambda: F.linear(x, w)), (lambda: gather_linear(x, w))
         torch.testing.assert_close(gather(), dense(), rtol=1e-4, atol=1e-4)  # the same numbers first
         t_dense, t_gather = median_time(dense, args.repeats), median_time(gather, args.repeats)
-        rows.append(dict(layer=name, rate=rate, dense_ms=1e3 * t_dense, gather_ms=1e3 * t_gather))
-        print(f"  {name:30s} rate {rate:.3f}: dense {1e3 * t_dense:8.2f} ms, gather {1e3 * t_gather:8.2f} ms, "
-              f"gather / dense x{t_gather / t_dense:.2f}")
+        density = x.mean().item()
+        rows.append(dict(layer=name, rate=rate, input_density=density, dense_ms=1e3 * t_dense,
+                         gather_ms=1e3 * t_gather))
+        print(f"  {name:30s} rate {rate:.3f}, input density {density:.3f}: dense {1e3 * t_dense:8.2f} ms, "
+              f"gather {1e3 * t_gather:8.2f} ms, gather / dense x{t_gather / t_dense:.2f}")
     write_results("sparse", rows)
 
 

@@ -92,7 +92,7 @@ CASES = [
      "Put these files in {w}/nodata/MNIST/raw/ (from https://ossci-datasets.s3.amazonaws.com/mnist/):", 2),
     ("corrupt dataset file", ["train", "dataset=nmnist", "dataset.data_dir=corrupt", "trainer.max_steps=1"],
      "snnexp: error: {w}/corrupt/NMNIST/Train/3/0.bin: 7 bytes is not a whole number of 5-byte N-MNIST events "
-     "(truncated?)", 2),
+     "(truncated?) (dataset.on_corrupt=skip leaves such files out)", 2),
     ("output folder under a file", ["train", "hydra.run.dir=afile/run"],
      "snnexp: error: cannot write the run directory {w}/afile/run: {w}/afile is a file, not a folder; start snnexp "
      "in a folder you can write to, or give hydra.run.dir=DIR", 2),

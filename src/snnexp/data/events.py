@@ -46,6 +46,7 @@ from snnexp.data.readers import (  # noqa: E402, F401
     read_aedat31_polarity,
     read_gesture_slice,
     read_nmnist,
+    read_source,
     read_tonic_gesture_npy,
 )
 
@@ -116,10 +117,7 @@ class ToFrames:
         self.sensor_size, self.frames = tuple(sensor_size), frames
 
     def __call__(self, source):
-        if isinstance(source, tuple):
-            x, y, t, p = read_gesture_slice(source)
-        else:
-            x, y, t, p = READERS[Path(source).suffix](source)
+        x, y, t, p = read_source(source)
         o = self.frames
         if o.denoise_ms:
             from tonic.functional import denoise_numpy

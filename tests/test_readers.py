@@ -273,6 +273,16 @@ def test_a_byte_that_moves_an_event_off_the_sensor_or_back_in_time_is_refused_in
         refused(read_tonic_gesture_npy, tmp_path / "bad.npy", phrase)
 
 
+def test_an_aedat4_event_off_its_stream_is_refused(tmp_path):
+    """AEDAT4 packets are compressed, so a byte cannot be aimed at one event: an event written outside the stream's
+    declared 128x128 stands in for it (dv-processing refuses to write timestamps out of order)."""
+    pytest.importorskip("dv_processing", reason="writing AEDAT4 needs dv-processing (dev extra)")
+    from event_writers import write_aedat4
+
+    write_aedat4(tmp_path / "a.aedat4", [1, 200, 3], [2, 3, 4], [10, 20, 30], [1, 0, 1])
+    refused(read_aedat4_events, tmp_path / "a.aedat4", "event 1 at x=200, y=3 lies outside the 128x128 sensor")
+
+
 def test_a_file_that_cannot_be_opened_is_a_dataset_error_naming_it(tmp_path):
     (tmp_path / "folder.aedat").mkdir()
     with pytest.raises(DatasetError, match="folder.aedat: cannot be read"):

@@ -24,40 +24,91 @@ def write_nmnist_bin(path, x, y, t, p):
     raw.tofile(path)
 
 
-def write_aedat2(path, x, y, t, p):
+def write_aedat2(path, x, y, t, p, chip=None):
     """AER-DAT 2.0 as in CIFAR10-DVS's original release: '#' header lines, then big-endian (uint32
     address, uint32 timestamp) records; the address is the inverse of tonic's read_dvs_128 decoding
-    (x = addr >> 8 & 0x7F, y = addr >> 1 & 0x7F, p = addr & 1)."""
+    (x = addr >> 8 & 0x7F, y = addr >> 1 & 0x7F, p = addr & 1). `chip`: a jAER AEChip class to name in the
+    header, as jAER writes it (e.g. "ch.unizh.ini.jaer.chip.retina.DVS128")."""
     x, y, t, p = (np.asarray(a, dtype=np.uint32) for a in (x, y, t, p))
-    records = np.empty(len(x), dtype=[("address", ">u4"), ("timeStamp", ">u4")])
-    records["address"] = (x << 8) | (y << 1) | p
+    write_aedat2_addresses(path, (x << 8) | (y << 1) | p, t, chip)
+
+
+def _jaer_header(chip=None) -> bytes:
+    lines = [b"#!AER-DAT2.0", b"# This is a raw AE data file - do not edit",
+             b"# Data format is int32 address, int32 timestamp (8 bytes total), repeated for each event",
+             b"# Timestamps tick is 1 us", b"# created by snnexp's tests"]
+    if chip:  # jAER since 2014: AEFileOutputStream, then AEChip.writeAdditionalAEFileOutputStreamHeader
+        lines += [f"# AEChip: {chip}".encode(), b"# End Of ASCII Header"]
+    return b"".join(line + b"\r\n" for line in lines)
+
+
+def write_aedat2_addresses(path, address, t, chip=None):
+    """AER-DAT 2.0 records of raw 32-bit addresses (any chip's layout) under jAER's header naming `chip`."""
+    records = np.empty(len(address), dtype=[("address", ">u4"), ("timeStamp", ">u4")])
+    records["address"] = address
     records["timeStamp"] = t
-    header = (b"#!AER-DAT2.0\r\n"
-              b"# This is a raw AE data file - do not edit\r\n"
-              b"# Data format is int32 address, int32 timestamp (8 bytes total), repeated for each event\r\n"
-              b"# Timestamps tick is 1 us\r\n"
-              b"# created by snnexp's tests\r\n")
     with open(path, "wb") as f:
-        f.write(header)
+        f.write(_jaer_header(chip))
         f.write(records.tobytes())
 
 
-def write_aedat31_gesture(path, x, y, t, p, packet_size=4096):
+DAVIS240C = "eu.seebetter.ini.chips.davis.DAVIS240C"
+
+
+def write_aedat2_davis240c(path, x, y, t, p, imu_t=()):
+    """A jAER AEDAT 2.0 recording of a DAVIS240C (240 x 180): jAER's DavisChip address layout, DVS events as
+    y << 22 | x << 12 | polarity << 11 (bit 31 clear), and an IMU sample at each of `imu_t` as jAER's IMUSample
+    writes it: 7 records (accel x, y, z, temperature, gyro x, y, z), address 0x80000C00 | code << 28 | 16-bit value
+    << 12. x, y are the chip's address fields."""
+    x, y, t, p = (np.asarray(a, dtype=np.uint32) for a in (x, y, t, p))
+    address = [(y << 22) | (x << 12) | (p << 11)]
+    times = [t]
+    for ti in imu_t:
+        values = np.array([100, -200, 16384, 300, 5, -5, 1], dtype=np.int16).astype(np.uint16).astype(np.uint32)
+        address.append(np.uint32(0x80000C00) | (np.arange(7, dtype=np.uint32) << 28) | (values << 12))
+        times.append(np.full(7, ti, dtype=np.uint32))
+    address, times = np.concatenate(address), np.concatenate(times)
+    order = np.argsort(times, kind="stable")
+    write_aedat2_addresses(path, address[order], times[order], DAVIS240C)
+
+
+COCHLEA_AMS1C = "ch.unizh.ini.jaer.chip.cochlea.CochleaAMS1c"
+
+
+def write_aedat2_cochlea(path, channel, ear, neuron, lpf, t):
+    """A jAER AEDAT 2.0 recording of the CochleaAMS1c silicon cochlea: address bit 0 LPF/BPF ganglion cell, bit 1
+    ear (1 right), bits 2-7 channel (0-63), bits 8-9 threshold neuron (0-3), as jAER's CochleaAMS1c extractor reads
+    it. Every address fits in the DVS128's 16 bits: only the header tells this file from a DVS128's."""
+    channel, ear, neuron, lpf, t = (np.asarray(a, dtype=np.uint32) for a in (channel, ear, neuron, lpf, t))
+    write_aedat2_addresses(path, (neuron << 8) | (channel << 2) | (ear << 1) | lpf, t, COCHLEA_AMS1C)
+
+
+def write_aedat31_gesture(path, x, y, t, p, packet_size=4096, source="DVS128", special=False, imu_t=()):
     """AEDAT 3.1 as in the DVS128 Gesture release: a text header, then packets of a 28-byte header
     (eventType 1 = polarity, source, eventSize 8, tsOffset 4, tsOverflow, capacity, number, valid) and
-    8-byte little-endian events (data: bit 0 valid, bit 1 polarity, bits 2-16 y, bits 17-31 x; int32 t)."""
+    8-byte little-endian events (data: bit 0 valid, bit 1 polarity, bits 2-16 y, bits 17-31 x; int32 t).
+    `source`: the device the '#Source 1:' header line names; `special`: a special-event packet (type 0, one
+    timestamp-reset event) first, as cAER writes; `imu_t`: an IMU6 packet (type 3, 36-byte events: info, t,
+    7 float32) with a sample at each of these times, as a DAVIS writes."""
     x, y, t, p = (np.asarray(a, dtype=np.uint32) for a in (x, y, t, p))
     events = np.empty(len(x), dtype=[("data", "<u4"), ("t", "<i4")])
     events["data"] = (x << 17) | (y << 2) | (p << 1) | 1
     events["t"] = t.astype(np.int32)
     with open(path, "wb") as f:
-        f.write(b"#!AER-DAT3.1\r\n#Format: RAW\r\n#Source 1: DVS128\r\n#Start-Time: 2017-01-01 00:00:00\r\n"
-                b"#!END-HEADER\r\n")
+        f.write(f"#!AER-DAT3.1\r\n#Format: RAW\r\n#Source 1: {source}\r\n#Start-Time: 2017-01-01 00:00:00\r\n"
+                f"#!END-HEADER\r\n".encode())
+        if special:
+            f.write(struct.pack("<hhiiiiii", 0, 1, 8, 4, 0, 1, 1, 1))
+            f.write(struct.pack("<Ii", (1 << 1) | 1, 0))  # type 1 (TIMESTAMP_RESET) in bits 1-7, valid
         for start in range(0, len(events), packet_size):
             chunk = events[start:start + packet_size]
             n = len(chunk)
             f.write(struct.pack("<hhiiiiii", 1, 1, 8, 4, 0, n, n, n))
             f.write(chunk.tobytes())
+        if len(imu_t):
+            f.write(struct.pack("<hhiiiiii", 3, 1, 36, 4, 0, len(imu_t), len(imu_t), len(imu_t)))
+            for ti in imu_t:
+                f.write(struct.pack("<Ii7f", 1, int(ti), 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 25.0))
 
 
 def write_gesture_labels_csv(path, rows):
@@ -78,6 +129,12 @@ def write_aedat4(path, x, y, t, p, width=128, height=128):
         store.push_back(int(ti), int(xi), int(yi), bool(pi))
     writer.writeEvents(store)
     del writer  # closes the file
+
+
+def write_tonic_gesture_npy(path, x, y, t, p, dtype=np.float64):
+    """tonic's DVSGesture download: one .npy per gesture, an [N, 4] array with columns x, y, p, t in ms."""
+    ev = np.stack([np.asarray(a, dtype=np.float64) for a in (x, y, p)] + [np.asarray(t) / 1000.0], axis=1)
+    np.save(path, ev.astype(dtype))
 
 
 # ------------------------------------------------------------- small datasets in the real folder layouts

@@ -99,7 +99,7 @@ CASES = [
      "Put these files in {w}/nodata/MNIST/raw/ (from https://ossci-datasets.s3.amazonaws.com/mnist/):", 2),
     ("corrupt dataset file", ["train", "dataset=nmnist", "dataset.data_dir=corrupt", "trainer.max_steps=1"],
      "snnexp: error: {w}/corrupt/NMNIST/Train/3/0.bin: 7 bytes is not a whole number of 5-byte N-MNIST events "
-     "(truncated?)", 2),
+     "(truncated?) (dataset.on_corrupt=skip leaves such files out)", 2),
     ("damaged MNIST archive", ["train", "dataset=mnist", "dataset.data_dir=damaged"],
      "snnexp: error: {w}/damaged/MNIST/raw/train-images-idx3-ubyte.gz: not the official MNIST file (md5 "
      f"{hashlib.md5(DAMAGED_GZ).hexdigest()}, expected f68b3c2dcbeaaa9fbdd348bbdeb94873): a damaged or incomplete "
@@ -110,8 +110,9 @@ CASES = [
      "recordings to give one to each set: add recordings to dataset.data_dir", 2),
     ("every test file corrupt and skipped", ["train", "dataset=nmnist", "dataset.data_dir=no_test",
                                              "dataset.on_corrupt=skip"],
-     "snnexp: error: the test set is empty (10 training / 0 test samples): check that dataset.data_dir holds both "
-     "splits' files (and, with dataset.on_corrupt=skip, how many were skipped)", 2),
+     "snnexp: error: all 10 samples of nmnist test: events -> 4 frames are in corrupt files, skipped "
+     "(dataset.on_corrupt=skip): nothing is left. The first: {w}/no_test/NMNIST/Test/0/00000.bin: 7 bytes is not a "
+     "whole number of 5-byte N-MNIST events (truncated?)", 2),
     ("output folder under a file", ["train", "hydra.run.dir=afile/run"],
      "snnexp: error: cannot write the run directory {w}/afile/run: {w}/afile is a file, not a folder; start snnexp "
      "in a folder you can write to, or give hydra.run.dir=DIR", 2),

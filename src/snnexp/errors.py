@@ -34,7 +34,15 @@ class DatasetError(SnnexpError, RuntimeError):
 
 
 class CorruptFile(DatasetError, ValueError):
-    """A file that cannot be read as the format it claims; the message names it."""
+    """A file that cannot be read as the format it claims, or that is not the sensor's recording it should be; the
+    message names it, and `path` holds it (so that skipped samples can be counted by file)."""
+
+    def __init__(self, message: str, path=None):
+        super().__init__(message)
+        self.path = None if path is None else str(path)
+
+    def __reduce__(self):  # `path` survives the trip back from a worker process
+        return type(self), (str(self), self.path)
 
 
 class SpecError(SnnexpError, ValueError):

@@ -6,7 +6,7 @@ files, FORMAT_VERSION), so a change of any of them builds a new one and an old o
 
     frames.npy   uint16 [N, T, 2, H, W], read through a memory map (near disk/page-cache speed)
     labels.npy   int64 [N]
-    meta.json    the key, the source files, skipped files
+    meta.json    the key, the source files, the samples skipped as corrupt and their files
 
 The build writes a temporary folder and renames it into place (snnexp.files.atomic_path: an interrupted
 build never looks complete, and the next build removes what it left), under a file lock, so that several
@@ -120,15 +120,22 @@ class FrameCache:
         """Return (frames memmap, labels, meta), building the cache first if needed.
         `convert(source)` turns one source into frames of `frame_shape` or raises CorruptFile."""
         if self.is_complete():
-            return self.load()
+            return self._reuse()
         self.dir.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(self.dir) + ".lock"):
             if self.is_complete():  # another job built it while we waited
-                return self.load()
+                return self._reuse()
             for stale in self.dir.parent.glob(self.dir.name + ".tmp-*"):  # an interrupted build
                 shutil.rmtree(stale, ignore_errors=True)
             self._build(sources, labels, convert, frame_shape, workers, on_corrupt, desc)
         return self.load()
+
+    def _reuse(self):
+        """load(), repeating the count of corrupt files the build left out: a later run says it too."""
+        frames, labels, meta = self.load()
+        if meta.get("skipped"):
+            log.warning("%s when this cache was built (%s lists them)", skipped_summary(meta), self.dir / "meta.json")
+        return frames, labels, meta
 
     def _build(self, sources, labels, convert, frame_shape, workers, on_corrupt, desc):
         """Convert into `<dir>.tmp-<pid>-<random>`, renamed to `dir` at the end: the cache appears complete or
@@ -138,22 +145,30 @@ class FrameCache:
             tmp.mkdir()
             kept, skipped = self._convert(tmp / "frames.npy", sources, convert, frame_shape, workers, on_corrupt,
                                           desc)
+            if skipped and not kept:
+                raise DatasetError(f"all {len(sources)} samples of {desc or self.dir.name} are in corrupt files, "
+                                   f"skipped (dataset.on_corrupt=skip): nothing is left. The first: "
+                                   f"{skipped[0]}")
             if skipped:  # drop the unused tail of the array
                 _truncate_npy(tmp / "frames.npy", len(kept), frame_shape)
-                log.warning("%d corrupt file(s) skipped (dataset.on_corrupt=skip)", len(skipped))
             np.save(tmp / "labels.npy", np.asarray(labels, dtype=np.int64)[kept])
-            meta = {"key": self.key, "samples": len(kept), "skipped": skipped,
-                    "sources": [str(sources[i]) for i in kept], "build_s": time.perf_counter() - start}
+            files = list(dict.fromkeys(e.path or str(e) for e in skipped))  # a recording gives several samples
+            meta = {"key": self.key, "samples": len(kept), "skipped": [str(e) for e in skipped],
+                    "skipped_files": files, "sources": [str(sources[i]) for i in kept],
+                    "build_s": time.perf_counter() - start}
+            if skipped:
+                log.warning("%s", skipped_summary(meta))
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         log.info("frame cache built in %.1f s: %s", meta["build_s"], self.dir)
 
-    def _convert(self, path, sources, convert, frame_shape, workers, on_corrupt, desc) -> Tuple[List[int], List[str]]:
+    def _convert(self, path, sources, convert, frame_shape, workers, on_corrupt, desc) \
+            -> Tuple[List[int], List[CorruptFile]]:
         """Every source's frames into a new .npy at `path`, in order, leaving out (`on_corrupt="skip"`) or
-        raising CorruptFile; returns the indices kept and the messages of the files skipped."""
+        raising CorruptFile; returns the indices kept and the errors of the samples skipped."""
         n = len(sources)
         frames = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint16, shape=(n, *frame_shape))
         kept: List[int] = []
-        skipped: List[str] = []
+        skipped: List[CorruptFile] = []
         workers = workers or os.cpu_count() or 1
         log.info("building frame cache %s (%d samples, %d workers)", self.dir, n, workers)
         bar = tqdm(total=n, desc=desc or f"caching {self.dir.name}", disable=None, dynamic_ncols=True)
@@ -162,9 +177,9 @@ class FrameCache:
             for i, result in enumerate(pool.map(_safe(convert), sources, chunksize=chunk)):
                 if isinstance(result, CorruptFile):
                     if on_corrupt != "skip":
-                        raise result
+                        raise CorruptFile(f"{result} (dataset.on_corrupt=skip leaves such files out)", result.path)
                     log.warning("skipping %s", result)
-                    skipped.append(str(result))
+                    skipped.append(result)
                 else:
                     frames[len(kept)] = result
                     kept.append(i)
@@ -173,6 +188,14 @@ class FrameCache:
         frames.flush()
         del frames
         return kept, skipped
+
+
+def skipped_summary(meta: dict) -> str:
+    """'N corrupt file(s) skipped (dataset.on_corrupt=skip): S of M samples left out', from a cache's meta.json."""
+    skipped = meta["skipped"]
+    files = meta.get("skipped_files", skipped)
+    return (f"{len(files)} corrupt file(s) skipped (dataset.on_corrupt=skip): {len(skipped)} of "
+            f"{meta['samples'] + len(skipped)} samples left out")
 
 
 class _safe:

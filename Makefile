@@ -20,11 +20,12 @@ $(INSTALLED): pyproject.toml
 train: $(INSTALLED)
 	$(VENV)/bin/snnexp train $(ARGS)
 
+# -n auto: pytest-xdist, one worker per core (most tests wait on one thread: Python starting, Hydra composing)
 test: $(INSTALLED)
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -n auto $(ARGS)
 
 test-all: $(INSTALLED)
-	$(PY) -m pytest -q -m "" $(ARGS)
+	$(PY) -m pytest -q -n auto -m "" $(ARGS)
 
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check src tests bench

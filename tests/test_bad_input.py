@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_snnexp, run_snnexp_here
+from conftest import run_snnexp
 from event_writers import make_cifar10dvs, make_nmnist
 
 DAMAGED_GZ = b"\x1f\x8b\x08 an interrupted copy"  # a gzip header, then nothing of MNIST
@@ -169,7 +169,7 @@ def test_bad_input(workdir, name, args, message, code):
     w, env = workdir
     before = {d: file_digests(w / d) for d in ("old", "cache")}
     args = [a.replace("{w}", str(w)) for a in args]
-    proc = run_snnexp_here(*args, cwd=w, env=env)
+    proc = run_snnexp(*args, cwd=w, env=env, check=False)
     out = proc.stdout + proc.stderr
     assert proc.returncode == code, out
     expected = message.replace("{w}", str(w))

@@ -163,7 +163,7 @@ def test_eval_without_the_package_says_how_to_install_it(tmp_path):
     (fake / "__init__.py").write_text("raise ImportError('No module named neurobench')\n")
     path = os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")])
     proc = run_snnexp("eval", "checkpoint=any.pt", "neurobench=true", cwd=tmp_path, env={"PYTHONPATH": path},
-                      check=False)
+                      check=False, process=True)  # a fresh import that finds the broken package first
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip() == (
         "snnexp: error: neurobench=true needs the neurobench package, which cannot be imported (No module named "

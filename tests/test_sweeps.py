@@ -12,7 +12,7 @@ def test_joblib_sweep_runs_jobs_in_parallel_each_in_its_own_directory_with_its_s
 
     cores = len(os.sched_getaffinity(0))
     run_snnexp("train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "neuron=lif,plif",
-               "trainer.epochs=1", "trainer.max_steps=3", "trainer.progress=false", cwd=tmp_path)
+               "trainer.epochs=1", "trainer.max_steps=3", "trainer.progress=false", cwd=tmp_path, process=True)
     (sweep,) = (tmp_path / "outputs" / "multirun").iterdir()
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
     assert [j.name.split(",")[0] for j in jobs] == ["neuron=lif", "neuron=plif"]
@@ -26,7 +26,7 @@ def test_joblib_sweep_runs_jobs_in_parallel_each_in_its_own_directory_with_its_s
 
 def test_optuna_search_runs_trials_and_prints_the_best(tmp_path):
     out = run_snnexp("train", "-m", "hparams_search=digits_tpe", "hydra.sweeper.n_trials=2", "trainer.epochs=1",
-                     "trainer.max_steps=2", "trainer.progress=false", cwd=tmp_path)
+                     "trainer.max_steps=2", "trainer.progress=false", cwd=tmp_path, process=True)
     log = out.stdout + out.stderr
     assert "Sampler: TPESampler" in log and "Best parameters: {'optim.lr':" in log and "Best value:" in log
     (sweep,) = (tmp_path / "outputs" / "multirun").iterdir()
@@ -49,7 +49,7 @@ def test_slurm_launcher_composes_with_the_usual_knobs(tmp_path):
 def test_submitit_local_executor_runs_a_sweep(tmp_path):
     """The same launcher plugin with submitit's local executor: jobs run as submitit jobs, results come back."""
     run_snnexp("train", "-m", "hydra/launcher=submitit_local", "neuron=lif,plif", "trainer.epochs=1",
-               "trainer.max_steps=2", "trainer.progress=false", cwd=tmp_path)
+               "trainer.max_steps=2", "trainer.progress=false", cwd=tmp_path, process=True)
     (sweep,) = (tmp_path / "outputs" / "multirun").iterdir()
     assert len([p for p in sweep.iterdir() if (p / "metrics.json").is_file()]) == 2
     assert (sweep / ".submitit").is_dir()

@@ -292,16 +292,21 @@ def test_a_file_that_cannot_be_opened_is_a_dataset_error_naming_it(tmp_path):
 # ------------------------------------------------------------------------------------------------ orientation
 
 
-def test_aedat2_decodes_as_tonic_read_dvs_128_and_is_spikingjellys_frame_turned_180_degrees(tmp_path, monkeypatch):
+def _tonic_io(monkeypatch):
+    """tonic.io, whose read_dvs_128 / read_dvs_ibm work: in tonic 1.7 they unpack two values from the header reader,
+    which returns three."""
     import tonic.io
 
+    three = tonic.io.read_aedat_header_from_file
+    monkeypatch.setattr(tonic.io, "read_aedat_header_from_file", lambda f: three(f)[:2])
+    return tonic.io
+
+
+def test_aedat2_decodes_as_tonic_read_dvs_128_and_is_spikingjellys_frame_turned_180_degrees(tmp_path, monkeypatch):
     x, y, t, p = events()
     write_aedat2(tmp_path / "a.aedat", x, y, t, p, chip=DVS128)
     ours = read_aedat2_dvs128(tmp_path / "a.aedat")
-    # tonic 1.7's read_dvs_128 unpacks two values from its three-value header reader: give it two
-    three = tonic.io.read_aedat_header_from_file
-    monkeypatch.setattr(tonic.io, "read_aedat_header_from_file", lambda f: three(f)[:2])
-    _, theirs = tonic.io.read_dvs_128(str(tmp_path / "a.aedat"))
+    _, theirs = _tonic_io(monkeypatch).read_dvs_128(str(tmp_path / "a.aedat"))
     for name, mine in zip("xytp", ours):
         np.testing.assert_array_equal(mine, theirs[name].astype(np.int64))
     sj = pytest.importorskip("spikingjelly.datasets.cifar10_dvs")
@@ -330,14 +335,10 @@ def test_aedat2_frames_are_jaers_picture_reflected_in_its_anti_diagonal(tmp_path
 
 
 def test_aedat31_decodes_as_spikingjelly_and_tonic_do(tmp_path, monkeypatch):
-    import tonic.io
-
     x, y, t, p = events()
     write_aedat31_gesture(tmp_path / "g.aedat", x, y, t, p, packet_size=100)
     ours = read_gesture_file(tmp_path / "g.aedat")
-    three = tonic.io.read_aedat_header_from_file
-    monkeypatch.setattr(tonic.io, "read_aedat_header_from_file", lambda f: three(f)[:2])
-    _, theirs = tonic.io.read_dvs_ibm(str(tmp_path / "g.aedat"))
+    _, theirs = _tonic_io(monkeypatch).read_dvs_ibm(str(tmp_path / "g.aedat"))
     for name, mine in zip("xytp", ours):
         np.testing.assert_array_equal(mine, theirs[name].astype(np.int64))
     utils = pytest.importorskip("spikingjelly.datasets.utils")

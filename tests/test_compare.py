@@ -78,3 +78,14 @@ def test_compare_bad_input(tmp_path, capsys):
     fake_run(tmp_path / "r", ["neuron=lif"], 1, metrics(1, 0.5, 0.5, {}))
     assert cli_exit_code(str(tmp_path), "--sort", "speed") == 2
     assert "cannot sort by 'speed': use one of run, overrides" in capsys.readouterr().err
+
+
+def test_an_eval_folder_is_shown_as_an_eval(tmp_path):
+    """snnexp eval leaves .hydra/ and metrics.json too, with no trainer.epochs: its status is 'eval', not a
+    count of epochs out of none."""
+    from snnexp.compare import row
+
+    ev = tmp_path / "ev"
+    fake_run(ev, ["checkpoint=run/checkpoints/best.pt"], 3, {**metrics(1, 0.9, 0.9, {}), "checkpoint": "best.pt"})
+    (ev / ".hydra" / "config.yaml").write_text("checkpoint: run/checkpoints/best.pt\n")
+    assert row(ev)["status"] == "eval"

@@ -53,6 +53,8 @@ def row(run: Path, base: Optional[Path] = None) -> Dict:
     rates = metrics.get("firing_rate") or {}
     if not metrics:
         status = "started"
+    elif "checkpoint" in metrics:  # snnexp eval's folder: one test pass of a checkpoint
+        status = "eval"
     elif epochs is not None and metrics.get("epoch", 0) >= epochs:
         status = "done"
     else:

@@ -11,6 +11,8 @@ Layer by layer (shapes in NIR have no batch dimension):
     dropout, norm=none   nothing: both are the identity at inference
     voting readout       a Linear that averages each class's population (rate readout: nothing; the class
                          score is the mean over time of the graph's output in both cases)
+    membrane readout     its non-spiking output neurons as LI (tau_nir = tau * dt, r = 1, v_leak = 0); the class
+                         score is the max, mean or last value over time of their potential (metadata "readout")
 
 Neurons. Ours (docs/science.md, section 1) step, with tau in time steps:
 
@@ -47,7 +49,7 @@ from torch import nn
 from snnexp import checkpoint
 from snnexp.engine import build_model
 from snnexp.errors import CheckpointError, ExportError
-from snnexp.layers import NeuNorm, NoNorm, SeqDropout, SeqFlatten, SeqToANN
+from snnexp.layers import LeakyIntegrator, NeuNorm, NoNorm, SeqDropout, SeqFlatten, SeqToANN
 from snnexp.neurons import IF, LIF, PLIF, SpikingNeuron
 
 FORMATS = ("nir",)
@@ -128,6 +130,10 @@ def _add_layer(g: _Graph, module: nn.Module, where: str, dt: float) -> None:
         return
     if isinstance(module, SpikingNeuron):
         g.add(type(module).__name__.lower(), neuron_node(module, g.shape, dt, where), g.shape, spikes=True)
+        return
+    if isinstance(module, LeakyIntegrator):  # a membrane readout's output neurons: v += dt / tau_nir (0 - v + I)
+        tau = _f32(g.shape, module.tau * dt)
+        g.add("li", nir.LI(tau=tau, r=_f32(g.shape, 1.0), v_leak=_f32(g.shape, 0.0)), g.shape, spikes=False)
         return
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
         _fold_norm(g, module, where)
@@ -275,7 +281,8 @@ def export_checkpoint(path, fmt: str = "nir", out=None, dt: float = DEFAULT_DT) 
     cfg = info["cfg"]
     readout = instantiate(cfg.readout)
     meta = {"time_steps": int(cfg.trainer.T), "encoder": str(cfg.encoder._target_).rsplit(".", 1)[-1],
-            "readout": f"{type(readout).__name__}: class score = mean over the time steps of the graph's output",
+            "readout": f"{type(readout).__name__}: class score = {getattr(readout, 'reduce', 'mean')} over the time "
+                       f"steps of the graph's output",
             "checkpoint": str(path.resolve()), "epoch": int(state.get("epoch", 0))}
     graph = to_nir(model, info["input_shape"], population=readout.population, dt=dt, metadata=meta)
     out = Path(out).expanduser() if out else path.with_suffix(".nir")

@@ -15,9 +15,11 @@ from snnexp.errors import ModelError, SpecError
 from snnexp.layers import SeqDropout, SeqFlatten, SeqToANN, run_layers
 from snnexp.models.resnet import SpikingResNet
 from snnexp.models.spec import Layer, expand, format_spec, parse_spec
+from snnexp.neurons import SpikingNeuron
 from snnexp.pooling import MaxPool2d
 
-__all__ = ["MLP", "ModelError", "SpecNet", "SpecError", "SpikingResNet", "parse_spec", "format_spec"]
+__all__ = ["MLP", "ModelError", "SpecNet", "SpecError", "SpikingResNet", "parse_spec", "format_spec",
+           "with_output_layer"]
 
 
 class SpecNet(nn.Sequential):
@@ -113,3 +115,16 @@ class MLP(SpecNet):
         drop = "DP-" if dropout else ""  # DP without a value takes `dropout`
         spec = "".join(f"FC{int(h)}-BN-SN-{drop}" for h in hidden) + f"FC{num_outputs}-SN"
         super().__init__(spec, input_shape, num_outputs, neuron, norm, dropout, bias)
+
+
+def with_output_layer(model: nn.Sequential, layer: nn.Module, reason: str) -> nn.Sequential:
+    """`model` with its last layer, which must be a spiking neuron layer, replaced by `layer` (a membrane readout's
+    non-spiking output neurons); `reason` names what asks for it, for the error."""
+    last = model[-1] if isinstance(model, nn.Sequential) and len(model) else None
+    if not isinstance(last, SpikingNeuron):
+        spec = getattr(model, "spec", type(model).__name__)
+        raise ModelError(f"{reason} replaces the network's last spiking layer by non-spiking output neurons, but "
+                         f"'{spec}' ends with {type(last).__name__}: end the network with FC<classes>-SN (no "
+                         f"pooling or recurrent layer after it), or use readout=rate")
+    model[-1] = layer
+    return model

@@ -246,7 +246,7 @@ class VotingReadout(RateReadout):
 
 
 class LeakyIntegrator(nn.Module):
-    """Non-spiking output neurons (the readout layer of the temporal papers [Cramer 2020; Yin 2021]): a LIF
+    """Non-spiking output neurons (the readout layer of the temporal papers [Cramer 2022; Yin 2021]): a LIF
     membrane without threshold or reset, from rest V[-1] = 0,
 
         V[t] = V[t-1] + (X[t] - V[t-1]) / tau
@@ -274,7 +274,7 @@ class LeakyIntegrator(nn.Module):
 
 class MembraneReadout(nn.Module):
     """Class scores from the membrane potential of non-spiking output neurons (`LeakyIntegrator`): its maximum
-    over time (`max`, [Cramer 2020]), its mean (`mean`) or its value at the last step (`last`). The network's
+    over time (`max`, [Cramer 2022]), its mean (`mean`) or its value at the last step (`last`). The network's
     last spiking layer is replaced by LeakyIntegrator(tau) when the model is built (`output_layer`); the scores
     are potentials, not rates, so they go to cross-entropy (loss=ce_rate). [T, B, K] -> [B, K]."""
 

@@ -1,6 +1,6 @@
 """The recurrent spiking layer RFCn (snnexp.recurrent) against its equations written out here, in float64:
 
-    I[t] = W_in x[t] + W_rec s[t-1],  s[-1] = 0
+    I[t] = BN(W_in x)[t] + W_rec s[t-1],  s[-1] = 0        (BN: the configured norm; none in most tests)
     H[t] = charge(V[t-1], I[t]);  s[t] = Heaviside(H[t] - V_th);  V[t] = reset(H[t], s[t])     (docs/science.md, 1)
 
 and what walks a network through it: the neuron's single-step interface (step == forward), the spec token, the
@@ -38,13 +38,15 @@ def spike(u):
     return (u >= 0).to(u.dtype) + (smooth - smooth.detach())  # exactly 0 forward
 
 
-def explicit(x, w_in, w_rec, tau, decay_input, v_th, v_reset, detach_reset=False):
-    """The layer's equations step by step; tau None is IF, v_reset None a soft reset; tau may be a tensor."""
+def explicit(x, w_in, w_rec, tau, decay_input, v_th, v_reset, detach_reset=False, norm=lambda d: d):
+    """The layer's equations step by step; tau None is IF, v_reset None a soft reset; tau may be a tensor; `norm`
+    maps the input currents W_in x [T, B, n]."""
     rest = 0.0 if v_reset is None else v_reset
     v = torch.full((x.shape[1], w_in.shape[0]), rest, dtype=x.dtype)
     s, out = torch.zeros_like(v), []
+    drive = norm(x @ w_in.T)
     for t in range(x.shape[0]):
-        i = x[t] @ w_in.T + s @ w_rec.T
+        i = drive[t] + s @ w_rec.T
         if tau is None:
             h = v + i
         elif decay_input:
@@ -96,6 +98,28 @@ def test_forward_and_gradients_follow_the_equations(name):
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
         assert a.abs().sum() > 0
+
+
+def test_bn_normalises_the_input_currents_over_time_and_batch():
+    torch.manual_seed(1)
+    layer = RecurrentFC(5, 7, LIF(tau=2.0), BatchNormThroughTime(7), bias=False).to(F64)
+    with torch.no_grad():
+        layer.norm.weight.uniform_(0.5, 1.5), layer.norm.bias.uniform_(0.6, 1.2)
+        layer.recurrent.weight.normal_(0.0, 1.0)
+    x = torch.rand(12, 3, 5, dtype=F64, requires_grad=True)
+    gamma, beta = layer.norm.weight, layer.norm.bias
+
+    def bn(d):  # per neuron, over the T x B values, biased variance, eps 1e-5
+        mean, var = d.mean((0, 1)), d.var((0, 1), unbiased=False)
+        return (d - mean) / torch.sqrt(var + 1e-5) * gamma + beta
+
+    ours = layer(x)
+    theirs = explicit(x, layer.input.module.weight, layer.recurrent.weight, 2.0, True, 1.0, 0.0, norm=bn)
+    assert torch.equal(ours, theirs) and 0.1 < ours.mean() < 0.9
+    g = torch.randn_like(ours)
+    params = [x, layer.input.module.weight, gamma, beta]
+    for a, b in zip(torch.autograd.grad((ours * g).sum(), params), torch.autograd.grad((theirs * g).sum(), params)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
 def test_the_recurrent_weights_matter():
@@ -205,7 +229,7 @@ def hand_net():
     5 spikes of 6. Operations (all inputs 0/1: ACs): W_in, 2 non-zero weights, one per input column, both inputs
     on at 3 steps: 6; W_rec at t1 on s0 = [1, 0]: column 0 has 1 non-zero weight: 1; at t2 on [1, 1]: 1 + 0 = 1.
     Dense: W_in 3 steps x 4, W_rec 2 steps x 4 (nothing is computed at t0, where s[-1] = 0)."""
-    model = net("RFC2", (2,), 2, neuron=partial(IF, v_threshold=1.0))
+    model = net("RFC2", (2,), 2, neuron=partial(IF, v_threshold=1.0), norm=partial(NoNorm))
     with torch.no_grad():
         model[0].input.module.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 0.5]]))
         model[0].recurrent.weight.copy_(torch.tensor([[0.0, 0.0], [1.0, 0.0]]))
@@ -247,7 +271,7 @@ def nir_run(graph, x: np.ndarray) -> np.ndarray:
     then v = v_reset; the recurrent edge feeds the subgraph neuron's spikes of step t-1 through w_rec at step t."""
     dt = float(graph.metadata["dt"])
     names = chain(graph)[1:-1]
-    assert [type(graph.nodes[n]).__name__ for n in names] == ["Linear", "NIRGraph", "Linear", "LIF"]
+    assert [type(graph.nodes[n]).__name__ for n in names] == ["Affine", "NIRGraph", "Linear", "LIF"]  # W_in + BN
     fc1, sub, fc2, lif = (graph.nodes[n] for n in names)
     assert sorted(sub.edges) == sorted([("input", "neuron"), ("neuron", "w_rec"), ("w_rec", "neuron"),
                                         ("neuron", "output")])
@@ -262,7 +286,7 @@ def nir_run(graph, x: np.ndarray) -> np.ndarray:
     v2 = np.broadcast_to(lif.v_reset, (x.shape[1], fc2.weight.shape[0])).astype(np.float64)
     s1, out = np.zeros_like(v1), []
     for x_t in x:
-        s1, v1 = lif_step(hidden, v1, x_t @ fc1.weight.T + s1 @ w_rec.T)
+        s1, v1 = lif_step(hidden, v1, x_t @ fc1.weight.T + fc1.bias + s1 @ w_rec.T)
         s2, v2 = lif_step(lif, v2, s1 @ fc2.weight.T)
         out.append(s2)
     return np.stack(out)
@@ -275,6 +299,9 @@ def test_the_nir_export_is_the_recurrent_network(tmp_path):
         model[0].input.module.weight.mul_(3.0)  # strong enough for the default init to spike,
         model[0].recurrent.weight.mul_(3.0)  # and for the recurrence to change spikes
         model[1].module.weight.mul_(4.0)
+        bn = model[0].norm  # trained-looking running statistics, folded into W_in by the export
+        bn.running_mean.uniform_(-0.5, 0.5), bn.running_var.uniform_(0.5, 2.0), bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-0.2, 0.2)
     graph = to_nir(model.eval(), [6])
     nir.write(tmp_path / "net.nir", graph)
     graph = nir.read(tmp_path / "net.nir")
@@ -292,10 +319,10 @@ def test_the_nir_export_is_the_recurrent_network(tmp_path):
 # -- the CLI --------------------------------------------------------------------------------------------------
 
 def test_train_rsnn_on_digits_reports_the_recurrent_layer(tmp_path):
-    # PyTorch's default init gives currents of about 0.2 on digits: a threshold of 0.25 lets the layer spike
-    run_snnexp("train", "model=rsnn", "model.hidden=[16]", "neuron=if", "neuron.v_threshold=0.25", "trainer.T=4",
-               "trainer.epochs=1", "trainer.max_steps=3", "trainer.batch_size=32", "trainer.progress=false",
-               "hydra.run.dir=run", cwd=tmp_path)
+    # the default norm (BN on the input currents) makes the recurrent layer fire from the first step
+    run_snnexp("train", "model=rsnn", "model.hidden=[16]", "neuron=if", "trainer.T=4", "trainer.epochs=1",
+               "trainer.max_steps=3", "trainer.batch_size=32", "trainer.progress=false", "hydra.run.dir=run",
+               cwd=tmp_path)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     # 8 x 8 images: 00 flattens them, 01 is RFC16, 02 the FC layer, 03 its neurons
     assert set(metrics["firing_rate"]) == {"01_RecurrentFC", "03_IF"}

@@ -1,13 +1,19 @@
 """A recurrent spiking layer: `RecurrentFC`, the spec token RFCn (docs/science.md, "Recurrent layers").
 
-n neurons of the configured neuron type, fed by the layer's input through W_in and by their own spikes of the
-step before through W_rec:
+n neurons of the configured neuron type, fed by the layer's input through W_in, normalised by the configured norm
+(BN on input currents, as in an FCn-BN-SN block; norm=none leaves it out), and by their own spikes of the step
+before through W_rec:
 
-    I[t] = W_in x[t] + W_rec s[t-1],     s[-1] = 0
+    I[t] = BN(W_in x)[t] + W_rec s[t-1],     s[-1] = 0
     s[t], state[t] = neuron.step(I[t], state[t-1]),     state[-1] = neuron.initial_state(...)  (at rest)
 
-Input [T, B, F] -> spikes [T, B, n]. W_in x does not depend on the spikes, so it is computed for all T steps in
-one matrix product (time folded into the batch, SeqToANN), and only W_rec s[t-1] and the neuron run step by step.
+Input [T, B, F] -> spikes [T, B, n]. W_in x does not depend on the spikes, so it is computed (and normalised) for
+all T steps at once (time folded into the batch, SeqToANN), and only W_rec s[t-1] and the neuron run step by step.
+
+Why the norm: with PyTorch's default weights (below) the input currents of a wide, sparse input such as SHD's 700
+channels are about 0.1 to 0.2, far below a threshold of 1, and a layer that never fires gets no gradient through
+its surrogate; BN through time scales them to unit variance per neuron from the first step, as it does for the
+papers' convolutional networks. The recurrent term is left unnormalised (it is zero until the layer fires).
 
 Why the fused multistep kernel (snnexp/neurons/fused.py) cannot run this layer: the kernel takes the whole input
 sequence X[0..T-1] up front and runs the neuron's T steps in one call. Here the input of step t contains
@@ -31,12 +37,12 @@ W_rec). The layer itself is the spiking layer whose output spikes are counted (s
 is stepped and never called as a module.
 """
 
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 from torch import nn
 
-from snnexp.layers import SeqToANN
+from snnexp.layers import NoNorm, SeqToANN, repeat_in_time
 from snnexp.neurons import SpikingNeuron
 
 
@@ -47,20 +53,18 @@ class RecurrentFC(nn.Module):
     # direct coding: one step's input [B, F] gives the whole spike sequence (see snnexp.layers.run_layers)
     repeated_input = "sequence"
 
-    def __init__(self, in_features: int, out_features: int, neuron: SpikingNeuron, bias: bool = False):
+    def __init__(self, in_features: int, out_features: int, neuron: SpikingNeuron, norm: Optional[nn.Module] = None,
+                 bias: bool = False):
         super().__init__()
         self.input = SeqToANN(nn.Linear(in_features, out_features, bias=bias))
+        self.norm = norm if norm is not None else NoNorm()
         self.recurrent = nn.Linear(out_features, out_features, bias=False)
         self.neuron = neuron
 
     def forward(self, x_seq: torch.Tensor, steps: int = 0) -> torch.Tensor:
         """Spikes [T, B, n] of x_seq [T, B, F]; with `steps`, of x_seq [B, F] fed at each of `steps` steps (W_in x
         is then computed once)."""
-        if steps:
-            drive = self.input(x_seq, steps=steps)
-            currents = drive.unsqueeze(0).expand(steps, *drive.shape)
-        else:
-            currents = self.input(x_seq)
+        currents = self._input_currents(x_seq, steps)
         state = self.neuron.initial_state(currents[0])
         spikes = []
         for t in range(currents.shape[0]):
@@ -68,6 +72,15 @@ class RecurrentFC(nn.Module):
             s, state = self.neuron.step(current, state)
             spikes.append(s)
         return torch.stack(spikes)
+
+    def _input_currents(self, x_seq: torch.Tensor, steps: int) -> torch.Tensor:
+        """BN(W_in x) [T, B, n]; a repeated input (`steps`) goes through W_in, and a norm that takes one step, once."""
+        if not steps:
+            return self.norm(self.input(x_seq))
+        drive = self.input(x_seq, steps=steps)
+        if getattr(self.norm, "repeated_input", None) == "one step":
+            return repeat_in_time(self.norm(drive, steps=steps), steps)
+        return self.norm(repeat_in_time(drive, steps))
 
     def scalars(self) -> Dict[str, float]:
         """What the neuron logs of itself (PLIF's tau), reported under this layer's name."""

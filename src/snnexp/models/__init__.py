@@ -89,7 +89,7 @@ def _build(layer: Layer, shape, neuron, norm, dropout, bias, spec):
         return mods, (a[0],)
     if kind == "rfc":
         mods = [SeqFlatten()] if len(shape) != 1 else []
-        mods.append(RecurrentFC(math.prod(shape), a[0], neuron(), bias=bias))
+        mods.append(RecurrentFC(math.prod(shape), a[0], neuron(), norm(a[0]), bias=bias))
         return mods, (a[0],)
     if kind in ("maxpool", "avgpool"):
         k, s = a[0], a[1] or a[0]

@@ -4,9 +4,9 @@
 
 cXkY[sZ][pW]  conv, X channels, kernel Y, stride Z (1), padding W (Y // 2)
 FCn           linear layer with n units (flattens a feature map first)
-RFCn          recurrent spiking layer: n neurons of the configured neuron type, input weights and all-to-all
-              recurrent weights on their own spikes of the step before (snnexp.recurrent; flattens first like FCn).
-              It holds its neuron and outputs spikes: no SN after it
+RFCn          recurrent spiking layer: FCn-BN-SN with all-to-all recurrent weights on the neurons' own spikes
+              of the step before (snnexp.recurrent; flattens first like FCn). It holds its norm and neurons and
+              outputs spikes: no SN after it
 MPkXsY/APkXsY max / average pooling (on a feature vector: 1-d, e.g. the final voting APk10s10)
 BN            the configured normalisation (norm=...)      SN  the configured neuron (neuron=...)
 DP / DP0.3    dropout with model.dropout / with p = 0.3, one mask for all time steps

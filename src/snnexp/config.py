@@ -129,6 +129,9 @@ RULES = {
     "dataset.on_corrupt": (lambda v: v in ("error", "skip"), "error or skip"),
     "dataset.workers": (lambda v: v is None or v >= 1, "null (all cores) or an integer >= 1"),
     "dataset.roll": (_non_negative, "an integer >= 0"),
+    "dataset.channels": (lambda v: isinstance(v, int) and v >= 1 and 700 % v == 0,
+                         "a divisor of 700 (700, 350, 175, 140, 100, 70, ...: 700 / channels neighbours summed)"),
+    "dataset.test_split": (lambda v: v in ("test", "valid"), "test or valid"),
     "energy.ac_pj": (_non_negative, ">= 0 (picojoules per accumulate)"),
     "energy.mac_pj": (_non_negative, ">= 0 (picojoules per multiply-accumulate)"),
 }
@@ -173,7 +176,8 @@ def _combination_problems(cfg: DictConfig) -> list:
     if frames_t is not None and encoder and not encoder.endswith(".DirectEncoder"):  # dataset.T: event frames
         problems.append(f"this dataset gives event frames, which are fed as they are: use encoder=direct, not "
                         f"{encoder.rsplit('.', 1)[-1]}")
-    if OmegaConf.select(cfg, "dataset.bin_ms") is not None and OmegaConf.select(cfg, "dataset.split_by") != "time":
+    split_by = OmegaConf.select(cfg, "dataset.split_by", default="time")  # spike trains (SHD, SSC): by time only
+    if OmegaConf.select(cfg, "dataset.bin_ms") is not None and split_by != "time":
         problems.append("dataset.bin_ms is set but dataset.split_by is not time: set dataset.split_by=time, "
                         "or dataset.bin_ms=null")
     readout = str(OmegaConf.select(cfg, "readout._target_", default=None) or "")

@@ -26,6 +26,7 @@ import shutil
 import tarfile
 import time
 import zipfile
+import zlib
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
@@ -92,7 +93,8 @@ def _extract_one(archive, to: Path) -> None:
     log.info("extracting %s into %s", archive, to)
     try:
         extract_archive(str(archive), str(to))
-    except (EOFError, ValueError, RuntimeError, tarfile.TarError, zipfile.BadZipFile, gzip.BadGzipFile) as e:
+    except (EOFError, ValueError, RuntimeError, tarfile.TarError, zipfile.BadZipFile, gzip.BadGzipFile,
+            zlib.error) as e:  # zlib.error: a .gz whose header reads but whose data does not
         raise CorruptFile(f"{archive}: cannot extract it ({e or type(e).__name__}): a damaged or incomplete "
                           "download? Get it again") from None
 

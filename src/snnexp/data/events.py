@@ -98,17 +98,16 @@ class Augment:
 OPTION_GROUPS = (FrameOptions, CacheOptions, Augment)
 
 
-def event_options(loader: str, options: dict, **defaults) -> Tuple[FrameOptions, CacheOptions, Augment]:
-    """A loader's flat keyword options (`defaults` under them) as the three groups; an unknown name is a
-    TypeError that names it and lists the options."""
-    names = [f.name for group in OPTION_GROUPS for f in fields(group)]
+def event_options(loader: str, options: dict, groups=OPTION_GROUPS, **defaults) -> tuple:
+    """A loader's flat keyword options (`defaults` under them) as the option groups (dataclasses: by default
+    FrameOptions, CacheOptions, Augment); an unknown name is a TypeError that names it and lists the options."""
+    names = [f.name for group in groups for f in fields(group)]
     unknown = [k for k in options if k not in names]
     if unknown:
-        raise TypeError(f"{loader}() got an unexpected keyword argument {unknown[0]!r}; its frame, cache and "
-                        f"augmentation options are {', '.join(names)}")
+        raise TypeError(f"{loader}() got an unexpected keyword argument {unknown[0]!r}; its options are "
+                        f"{', '.join(names)}")
     options = {**defaults, **options}
-    return tuple(group(**{f.name: options[f.name] for f in fields(group) if f.name in options})
-                 for group in OPTION_GROUPS)
+    return tuple(group(**{f.name: options[f.name] for f in fields(group) if f.name in options}) for group in groups)
 
 
 class ToFrames:
@@ -134,7 +133,8 @@ class ToFrames:
 
 
 class FrameDataset(Dataset):
-    """(frames float32 [T, 2, H, W], label) from a FrameCache, with optional frame augmentation:
+    """(frames float32 [T, ...], label) from a FrameCache ([T, 2, H, W] events, [T, C] spike trains), with optional
+    frame augmentation of event frames:
     a random horizontal flip and a random translation by up to `roll` pixels (wrapping around)."""
 
     def __init__(self, cache_dir: Path, flip: bool = False, roll: int = 0):
@@ -192,13 +192,18 @@ def _digest(sources, data_dir) -> str:
     return h.hexdigest()[:16]
 
 
-def _missing(name, folder: Path, layout: str, files: str, source: str, err: Optional[Exception] = None):
+def _missing(name, folder: Path, layout: str, files: str, source: str, err: Optional[Exception] = None,
+             download: Optional[bool] = None):
+    """The message of a dataset not found: where it was looked for, the layout, the files and where to get them;
+    why the download did not help (it failed with `err`, or `download` is False)."""
     why = f" and the download failed ({err})" if err else ""
+    if not err and download is False:
+        why = " (dataset.download=false; dataset.download=true fetches what is missing with tonic)"
     return DatasetError(
         f"{name} not found in {folder}{why}.\n"
         f"Expected layout:\n{layout}\n"
         f"Get it from {source}:\n{files}\n"
-        f"Put the extracted folder or the archive(s) in {folder}/, or point dataset.data_dir at the folder "
+        f"Put the extracted files or the archive(s) in {folder}/, or point dataset.data_dir at the folder "
         f"that holds {folder.name}/."
     )
 

@@ -192,6 +192,40 @@ def test_parity_with_norse_lsnn(decay_input):
     torch.testing.assert_close(n.w_adapt.grad, wa.grad, rtol=1e-9, atol=1e-12)
 
 
+def test_in_a_recurrent_layer_its_state_is_carried_step_to_step():
+    """RFCn with ALIF neurons (snnexp.recurrent calls initial_state / step): spikes and gradients equal the
+    equations with the recurrent current I[t] = W_in x[t] + W_rec S[t-1] written out here."""
+    from snnexp.recurrent import RecurrentFC
+
+    torch.manual_seed(4)
+    layer = RecurrentFC(5, 6, ALIF(tau=3.0, tau_adapt=8.0, beta=1.5, v_reset=None, surrogate=ATan(ALPHA))).double()
+    x = (torch.rand(30, 2, 5, dtype=torch.float64) * 8).requires_grad_()
+    spikes = layer(x)
+    weights = torch.randn_like(spikes)
+    (spikes * weights).sum().backward()
+
+    w_in = layer.input.module.weight.detach().clone().requires_grad_()
+    w_rec = layer.recurrent.weight.detach().clone().requires_grad_()
+    w = layer.neuron.w.detach().clone().requires_grad_()
+    wa = layer.neuron.w_adapt.detach().clone().requires_grad_()
+    k, ka = torch.sigmoid(w), torch.sigmoid(wa)
+    v = a = s = torch.zeros(2, 6, dtype=torch.float64)
+    out = []
+    for t in range(30):
+        h = v + (x[t].detach() @ w_in.T + s @ w_rec.T - v) * k
+        theta = 1.0 + 1.5 * a
+        s = _Spike.apply(h - theta)
+        v, a = h - theta * s, (1 - ka) * a + ka * s
+        out.append(s)
+    out = torch.stack(out)
+    (out * weights).sum().backward()
+    assert 0.05 < spikes.mean().item() < 0.6
+    assert torch.equal(spikes.detach(), out.detach())
+    for ours, theirs in ((layer.input.module.weight, w_in), (layer.recurrent.weight, w_rec), (layer.neuron.w, w),
+                         (layer.neuron.w_adapt, wa)):
+        torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-10, atol=1e-12)
+
+
 def test_learned_time_constants_start_where_configured_and_are_logged():
     n = ALIF(tau=20.0, tau_adapt=200.0)
     assert isinstance(n, SpikingNeuron)

@@ -117,6 +117,16 @@ def test_sew_resnet(connection):
         assert ours["effective_macs_per_sample"] == 0
 
 
+@pytest.mark.parametrize("encoder", ["direct", "poisson"])
+def test_recurrent_network(encoder):
+    """RFC16 (snnexp.recurrent): NeuroBench hooks its W_in and W_rec like any Linear, once per call (W_rec once per
+    step from the second on) and takes the layer as one activation layer; our counts are the same."""
+    ours, theirs = ours_and_theirs(f"encoder={encoder}", "model=rsnn", "model.hidden=[16]")
+    assert_same(ours, theirs)
+    assert ours["layer_acs_per_sample"]["01.recurrent_Linear"] > 0
+    assert ours["layer_spikes_per_sample"]["01_RecurrentFC"] > 0
+
+
 def test_the_wrapper_is_batch_first():
     net = nn.Sequential(nn.Linear(3, 2), IF(v_threshold=0.1)).eval()
     x = torch.rand(5, 4, 3)  # [B, T, features]

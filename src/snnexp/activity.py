@@ -28,6 +28,9 @@ groups included), taken once per layer and input shape per test pass as the grad
 with respect to x. For Linear, reach is the count of non-zero weights in each input's column. Exact integers.
 A layer that runs once for the T steps of a repeated input (direct coding, snnexp.layers.run_layers) counts T times,
 as the T calls it stands for.
+A recurrent layer (RecurrentFC, snnexp.recurrent) is counted through its parts: its input weights W_in like an FC
+layer, its recurrent weights W_rec at each of its calls, once per step t >= 1 on the spikes s[t-1] (each spike
+drives the non-zero weights of its column: up to n synapses); its output spikes are those of a spiking layer.
 """
 
 from typing import Any, Dict, Optional, Tuple
@@ -39,6 +42,7 @@ from torch import nn
 from snnexp import distributed
 from snnexp.layers import SeqToANN
 from snnexp.neurons import SpikingNeuron
+from snnexp.recurrent import RecurrentFC
 
 SOP_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 RASTER_NEURONS = 256  # at most this many neurons of a layer in its raster: a fixed, evenly spaced subset
@@ -46,15 +50,30 @@ RASTER_NEURONS = 256  # at most this many neurons of a layer in its raster: a fi
 
 def layer_name(name: str, module: nn.Module) -> str:
     """A layer's readable name in TensorBoard and metrics.json: its position in the network (for a weight layer,
-    the position of the SeqToANN wrapper that runs it on [T*B, ...]) and its type, e.g. '00_Conv2d', '03_PLIF'."""
+    the position of the SeqToANN wrapper that runs it on [T*B, ...]) and its type, e.g. '00_Conv2d', '03_PLIF';
+    a weight layer inside a layer of the network keeps its path, e.g. '00.recurrent_Linear' (RecurrentFC)."""
     if name.endswith(".module"):
         name = name[: -len(".module")]
-    return f"{int(name):02d}_{type(module).__name__}" if name.isdigit() else f"{name}_{type(module).__name__}"
+    head, dot, rest = name.partition(".")
+    if head.isdigit():
+        name = f"{int(head):02d}{dot}{rest}"
+    return f"{name}_{type(module).__name__}"
 
 
 def spiking_layers(model: nn.Module) -> Dict[str, nn.Module]:
-    """The spiking layers of `model` by their readable name (layer_name)."""
-    return {layer_name(name, m): m for name, m in model.named_modules() if isinstance(m, SpikingNeuron)}
+    """The spiking layers of `model` by their readable name (layer_name): its neurons, and its recurrent layers
+    (RecurrentFC), whose output is their neurons' spikes; the neuron inside a recurrent layer is stepped, never
+    called as a module, so the layer stands for it."""
+    found = {}
+    for name, m in model.named_modules():
+        if isinstance(m, RecurrentFC) or (isinstance(m, SpikingNeuron) and not _inside(name, found)):
+            found[name] = m
+    return {layer_name(name, m): m for name, m in found.items()}
+
+
+def _inside(name: str, layers: Dict[str, nn.Module]) -> bool:
+    """Whether module `name` lies inside one of `layers` (named_modules lists a parent before its children)."""
+    return any(name.startswith(parent + ".") for parent in layers)
 
 
 def evenly_spaced(n: int, k: int = RASTER_NEURONS) -> torch.Tensor:

@@ -115,6 +115,8 @@ RULES = {
     "model.dropout": (_probability, "in [0, 1)"),
     "model.hidden": (lambda v: all(isinstance(h, int) and h >= 1 for h in v), "a list of integers >= 1"),
     "readout.population": (_at_least_1, "an integer >= 1"),
+    "readout.reduce": (lambda v: v in ("max", "mean", "last"), "max, mean or last"),
+    "readout.tau": (lambda v: v >= 1, ">= 1 (time steps; 1 passes the input through)"),
     "optim.lr": (_positive, "> 0"),
     "optim.weight_decay": (_non_negative, ">= 0"),
     "optim.momentum": (_probability, "in [0, 1)"),
@@ -138,6 +140,13 @@ RULES = {
 
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError listing every value that breaks a rule."""
+    problems = _range_problems(cfg) + _combination_problems(cfg)
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
+def _range_problems(cfg: DictConfig) -> list:
+    """One line for each value outside its RULES range."""
     problems = []
     for key, (check, allowed) in RULES.items():
         value = OmegaConf.select(cfg, key, default="<absent>")
@@ -151,6 +160,12 @@ def validate(cfg: DictConfig) -> None:
             ok = False
         if not ok:
             problems.append(f"{key}={value!r} is out of range: must be {allowed}")
+    return problems
+
+
+def _combination_problems(cfg: DictConfig) -> list:
+    """One line for each pair of settings that do not go together."""
+    problems = []
     v_reset, v_th = OmegaConf.select(cfg, "neuron.v_reset"), OmegaConf.select(cfg, "neuron.v_threshold")
     if v_reset is not None and v_th is not None and not v_reset < v_th:
         problems.append(f"neuron.v_reset={v_reset} must be below neuron.v_threshold={v_th} (or null for soft reset)")
@@ -169,5 +184,9 @@ def validate(cfg: DictConfig) -> None:
     if OmegaConf.select(cfg, "dataset.bin_ms") is not None and OmegaConf.select(cfg, "dataset.split_by") != "time":
         problems.append("dataset.bin_ms is set but dataset.split_by is not time: set dataset.split_by=time, "
                         "or dataset.bin_ms=null")
-    if problems:
-        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+    readout = str(OmegaConf.select(cfg, "readout._target_", default=None) or "")
+    loss = str(OmegaConf.select(cfg, "loss._target_", default=None) or "")
+    if readout.endswith(".MembraneReadout") and loss.endswith(".MSERate"):
+        problems.append("a membrane readout gives membrane potentials, not firing rates, and loss=mse_rate compares "
+                        "rates with one-hot labels: use loss=ce_rate (cross-entropy), or readout=rate")
+    return problems

@@ -36,6 +36,7 @@ from snnexp.diagnose import all_finite, diagnose_nonfinite, layer_grad_norms
 from snnexp.errors import CheckpointError, ConfigError, DatasetError, NonFiniteError
 from snnexp.logging import RunLogger
 from snnexp.metrics import epoch_metrics, epoch_scalars, test_metrics, train_summary
+from snnexp.models import with_output_layer
 from snnexp.session import StopSignals, record
 
 __all__ = ["EpochOrder", "Run", "build_model", "build_run", "evaluate", "evaluate_checkpoint",
@@ -91,13 +92,17 @@ def seed_everything(seed: int) -> None:
 def build_model(cfg: DictConfig, input_shape, num_classes: int) -> nn.Module:
     """The network of the config, with the configured neuron, surrogate and norm, for inputs of `input_shape`
     and num_classes x readout.population outputs."""
-    return instantiate(
+    readout = instantiate(cfg.readout)
+    model = instantiate(
         cfg.model,
         input_shape=list(input_shape),
-        num_outputs=num_classes * instantiate(cfg.readout).population,
+        num_outputs=num_classes * readout.population,
         neuron=instantiate(cfg.neuron, surrogate=instantiate(cfg.surrogate)),
         norm=instantiate(cfg.norm),
     )
+    if hasattr(readout, "output_layer"):  # a membrane readout: non-spiking output neurons
+        model = with_output_layer(model, readout.output_layer(), f"readout={type(readout).__name__}")
+    return model
 
 
 def build_run(cfg: DictConfig, device: torch.device, ddp: bool = False) -> Run:

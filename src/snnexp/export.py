@@ -9,8 +9,12 @@ Layer by layer (shapes in NIR have no batch dimension):
     APkXsY               AvgPool2d; on a feature vector (the voting APk10s10) a Linear of 1/k blocks
     flatten              Flatten(start_dim=0)
     dropout, norm=none   nothing: both are the identity at inference
+    RFCn                 its W_in as a Linear (Affine), then a subgraph of its neuron and a Linear W_rec from the
+                         neuron back to itself (a recurrent edge, the layout of snnTorch's RLeaky export)
     voting readout       a Linear that averages each class's population (rate readout: nothing; the class
                          score is the mean over time of the graph's output in both cases)
+    membrane readout     its non-spiking output neurons as LI (tau_nir = tau * dt, r = 1, v_leak = 0); the class
+                         score is the max, mean or last value over time of their potential (metadata "readout")
 
 Neurons. Ours (docs/science.md, section 1) step, with tau in time steps:
 
@@ -48,8 +52,9 @@ from torch import nn
 from snnexp import checkpoint
 from snnexp.engine import build_model
 from snnexp.errors import CheckpointError, ExportError
-from snnexp.layers import NeuNorm, NoNorm, SeqDropout, SeqFlatten, SeqToANN
+from snnexp.layers import LeakyIntegrator, NeuNorm, NoNorm, SeqDropout, SeqFlatten, SeqToANN
 from snnexp.neurons import ALIF, IF, LIF, PLIF, SpikingNeuron
+from snnexp.recurrent import RecurrentFC
 
 FORMATS = ("nir",)
 DEFAULT_DT = 1e-4  # seconds per time step; the step snnTorch's NIR importer assumes
@@ -134,6 +139,13 @@ def _add_layer(g: _Graph, module: nn.Module, where: str, dt: float) -> None:
     if isinstance(module, SpikingNeuron):
         g.add(type(module).__name__.lower(), neuron_node(module, g.shape, dt, where), g.shape, spikes=True)
         return
+    if isinstance(module, LeakyIntegrator):  # a membrane readout's output neurons: v += dt / tau_nir (0 - v + I)
+        tau = _f32(g.shape, module.tau * dt)
+        g.add("li", nir.LI(tau=tau, r=_f32(g.shape, 1.0), v_leak=_f32(g.shape, 0.0)), g.shape, spikes=False)
+        return
+    if isinstance(module, RecurrentFC):
+        _recurrent(g, module, where, dt)
+        return
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
         _fold_norm(g, module, where)
         return
@@ -149,9 +161,7 @@ def _add_layer(g: _Graph, module: nn.Module, where: str, dt: float) -> None:
     if isinstance(inner, nn.Conv2d):
         _conv(g, inner, where)
     elif isinstance(inner, nn.Linear):
-        w = _array(inner.weight)
-        node = nir.Linear(weight=w) if inner.bias is None else nir.Affine(weight=w, bias=_array(inner.bias))
-        g.add("fc", node, (w.shape[0],), spikes=False)
+        g.add("fc", _linear_node(inner), (inner.out_features,), spikes=False)
     elif isinstance(inner, (nn.MaxPool2d, nn.AvgPool2d)):
         _pool2d(g, inner, where)
     elif isinstance(inner, nn.Sequential) and any(isinstance(m, (nn.MaxPool1d, nn.AvgPool1d)) for m in inner):
@@ -169,6 +179,28 @@ def _add_layer(g: _Graph, module: nn.Module, where: str, dt: float) -> None:
         raise ExportError(f"{where}{type(inner).__name__} has no NIR mapping in snnexp export (it exports conv, FC, "
                           f"max and average pooling, flatten, BN folded into the weights, dropout, IF, LIF, PLIF "
                           f"and STBP neurons)")
+
+
+def _linear_node(linear: nn.Linear) -> nir.NIRNode:
+    w = _array(linear.weight)
+    return nir.Linear(weight=w) if linear.bias is None else nir.Affine(weight=w, bias=_array(linear.bias))
+
+
+def _recurrent(g: _Graph, layer: RecurrentFC, where: str, dt: float) -> None:
+    """RFCn: its W_in as a Linear node, then a subgraph {input -> neuron -> output, neuron -> w_rec -> neuron}: the
+    layout snnTorch exports its RLeaky in and reads back. The cycle neuron -> w_rec -> neuron is NIR's recurrent
+    edge: a discrete simulator feeds the neuron's spikes of step t-1 back at step t, our I[t] = W_in x[t] +
+    W_rec s[t-1]."""
+    n = layer.recurrent.out_features
+    g.add("fc", _linear_node(layer.input.module), (n,), spikes=False)
+    neuron = neuron_node(layer.neuron, (n,), dt, where)
+    shape = np.array([n])
+    sub = nir.NIRGraph(
+        nodes={"input": nir.Input(input_type={"input": shape}), "neuron": neuron,
+               "w_rec": _linear_node(layer.recurrent), "output": nir.Output(output_type={"output": shape})},
+        edges=[("input", "neuron"), ("neuron", "w_rec"), ("w_rec", "neuron"), ("neuron", "output")],
+        metadata={"snnexp_layer": "RecurrentFC", "update": "I[t] = x[t] + w_rec s[t-1], s[-1] = 0"})
+    g.add("recurrent", sub, (n,), spikes=True)
 
 
 def _conv(g: _Graph, conv: nn.Conv2d, where: str) -> None:
@@ -237,9 +269,9 @@ def to_nir(model: nn.Module, input_shape: Sequence[int], population: int = 1, dt
     from snnexp.models import SpecNet
 
     if not isinstance(model, SpecNet):
-        raise ExportError(f"snnexp export handles the networks written as a spec (model=convnet, mlp, fc, plif_*, "
-                          f"stbp_*), not {type(model).__name__}: the residual joins of the spiking ResNets are not "
-                          f"mapped to NIR")
+        raise ExportError(f"snnexp export handles the networks written as a spec (model=convnet, mlp, fc, rsnn, "
+                          f"plif_*, stbp_*), not {type(model).__name__}: the residual joins of the spiking ResNets "
+                          f"are not mapped to NIR")
     if not dt > 0:
         raise ExportError(f"dt={dt}: the time step must be > 0 (seconds per step, e.g. dt=1e-4)")
     model = model.eval()
@@ -280,7 +312,8 @@ def export_checkpoint(path, fmt: str = "nir", out=None, dt: float = DEFAULT_DT) 
     cfg = info["cfg"]
     readout = instantiate(cfg.readout)
     meta = {"time_steps": int(cfg.trainer.T), "encoder": str(cfg.encoder._target_).rsplit(".", 1)[-1],
-            "readout": f"{type(readout).__name__}: class score = mean over the time steps of the graph's output",
+            "readout": f"{type(readout).__name__}: class score = {getattr(readout, 'reduce', 'mean')} over the time "
+                       f"steps of the graph's output",
             "checkpoint": str(path.resolve()), "epoch": int(state.get("epoch", 0))}
     graph = to_nir(model, info["input_shape"], population=readout.population, dt=dt, metadata=meta)
     out = Path(out).expanduser() if out else path.with_suffix(".nir")
@@ -333,6 +366,9 @@ def describe(graph: nir.NIRGraph) -> List[str]:
             text = (f"{ints(node.tau.shape)}, tau {first(node.tau):.6g} s, r {first(node.r):.6g}, "
                     f"v_leak {first(node.v_leak):g}, v_threshold {first(node.v_threshold):g}, "
                     f"v_reset {first(node.v_reset):g}")
+        elif isinstance(node, nir.NIRGraph):
+            inner = {k: v for k, v in node.nodes.items() if not isinstance(v, (nir.Input, nir.Output))}
+            text = ", ".join(f"{k} {type(v).__name__}" for k, v in inner.items()) + ", w_rec -> neuron (recurrent)"
         elif isinstance(node, nir.IF):
             text = (f"{ints(node.r.shape)}, r {first(node.r):g}, v_threshold {first(node.v_threshold):g}, "
                     f"v_reset {first(node.v_reset):g}")

@@ -10,6 +10,9 @@ NeuroBench's conventions, and what the wrapper does about them:
   with the same seeded generator as our test pass, so both see the same input spikes. The encoded batch is a real
   [B, T, ...] tensor, so every layer runs T times as NeuroBench counts them (our direct-coding shortcut, a first
   layer run once for T equal steps, does not apply).
+- A recurrent layer (RecurrentFC) is an activation layer as a whole (its neuron is stepped inside it, never called
+  as a module, so no hook on the neuron would see a spike); NeuroBench does not look inside an activation layer,
+  and finds its two nn.Linear (W_in, W_rec) as connection layers, hooked at every call, as our counters are.
 - Its Benchmark catches any metric's exception, prints it (nothing with quiet=True) and reports 0.0 (workload) or
   None (static) instead. Our metric classes record the exception and run_benchmark raises it: a failed metric
   never passes for a measured zero.
@@ -25,6 +28,7 @@ from neurobench.models import NeuroBenchModel
 from torch import nn
 
 from snnexp.neurons import SpikingNeuron
+from snnexp.recurrent import RecurrentFC
 
 STATIC = (Footprint, ConnectionSparsity, ParameterCount)
 WORKLOAD = (ClassificationAccuracy, ActivationSparsity, SynapticOperations)
@@ -38,6 +42,7 @@ class TimeMajorModel(NeuroBenchModel):
         super().__init__()
         self.net = net.eval()
         self.add_activation_module(SpikingNeuron)
+        self.add_activation_module(RecurrentFC)  # its output is its neurons' spikes; NeuroBench looks no deeper
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

@@ -1,4 +1,4 @@
-"""Losses on the readout's class scores [B, K] (firing rates)."""
+"""Losses on the readout's class scores [B, K]: firing rates, or membrane potentials (membrane readouts)."""
 
 import torch.nn.functional as F
 from torch import nn
@@ -12,7 +12,7 @@ class MSERate(nn.Module):
 
 
 class CERate(nn.Module):
-    """Cross-entropy with the firing rates as logits."""
+    """Cross-entropy with the class scores as logits: the firing rates, or a membrane readout's potentials."""
 
     def forward(self, rate, target):
         return F.cross_entropy(rate, target)

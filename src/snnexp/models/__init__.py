@@ -1,8 +1,9 @@
 """Networks: every model is a sequence of layers built from the papers' spec notation (see spec.py).
 
 `SpecNet` builds any spec; `MLP` writes the spec of a fully connected network from its hidden sizes
-(with no hidden layer it is the single-layer tutorial network). The configured neuron and norm come
-in as factories, so one override (`neuron=plif`, `norm=tdbn`) swaps every SN and BN layer.
+(with no hidden layer it is the single-layer tutorial network); `RSNN` that of a recurrent network (RFCn
+layers). The configured neuron and norm come in as factories, so one override (`neuron=plif`, `norm=tdbn`)
+swaps every SN and BN layer (and the neurons of every RFC layer).
 """
 
 import math
@@ -15,9 +16,12 @@ from snnexp.errors import ModelError, SpecError
 from snnexp.layers import SeqDropout, SeqFlatten, SeqToANN, run_layers
 from snnexp.models.resnet import SpikingResNet
 from snnexp.models.spec import Layer, expand, format_spec, parse_spec
+from snnexp.neurons import SpikingNeuron
 from snnexp.pooling import MaxPool2d
+from snnexp.recurrent import RecurrentFC
 
-__all__ = ["MLP", "ModelError", "SpecNet", "SpecError", "SpikingResNet", "parse_spec", "format_spec"]
+__all__ = ["MLP", "ModelError", "RSNN", "SpecNet", "SpecError", "SpikingResNet", "parse_spec", "format_spec",
+           "with_output_layer"]
 
 
 class SpecNet(nn.Sequential):
@@ -83,6 +87,10 @@ def _build(layer: Layer, shape, neuron, norm, dropout, bias, spec):
             mods.append(SeqFlatten())
         mods.append(SeqToANN(nn.Linear(math.prod(shape), a[0], bias=bias)))
         return mods, (a[0],)
+    if kind == "rfc":
+        mods = [SeqFlatten()] if len(shape) != 1 else []
+        mods.append(RecurrentFC(math.prod(shape), a[0], neuron(), bias=bias))
+        return mods, (a[0],)
     if kind in ("maxpool", "avgpool"):
         k, s = a[0], a[1] or a[0]
         if len(shape) == 3:
@@ -113,3 +121,32 @@ class MLP(SpecNet):
         drop = "DP-" if dropout else ""  # DP without a value takes `dropout`
         spec = "".join(f"FC{int(h)}-BN-SN-{drop}" for h in hidden) + f"FC{num_outputs}-SN"
         super().__init__(spec, input_shape, num_outputs, neuron, norm, dropout, bias)
+
+
+class RSNN(SpecNet):
+    """Recurrent: {RFC<h>[-DP]} for each hidden size, then FC<outputs>-SN (the class count comes from the
+    dataset and readout, so one config serves SHD's 20 classes and SSC's 35). `recurrent: false` writes FC<h>-SN
+    instead of RFC<h>, the same network without its recurrent weights, for comparison."""
+
+    def __init__(self, hidden: Sequence[int], input_shape, num_outputs, neuron, norm, recurrent: bool = True,
+                 dropout=0.0, bias=False):
+        if not hidden:
+            raise ModelError("model=rsnn needs at least one hidden layer (model.hidden=[256]); for a network "
+                             "without hidden layers use model=fc")
+        layer = "RFC{}" if recurrent else "FC{}-SN"
+        drop = "-DP" if dropout else ""
+        spec = "".join(layer.format(int(h)) + drop + "-" for h in hidden) + f"FC{num_outputs}-SN"
+        super().__init__(spec, input_shape, num_outputs, neuron, norm, dropout, bias)
+
+
+def with_output_layer(model: nn.Sequential, layer: nn.Module, reason: str) -> nn.Sequential:
+    """`model` with its last layer, which must be a spiking neuron layer, replaced by `layer` (a membrane readout's
+    non-spiking output neurons); `reason` names what asks for it, for the error."""
+    last = model[-1] if isinstance(model, nn.Sequential) and len(model) else None
+    if not isinstance(last, SpikingNeuron):
+        spec = getattr(model, "spec", type(model).__name__)
+        raise ModelError(f"{reason} replaces the network's last spiking layer by non-spiking output neurons, but "
+                         f"'{spec}' ends with {type(last).__name__}: end the network with FC<classes>-SN (no "
+                         f"pooling or recurrent layer after it), or use readout=rate")
+    model[-1] = layer
+    return model

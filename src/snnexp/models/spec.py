@@ -4,6 +4,9 @@
 
 cXkY[sZ][pW]  conv, X channels, kernel Y, stride Z (1), padding W (Y // 2)
 FCn           linear layer with n units (flattens a feature map first)
+RFCn          recurrent spiking layer: n neurons of the configured neuron type, input weights and all-to-all
+              recurrent weights on their own spikes of the step before (snnexp.recurrent; flattens first like FCn).
+              It holds its neuron and outputs spikes: no SN after it
 MPkXsY/APkXsY max / average pooling (on a feature vector: 1-d, e.g. the final voting APk10s10)
 BN            the configured normalisation (norm=...)      SN  the configured neuron (neuron=...)
 DP / DP0.3    dropout with model.dropout / with p = 0.3, one mask for all time steps
@@ -17,13 +20,14 @@ from typing import List, Tuple, Union
 from snnexp.errors import SpecError
 
 TOKEN_HELP = (
-    "expected one of: cXkY[sZ][pW] (conv), FCn (linear), MPkXsY / APkXsY (max / avg pool), "
+    "expected one of: cXkY[sZ][pW] (conv), FCn (linear), RFCn (recurrent spiking), MPkXsY / APkXsY (max / avg pool), "
     "BN (norm), SN (neuron), DP or DPp (dropout), {...}*n (repeat)"
 )
 
 _PATTERNS = {
     "conv": re.compile(r"c(\d+)k(\d+)(?:s(\d+))?(?:p(\d+))?"),
     "fc": re.compile(r"FC(\d+)"),
+    "rfc": re.compile(r"RFC(\d+)"),  # tokens are matched whole (fullmatch): FC never takes RFC's tail
     "maxpool": re.compile(r"MPk(\d+)(?:s(\d+))?"),
     "avgpool": re.compile(r"APk(\d+)(?:s(\d+))?"),
     "norm": re.compile(r"BN"),
@@ -50,6 +54,8 @@ class Layer:
             return f"c{out}k{k}" + (f"s{s}" if s is not None else "") + (f"p{p}" if p is not None else "")
         if self.kind == "fc":
             return f"FC{a[0]}"
+        if self.kind == "rfc":
+            return f"RFC{a[0]}"
         if self.kind in ("maxpool", "avgpool"):
             return ("MP" if self.kind == "maxpool" else "AP") + f"k{a[0]}" + (f"s{a[1]}" if a[1] is not None else "")
         if self.kind == "dropout":

@@ -14,7 +14,7 @@ from torch import nn
 
 from snnexp.errors import ConfigError
 from snnexp.neurons.adaptive import alif_initial_state, alif_step
-from snnexp.neurons.functional import lif_multistep_reference
+from snnexp.neurons.functional import charge, lif_multistep_reference, reset
 from snnexp.neurons.fused import lif_multistep_fused  # imported with the modules, so torch.compile finds the op
 from snnexp.surrogate import ATan, Surrogate
 
@@ -51,7 +51,8 @@ def if_multistep(x_seq: torch.Tensor, surrogate, v_threshold=1.0, v_reset=0.0, d
 
 
 class SpikingNeuron(nn.Module):
-    """Common parameters. A call processes a whole [T, B, ...] sequence from rest.
+    """Common parameters. A call processes a whole [T, B, ...] sequence from rest; `initial_state` and `step`
+    run it one time step at a time (for recurrent layers).
 
     backend: "fused" runs the fused kernel (snnexp/neurons/fused.py), "reference" the step-by-step definition
     that autograd differentiates op by op; both give the same spikes and gradients."""
@@ -84,6 +85,20 @@ class SpikingNeuron(nn.Module):
         (direct coding: the fused kernel reads it in place and sums its gradient over the steps)."""
         return lif_multistep(x_seq, self.tau_inv(), self.surrogate, self.v_threshold, self.v_reset,
                              self.decay_input, self.detach_reset, backend=self.backend, steps=steps)
+
+    def initial_state(self, x: torch.Tensor) -> torch.Tensor:
+        """The state at rest for one step's input x [B, ...]: the membrane potential V = V_reset (0 for a soft
+        reset), shaped like x. Subclasses with more state (ALIF) return their own (a tuple)."""
+        return torch.full_like(x, 0.0 if self.v_reset is None else self.v_reset)
+
+    def step(self, x: torch.Tensor, v: torch.Tensor):
+        """One time step: (spikes S[t], V[t]) from the input X[t] [B, ...] and V[t-1], by the same charge, fire
+        and reset as the multistep `forward` (functional.py), so that looping it over T gives forward's spikes and
+        gradients. For a layer whose input at t depends on its own spikes at t-1 (snnexp.recurrent)."""
+        leak_to = 0.0 if self.v_reset is None else self.v_reset
+        h = charge(v, x, self.tau_inv(), leak_to, self.decay_input)
+        s = self.surrogate(h - self.v_threshold)
+        return s, reset(h, s.detach() if self.detach_reset else s, self.v_threshold, self.v_reset)
 
     def scalars(self) -> Dict[str, float]:
         """What this layer logs to TensorBoard beside its firing rate, by name (PLIF: its learned tau)."""

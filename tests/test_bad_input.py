@@ -29,6 +29,12 @@ CASES = [
     ("tau below 1", ["train", "neuron=lif", "neuron.tau=0.5"],
      "snnexp: error: invalid config:\n  neuron.tau=0.5 is out of range: must be > 1 (the Euler step with dt = 1 "
      "needs tau > 1)", 2),
+    ("ALIF adaptation time constant below 1", ["train", "neuron=alif", "neuron.tau_adapt=0.5"],
+     "snnexp: error: invalid config:\n  neuron.tau_adapt=0.5 is out of range: must be > 1 (ALIF's adaptation time "
+     "constant in steps; 1/tau_adapt = sigmoid(w))", 2),
+    ("ALIF with the fused backend", ["train", "neuron=alif", "neuron.backend=fused"],
+     "snnexp: error: invalid config:\n  neuron.backend=fused: ALIF has no fused kernel, only the step-by-step "
+     "definition: set neuron.backend=reference", 2),
     ("negative lr", ["train", "optim.lr=-0.1"],
      "snnexp: error: invalid config:\n  optim.lr=-0.1 is out of range: must be > 0", 2),
     ("reset above threshold", ["train", "neuron.v_reset=2.0"],
@@ -48,7 +54,8 @@ CASES = [
      "snnexp: error: invalid config:\n  this dataset gives event frames, which are fed as they are: use "
      "encoder=direct, not PoissonEncoder", 2),
     ("unknown option", ["train", "neuron=foo"],
-     "In 'train': Could not find 'neuron/foo'\n\nAvailable options in 'neuron':\n\tif\n\tlif\n\tplif\n\tstbp", 1),
+     "In 'train': Could not find 'neuron/foo'\n\nAvailable options in 'neuron':\n\talif\n\tif\n\tlif\n\tplif\n"
+     "\tstbp", 1),
     ("wrong type", ["train", "trainer.T=abc"],
      "Error merging override trainer.T=abc\nValue 'abc' of type 'str' could not be converted to Integer\n"
      "    full_key: trainer.T", 1),

@@ -23,7 +23,7 @@ def test_help_lists_commands_and_config_groups(tmp_path):
     out = run_snnexp("--help", cwd=tmp_path).stdout
     assert "train" in out and "eval" in out
     out = run_snnexp("train", "--help", cwd=tmp_path).stdout
-    for line in ("neuron: if, lif, plif, stbp", "surrogate: atan, fast_sigmoid, rect, sigmoid, triangle",
+    for line in ("neuron: alif, if, lif, plif, stbp", "surrogate: atan, fast_sigmoid, rect, sigmoid, triangle",
                  "norm: bn, neunorm, none, tdbn", "encoder: direct, latency, poisson",
                  "dataset: cifar10, cifar100, digits",
                  "experiment: ledinauskas_resnet_cifar100, plif_cifar10"):

@@ -11,7 +11,7 @@ from snnexp.engine import fit
 
 OPTIONS = [
     "model=mlp", "model=fc", "neuron=if", "neuron=lif", "neuron=stbp", "norm=tdbn", "norm=none", "norm=neunorm",
-    "encoder=latency",
+    "encoder=latency", "neuron=alif",
     "encoder=poisson", "surrogate=rect", "surrogate=sigmoid", "surrogate=fast_sigmoid", "surrogate=triangle",
     "loss=ce_rate", "optim=sgd", "sched=step", "sched=none", "neuron.v_reset=null", "neuron.decay_input=false",
     "trainer.amp=true",

@@ -99,6 +99,10 @@ RULES = {
     "neuron.tau0": (lambda v: v > 1, "> 1 (PLIF's initial tau; 1/tau = sigmoid(w) < 1)"),
     "neuron.v_threshold": (_positive, "> 0"),
     "neuron.k": (lambda v: 0 < v < 1, "in (0, 1) (STBP's decay factor)"),
+    "neuron.tau_adapt": (lambda v: v > 1, "> 1 (ALIF's adaptation time constant in steps; 1/tau_adapt = sigmoid(w))"),
+    "neuron.beta": (_non_negative, ">= 0 (ALIF's threshold adaptation; 0 gives a LIF)"),
+    "neuron.learn_tau": (lambda v: isinstance(v, bool), "true or false"),
+    "neuron.learn_tau_adapt": (lambda v: isinstance(v, bool), "true or false"),
     "neuron.backend": (lambda v: v in ("fused", "reference"), "fused or reference"),
     "surrogate.alpha": (_positive, "> 0"),
     "surrogate.width": (_positive, "> 0"),
@@ -168,6 +172,10 @@ def _combination_problems(cfg: DictConfig) -> list:
     v_reset, v_th = OmegaConf.select(cfg, "neuron.v_reset"), OmegaConf.select(cfg, "neuron.v_threshold")
     if v_reset is not None and v_th is not None and not v_reset < v_th:
         problems.append(f"neuron.v_reset={v_reset} must be below neuron.v_threshold={v_th} (or null for soft reset)")
+    backend = OmegaConf.select(cfg, "neuron.backend")
+    if str(OmegaConf.select(cfg, "neuron._target_", default="")).endswith(".ALIF") and backend != "reference":
+        problems.append(f"neuron.backend={backend}: ALIF has no fused kernel, only the step-by-step definition: "
+                        f"set neuron.backend=reference")
     frames_t = OmegaConf.select(cfg, "dataset.T")
     if frames_t is not None and frames_t != OmegaConf.select(cfg, "trainer.T"):
         problems.append(f"dataset.T={frames_t} differs from trainer.T={OmegaConf.select(cfg, 'trainer.T')}: "

@@ -34,7 +34,8 @@ read, as Norse, Sinabs and SpiNNaker2 read it, as v[t] = v[t-1] + r I[t] per ste
 
 What is not exact: NIR fires on v > v_threshold, we on H >= V_th (the two differ only when H lands exactly on
 the threshold). A soft reset (neuron.v_reset=null: subtract V_th) has no NIR node, nor has NeuNorm: both stop
-the export with a message, as does anything else NIR cannot express; nothing is left out silently.
+the export with a message, as does the adaptive LIF (neuron=alif: no NIR primitive has an adaptive threshold) and
+anything else NIR cannot express; nothing is left out silently.
 """
 
 from collections import Counter
@@ -52,7 +53,7 @@ from snnexp import checkpoint
 from snnexp.engine import build_model
 from snnexp.errors import CheckpointError, ExportError
 from snnexp.layers import LeakyIntegrator, NeuNorm, NoNorm, SeqDropout, SeqFlatten, SeqToANN
-from snnexp.neurons import IF, LIF, PLIF, SpikingNeuron
+from snnexp.neurons import ALIF, IF, LIF, PLIF, SpikingNeuron
 from snnexp.recurrent import RecurrentFC
 
 FORMATS = ("nir",)
@@ -95,6 +96,10 @@ class _Graph:
 def neuron_node(neuron: SpikingNeuron, shape, dt: float, where: str = "") -> nir.NIRNode:
     """The NIR node whose discrete-time update (forward Euler with step dt) is this neuron's; see the module
     docstring for the mapping."""
+    if isinstance(neuron, ALIF):
+        raise ExportError(f"{where}ALIF (neuron=alif) has no NIR node: its threshold adapts with its own spikes (a "
+                          f"second state variable with time constant tau_adapt), and NIR's neurons have a fixed "
+                          f"threshold. Train with neuron=lif or neuron=plif to export")
     if neuron.v_reset is None:
         raise ExportError(f"{where}{type(neuron).__name__} with a soft reset (neuron.v_reset=null: V -= V_th after a "
                           f"spike) has no NIR node: NIR's neurons reset to v_reset. Train with a hard reset "

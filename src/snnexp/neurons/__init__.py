@@ -1,8 +1,9 @@
 """Spiking neurons: `lif_multistep` / `if_multistep`, which run a layer over a whole sequence through the fused
-kernel or the reference definition, and the modules (IF, LIF, PLIF, STBPLIF), thin wrappers that hold parameters
-and call them. Equations: docs/science.md, section 1.
+kernel or the reference definition, and the modules (IF, LIF, PLIF, STBPLIF, ALIF), thin wrappers that hold
+parameters and call them. Equations: docs/science.md, section 1.
 
-Dependencies point one way: functional.py (the definitions) <- fused.py (the op and its kernels) <- this module.
+Dependencies point one way: functional.py (the definitions) <- fused.py (the op and its kernels) <- this module;
+functional.py <- adaptive.py (the adaptive LIF's definition) <- this module.
 """
 
 import math
@@ -11,12 +12,14 @@ from typing import Callable, Dict, Optional, Union
 import torch
 from torch import nn
 
+from snnexp.errors import ConfigError
+from snnexp.neurons.adaptive import alif_initial_state, alif_step
 from snnexp.neurons.functional import charge, lif_multistep_reference, reset
 from snnexp.neurons.fused import lif_multistep_fused  # imported with the modules, so torch.compile finds the op
 from snnexp.surrogate import ATan, Surrogate
 
 __all__ = ["IF", "LIF", "PLIF", "STBPLIF", "SpikingNeuron", "if_multistep", "lif_multistep", "lif_multistep_fused",
-           "lif_multistep_reference"]
+           "lif_multistep_reference", "ALIF"]
 
 BACKENDS = ("fused", "reference")
 
@@ -164,3 +167,79 @@ class STBPLIF(LIF):
 
     def extra_repr(self):
         return f"k={self.k}, v_threshold={self.v_threshold}"
+
+
+def _tau_parameter(tau: float) -> nn.Parameter:
+    """w with sigmoid(w) = 1/tau, i.e. w = -ln(tau - 1) (PLIF's parametrisation: tau stays in (1, inf))."""
+    return nn.Parameter(torch.tensor(-math.log(tau - 1.0)))
+
+
+class ALIF(SpikingNeuron):
+    """Adaptive LIF (Bellec et al. 2018; Yin et al. 2021): our LIF with a threshold V_th + beta a that rises by
+    beta / tau_adapt with each spike and relaxes back with time constant tau_adapt. The equations, the timing and
+    the papers' constants in ours: snnexp/neurons/adaptive.py and docs/science.md, section 1, "Adaptive LIF".
+
+    tau and tau_adapt are learned as PLIF learns tau, each through one scalar per layer: 1/tau = sigmoid(w),
+    1/tau_adapt = sigmoid(w_adapt), starting at the given values (learn_tau / learn_tau_adapt: false keeps them
+    fixed). The state is a tuple (V, a); `forward` runs `step` over the sequence (backend "reference" only: there
+    is no fused kernel for ALIF)."""
+
+    def __init__(self, tau: float = 20.0, tau_adapt: float = 200.0, beta: float = 1.8, learn_tau: bool = True,
+                 learn_tau_adapt: bool = True, decay_input: bool = True, backend: str = "reference", **kwargs):
+        if backend != "reference":
+            raise ConfigError(f"neuron backend {backend!r}: ALIF has no fused kernel, only the step-by-step "
+                              f"definition: set neuron.backend=reference")
+        for name, value in (("tau", tau), ("tau_adapt", tau_adapt)):
+            if not value > 1:
+                raise ConfigError(f"ALIF {name}={value}: must be > 1 (1/{name} = sigmoid(w) < 1)")
+        if not beta >= 0:
+            raise ConfigError(f"ALIF beta={beta}: must be >= 0 (0 is a LIF)")
+        super().__init__(backend=backend, **kwargs)
+        self.decay_input, self.beta = bool(decay_input), float(beta)
+        self.w = _tau_parameter(float(tau)) if learn_tau else None
+        self.w_adapt = _tau_parameter(float(tau_adapt)) if learn_tau_adapt else None
+        self._tau, self._tau_adapt = float(tau), float(tau_adapt)
+
+    def tau_inv(self):
+        return torch.sigmoid(self.w) if self.w is not None else 1.0 / self._tau
+
+    def tau_adapt_inv(self):
+        return torch.sigmoid(self.w_adapt) if self.w_adapt is not None else 1.0 / self._tau_adapt
+
+    @property
+    def tau(self) -> float:
+        return 1.0 / torch.sigmoid(self.w.detach()).item() if self.w is not None else self._tau
+
+    @property
+    def tau_adapt(self) -> float:
+        return 1.0 / torch.sigmoid(self.w_adapt.detach()).item() if self.w_adapt is not None else self._tau_adapt
+
+    def initial_state(self, x):
+        """(V, a) at rest for one step's input x [B, ...]."""
+        return alif_initial_state(x, self.v_reset)
+
+    def step(self, x, state):
+        """One time step: (S[t], (V[t], a[t])) from X[t] [B, ...] and (V[t-1], a[t-1])."""
+        return alif_step(x, state, self.tau_inv(), self.tau_adapt_inv(), self.surrogate, self.v_threshold,
+                         self.beta, self.v_reset, self.decay_input, self.detach_reset)
+
+    def forward(self, x_seq, steps: int = 0):
+        """Spikes [T, B, ...] of x_seq [T, B, ...] from rest; with `steps`, of x_seq [B, ...] fed at each step."""
+        tau_inv, tau_adapt_inv = self.tau_inv(), self.tau_adapt_inv()  # once, not once per step
+        state = alif_initial_state(x_seq if steps else x_seq[0], self.v_reset)
+        spikes = []
+        for t in range(steps or x_seq.shape[0]):
+            s, state = alif_step(x_seq if steps else x_seq[t], state, tau_inv, tau_adapt_inv, self.surrogate,
+                                 self.v_threshold, self.beta, self.v_reset, self.decay_input, self.detach_reset)
+            spikes.append(s)
+        return torch.stack(spikes)
+
+    def scalars(self) -> Dict[str, float]:
+        """The learned time constants (fixed ones are not logged)."""
+        learned = {"tau": self.w is not None, "tau_adapt": self.w_adapt is not None}
+        return {name: getattr(self, name) for name, on in learned.items() if on}
+
+    def extra_repr(self):
+        return (f"tau={self.tau:.4f} ({'learned' if self.w is not None else 'fixed'}), tau_adapt={self.tau_adapt:.4f} "
+                f"({'learned' if self.w_adapt is not None else 'fixed'}), beta={self.beta}, "
+                f"decay_input={self.decay_input}, " + super().extra_repr())

@@ -302,6 +302,22 @@ def test_shd_trains_through_the_cli_and_ssc_tests_on_its_validation_set(tmp_path
     assert json.loads((tmp_path / "ssc" / "metrics.json").read_text())["step"] == 2
 
 
+@pytest.mark.parametrize("neuron", [None, "lif", "alif"])
+def test_shd_trains_with_the_defaults_it_brings(tmp_path, neuron):
+    """`snnexp train dataset=shd` names no model: the dataset brings the recurrent network, the membrane readout and
+    cross-entropy, and any neuron swaps in."""
+    make_shd(tmp_path / "data")
+    swap = [f"neuron={neuron}"] if neuron else []
+    run_snnexp("train", "dataset=shd", "dataset.data_dir=data", "dataset.cache_dir=cache", *swap, "trainer.T=6",
+               "trainer.epochs=1", "trainer.max_steps=2", "trainer.batch_size=4", "hydra.run.dir=run", cwd=tmp_path)
+    cfg = OmegaConf.load(tmp_path / "run" / ".hydra" / "config.yaml")
+    assert cfg.model._target_ == "snnexp.models.RSNN" and cfg.readout._target_.endswith("MembraneReadout")
+    assert cfg.loss._target_.endswith("CERate")
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["step"] == 2 and np.isfinite(metrics["test_loss"])
+    assert list(metrics["firing_rate"]) == ["00_RecurrentFC"]  # the output layer integrates: it does not spike
+
+
 def test_shd_trains_from_a_read_only_folder(tmp_path, read_only):  # noqa: F811 (the fixture)
     make_shd(tmp_path / "data")
     before = snapshot(tmp_path / "data")

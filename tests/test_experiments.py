@@ -10,6 +10,7 @@ import torchvision.datasets
 from hydra import compose, initialize_config_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from audio_writers import make_shd, make_ssc
 from conftest import run_snnexp
 from event_writers import make_cifar10dvs, make_gesture, make_nmnist
 from image_writers import make_cifar, make_mnist_like
@@ -42,7 +43,13 @@ PAPER = {
                      0.9053),
     "ledinauskas_resnet_cifar100": ("cifar100", 10, "SpikingResNet-50", "LIF", "BatchNormThroughTime", "CERate", 64,
                                     None),
+    # the temporal benchmarks: recurrent networks read out from their output membranes (docs/science.md, 5)
+    "cramer_rsnn_shd": ("shd", 100, "RFC200-FC20-SN", "LIF", "NoNorm", "CERate", 256, 0.714),
+    "cramer_rsnn_ssc": ("ssc", 100, "RFC200-FC35-SN", "LIF", "NoNorm", "CERate", 256, 0.509),
+    "yin_srnn_shd": ("shd", 250, "RFC128-RFC128-FC20-SN", "ALIF", "NoNorm", "CERate", 64, 0.904),
+    "yin_srnn_ssc": ("ssc", 250, "RFC400-RFC400-FC35-SN", "ALIF", "NoNorm", "CERate", 64, 0.742),
 }
+CLASSES = {"shd": 20, "ssc": 35}
 
 
 def compose_train(*overrides):
@@ -53,6 +60,9 @@ def compose_train(*overrides):
 def network_of(cfg) -> str:
     if "spec" in cfg.model:
         return cfg.model.spec
+    classes = CLASSES.get(cfg.dataset._target_.rsplit(".", 1)[1], 10)
+    if cfg.model._target_.endswith(".RSNN"):  # its spec for the dataset's classes
+        return "".join(f"RFC{h}-" for h in cfg.model.hidden) + f"FC{classes}-SN"
     if "hidden" in cfg.model:  # MLP: its spec for 10 classes
         return "".join(f"FC{h}-BN-SN-" for h in cfg.model.hidden) + "FC10-SN"
     return f"{cfg.model._target_.rsplit('.', 1)[1]}-{cfg.model.depth}"
@@ -83,6 +93,15 @@ def test_experiment_holds_the_papers_settings(name):
         assert cfg.model.dropout == 0.5
         if "split_by" in cfg.dataset:
             assert cfg.dataset.split_by == "number"
+    if name.startswith("cramer"):  # the authors' SHD code: tau_mem 10 steps, subtractive reset, SuperSpike 100,
+        # max over time of the output membrane, Adamax 2e-4
+        assert (cfg.neuron.tau, cfg.neuron.decay_input, cfg.neuron.v_reset) == (10.5, False, None)
+        assert cfg.surrogate._target_.endswith("FastSigmoid") and cfg.surrogate.slope == 100
+        assert cfg.readout.reduce == "max" and cfg.optim._target_ == "torch.optim.Adamax" and cfg.optim.lr == 2e-4
+    if name.startswith("yin"):  # their ALIF: tau 20, tau_adp 150, beta 1.8, b_j0 0.01, soft reset, 4 ms bins
+        assert (cfg.neuron.tau, cfg.neuron.tau_adapt, cfg.neuron.beta, cfg.neuron.v_threshold) == (20, 150, 1.8, 0.01)
+        assert cfg.neuron.v_reset is None and cfg.neuron.learn_tau and cfg.neuron.learn_tau_adapt
+        assert cfg.dataset.bin_ms == 4 and cfg.readout.reduce == "mean" and cfg.optim.lr == 1e-2
     if neuron == "STBPLIF":  # Wu 2019: rectangular surrogate, 5 ms bins for event data
         assert cfg.surrogate._target_.endswith("Rect")
         if "bin_ms" in cfg.dataset:
@@ -98,7 +117,8 @@ def write_small_data(dataset: str, root: Path, monkeypatch) -> list:
         for attr, value in make_cifar(root, cls).items():  # torchvision checks the official md5s
             monkeypatch.setattr(cls, attr, value)
     else:
-        {"nmnist": make_nmnist, "dvs_cifar10": make_cifar10dvs, "dvs_gesture": make_gesture}[dataset](root)
+        {"nmnist": make_nmnist, "dvs_cifar10": make_cifar10dvs, "dvs_gesture": make_gesture, "shd": make_shd,
+         "ssc": make_ssc}[dataset](root)
         return [f"dataset.cache_dir={root / 'cache'}", "dataset.workers=1"]
     return []
 

@@ -26,7 +26,8 @@ def test_help_lists_commands_and_config_groups(tmp_path):
     for line in ("neuron: alif, if, lif, plif, stbp", "surrogate: atan, fast_sigmoid, rect, sigmoid, triangle",
                  "norm: bn, neunorm, none, tdbn", "encoder: direct, latency, poisson",
                  "dataset: cifar10, cifar100, digits",
-                 "experiment: ledinauskas_resnet_cifar100, plif_cifar10"):
+                 "experiment: cramer_rsnn_shd, cramer_rsnn_ssc, ledinauskas_resnet_cifar100, plif_cifar10",
+                 "readout: membrane_last, membrane_max, membrane_mean, rate, voting", "optim: adam, adamax, sgd"):
         assert line in out
 
 

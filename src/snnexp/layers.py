@@ -15,8 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from snnexp.neurons import SpikingNeuron
 from snnexp.neurons.functional import charge
 from snnexp.neurons.fused import one_block_per_step
+from snnexp.neurons.pooled import lif_max_pool
+from snnexp.pooling import MaxPool2d
 
 
 def repeated_in_time(x_seq: torch.Tensor) -> bool:
@@ -55,22 +58,45 @@ def _dense(y: torch.Tensor) -> bool:
 def run_layers(layers, x_seq: torch.Tensor) -> torch.Tensor:
     """Run `layers` in order on x_seq [T, B, ...]. A repeated x_seq (module docstring) goes through the leading
     layers that take `steps` as one step, [B, ...], until one of them gives the sequence (a neuron) or one
-    cannot take it (then it gets the step repeated over T)."""
+    cannot take it (then it gets the step repeated over T). A spiking layer followed by max pooling with tiling
+    windows runs as one op (snnexp.neurons.pooled) where it applies."""
     layers = list(layers)
-    start = 0
+    i = 0
     if repeated_in_time(x_seq):
         x, T = x_seq[0], x_seq.shape[0]
-        while start < len(layers) and getattr(layers[start], "repeated_input", None) == "one step":
-            x = layers[start](x, steps=T)
-            start += 1
-        if start < len(layers) and getattr(layers[start], "repeated_input", None) == "sequence":
-            x_seq = layers[start](x, steps=T)
-            start += 1
+        while i < len(layers) and getattr(layers[i], "repeated_input", None) == "one step":
+            x = layers[i](x, steps=T)
+            i += 1
+        if i < len(layers) and getattr(layers[i], "repeated_input", None) == "sequence":
+            x_seq, i = _run_layer(layers, i, x, T)
         else:
             x_seq = repeat_in_time(x, T)
-    for layer in layers[start:]:
-        x_seq = layer(x_seq)
+    while i < len(layers):
+        x_seq, i = _run_layer(layers, i, x_seq)
     return x_seq
+
+
+def _run_layer(layers, i: int, x: torch.Tensor, steps: int = 0):
+    """layers[i] on the sequence x, or on x fed at each of `steps` steps: (its output, the next layer's index).
+    A neuron and the pool after it run jointly when `_joint_pool` finds one and the op applies."""
+    pool = _joint_pool(layers, i)
+    if pool is not None:
+        y = lif_max_pool(layers[i], pool, x, steps)
+        if y is not None:
+            return y, i + 2
+    return (layers[i](x, steps=steps) if steps else layers[i](x)), i + 1
+
+
+def _joint_pool(layers, i: int):
+    """The MaxPool2d right after the spiking layer layers[i], if there is one and no hook watches either: the
+    activity counters of a test pass (snnexp.activity) and NeuroBench must see the spikes."""
+    if i + 1 >= len(layers) or not isinstance(layers[i], SpikingNeuron):
+        return None
+    wrapper, pool = layers[i + 1], getattr(layers[i + 1], "module", None)
+    if not (isinstance(wrapper, SeqToANN) and isinstance(pool, MaxPool2d)):
+        return None
+    watched = any(m._forward_hooks or m._forward_pre_hooks for m in (layers[i], wrapper, pool))
+    return None if watched or nn.modules.module._global_forward_hooks else pool
 
 
 class SeqToANN(nn.Module):

@@ -92,6 +92,12 @@ def library() -> ctypes.CDLL:
         bwd.argtypes = [_P, _P, _P, _I64, _I64, _I64, _I64, _I64, _I, real, real, real, _I, _I, _I, real, real, _I,
                         _P]
         bwd.restype = _I
+        joint_fwd = getattr(lib, f"lif_pool_forward_{suffix}")
+        joint_fwd.argtypes = [_P, _P, _P] + [_I64] * 10 + [_I, real, real, real, _I]
+        joint_fwd.restype = _I
+        joint = getattr(lib, f"lif_pool_backward_{suffix}")
+        joint.argtypes = [_P, _P, _P, _P] + [_I64] * 10 + [_I, real, real, real, _I, _I, _I, real, real, _I, _P]
+        joint.restype = _I
         pool_fwd, pool_bwd = getattr(lib, f"max_pool_forward_{suffix}"), getattr(lib, f"max_pool_backward_{suffix}")
         pool_fwd.argtypes = pool_bwd.argtypes = [_P, _P, _P] + [_I64] * 7
         pool_fwd.restype = pool_bwd.restype = None
@@ -163,6 +169,50 @@ def backward(x, grad_spikes, tau_inv: float, leak: str, v_th: float, v_reset: fl
         return partial.value
 
     return grad_x, sum(_run_split(run, N))
+
+
+def pool_forward(x: torch.Tensor, tau_inv: float, leak: str, v_th: float, v_reset: float, soft_reset: bool,
+                 steps: int, kh: int, kw: int, channels_last: bool):
+    """`max_pool` of the spikes `forward` would give, without them (neurons/pooled.py): (y [T * B, C, Ho, Wo] in x's
+    memory order, pos) for x [T, B, C, H, W], or with `steps` for x [B, C, H, W] fed at each of `steps` steps."""
+    suffix, _ = _C_TYPES[x.dtype]
+    fn = getattr(library(), f"lif_pool_forward_{suffix}")
+    T, N, x_step = _steps(x, steps)
+    B, C, H, W = x.shape if steps else x.shape[1:]
+    M, _, _, Cm = maps_shape((B, C, H, W), channels_last)
+    y = torch.empty(T * M, H // kh, W // kw, Cm, dtype=x.dtype)
+    pos = torch.empty(y.shape, dtype=torch.uint8)
+
+    def run(lo, hi):
+        if fn(x.data_ptr(), y.data_ptr(), pos.data_ptr(), T, N, x_step, H, W, Cm, kh, kw, lo, hi, LEAK[leak], tau_inv,
+              v_th, v_reset, int(soft_reset)) != 0:
+            raise MemoryError(f"lif_pool_forward: no memory for 2 x {kh * W * Cm} values")
+
+    _run_split(run, M * (H // kh), max(1, MIN_PER_THREAD // (T * kh * W * Cm)))
+    return _nchw(y, (T * B, C), channels_last), pos
+
+
+def pool_backward(x, grad_y, pos, tau_inv: float, leak: str, v_th: float, v_reset: float, soft_reset: bool,
+                  detach_reset: bool, surrogate: str, sg_a: float, sg_b: float, want_tau: bool, steps: int, kh: int,
+                  kw: int, channels_last: bool):
+    """`backward` of neurons whose spikes went into `max_pool` (neurons/pooled.py): from the pool's dL/dy
+    [T * B, C, Ho, Wo] (in the pool's memory order) and its positions, without dL/dspikes."""
+    suffix, _ = _C_TYPES[x.dtype]
+    fn = getattr(library(), f"lif_pool_backward_{suffix}")
+    T, N, x_step = _steps(x, steps)
+    M, H, W, C = maps_shape(x.shape if steps else x.shape[1:], channels_last)
+    grad_x = torch.empty_like(x)
+
+    def run(lo, hi):
+        partial = ctypes.c_double(0.0)
+        status = fn(x.data_ptr(), grad_y.data_ptr(), pos.data_ptr(), grad_x.data_ptr(), T, N, x_step, H, W, C, kh,
+                    kw, lo, hi, LEAK[leak], tau_inv, v_th, v_reset, int(soft_reset), int(detach_reset),
+                    SURROGATE_KINDS[surrogate], sg_a, sg_b, int(want_tau), ctypes.byref(partial))
+        if status != 0:
+            raise MemoryError(f"lif_pool_backward: no memory for a {3 * T + 1} x 256 buffer")
+        return partial.value
+
+    return grad_x, sum(_run_split(run, M * H, max(1, MIN_PER_THREAD // (W * C))))
 
 
 def max_pool(x: torch.Tensor, kh: int, kw: int, channels_last: bool):

@@ -23,6 +23,12 @@ enum { LEAK_NONE = 0, LEAK_DECAY_INPUT = 1, LEAK_PLAIN = 2 }; /* IF; H = V + (X 
 
 #define BLOCK 256 /* neurons per inner loop */
 
+/* pool_cpu.c, linked into the same library: the joint forward below pools its spikes with it */
+void max_pool_forward_f32(const float *x, float *y, uint8_t *pos, int64_t H, int64_t W, int64_t C, int64_t kh,
+                          int64_t kw, int64_t lo, int64_t hi);
+void max_pool_forward_f64(const double *x, double *y, uint8_t *pos, int64_t H, int64_t W, int64_t C, int64_t kh,
+                          int64_t kw, int64_t lo, int64_t hi);
+
 /* backward_range with the surrogate and want_tau as constants, so that each combination gets its own
  * vectorised loop (measured: 12.1 -> 8.4 ms for the [8, 32, 128, 16, 16] LIF backward on 2 threads). */
 #define BACKWARD_RANGE(SUFFIX, KIND)                                                                   \
@@ -30,6 +36,14 @@ enum { LEAK_NONE = 0, LEAK_DECAY_INPUT = 1, LEAK_PLAIN = 2 }; /* IF; H = V + (X 
                                         tau_inv, v_th, v_reset, soft_reset, detach_reset, sg_a, sg_b)  \
               : backward_range_##SUFFIX(KIND, 0, x, grad_s, grad_x, h_buf, T, N, x_step, lo, hi, leak,   \
                                         tau_inv, v_th, v_reset, soft_reset, detach_reset, sg_a, sg_b))
+
+#define POOL_BACKWARD_RANGE(SUFFIX, KIND)                                                              \
+    (want_tau ? pool_backward_range_##SUFFIX(KIND, 1, x, grad_y, pos, grad_x, h_buf, gs, T, N, x_step, H, W, \
+                                             C, kh, kw, lo, hi, leak, tau_inv, v_th, v_reset, soft_reset,   \
+                                             detach_reset, sg_a, sg_b)                                  \
+              : pool_backward_range_##SUFFIX(KIND, 0, x, grad_y, pos, grad_x, h_buf, gs, T, N, x_step, H, W, \
+                                             C, kh, kw, lo, hi, leak, tau_inv, v_th, v_reset, soft_reset,   \
+                                             detach_reset, sg_a, sg_b))
 
 #define DEFINE_LIF(TYPE, SUFFIX)                                                                       \
 /* The step from V[t-1] and X[t] to H[t]. */                                                            \
@@ -74,11 +88,13 @@ void lif_forward_##SUFFIX(const TYPE *x, TYPE *spikes, int64_t T, int64_t N, int
     }                                                                                                   \
 }                                                                                                       \
                                                                                                         \
-/* The backward pass over [lo, hi), inlined once per (kind, want_tau): see BACKWARD_RANGE. */          \
-static inline __attribute__((always_inline)) double backward_range_##SUFFIX(                             \
-        const int kind, const int want_tau, const TYPE *x, const TYPE *grad_s, TYPE *grad_x, TYPE *h_buf, int64_t T, int64_t N, \
-        int64_t x_step, int64_t lo, int64_t hi, int leak, TYPE tau_inv, TYPE v_th, TYPE v_reset, int soft_reset, \
-        int detach_reset, TYPE sg_a, TYPE sg_b) {                                                       \
+/* The backward pass of the n <= BLOCK neurons [b0, b0 + n): the gradient at their spikes of step t is       \
+ * gs[t * gs_stride + i]. Returns their share of dL/d(1/tau) (times 1/tau for decay_input). Inlined once per \
+ * (kind, want_tau): see BACKWARD_RANGE. */                                                             \
+static inline __attribute__((always_inline)) double backward_block_##SUFFIX(                             \
+        const int kind, const int want_tau, const TYPE *x, const TYPE *gs, int64_t gs_stride, TYPE *grad_x, \
+        TYPE *h_buf, int64_t T, int64_t x_step, int64_t b0, int64_t n, int leak, TYPE tau_inv, TYPE v_th, \
+        TYPE v_reset, int soft_reset, int detach_reset, TYPE sg_a, TYPE sg_b) {                         \
     const TYPE leak_to = soft_reset ? 0 : v_reset;                                                      \
     const TYPE keep = leak == LEAK_NONE ? 1 : 1 - tau_inv;  /* dH[t]/dV[t-1] */                         \
     const TYPE gx_scale = leak == LEAK_DECAY_INPUT ? tau_inv : 1;  /* dH[t]/dX[t] */                    \
@@ -87,49 +103,103 @@ static inline __attribute__((always_inline)) double backward_range_##SUFFIX(    
     TYPE v[BLOCK], gv[BLOCK], g_tau[BLOCK];  /* g_tau: each neuron's share of dL/d(1/tau) */            \
     TYPE g_sum[BLOCK], g_step[BLOCK];  /* x_step = 0: dL/dx summed over the steps, and one step's */    \
     double acc = 0;                                                                                     \
-    for (int64_t b0 = lo; b0 < hi; b0 += BLOCK) {                                                       \
-        const int64_t n = hi - b0 < BLOCK ? hi - b0 : BLOCK;                                            \
-        for (int64_t i = 0; i < n; i++) { v[i] = leak_to; gv[i] = 0; g_tau[i] = 0; g_sum[i] = 0; }      \
-        for (int64_t i = 0; i < n; i++) v_buf[i] = leak_to;                                             \
-        for (int64_t t = 0; t < T; t++) {  /* forward again, keeping H[t] and V[t] (V[-1] = rest) */    \
-            const TYPE *xt = x + t * x_step + b0;                                                       \
-            TYPE *ht = h_buf + t * BLOCK, *vt = v_buf + (t + 1) * BLOCK;                                \
-            _Pragma("omp simd")                                                                         \
-            for (int64_t i = 0; i < n; i++) {                                                           \
-                const TYPE h = charge_##SUFFIX(leak, v[i], xt[i], tau_inv, leak_to);                    \
-                ht[i] = h;                                                                              \
-                v[i] = vt[i] = reset_##SUFFIX(soft_reset, h, (h - v_th) >= 0, v_th, v_reset);           \
-            }                                                                                           \
+    for (int64_t i = 0; i < n; i++) { v[i] = leak_to; gv[i] = 0; g_tau[i] = 0; g_sum[i] = 0; }          \
+    for (int64_t i = 0; i < n; i++) v_buf[i] = leak_to;                                                 \
+    for (int64_t t = 0; t < T; t++) {  /* forward again, keeping H[t] and V[t] (V[-1] = rest) */        \
+        const TYPE *xt = x + t * x_step + b0;                                                           \
+        TYPE *ht = h_buf + t * BLOCK, *vt = v_buf + (t + 1) * BLOCK;                                    \
+        _Pragma("omp simd")                                                                             \
+        for (int64_t i = 0; i < n; i++) {                                                               \
+            const TYPE h = charge_##SUFFIX(leak, v[i], xt[i], tau_inv, leak_to);                        \
+            ht[i] = h;                                                                                  \
+            v[i] = vt[i] = reset_##SUFFIX(soft_reset, h, (h - v_th) >= 0, v_th, v_reset);               \
         }                                                                                               \
-        for (int64_t t = T - 1; t >= 0; t--) {  /* and back */                                          \
-            const TYPE *ht = h_buf + t * BLOCK, *gst = grad_s + t * N + b0;                             \
-            const TYPE *vprev = v_buf + t * BLOCK;  /* V[t-1] */                                        \
-            /* x_step = 0: the step's dL/dx goes to g_step, then into g_sum; an unconditional store keeps  \
-             * the loop vectorised (a store under `if (x_step)` is control flow GCC does not if-convert:   \
-             * measured 13.0 -> 4.5 ms for the [4, 256, 32, 28, 28] PLIF backward, atan, 2 threads) */      \
-            TYPE *gxt = x_step ? grad_x + t * x_step + b0 : g_step;                                     \
-            _Pragma("omp simd")                                                                         \
-            for (int64_t i = 0; i < n; i++) {                                                           \
-                const TYPE h = ht[i];                                                                   \
-                const int s = (h - v_th) >= 0;                                                          \
-                const TYPE sg = surrogate_grad_##SUFFIX(kind, h - v_th, sg_a, sg_b);                    \
-                TYPE dv_dh;                                                                             \
-                if (soft_reset) dv_dh = detach_reset ? 1 : 1 - v_th * sg;                               \
-                else dv_dh = (s ? 0 : 1) + (detach_reset ? 0 : (v_reset - h) * sg);                     \
-                const TYPE gh = gst[i] * sg + gv[i] * dv_dh;                                            \
-                gxt[i] = gh * gx_scale;                                                                 \
-                gv[i] = gh * keep;                                                                      \
-                /* dH/d(1/tau): decay_input X - (V[t-1] - L) = (H - V[t-1]) / (1/tau), divided at the end; \
-                 * otherwise L - V[t-1] */                                                              \
-                if (want_tau) g_tau[i] += gh * ((decay_input ? h : leak_to) - vprev[i]);               \
-            }                                                                                           \
-            if (!x_step)                                                                                \
-                for (int64_t i = 0; i < n; i++) g_sum[i] += g_step[i];                                  \
+    }                                                                                                   \
+    for (int64_t t = T - 1; t >= 0; t--) {  /* and back */                                              \
+        const TYPE *ht = h_buf + t * BLOCK, *gst = gs + t * gs_stride;                                  \
+        const TYPE *vprev = v_buf + t * BLOCK;  /* V[t-1] */                                            \
+        /* x_step = 0: the step's dL/dx goes to g_step, then into g_sum; an unconditional store keeps the  \
+         * loop vectorised (a store under `if (x_step)` is control flow GCC does not if-convert: measured \
+         * 13.0 -> 4.5 ms for the [4, 256, 32, 28, 28] PLIF backward, atan, 2 threads) */              \
+        TYPE *gxt = x_step ? grad_x + t * x_step + b0 : g_step;                                         \
+        _Pragma("omp simd")                                                                             \
+        for (int64_t i = 0; i < n; i++) {                                                               \
+            const TYPE h = ht[i];                                                                       \
+            const int s = (h - v_th) >= 0;                                                              \
+            const TYPE sg = surrogate_grad_##SUFFIX(kind, h - v_th, sg_a, sg_b);                        \
+            TYPE dv_dh;                                                                                 \
+            if (soft_reset) dv_dh = detach_reset ? 1 : 1 - v_th * sg;                                   \
+            else dv_dh = (s ? 0 : 1) + (detach_reset ? 0 : (v_reset - h) * sg);                         \
+            const TYPE gh = gst[i] * sg + gv[i] * dv_dh;                                                \
+            gxt[i] = gh * gx_scale;                                                                     \
+            gv[i] = gh * keep;                                                                          \
+            /* dH/d(1/tau): decay_input X - (V[t-1] - L) = (H - V[t-1]) / (1/tau), divided at the end;  \
+             * otherwise L - V[t-1] */                                                                  \
+            if (want_tau) g_tau[i] += gh * ((decay_input ? h : leak_to) - vprev[i]);                   \
         }                                                                                               \
         if (!x_step)                                                                                    \
-            for (int64_t i = 0; i < n; i++) grad_x[b0 + i] = g_sum[i];                                  \
-        if (want_tau)  /* summed per neuron over t in the loop (which then vectorises), over neurons here */ \
-            for (int64_t i = 0; i < n; i++) acc += g_tau[i];                                            \
+            for (int64_t i = 0; i < n; i++) g_sum[i] += g_step[i];                                      \
+    }                                                                                                   \
+    if (!x_step)                                                                                        \
+        for (int64_t i = 0; i < n; i++) grad_x[b0 + i] = g_sum[i];                                      \
+    if (want_tau)  /* summed per neuron over t in the loop (which then vectorises), over neurons here */ \
+        for (int64_t i = 0; i < n; i++) acc += g_tau[i];                                                \
+    return acc;                                                                                         \
+}                                                                                                       \
+                                                                                                        \
+/* The backward pass over the neurons [lo, hi), the gradient at the spikes dense in grad_s [T, N]. */    \
+static inline __attribute__((always_inline)) double backward_range_##SUFFIX(                             \
+        const int kind, const int want_tau, const TYPE *x, const TYPE *grad_s, TYPE *grad_x, TYPE *h_buf, \
+        int64_t T, int64_t N, int64_t x_step, int64_t lo, int64_t hi, int leak, TYPE tau_inv, TYPE v_th,  \
+        TYPE v_reset, int soft_reset, int detach_reset, TYPE sg_a, TYPE sg_b) {                         \
+    double acc = 0;                                                                                     \
+    for (int64_t b0 = lo; b0 < hi; b0 += BLOCK) {                                                       \
+        const int64_t n = hi - b0 < BLOCK ? hi - b0 : BLOCK;                                            \
+        acc += backward_block_##SUFFIX(kind, want_tau, x, grad_s + b0, N, grad_x, h_buf, T, x_step, b0, n, \
+                                       leak, tau_inv, v_th, v_reset, soft_reset, detach_reset, sg_a, sg_b); \
+    }                                                                                                   \
+    return acc;                                                                                         \
+}                                                                                                       \
+                                                                                                        \
+/* The backward pass of neurons followed by max pooling with tiling kh x kw windows (pool_cpu.c): the    \
+ * gradient at the spikes is not a tensor but the pool's, dL/dy [T, M, Ho, Wo, C] with the positions pos of  \
+ * the forward: spike (h, w, c) of map m gets its window's gradient if it is the window's chosen position, \
+ * else 0. Rows [lo, hi) of the M * H rows of [M, H, W, C] (an NCHW map is C = 1); each row is cut into    \
+ * blocks of whole pixels (or of channels, when C > BLOCK), whose gradient is gathered into gs, a T x BLOCK \
+ * buffer that stays in cache, so that the dense dL/dspikes of the layer is never written or read. */   \
+static inline __attribute__((always_inline)) double pool_backward_range_##SUFFIX(                        \
+        const int kind, const int want_tau, const TYPE *x, const TYPE *grad_y, const uint8_t *pos,      \
+        TYPE *grad_x, TYPE *h_buf, TYPE *gs, int64_t T, int64_t N, int64_t x_step, int64_t H, int64_t W, \
+        int64_t C, int64_t kh, int64_t kw, int64_t lo, int64_t hi, int leak, TYPE tau_inv, TYPE v_th,     \
+        TYPE v_reset, int soft_reset, int detach_reset, TYPE sg_a, TYPE sg_b) {                         \
+    const int64_t Ho = H / kh, Wo = W / kw, Ny = N / (H * W) * Ho * Wo;  /* Ny: pooled values a step */ \
+    const int64_t px = C <= BLOCK ? BLOCK / C : 1, cn = C <= BLOCK ? C : BLOCK;  /* pixels, channels */ \
+    double acc = 0;                                                                                     \
+    for (int64_t r = lo; r < hi; r++) {                                                                 \
+        const int64_t m = r / H, h = r % H, oh = h / kh;                                                \
+        for (int64_t w0 = 0; w0 < W; w0 += px)                                                          \
+            for (int64_t c0 = 0; c0 < C; c0 += cn) {                                                    \
+                const int64_t nw = W - w0 < px ? W - w0 : px, nc = C - c0 < cn ? C - c0 : cn;           \
+                const int64_t n = nw * nc, b0 = (r * W + w0) * C + c0;                                  \
+                for (int64_t t = 0; t < T; t++)                                                         \
+                    for (int64_t j = 0; j < nw; j++) {                                                  \
+                        const int64_t w = w0 + j, ow = w / kw;                                          \
+                        TYPE *g = gs + t * n + j * nc;                                                  \
+                        if (oh >= Ho || ow >= Wo) {  /* outside every window: no gradient */            \
+                            for (int64_t c = 0; c < nc; c++) g[c] = 0;                                  \
+                            continue;                                                                   \
+                        }                                                                               \
+                        const int64_t src = t * Ny + ((m * Ho + oh) * Wo + ow) * C + c0;                \
+                        const uint8_t code = (uint8_t)((h % kh) * kw + w % kw);                         \
+                        const TYPE *gy = grad_y + src;                                                  \
+                        const uint8_t *q = pos + src;                                                   \
+                        _Pragma("omp simd")                                                             \
+                        for (int64_t c = 0; c < nc; c++) g[c] = q[c] == code ? gy[c] : 0;              \
+                    }                                                                                   \
+                acc += backward_block_##SUFFIX(kind, want_tau, x, gs, n, grad_x, h_buf, T, x_step, b0, n, \
+                                               leak, tau_inv, v_th, v_reset, soft_reset, detach_reset,  \
+                                               sg_a, sg_b);                                             \
+            }                                                                                           \
     }                                                                                                   \
     return acc;                                                                                         \
 }                                                                                                       \
@@ -150,6 +220,61 @@ int lif_backward_##SUFFIX(const TYPE *x, const TYPE *grad_s, TYPE *grad_x, int64
     case SG_RECT: acc = BACKWARD_RANGE(SUFFIX, SG_RECT); break;                                         \
     case SG_TRIANGLE: acc = BACKWARD_RANGE(SUFFIX, SG_TRIANGLE); break;                                 \
     default: acc = BACKWARD_RANGE(SUFFIX, SG_FAST_SIGMOID); break;                                      \
+    }                                                                                                   \
+    free(h_buf);                                                                                        \
+    *grad_tau_inv = leak == LEAK_DECAY_INPUT ? acc / tau_inv : acc;                                     \
+    return 0;                                                                                           \
+}                                                                                                       \
+                                                                                                        \
+/* Neurons followed by max pooling with tiling kh x kw windows, forward: the pooled spikes and the positions \
+ * of the window maxima, as max_pool_forward gives them, without writing the spikes themselves. The neurons   \
+ * [M, H, W, C] (x_step as in lif_forward) are taken kh rows at a time, the rows of one row of windows     \
+ * (contiguous in memory); their spikes of step t go to a buffer of kh rows and are pooled from there.      \
+ * Rows below the last window feed no output and are skipped. Output rows [lo, hi) of the M * Ho. */      \
+int lif_pool_forward_##SUFFIX(const TYPE *x, TYPE *y, uint8_t *pos, int64_t T, int64_t N, int64_t x_step,  \
+                              int64_t H, int64_t W, int64_t C, int64_t kh, int64_t kw, int64_t lo, int64_t hi, \
+                              int leak, TYPE tau_inv, TYPE v_th, TYPE v_reset, int soft_reset) {          \
+    const int64_t Ho = H / kh, Wo = W / kw, Ny = N / (H * W) * Ho * Wo, R = kh * W * C;                  \
+    const TYPE leak_to = soft_reset ? 0 : v_reset;                                                      \
+    TYPE *v = malloc(sizeof(TYPE) * 2 * R), *s = v + R;                                                 \
+    if (!v) return -1;                                                                                  \
+    for (int64_t r = lo; r < hi; r++) {                                                                 \
+        const int64_t e0 = ((r / Ho) * H + (r % Ho) * kh) * W * C;  /* map r / Ho, first row of the windows */ \
+        for (int64_t i = 0; i < R; i++) v[i] = leak_to;                                                 \
+        for (int64_t t = 0; t < T; t++) {                                                               \
+            const TYPE *xt = x + t * x_step + e0;                                                       \
+            _Pragma("omp simd")                                                                         \
+            for (int64_t i = 0; i < R; i++) {                                                           \
+                const TYPE h = charge_##SUFFIX(leak, v[i], xt[i], tau_inv, leak_to);                    \
+                const int spike = (h - v_th) >= 0;                                                      \
+                s[i] = spike ? 1 : 0;                                                                   \
+                v[i] = reset_##SUFFIX(soft_reset, h, spike, v_th, v_reset);                             \
+            }                                                                                           \
+            max_pool_forward_##SUFFIX(s, y + t * Ny + r * Wo * C, pos + t * Ny + r * Wo * C, kh, W, C, kh, \
+                                      kw, 0, 1);                                                        \
+        }                                                                                               \
+    }                                                                                                   \
+    free(v);                                                                                            \
+    return 0;                                                                                           \
+}                                                                                                       \
+                                                                                                        \
+/* lif_backward for neurons followed by tiling max pooling: from dL/dy and pos of the pool (see         \
+ * pool_backward_range); rows [lo, hi) of the M * H rows of one step. */                                 \
+int lif_pool_backward_##SUFFIX(const TYPE *x, const TYPE *grad_y, const uint8_t *pos, TYPE *grad_x,      \
+                               int64_t T, int64_t N, int64_t x_step, int64_t H, int64_t W, int64_t C,    \
+                               int64_t kh, int64_t kw, int64_t lo, int64_t hi, int leak, TYPE tau_inv,   \
+                               TYPE v_th, TYPE v_reset, int soft_reset, int detach_reset, int sg_kind,   \
+                               TYPE sg_a, TYPE sg_b, int want_tau, double *grad_tau_inv) {               \
+    TYPE *h_buf = malloc(sizeof(TYPE) * BLOCK * (3 * T + 1));  /* H, V and the gathered gradient */      \
+    TYPE *gs = h_buf + BLOCK * (2 * T + 1);                                                              \
+    double acc = 0;                                                                                     \
+    if (!h_buf) return -1;                                                                              \
+    switch (sg_kind) {                                                                                  \
+    case SG_ATAN: acc = POOL_BACKWARD_RANGE(SUFFIX, SG_ATAN); break;                                    \
+    case SG_SIGMOID: acc = POOL_BACKWARD_RANGE(SUFFIX, SG_SIGMOID); break;                              \
+    case SG_RECT: acc = POOL_BACKWARD_RANGE(SUFFIX, SG_RECT); break;                                    \
+    case SG_TRIANGLE: acc = POOL_BACKWARD_RANGE(SUFFIX, SG_TRIANGLE); break;                            \
+    default: acc = POOL_BACKWARD_RANGE(SUFFIX, SG_FAST_SIGMOID); break;                                 \
     }                                                                                                   \
     free(h_buf);                                                                                        \
     *grad_tau_inv = leak == LEAK_DECAY_INPUT ? acc / tau_inv : acc;                                     \

@@ -1,0 +1,115 @@
+"""A spiking layer and the max pooling after it as one op, `snnexp::lif_max_pool`: the papers' block `SN-MPk2s2`.
+
+Separately, the pool's backward writes dL/dspikes, a dense tensor the size of the layer's spikes that is zero
+except at one position per window, and the neuron's backward reads it back: two passes over the largest tensor of
+the layer. Here the neuron's backward takes the gradient at its spikes straight from the pool's dL/dy and the
+positions of the window maxima (kernels/lif_cpu.c, `lif_pool_backward`): per block of neurons it gathers into a
+small buffer that stays in cache, so dL/dspikes never exists, and the spikes themselves are freed as soon as the
+forward has pooled them (only X and one byte per window are kept for backward, as before). The forward is the
+two kernels one after the other (neurons/fused.py, pool_cpu.c).
+
+Spikes, pooled values, positions and gradients are those of the neuron followed by `snnexp.pooling.MaxPool2d`
+exactly (tests/test_pooled.py). `snnexp.layers.run_layers` takes this path for a neuron whose next layer is such a
+pool, when both run the CPU kernels and no hook watches either (the activity counters of a test pass do: there the
+two run apart, so that the spikes are seen).
+"""
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from snnexp.neurons import SpikingNeuron
+from snnexp.neurons.fused import _kernel_input, _tau_value, kernel_unavailable
+from snnexp.neurons.kernels import cpu
+
+
+@torch.library.custom_op("snnexp::lif_max_pool", mutates_args=())
+def _lif_pool_op(x: Tensor, tau_inv: Tensor, leak: str, v_threshold: float, v_reset: float, soft_reset: bool,
+                 detach_reset: bool, surrogate: str, sg_a: float, sg_b: float, steps: int, kh: int, kw: int,
+                 channels_last: bool) -> Tuple[Tensor, Tensor]:
+    xk = _kernel_input(x, steps)
+    y, pos = cpu.pool_forward(xk, _tau_value(tau_inv, "cpu"), leak, v_threshold, v_reset, soft_reset, steps, kh, kw,
+                              channels_last)
+    T, B = (steps, x.shape[0]) if steps else x.shape[:2]
+    return y.unflatten(0, (T, B)).to(x.dtype), pos
+
+
+@_lif_pool_op.register_fake
+def _(x, tau_inv, leak, v_threshold, v_reset, soft_reset, detach_reset, surrogate, sg_a, sg_b, steps, kh, kw,
+      channels_last):
+    T, (B, C, H, W) = (steps, x.shape) if steps else (x.shape[0], x.shape[1:])
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    y = torch.empty(T * B, C, H // kh, W // kw, dtype=x.dtype, device=x.device, memory_format=fmt)
+    maps = cpu.maps_shape((T * B, C, H // kh, W // kw), channels_last)
+    return y.unflatten(0, (T, B)), torch.empty(maps, dtype=torch.uint8, device=x.device)
+
+
+@torch.library.custom_op("snnexp::lif_max_pool_backward", mutates_args=())
+def _lif_pool_backward_op(x: Tensor, grad_y: Tensor, pos: Tensor, tau_inv: Tensor, leak: str, v_threshold: float,
+                          v_reset: float, soft_reset: bool, detach_reset: bool, surrogate: str, sg_a: float,
+                          sg_b: float, steps: int, kh: int, kw: int, channels_last: bool,
+                          want_tau: bool) -> Tuple[Tensor, Tensor]:
+    xk = _kernel_input(x, steps)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    grad_y = grad_y.flatten(0, 1).contiguous(memory_format=fmt).to(xk.dtype)
+    grad_x, grad_tau = cpu.pool_backward(xk, grad_y, pos, _tau_value(tau_inv, "cpu"), leak, v_threshold, v_reset,
+                                         soft_reset, detach_reset, surrogate, sg_a, sg_b, want_tau, steps, kh, kw,
+                                         channels_last)
+    grad_tau = torch.as_tensor(grad_tau, dtype=tau_inv.dtype).reshape(tau_inv.shape)
+    return grad_x.to(x.dtype), grad_tau
+
+
+@_lif_pool_backward_op.register_fake
+def _(x, grad_y, pos, tau_inv, leak, v_threshold, v_reset, soft_reset, detach_reset, surrogate, sg_a, sg_b, steps,
+      kh, kw, channels_last, want_tau):
+    return torch.empty_like(x), torch.empty_like(tau_inv)
+
+
+def _setup_context(ctx, inputs, output):
+    x, tau_inv, *params = inputs
+    ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(x, tau_inv, output[1])
+    ctx.params = params
+
+
+def _backward(ctx, grad_y, _grad_pos):
+    x, tau_inv, pos = ctx.saved_tensors
+    want_tau = ctx.needs_input_grad[1]
+    grad_x, grad_tau = _lif_pool_backward_op(x, grad_y, pos, tau_inv, *ctx.params, want_tau)
+    return (grad_x, grad_tau if want_tau else None) + (None,) * len(ctx.params)
+
+
+_lif_pool_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def lif_max_pool(neuron: SpikingNeuron, pool: nn.MaxPool2d, x: Tensor, steps: int = 0) -> Optional[Tensor]:
+    """pool(neuron(x)) through the joint op, as [T, B, C, H // kh, W // kw]; x is [T, B, C, H, W], or with `steps`
+    one step's input [B, C, H, W] fed at each of `steps` steps. None where the joint op does not apply (then run
+    the two layers apart): see `_joins`."""
+    kh, kw = nn.modules.utils._pair(pool.kernel_size)
+    step = x if steps else x[0]
+    channels_last = step.dim() == 4 and step.is_contiguous(memory_format=torch.channels_last) \
+        and not step.is_contiguous()
+    if not _joins(neuron, pool, x, step, kh, kw, channels_last, steps):
+        return None
+    name, sg_a, sg_b = neuron.surrogate.kernel_args()
+    tau_inv = neuron.tau_inv()
+    leak = "if" if tau_inv is None else ("decay_input" if neuron.decay_input else "plain")
+    if not isinstance(tau_inv, Tensor):
+        tau_inv = torch.tensor(0.0 if tau_inv is None else float(tau_inv), dtype=torch.float64)
+    soft_reset = neuron.v_reset is None
+    y, _ = _lif_pool_op(x, tau_inv, leak, neuron.v_threshold, 0.0 if soft_reset else neuron.v_reset, soft_reset,
+                        neuron.detach_reset, name, float(sg_a), float(sg_b), int(steps), kh, kw, channels_last)
+    return y
+
+
+def _joins(neuron, pool, x, step, kh, kw, channels_last, steps) -> bool:
+    """The joint op computes exactly the two layers: a neuron of the fused kernel (IF, LIF, PLIF, STBP) on the CPU,
+    one dense block per step in NCHW or channels_last order, and a pool whose windows tile the map."""
+    plain_neuron = (type(neuron).forward is SpikingNeuron.forward and neuron.backend == "fused"
+                    and neuron.surrogate.kernel_args() is not None)
+    dense = step.is_contiguous() or channels_last
+    seq_ok = steps > 0 or (x.dim() == 5 and x.shape[0] > 0 and x.stride(0) == step.numel())
+    return (plain_neuron and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and dense
+            and step.dim() == 4 and seq_ok and pool._tiles(step, kh, kw) and kernel_unavailable("cpu") is None)

@@ -15,6 +15,11 @@ step_mode='m', Flatten, Dropout) with our weights copied in, and the first step'
 anything is timed (dropout off for that one step: the two draw their masks differently). Then the variants take
 turns, --repeats rounds of --steps steps each after warm-up steps (which also compile, for torch.compile); the
 figure is the median round. Prints a table and writes bench/results/train_step.json.
+
+"snnexp default" is what `snnexp train` runs: channels_last, direct coding's input once, each SN-MPkXsX pair as
+one op (snnexp.neurons.pooled) and fused Adam (conf/optim/adam.yaml); "default, torch pool" the same with
+PyTorch's max pooling (so the neuron and the pool run apart); "default, torch Adam" with PyTorch's default Adam,
+the one SpikingJelly's variants use.
 """
 
 import argparse
@@ -113,14 +118,15 @@ class Variant:
     the layers before the first neuron run once (snnexp.layers); else as T materialised copies."""
 
     def __init__(self, name, net, autocast=False, channels_last=False, compile=False, spikingjelly=False,
-                 direct=False):
+                 direct=False, fused_adam=False):
         self.name, self.autocast, self.channels_last, self.sj = name, autocast, channels_last, spikingjelly
         self.direct = direct
         if channels_last:
             net = net.to(memory_format=torch.channels_last)
         self.model = net
         self.net = torch.compile(net, dynamic=False) if compile else net
-        self.opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+        # fused: conf/optim/adam.yaml's default; the peers' variants use PyTorch's default Adam, as their users do
+        self.opt = torch.optim.Adam(net.parameters(), lr=1e-3, fused=fused_adam)
         self.loss_fn = MSERate()
 
     def step(self, x_seq, y):
@@ -154,8 +160,10 @@ def run_net(name, cfg, args):
     base = ours(cfg["spec"], cfg["input"])
     variants = [  # the first is the reference of the first-step check; the second what `snnexp train` runs
         Variant("snnexp NCHW, T copies", copy.deepcopy(base)),
-        Variant("snnexp default", copy.deepcopy(base), channels_last=True, direct=True),
-        Variant("snnexp default, torch pool", torch_pooling(copy.deepcopy(base)), channels_last=True, direct=True),
+        Variant("snnexp default", copy.deepcopy(base), channels_last=True, direct=True, fused_adam=True),
+        Variant("snnexp default, torch pool", torch_pooling(copy.deepcopy(base)), channels_last=True, direct=True,
+                fused_adam=True),
+        Variant("snnexp default, torch Adam", copy.deepcopy(base), channels_last=True, direct=True),
         Variant("snnexp torch.compile", copy.deepcopy(base), compile=True),
         Variant("snnexp reference neurons", ours(cfg["spec"], cfg["input"], "reference")),
         Variant("SpikingJelly", spikingjelly_twin(base), spikingjelly=True),

@@ -26,6 +26,7 @@ import torch
 
 from snnexp import cache_home
 from snnexp.files import atomic_path
+from snnexp.neurons.kernels import buffers
 
 SOURCES = [Path(__file__).with_name(name) for name in ("lif_cpu.c", "pool_cpu.c")]
 # -ffp-contract=off: no fused multiply-add, so H is computed with PyTorch's rounding and spikes match exactly.
@@ -145,7 +146,8 @@ def forward(x: torch.Tensor, tau_inv: float, leak: str, v_th: float, v_reset: fl
     suffix, _ = _C_TYPES[x.dtype]
     fn = getattr(library(), f"lif_forward_{suffix}")
     T, N, x_step = _steps(x, steps)
-    spikes = empty_steps(x, steps) if steps else torch.empty_like(x)
+    spikes = buffers.empty_strided((steps, *x.shape), (x.numel(), *x.stride()), x.dtype) if steps \
+        else buffers.empty_like(x)
     _run_split(lambda lo, hi: fn(x.data_ptr(), spikes.data_ptr(), T, N, x_step, lo, hi, LEAK[leak], tau_inv, v_th,
                                  v_reset, int(soft_reset)), N)
     return spikes
@@ -157,7 +159,7 @@ def backward(x, grad_spikes, tau_inv: float, leak: str, v_th: float, v_reset: fl
     suffix, _ = _C_TYPES[x.dtype]
     fn = getattr(library(), f"lif_backward_{suffix}")
     T, N, x_step = _steps(x, steps)
-    grad_x = torch.empty_like(x)
+    grad_x = buffers.empty_like(x)
 
     def run(lo, hi):
         partial = ctypes.c_double(0.0)
@@ -201,7 +203,7 @@ def pool_backward(x, grad_y, pos, tau_inv: float, leak: str, v_th: float, v_rese
     fn = getattr(library(), f"lif_pool_backward_{suffix}")
     T, N, x_step = _steps(x, steps)
     M, H, W, C = maps_shape(x.shape if steps else x.shape[1:], channels_last)
-    grad_x = torch.empty_like(x)
+    grad_x = buffers.empty_like(x)
 
     def run(lo, hi):
         partial = ctypes.c_double(0.0)
@@ -236,7 +238,7 @@ def max_pool_backward(grad_y: torch.Tensor, pos: torch.Tensor, x_shape, kh: int,
     fn = getattr(library(), f"max_pool_backward_{suffix}")
     grad_y = grad_y.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     N, H, W, C = maps_shape(x_shape, channels_last)
-    grad_x = torch.empty(N, H, W, C, dtype=grad_y.dtype)
+    grad_x = buffers.empty_strided((N, H, W, C), (H * W * C, W * C, C, 1), grad_y.dtype)
     _run_split(lambda lo, hi: fn(grad_y.data_ptr(), pos.data_ptr(), grad_x.data_ptr(), H, W, C, kh, kw, lo, hi),
                N * H, max(1, MIN_PER_THREAD // (W * C)))
     return _nchw(grad_x, x_shape[:2], channels_last)

@@ -96,7 +96,8 @@ def _joint_pool(layers, i: int):
     if not (isinstance(wrapper, SeqToANN) and isinstance(pool, MaxPool2d)):
         return None
     watched = any(m._forward_hooks or m._forward_pre_hooks for m in (layers[i], wrapper, pool))
-    return None if watched or nn.modules.module._global_forward_hooks else pool
+    hooked_globally = nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks
+    return None if watched or hooked_globally else pool
 
 
 class SeqToANN(nn.Module):

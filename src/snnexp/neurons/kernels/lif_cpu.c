@@ -11,7 +11,11 @@
  * in time. Nothing but X (which exists anyway) is kept between forward and backward, and each tensor is
  * touched once per pass: the op moves 2 tensors forward and 3 backward, the least it can.
  *
- * Compiled once per machine by kernels/__init__.py with -ffp-contract=off, so that the arithmetic is
+ * lif_pool_forward / lif_pool_backward are the same neurons followed by max pooling with tiling windows
+ * (snnexp/neurons/pooled.py): the forward pools each row of windows from a small buffer of spikes, the backward
+ * gathers the gradient at the spikes from the pool's, so the layer's dense spikes and dL/dspikes never exist.
+ *
+ * Compiled once per machine by kernels/cpu.py with -ffp-contract=off, so that the arithmetic is
  * PyTorch's eager arithmetic op for op and the spikes equal the reference's exactly.
  */
 #include <math.h>

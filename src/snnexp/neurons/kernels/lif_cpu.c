@@ -41,6 +41,16 @@ void max_pool_forward_f64(const double *x, double *y, uint8_t *pos, int64_t H, i
               : backward_range_##SUFFIX(KIND, 0, x, grad_s, grad_x, h_buf, T, N, x_step, lo, hi, leak,   \
                                         tau_inv, v_th, v_reset, soft_reset, detach_reset, sg_a, sg_b))
 
+/* acc = RANGE(SUFFIX, kind) for the surrogate kind sg_kind, each kind its own inlined loop */
+#define FOR_SURROGATE(RANGE, SUFFIX)                                                                   \
+    switch (sg_kind) {                                                                                  \
+    case SG_ATAN: acc = RANGE(SUFFIX, SG_ATAN); break;                                                  \
+    case SG_SIGMOID: acc = RANGE(SUFFIX, SG_SIGMOID); break;                                            \
+    case SG_RECT: acc = RANGE(SUFFIX, SG_RECT); break;                                                  \
+    case SG_TRIANGLE: acc = RANGE(SUFFIX, SG_TRIANGLE); break;                                          \
+    default: acc = RANGE(SUFFIX, SG_FAST_SIGMOID); break;                                               \
+    }
+
 #define POOL_BACKWARD_RANGE(SUFFIX, KIND)                                                              \
     (want_tau ? pool_backward_range_##SUFFIX(KIND, 1, x, grad_y, pos, grad_x, h_buf, gs, T, N, x_step, H, W, \
                                              C, kh, kw, lo, hi, leak, tau_inv, v_th, v_reset, soft_reset,   \
@@ -218,13 +228,7 @@ int lif_backward_##SUFFIX(const TYPE *x, const TYPE *grad_s, TYPE *grad_x, int64
     TYPE *h_buf = malloc(sizeof(TYPE) * BLOCK * (2 * T + 1));  /* H and V of one block over time */     \
     double acc = 0;                                                                                     \
     if (!h_buf) return -1;                                                                              \
-    switch (sg_kind) {                                                                                  \
-    case SG_ATAN: acc = BACKWARD_RANGE(SUFFIX, SG_ATAN); break;                                         \
-    case SG_SIGMOID: acc = BACKWARD_RANGE(SUFFIX, SG_SIGMOID); break;                                   \
-    case SG_RECT: acc = BACKWARD_RANGE(SUFFIX, SG_RECT); break;                                         \
-    case SG_TRIANGLE: acc = BACKWARD_RANGE(SUFFIX, SG_TRIANGLE); break;                                 \
-    default: acc = BACKWARD_RANGE(SUFFIX, SG_FAST_SIGMOID); break;                                      \
-    }                                                                                                   \
+    FOR_SURROGATE(BACKWARD_RANGE, SUFFIX);                                                              \
     free(h_buf);                                                                                        \
     *grad_tau_inv = leak == LEAK_DECAY_INPUT ? acc / tau_inv : acc;                                     \
     return 0;                                                                                           \
@@ -270,16 +274,10 @@ int lif_pool_backward_##SUFFIX(const TYPE *x, const TYPE *grad_y, const uint8_t 
                                TYPE v_th, TYPE v_reset, int soft_reset, int detach_reset, int sg_kind,   \
                                TYPE sg_a, TYPE sg_b, int want_tau, double *grad_tau_inv) {               \
     TYPE *h_buf = malloc(sizeof(TYPE) * BLOCK * (3 * T + 1));  /* H, V and the gathered gradient */      \
-    TYPE *gs = h_buf + BLOCK * (2 * T + 1);                                                              \
     double acc = 0;                                                                                     \
     if (!h_buf) return -1;                                                                              \
-    switch (sg_kind) {                                                                                  \
-    case SG_ATAN: acc = POOL_BACKWARD_RANGE(SUFFIX, SG_ATAN); break;                                    \
-    case SG_SIGMOID: acc = POOL_BACKWARD_RANGE(SUFFIX, SG_SIGMOID); break;                              \
-    case SG_RECT: acc = POOL_BACKWARD_RANGE(SUFFIX, SG_RECT); break;                                    \
-    case SG_TRIANGLE: acc = POOL_BACKWARD_RANGE(SUFFIX, SG_TRIANGLE); break;                            \
-    default: acc = POOL_BACKWARD_RANGE(SUFFIX, SG_FAST_SIGMOID); break;                                 \
-    }                                                                                                   \
+    TYPE *gs = h_buf + BLOCK * (2 * T + 1);                                                              \
+    FOR_SURROGATE(POOL_BACKWARD_RANGE, SUFFIX);                                                         \
     free(h_buf);                                                                                        \
     *grad_tau_inv = leak == LEAK_DECAY_INPUT ? acc / tau_inv : acc;                                     \
     return 0;                                                                                           \

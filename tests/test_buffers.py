@@ -29,6 +29,7 @@ def test_small_outputs_and_the_bound():
     assert small.shape == (4, 5) and not buffers._blocks
     held = [buffers.empty_strided((n, 1 << 20), (1 << 20, 1), torch.float32) for n in range(8, 20)]
     assert sum(map(len, buffers._blocks.values())) <= buffers.LIMIT
+    assert sum(n * len(b) for n, b in buffers._blocks.items()) <= buffers.LIMIT_BYTES
     assert all(len(v) <= buffers.PER_SIZE for v in buffers._blocks.values())
     assert len({t.data_ptr() for t in held}) == len(held)
 

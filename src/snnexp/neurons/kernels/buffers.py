@@ -7,8 +7,9 @@ and about 20 ms of the LIF op's 26 ms on [8, 32, 128, 16, 16] (bench/bench_neuro
 allocated and handed out again for the next output of the same size, but only when no tensor uses their memory any
 more: the storage's use count is then the cache's own. PyTorch has no caching allocator on the CPU to do this.
 
-At most PER_SIZE free blocks of each size and LIMIT blocks in all are kept (the least recently used go first), so
-what the cache holds beyond the live tensors is bounded: a step's largest outputs, which the next step needs again.
+At most PER_SIZE blocks of each size, LIMIT blocks and LIMIT_BYTES in all are kept (the least recently used size
+goes first), so what the cache holds beyond the live tensors is bounded: a step's largest outputs, which the next
+step needs again.
 """
 
 import threading
@@ -20,6 +21,7 @@ import torch
 REUSE_BYTES = 32 << 20  # glibc's largest mmap threshold: smaller blocks come back from its heap anyway
 PER_SIZE = 2
 LIMIT = 8
+LIMIT_BYTES = 2 << 30
 
 _lock = threading.Lock()
 _blocks: "OrderedDict[int, List[torch.Tensor]]" = OrderedDict()  # size in bytes -> uint8 blocks, recent last
@@ -58,7 +60,7 @@ def _take(nbytes: int) -> torch.Tensor:
     blocks.append(block)
     if len(blocks) > PER_SIZE:
         blocks.pop(0)
-    while sum(map(len, _blocks.values())) > LIMIT:
+    while sum(map(len, _blocks.values())) > LIMIT or sum(n * len(b) for n, b in _blocks.items()) > LIMIT_BYTES:
         oldest = next(iter(_blocks))
         _blocks[oldest].pop(0)
         if not _blocks[oldest]:

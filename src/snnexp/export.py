@@ -193,8 +193,7 @@ def _recurrent(g: _Graph, layer: RecurrentFC, where: str, dt: float) -> None:
     W_rec s[t-1]."""
     n = layer.recurrent.out_features
     g.add("fc", _linear_node(layer.input.module), (n,), spikes=False)
-    if not isinstance(layer.norm, NoNorm):
-        _add_layer(g, layer.norm, where, dt)  # BN folds into W_in (NeuNorm stops the export with its message)
+    _add_layer(g, layer.norm, where, dt)  # BN folds into W_in; norm=none adds nothing; NeuNorm stops the export
     neuron = neuron_node(layer.neuron, (n,), dt, where)
     shape = np.array([n])
     sub = nir.NIRGraph(

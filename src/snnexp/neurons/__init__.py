@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from snnexp.errors import ConfigError
-from snnexp.neurons.adaptive import alif_initial_state, alif_step
-from snnexp.neurons.functional import charge, lif_multistep_reference, reset
+from snnexp.neurons.adaptive import alif_initial_state, alif_multistep, alif_step
+from snnexp.neurons.functional import lif_multistep_reference, lif_step
 from snnexp.neurons.fused import lif_multistep_fused  # imported with the modules, so torch.compile finds the op
 from snnexp.surrogate import ATan, Surrogate
 
@@ -95,10 +95,8 @@ class SpikingNeuron(nn.Module):
         """One time step: (spikes S[t], V[t]) from the input X[t] [B, ...] and V[t-1], by the same charge, fire
         and reset as the multistep `forward` (functional.py), so that looping it over T gives forward's spikes and
         gradients. For a layer whose input at t depends on its own spikes at t-1 (snnexp.recurrent)."""
-        leak_to = 0.0 if self.v_reset is None else self.v_reset
-        h = charge(v, x, self.tau_inv(), leak_to, self.decay_input)
-        s = self.surrogate(h - self.v_threshold)
-        return s, reset(h, s.detach() if self.detach_reset else s, self.v_threshold, self.v_reset)
+        return lif_step(x, v, self.tau_inv(), self.surrogate, self.v_threshold, self.v_reset, self.decay_input,
+                        self.detach_reset)
 
     def scalars(self) -> Dict[str, float]:
         """What this layer logs to TensorBoard beside its firing rate, by name (PLIF: its learned tau)."""
@@ -127,13 +125,18 @@ class LIF(SpikingNeuron):
         return f"tau={self.tau}, decay_input={self.decay_input}, " + super().extra_repr()
 
 
+def _tau_parameter(tau: float) -> nn.Parameter:
+    """w with sigmoid(w) = 1/tau, i.e. w = -ln(tau - 1) (PLIF's parametrisation: tau stays in (1, inf))."""
+    return nn.Parameter(torch.tensor(-math.log(tau - 1.0)))
+
+
 class PLIF(SpikingNeuron):
     """Parametric LIF (Fang et al. 2021): 1/tau = sigmoid(w), one learnable w per layer, tau starts at tau0."""
 
     def __init__(self, tau0: float = 2.0, decay_input: bool = True, **kwargs):
         super().__init__(**kwargs)
         self.decay_input = bool(decay_input)
-        self.w = nn.Parameter(torch.tensor(-math.log(float(tau0) - 1.0)))
+        self.w = _tau_parameter(float(tau0))
 
     @property
     def tau(self) -> float:
@@ -167,11 +170,6 @@ class STBPLIF(LIF):
 
     def extra_repr(self):
         return f"k={self.k}, v_threshold={self.v_threshold}"
-
-
-def _tau_parameter(tau: float) -> nn.Parameter:
-    """w with sigmoid(w) = 1/tau, i.e. w = -ln(tau - 1) (PLIF's parametrisation: tau stays in (1, inf))."""
-    return nn.Parameter(torch.tensor(-math.log(tau - 1.0)))
 
 
 class ALIF(SpikingNeuron):
@@ -225,14 +223,9 @@ class ALIF(SpikingNeuron):
 
     def forward(self, x_seq, steps: int = 0):
         """Spikes [T, B, ...] of x_seq [T, B, ...] from rest; with `steps`, of x_seq [B, ...] fed at each step."""
-        tau_inv, tau_adapt_inv = self.tau_inv(), self.tau_adapt_inv()  # once, not once per step
-        state = alif_initial_state(x_seq if steps else x_seq[0], self.v_reset)
-        spikes = []
-        for t in range(steps or x_seq.shape[0]):
-            s, state = alif_step(x_seq if steps else x_seq[t], state, tau_inv, tau_adapt_inv, self.surrogate,
-                                 self.v_threshold, self.beta, self.v_reset, self.decay_input, self.detach_reset)
-            spikes.append(s)
-        return torch.stack(spikes)
+        x_seq = x_seq.unsqueeze(0).expand(steps, *x_seq.shape) if steps else x_seq  # a view: no copy
+        return alif_multistep(x_seq, self.tau_inv(), self.tau_adapt_inv(), self.surrogate, self.v_threshold,
+                              self.beta, self.v_reset, self.decay_input, self.detach_reset)
 
     def scalars(self) -> Dict[str, float]:
         """The learned time constants (fixed ones are not logged)."""

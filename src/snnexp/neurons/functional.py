@@ -36,6 +36,14 @@ def reset(h: Tensor, s: Tensor, v_threshold: float, v_reset: Optional[float]) ->
     return h - v_threshold * s if v_reset is None else h * (1.0 - s) + v_reset * s
 
 
+def lif_step(x: Tensor, v: Tensor, tau_inv, surrogate: Callable[[Tensor], Tensor], v_threshold: float = 1.0,
+             v_reset: Optional[float] = 0.0, decay_input: bool = True, detach_reset: bool = False):
+    """One time step from V[t-1]: (S[t], V[t]) of the input X[t]: charge, fire (surrogate gradient), reset."""
+    h = charge(v, x, tau_inv, 0.0 if v_reset is None else v_reset, decay_input)
+    s = surrogate(h - v_threshold)
+    return s, reset(h, s.detach() if detach_reset else s, v_threshold, v_reset)
+
+
 def lif_multistep_reference(
     x_seq: Tensor,
     tau_inv: Union[float, Tensor, None],
@@ -50,13 +58,10 @@ def lif_multistep_reference(
 
     Returns the spikes [T, B, ...], or (spikes, membrane potential after reset) if `return_v`.
     """
-    leak_to = 0.0 if v_reset is None else v_reset
-    v = torch.full_like(x_seq[0], leak_to)
+    v = torch.full_like(x_seq[0], 0.0 if v_reset is None else v_reset)
     spikes, v_seq = [], []
     for x in x_seq:
-        h = charge(v, x, tau_inv, leak_to, decay_input)
-        s = surrogate(h - v_threshold)
-        v = reset(h, s.detach() if detach_reset else s, v_threshold, v_reset)
+        s, v = lif_step(x, v, tau_inv, surrogate, v_threshold, v_reset, decay_input, detach_reset)
         spikes.append(s)
         if return_v:
             v_seq.append(v)

@@ -162,12 +162,20 @@ def lif_multistep_fused(
     if kernel_unavailable(x_seq.device.type):
         x_seq = x_seq.unsqueeze(0).expand(steps, *x_seq.shape) if steps else x_seq
         return lif_multistep_reference(x_seq, tau_inv, surrogate, v_threshold, v_reset, decay_input, detach_reset)
-    name, sg_a, sg_b = spec
-    leak = "if" if tau_inv is None else ("decay_input" if decay_input else "plain")
-    if not isinstance(tau_inv, Tensor):  # float64 holds the Python float exactly; the kernel rounds it like torch
-        tau_inv = torch.tensor(0.0 if tau_inv is None else float(tau_inv), dtype=torch.float64, device=x_seq.device)
     if not steps and x_seq.shape[0] > 1 and x_seq.stride(0) == 0:  # a repeated view (direct coding's encoder)
         x_seq, steps = x_seq[0], x_seq.shape[0]
+    return _lif_op(x_seq, *op_args(tau_inv, surrogate, v_threshold, v_reset, decay_input, detach_reset, x_seq.device),
+                   int(steps))
+
+
+def op_args(tau_inv, surrogate, v_threshold: float, v_reset: Optional[float], decay_input: bool, detach_reset: bool,
+            device) -> tuple:
+    """A neuron's settings as the fused ops take them: (tau_inv tensor, leak, v_threshold, v_reset, soft_reset,
+    detach_reset, surrogate name, sg_a, sg_b)."""
+    name, sg_a, sg_b = surrogate.kernel_args()
+    leak = "if" if tau_inv is None else ("decay_input" if decay_input else "plain")
+    if not isinstance(tau_inv, Tensor):  # float64 holds the Python float exactly; the kernel rounds it like torch
+        tau_inv = torch.tensor(0.0 if tau_inv is None else float(tau_inv), dtype=torch.float64, device=device)
     soft_reset = v_reset is None
-    return _lif_op(x_seq, tau_inv, leak, float(v_threshold), 0.0 if soft_reset else float(v_reset), soft_reset,
-                   bool(detach_reset), name, float(sg_a), float(sg_b), int(steps))
+    return (tau_inv, leak, float(v_threshold), 0.0 if soft_reset else float(v_reset), soft_reset, bool(detach_reset),
+            name, float(sg_a), float(sg_b))

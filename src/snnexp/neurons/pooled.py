@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from snnexp.neurons import SpikingNeuron
-from snnexp.neurons.fused import _kernel_input, _tau_value, kernel_unavailable
+from snnexp.neurons.fused import _kernel_input, _tau_value, kernel_unavailable, op_args
 from snnexp.neurons.kernels import cpu
 
 
@@ -93,14 +93,9 @@ def lif_max_pool(neuron: SpikingNeuron, pool: nn.MaxPool2d, x: Tensor, steps: in
         and not step.is_contiguous()
     if not _joins(neuron, pool, x, step, kh, kw, channels_last, steps):
         return None
-    name, sg_a, sg_b = neuron.surrogate.kernel_args()
-    tau_inv = neuron.tau_inv()
-    leak = "if" if tau_inv is None else ("decay_input" if neuron.decay_input else "plain")
-    if not isinstance(tau_inv, Tensor):
-        tau_inv = torch.tensor(0.0 if tau_inv is None else float(tau_inv), dtype=torch.float64)
-    soft_reset = neuron.v_reset is None
-    y, _ = _lif_pool_op(x, tau_inv, leak, neuron.v_threshold, 0.0 if soft_reset else neuron.v_reset, soft_reset,
-                        neuron.detach_reset, name, float(sg_a), float(sg_b), int(steps), kh, kw, channels_last)
+    args = op_args(neuron.tau_inv(), neuron.surrogate, neuron.v_threshold, neuron.v_reset, neuron.decay_input,
+                   neuron.detach_reset, x.device)
+    y, _ = _lif_pool_op(x, *args, int(steps), kh, kw, channels_last)
     return y
 
 

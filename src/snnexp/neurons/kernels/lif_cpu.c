@@ -80,6 +80,18 @@ static inline TYPE surrogate_grad_##SUFFIX(int kind, TYPE x, TYPE a, TYPE b) {  
     default: { TYPE y = 1 + a * (x < 0 ? -x : x); return 1 / (y * y); }  /* fast sigmoid, a = slope */  \
     }                                                                                                   \
 }                                                                                                       \
+/* One step of n neurons: the spikes of X[t] (xt) into st, V[t-1] -> V[t] in v. */                       \
+static inline __attribute__((always_inline)) void fire_##SUFFIX(                                        \
+        const TYPE *xt, TYPE *st, TYPE *v, int64_t n, int leak, TYPE tau_inv, TYPE leak_to, TYPE v_th,  \
+        TYPE v_reset, int soft_reset) {                                                                 \
+    _Pragma("omp simd")                                                                                 \
+    for (int64_t i = 0; i < n; i++) {                                                                   \
+        const TYPE h = charge_##SUFFIX(leak, v[i], xt[i], tau_inv, leak_to);                            \
+        const int s = (h - v_th) >= 0;                                                                  \
+        st[i] = s ? 1 : 0;                                                                              \
+        v[i] = reset_##SUFFIX(soft_reset, h, s, v_th, v_reset);                                         \
+    }                                                                                                   \
+}                                                                                                       \
                                                                                                         \
 void lif_forward_##SUFFIX(const TYPE *x, TYPE *spikes, int64_t T, int64_t N, int64_t x_step, int64_t lo,  \
                           int64_t hi, int leak, TYPE tau_inv, TYPE v_th, TYPE v_reset, int soft_reset) { \
@@ -89,15 +101,8 @@ void lif_forward_##SUFFIX(const TYPE *x, TYPE *spikes, int64_t T, int64_t N, int
         const int64_t n = hi - b0 < BLOCK ? hi - b0 : BLOCK;                                            \
         for (int64_t i = 0; i < n; i++) v[i] = leak_to;                                                 \
         for (int64_t t = 0; t < T; t++) {                                                               \
-            const TYPE *xt = x + t * x_step + b0;                                                       \
-            TYPE *st = spikes + t * N + b0;                                                             \
-            _Pragma("omp simd")                                                                         \
-            for (int64_t i = 0; i < n; i++) {                                                           \
-                const TYPE h = charge_##SUFFIX(leak, v[i], xt[i], tau_inv, leak_to);                    \
-                const int s = (h - v_th) >= 0;                                                          \
-                st[i] = s ? 1 : 0;                                                                      \
-                v[i] = reset_##SUFFIX(soft_reset, h, s, v_th, v_reset);                                 \
-            }                                                                                           \
+            fire_##SUFFIX(x + t * x_step + b0, spikes + t * N + b0, v, n, leak, tau_inv, leak_to, v_th,   \
+                          v_reset, soft_reset);                                                         \
         }                                                                                               \
     }                                                                                                   \
 }                                                                                                       \
@@ -250,14 +255,7 @@ int lif_pool_forward_##SUFFIX(const TYPE *x, TYPE *y, uint8_t *pos, int64_t T, i
         const int64_t e0 = ((r / Ho) * H + (r % Ho) * kh) * W * C;  /* map r / Ho, first row of the windows */ \
         for (int64_t i = 0; i < R; i++) v[i] = leak_to;                                                 \
         for (int64_t t = 0; t < T; t++) {                                                               \
-            const TYPE *xt = x + t * x_step + e0;                                                       \
-            _Pragma("omp simd")                                                                         \
-            for (int64_t i = 0; i < R; i++) {                                                           \
-                const TYPE h = charge_##SUFFIX(leak, v[i], xt[i], tau_inv, leak_to);                    \
-                const int spike = (h - v_th) >= 0;                                                      \
-                s[i] = spike ? 1 : 0;                                                                   \
-                v[i] = reset_##SUFFIX(soft_reset, h, spike, v_th, v_reset);                             \
-            }                                                                                           \
+            fire_##SUFFIX(x + t * x_step + e0, s, v, R, leak, tau_inv, leak_to, v_th, v_reset, soft_reset); \
             max_pool_forward_##SUFFIX(s, y + t * Ny + r * Wo * C, pos + t * Ny + r * Wo * C, kh, W, C, kh, \
                                       kw, 0, 1);                                                        \
         }                                                                                               \

@@ -16,10 +16,10 @@ anything is timed (dropout off for that one step: the two draw their masks diffe
 turns, --repeats rounds of --steps steps each after warm-up steps (which also compile, for torch.compile); the
 figure is the median round. Prints a table and writes bench/results/train_step.json.
 
-"snnexp default" is what `snnexp train` runs: channels_last, direct coding's input once, each SN-MPkXsX pair as
-one op (snnexp.neurons.pooled) and fused Adam (conf/optim/adam.yaml); "default, torch pool" the same with
-PyTorch's max pooling (so the neuron and the pool run apart); "default, torch Adam" with PyTorch's default Adam,
-the one SpikingJelly's variants use.
+"snnexp default" is what `snnexp train` runs: channels_last, direct coding's input once, each BN-SN-MPkXsX block
+as one op (snnexp.neurons.normalised, snnexp.neurons.pooled) and fused Adam (conf/optim/adam.yaml); "default, torch
+pool" the same with PyTorch's max pooling (so the pool runs apart); "default, torch Adam" with PyTorch's default
+Adam, the one SpikingJelly's variants use; "default, BN apart" with each BN run as its own layer.
 """
 
 import argparse
@@ -107,6 +107,22 @@ def torch_pooling(model: nn.Module) -> nn.Module:
     return model
 
 
+class _BatchNormApart(BatchNormThroughTime):
+    """Our BN through time, run as its own layer: `snnexp.layers.run_layers` joins only BatchNormThroughTime's own
+    forward with the neuron after it."""
+
+    def forward(self, x_seq, steps: int = 0):
+        return super().forward(x_seq, steps)
+
+
+def bn_apart(model: nn.Module) -> nn.Module:
+    """model with every BN run apart from the neuron after it: what joining them (snnexp.neurons.normalised) gains."""
+    for m in model:
+        if type(m) is BatchNormThroughTime:
+            m.__class__ = _BatchNormApart
+    return model
+
+
 def reset_sj(net):
     from spikingjelly.activation_based import functional
 
@@ -164,6 +180,8 @@ def run_net(name, cfg, args):
         Variant("snnexp default, torch pool", torch_pooling(copy.deepcopy(base)), channels_last=True, direct=True,
                 fused_adam=True),
         Variant("snnexp default, torch Adam", copy.deepcopy(base), channels_last=True, direct=True),
+        Variant("snnexp default, BN apart", bn_apart(copy.deepcopy(base)), channels_last=True, direct=True,
+                fused_adam=True),
         Variant("snnexp torch.compile", copy.deepcopy(base), compile=True),
         Variant("snnexp reference neurons", ours(cfg["spec"], cfg["input"], "reference")),
         Variant("SpikingJelly", spikingjelly_twin(base), spikingjelly=True),

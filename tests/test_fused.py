@@ -66,11 +66,11 @@ def test_fused_equals_the_reference_in_float32(kind, v_reset, detach, decay):
 
 
 def test_backward_keeps_only_the_input():
-    """Nothing is saved but X (which the caller holds anyway) and 1/tau: no H, no spikes."""
+    """Nothing is saved but X (which the caller holds anyway) and 1/tau: no H, no spikes (and no BN: None)."""
     x = torch.rand(4, 2, 3, requires_grad=True)
     w = torch.tensor(0.0, requires_grad=True)
     out = lif_multistep_fused(x, torch.sigmoid(w), ATan())
-    saved = [t for t in out.grad_fn.saved_tensors]
+    saved = [t for t in out.grad_fn.saved_tensors if t is not None]
     assert len(saved) == 2
     assert saved[0].data_ptr() == x.data_ptr() and saved[1].dim() == 0
 
@@ -122,9 +122,13 @@ def test_the_custom_op_passes_torch_opcheck():
     x = (torch.rand(3, 2, 4, dtype=torch.float64) * 3 - 0.5).requires_grad_()
     tau = torch.tensor(0.4, dtype=torch.float64, requires_grad=True)
     one_step = (torch.rand(2, 4, dtype=torch.float64) * 3 - 0.5).requires_grad_()
-    for args in [(x, tau, "decay_input", 1.0, 0.0, False, True, "atan", 2.0, 0.0, 0),
-                 (x, tau, "plain", 1.0, 0.0, True, False, "rect", 1.0, 1.0, 0),
-                 (one_step, tau, "decay_input", 1.0, 0.0, False, True, "atan", 2.0, 0.0, 5)]:  # steps=5
+    norm = torch.stack([torch.rand(4) + 0.5, torch.randn(4), torch.randn(4), torch.rand(4) + 0.5]).double()
+    norm.requires_grad_()  # a BN before the neurons: weight, bias, mean, invstd of 4 channels (neurons/normalised.py)
+    for args in [(x, tau, None, "decay_input", 1.0, 0.0, False, True, "atan", 2.0, 0.0, 0, 1, False),
+                 (x, tau, None, "plain", 1.0, 0.0, True, False, "rect", 1.0, 1.0, 0, 1, False),
+                 (one_step, tau, None, "decay_input", 1.0, 0.0, False, True, "atan", 2.0, 0.0, 5, 1, False),  # steps=5
+                 (x, tau, norm, "decay_input", 1.0, 0.0, False, True, "atan", 2.0, 0.0, 0, 1, True),
+                 (one_step, tau, norm, "decay_input", 1.0, 0.0, False, True, "atan", 2.0, 0.0, 5, 1, False)]:
         torch.library.opcheck(_lif_op, args)
 
 
@@ -185,7 +189,7 @@ for dtype, (leak, soft, detach, sg) in itertools.product((torch.float32, torch.f
     ref.backward(g)
     name, a, b = sg.kernel_args()
     spikes = cuda.forward(x, tau, leak, 1.0, -0.2, soft)
-    gx, gt = cuda.backward(x, g, tau, leak, 1.0, -0.2, soft, detach, name, a, b, leak != "if")
+    gx, gt, _ = cuda.backward(x, g, tau, leak, 1.0, -0.2, soft, detach, name, a, b, leak != "if")
     assert torch.equal(spikes, ref), (dtype, leak, soft, detach, name)
     torch.testing.assert_close(gx, xr.grad)
     if leak != "if":
@@ -199,8 +203,8 @@ ref.backward(g)
 tau = torch.tensor(0.4, dtype=torch.float64)
 spikes = cuda.forward(x1, tau, "decay_input", 1.0, 0.0, False, steps=6)
 g_in_spikes_order = torch.empty_like(spikes).copy_(g)  # as fused._spikes_order hands it over
-gx, _ = cuda.backward(x1, g_in_spikes_order, tau, "decay_input", 1.0, 0.0, False, False, "atan", 2.0, 0.0, False,
-                      steps=6)
+gx, _, _ = cuda.backward(x1, g_in_spikes_order, tau, "decay_input", 1.0, 0.0, False, False, "atan", 2.0, 0.0,
+                         False, steps=6)
 assert torch.equal(spikes, ref) and spikes.stride() == (x1.numel(), *x1.stride())
 torch.testing.assert_close(gx, xr.grad)
 print("ok")

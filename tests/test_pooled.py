@@ -83,10 +83,13 @@ def test_where_it_does_not_apply_it_says_so():
 
 def test_the_custom_op_checks():
     """torch.library.opcheck: schema, fake implementation, autograd registration, AOT dispatch (torch.compile)."""
+    norm = torch.stack([torch.rand(3) + 0.5, torch.randn(3), torch.randn(3), torch.rand(3) + 0.5]).to(F64)
     for x, steps, cl in [(sequence((2, 2, 3, 4, 4), False, 0), 0, False), (sequence((2, 3, 4, 4), True, 3), 3, True)]:
-        tau_inv = torch.tensor(0.5, dtype=F64, requires_grad=True)
-        args = (x.requires_grad_(), tau_inv, "decay_input", 1.0, 0.0, False, True, "atan", 2.0, 0.0, steps, 2, 2, cl)
-        torch.library.opcheck(_lif_pool_op, args)
+        for bn, inner in [(None, 1), (norm.clone().requires_grad_(), 1 if cl else 16)]:  # a BN before: normalised.py
+            tau_inv = torch.tensor(0.5, dtype=F64, requires_grad=True)
+            args = (x.requires_grad_(), tau_inv, bn, "decay_input", 1.0, 0.0, False, True, "atan", 2.0, 0.0, steps,
+                    inner, bn is not None, 2, 2, cl)
+            torch.library.opcheck(_lif_pool_op, args)
 
 
 def net():

@@ -17,8 +17,9 @@ from torch import nn
 
 from snnexp.neurons import SpikingNeuron
 from snnexp.neurons.functional import charge
-from snnexp.neurons.fused import one_block_per_step
-from snnexp.neurons.pooled import lif_max_pool
+from snnexp.neurons.fused import lif_multistep_fused, one_block_per_step
+from snnexp.neurons.normalised import batch_norm
+from snnexp.neurons.pooled import cpu_kernel_neuron, lif_max_pool, pool_joins
 from snnexp.pooling import MaxPool2d
 
 
@@ -58,46 +59,79 @@ def _dense(y: torch.Tensor) -> bool:
 def run_layers(layers, x_seq: torch.Tensor) -> torch.Tensor:
     """Run `layers` in order on x_seq [T, B, ...]. A repeated x_seq (module docstring) goes through the leading
     layers that take `steps` as one step, [B, ...], until one of them gives the sequence (a neuron) or one
-    cannot take it (then it gets the step repeated over T). A spiking layer followed by max pooling with tiling
-    windows runs as one op (snnexp.neurons.pooled) where it applies."""
+    cannot take it (then it gets the step repeated over T). BN, the spiking layer after it and max pooling with
+    tiling windows after that run as one op where they can (`_fused_block`)."""
     layers = list(layers)
-    i = 0
-    if repeated_in_time(x_seq):
-        x, T = x_seq[0], x_seq.shape[0]
-        while i < len(layers) and getattr(layers[i], "repeated_input", None) == "one step":
-            x = layers[i](x, steps=T)
-            i += 1
-        if i < len(layers) and getattr(layers[i], "repeated_input", None) == "sequence":
-            x_seq, i = _run_layer(layers, i, x, T)
-        else:
-            x_seq = repeat_in_time(x, T)
+    x_seq, i = _run_repeated(layers, x_seq[0], x_seq.shape[0]) if repeated_in_time(x_seq) else (x_seq, 0)
     while i < len(layers):
         x_seq, i = _run_layer(layers, i, x_seq)
     return x_seq
 
 
+def _run_repeated(layers, x: torch.Tensor, T: int):
+    """The leading layers on x [B, ...] seen at each of T steps, as one step while they take it (module docstring):
+    (the sequence they give, the next layer's index)."""
+    i = 0
+    while i < len(layers) and getattr(layers[i], "repeated_input", None) == "one step":
+        block = _fused_block(layers, i, x, T)
+        if block is not None:
+            return block
+        x = layers[i](x, steps=T)
+        i += 1
+    if i < len(layers) and getattr(layers[i], "repeated_input", None) == "sequence":
+        return _run_layer(layers, i, x, T)
+    return repeat_in_time(x, T), i
+
+
 def _run_layer(layers, i: int, x: torch.Tensor, steps: int = 0):
     """layers[i] on the sequence x, or on x fed at each of `steps` steps: (its output, the next layer's index).
-    A neuron and the pool after it run jointly when `_joint_pool` finds one and the op applies."""
-    pool = _joint_pool(layers, i)
-    if pool is not None:
-        y = lif_max_pool(layers[i], pool, x, steps)
-        if y is not None:
-            return y, i + 2
+    A BN, the neuron after it and the pool after that run as one op where `_fused_block` finds them."""
+    block = _fused_block(layers, i, x, steps)
+    if block is not None:
+        return block
     return (layers[i](x, steps=steps) if steps else layers[i](x)), i + 1
 
 
+def _fused_block(layers, i: int, x: torch.Tensor, steps: int):
+    """BN-SN, SN-MP or BN-SN-MP from layers[i] on, as one op (snnexp.neurons.normalised, snnexp.neurons.pooled):
+    (its output, the next layer's index), or None where no two of them join. They join when the neuron runs the
+    CPU kernel, the pool's windows tile the map, and no hook watches any of them: the activity counters of a test
+    pass (snnexp.activity) and NeuroBench must see the spikes."""
+    # with direct coding's one step (`steps`), BN runs on [B, ...] only, T times less than the neuron: joining them
+    # saves little there and adds the kernels' per-block work (bench/bench_train_step.py, convnet: 1317 samples/s
+    # apart, 1156 joined), so BN joins the neuron on sequences only
+    bn = layers[i] if type(layers[i]).forward is BatchNormThroughTime.forward and not steps else None
+    j = i + (bn is not None)
+    if j >= len(layers) or not isinstance(layers[j], SpikingNeuron) or not cpu_kernel_neuron(layers[j], x):
+        return None
+    pool = _joint_pool(layers, j)
+    if pool is not None and not pool_joins(layers[j], pool, x, steps):
+        pool = None
+    if _watched(*layers[i:j + (3 if pool is not None else 1)]) or (bn is None and pool is None):
+        return None
+    norm = batch_norm(bn, x, steps) if bn is not None else None  # None: run BN apart (then SN-MP may join)
+    if bn is not None and norm is None:
+        return None
+    neuron = layers[j]
+    if pool is not None:
+        return lif_max_pool(neuron, pool, x, steps, norm), j + 2
+    y = lif_multistep_fused(x, neuron.tau_inv(), neuron.surrogate, neuron.v_threshold, neuron.v_reset,
+                            neuron.decay_input, neuron.detach_reset, steps, norm)
+    return y, j + 1
+
+
 def _joint_pool(layers, i: int):
-    """The MaxPool2d right after the spiking layer layers[i], if there is one and no hook watches either: the
-    activity counters of a test pass (snnexp.activity) and NeuroBench must see the spikes."""
-    if i + 1 >= len(layers) or not isinstance(layers[i], SpikingNeuron):
-        return None
-    wrapper, pool = layers[i + 1], getattr(layers[i + 1], "module", None)
-    if not (isinstance(wrapper, SeqToANN) and isinstance(pool, MaxPool2d)):
-        return None
-    watched = any(m._forward_hooks or m._forward_pre_hooks for m in (layers[i], wrapper, pool))
+    """The MaxPool2d right after layers[i], if there is one."""
+    wrapper = layers[i + 1] if i + 1 < len(layers) else None
+    pool = getattr(wrapper, "module", None)
+    return pool if isinstance(wrapper, SeqToANN) and isinstance(pool, MaxPool2d) else None
+
+
+def _watched(*modules) -> bool:
+    """A forward hook watches one of `modules` (their wrapped modules included), or every module."""
+    modules = [m for module in modules for m in module.modules()]
     hooked_globally = nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks
-    return None if watched or hooked_globally else pool
+    return bool(hooked_globally) or any(m._forward_hooks or m._forward_pre_hooks for m in modules)
 
 
 class SeqToANN(nn.Module):

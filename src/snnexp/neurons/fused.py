@@ -28,6 +28,7 @@ import torch
 
 from snnexp.neurons.functional import lif_multistep_reference
 from snnexp.neurons.kernels.cpu import empty_steps
+from snnexp.neurons.normalised import Norm, input_grad, kernel_args
 
 Tensor = torch.Tensor
 _KERNELS = {"cpu": "snnexp.neurons.kernels.cpu", "cuda": "snnexp.neurons.kernels.cuda"}  # imported on first use
@@ -92,51 +93,71 @@ def _tau_value(tau_inv: Tensor, device_type: str):
 
 # steps = 0: x is the sequence [T, ...]. steps = T > 0: x is one step's input [...], the same at every one of T
 # steps (direct coding), read T times by the kernel instead of copied T times; its gradient is the steps' sum.
+# norm: a BN before the neurons (neurons/normalised.py; CPU only): its [4, C] params, `inner` and `batch` (Norm).
 @torch.library.custom_op("snnexp::lif_multistep", mutates_args=())
-def _lif_op(x: Tensor, tau_inv: Tensor, leak: str, v_threshold: float, v_reset: float, soft_reset: bool,
-            detach_reset: bool, surrogate: str, sg_a: float, sg_b: float, steps: int) -> Tensor:
+def _lif_op(x: Tensor, tau_inv: Tensor, norm: Optional[Tensor], leak: str, v_threshold: float, v_reset: float,
+            soft_reset: bool, detach_reset: bool, surrogate: str, sg_a: float, sg_b: float, steps: int, inner: int,
+            batch: bool) -> Tensor:
     xk = _kernel_input(x, steps)
+    norm_args = kernel_args(norm, inner, xk.dtype)
     spikes = _kernel(x.device.type).forward(xk, _tau_value(tau_inv, x.device.type), leak, v_threshold, v_reset,
-                                              soft_reset, steps)
+                                              soft_reset, steps, *norm_args)
     return spikes.to(x.dtype)
 
 
 @_lif_op.register_fake
-def _(x, tau_inv, leak, v_threshold, v_reset, soft_reset, detach_reset, surrogate, sg_a, sg_b, steps):
+def _(x, tau_inv, norm, leak, v_threshold, v_reset, soft_reset, detach_reset, surrogate, sg_a, sg_b, steps, inner,
+      batch):
     if not steps:
         return torch.empty_like(x)
     return empty_steps(_kernel_input(x, steps), steps).to(x.dtype)  # the spikes as the kernels make them
 
 
 @torch.library.custom_op("snnexp::lif_multistep_backward", mutates_args=())
-def _lif_backward_op(x: Tensor, grad_spikes: Tensor, tau_inv: Tensor, leak: str, v_threshold: float,
-                     v_reset: float, soft_reset: bool, detach_reset: bool, surrogate: str, sg_a: float,
-                     sg_b: float, steps: int, want_tau: bool) -> Tuple[Tensor, Tensor]:
+def _lif_backward_op(x: Tensor, grad_spikes: Tensor, tau_inv: Tensor, norm: Optional[Tensor], leak: str,
+                     v_threshold: float, v_reset: float, soft_reset: bool, detach_reset: bool, surrogate: str,
+                     sg_a: float, sg_b: float, steps: int, inner: int, batch: bool,
+                     want_tau: bool) -> Tuple[Tensor, Tensor, Tensor]:
     args = (leak, v_threshold, v_reset, soft_reset, detach_reset, surrogate, sg_a, sg_b)
     device, xk = x.device.type, _kernel_input(x, steps)
-    grad_x, grad_tau = _kernel(device).backward(xk, _spikes_order(grad_spikes, xk, steps),
-                                                 _tau_value(tau_inv, device), *args, want_tau, steps)
-    grad_tau = torch.as_tensor(grad_tau, dtype=tau_inv.dtype, device=tau_inv.device).reshape(tau_inv.shape)
-    return grad_x.to(x.dtype), grad_tau
+    norm_args = kernel_args(norm, inner, xk.dtype)
+    grad_x, grad_tau, sums = _kernel(device).backward(xk, _spikes_order(grad_spikes, xk, steps),
+                                                       _tau_value(tau_inv, device), *args, want_tau, steps, *norm_args)
+    return _gradients(x, xk, grad_x, grad_tau, tau_inv, sums, norm, inner, batch)
 
 
 @_lif_backward_op.register_fake
-def _(x, grad_spikes, tau_inv, leak, v_threshold, v_reset, soft_reset, detach_reset, surrogate, sg_a, sg_b,
-      steps, want_tau):
-    return torch.empty_like(x), torch.empty_like(tau_inv)
+def _(x, grad_spikes, tau_inv, norm, leak, v_threshold, v_reset, soft_reset, detach_reset, surrogate, sg_a, sg_b,
+      steps, inner, batch, want_tau):
+    return torch.empty_like(x), torch.empty_like(tau_inv), _empty_norm_grad(norm, x)
+
+
+def _gradients(x, xk, grad_x, grad_tau, tau_inv, sums, norm, inner: int, batch: bool):
+    """The backward ops' outputs from a kernel's: (dL/dx in x's dtype, dL/d(1/tau) as tau_inv, dL/dnorm or an empty
+    tensor); with a BN, grad_x is dL/dBN(x), made into dL/dx here (normalised.input_grad)."""
+    grad_tau = torch.as_tensor(grad_tau, dtype=tau_inv.dtype, device=tau_inv.device).reshape(tau_inv.shape)
+    if norm is None:
+        return grad_x.to(x.dtype), grad_tau, _empty_norm_grad(norm, x)
+    grad_x, grad_norm = input_grad(xk, grad_x, sums, norm.to(xk.dtype), inner, batch)
+    return grad_x.to(x.dtype), grad_tau, grad_norm.to(norm.dtype)
+
+
+def _empty_norm_grad(norm: Optional[Tensor], x: Tensor) -> Tensor:
+    return torch.empty(0, dtype=x.dtype, device=x.device) if norm is None else torch.empty_like(norm)
 
 
 def _setup_context(ctx, inputs, output):
-    x, tau_inv, *params = inputs
-    ctx.save_for_backward(x, tau_inv)
+    x, tau_inv, norm, *params = inputs
+    ctx.save_for_backward(x, tau_inv, norm)
     ctx.params = params
 
 
 def _backward(ctx, grad_spikes):
-    x, tau_inv = ctx.saved_tensors
+    x, tau_inv, norm = ctx.saved_tensors
     want_tau = ctx.needs_input_grad[1]
-    grad_x, grad_tau = _lif_backward_op(x, grad_spikes, tau_inv, *ctx.params, want_tau)
-    return (grad_x, grad_tau if want_tau else None) + (None,) * len(ctx.params)
+    grad_x, grad_tau, grad_norm = _lif_backward_op(x, grad_spikes, tau_inv, norm, *ctx.params, want_tau)
+    return (grad_x, grad_tau if want_tau else None, grad_norm if norm is not None else None) \
+        + (None,) * len(ctx.params)
 
 
 _lif_op.register_autograd(_backward, setup_context=_setup_context)
@@ -151,11 +172,13 @@ def lif_multistep_fused(
     decay_input: bool = True,
     detach_reset: bool = False,
     steps: int = 0,
+    norm: Optional[Norm] = None,
 ) -> Tensor:
     """Spikes of `functional.lif_multistep_reference`, through the fused kernel. tau_inv = None is IF; a
     tensor (PLIF) gets its gradient. With `steps`, x_seq is one step's input [B, ...] fed at each of `steps`
     steps (direct coding): read, never copied, and its gradient is the sum over the steps. The surrogate must
-    be one the kernels know (`kernel_args()`). Where no kernel runs on x's device, this is the reference."""
+    be one the kernels know (`kernel_args()`). Where no kernel runs on x's device, this is the reference.
+    `norm` (CPU kernels only): a BN before the neurons, applied to x inside the op (neurons/normalised.py)."""
     spec = surrogate.kernel_args()
     if spec is None:
         raise ValueError(f"{type(surrogate).__name__} has no fused kernel; use the reference implementation")
@@ -164,8 +187,16 @@ def lif_multistep_fused(
         return lif_multistep_reference(x_seq, tau_inv, surrogate, v_threshold, v_reset, decay_input, detach_reset)
     if not steps and x_seq.shape[0] > 1 and x_seq.stride(0) == 0:  # a repeated view (direct coding's encoder)
         x_seq, steps = x_seq[0], x_seq.shape[0]
-    return _lif_op(x_seq, *op_args(tau_inv, surrogate, v_threshold, v_reset, decay_input, detach_reset, x_seq.device),
-                   int(steps))
+    if norm is not None and x_seq.device.type != "cpu":
+        raise ValueError("a BN joined with the neurons runs on the CPU kernels only")
+    tau, *args = op_args(tau_inv, surrogate, v_threshold, v_reset, decay_input, detach_reset, x_seq.device)
+    params, inner, batch = norm_op_args(norm)
+    return _lif_op(x_seq, tau, params, *args, int(steps), inner, batch)
+
+
+def norm_op_args(norm: Optional[Norm]) -> tuple:
+    """A Norm as the ops take it: (params or None, inner, batch)."""
+    return (None, 1, False) if norm is None else (norm.params, norm.inner, norm.batch)
 
 
 def op_args(tau_inv, surrogate, v_threshold: float, v_reset: Optional[float], decay_input: bool, detach_reset: bool,

@@ -20,24 +20,35 @@ import torch
 from torch import Tensor, nn
 
 from snnexp.neurons import SpikingNeuron
-from snnexp.neurons.fused import _kernel_input, _tau_value, kernel_unavailable, op_args
+from snnexp.neurons.fused import (
+    _empty_norm_grad,
+    _gradients,
+    _kernel_input,
+    _tau_value,
+    kernel_unavailable,
+    norm_op_args,
+    op_args,
+)
 from snnexp.neurons.kernels import cpu
+from snnexp.neurons.normalised import Norm, kernel_args
 
 
+# norm, inner, batch: a BN before the neurons (neurons/normalised.py), as in snnexp::lif_multistep
 @torch.library.custom_op("snnexp::lif_max_pool", mutates_args=())
-def _lif_pool_op(x: Tensor, tau_inv: Tensor, leak: str, v_threshold: float, v_reset: float, soft_reset: bool,
-                 detach_reset: bool, surrogate: str, sg_a: float, sg_b: float, steps: int, kh: int, kw: int,
-                 channels_last: bool) -> Tuple[Tensor, Tensor]:
+def _lif_pool_op(x: Tensor, tau_inv: Tensor, norm: Optional[Tensor], leak: str, v_threshold: float, v_reset: float,
+                 soft_reset: bool, detach_reset: bool, surrogate: str, sg_a: float, sg_b: float, steps: int,
+                 inner: int, batch: bool, kh: int, kw: int, channels_last: bool) -> Tuple[Tensor, Tensor]:
     xk = _kernel_input(x, steps)
+    norm_args = kernel_args(norm, inner, xk.dtype)
     y, pos = cpu.pool_forward(xk, _tau_value(tau_inv, "cpu"), leak, v_threshold, v_reset, soft_reset, steps, kh, kw,
-                              channels_last)
+                              channels_last, *norm_args)
     T, B = (steps, x.shape[0]) if steps else x.shape[:2]
     return y.unflatten(0, (T, B)).to(x.dtype), pos
 
 
 @_lif_pool_op.register_fake
-def _(x, tau_inv, leak, v_threshold, v_reset, soft_reset, detach_reset, surrogate, sg_a, sg_b, steps, kh, kw,
-      channels_last):
+def _(x, tau_inv, norm, leak, v_threshold, v_reset, soft_reset, detach_reset, surrogate, sg_a, sg_b, steps, inner,
+      batch, kh, kw, channels_last):
     T, (B, C, H, W) = (steps, x.shape) if steps else (x.shape[0], x.shape[1:])
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     y = torch.empty(T * B, C, H // kh, W // kw, dtype=x.dtype, device=x.device, memory_format=fmt)
@@ -46,65 +57,76 @@ def _(x, tau_inv, leak, v_threshold, v_reset, soft_reset, detach_reset, surrogat
 
 
 @torch.library.custom_op("snnexp::lif_max_pool_backward", mutates_args=())
-def _lif_pool_backward_op(x: Tensor, grad_y: Tensor, pos: Tensor, tau_inv: Tensor, leak: str, v_threshold: float,
-                          v_reset: float, soft_reset: bool, detach_reset: bool, surrogate: str, sg_a: float,
-                          sg_b: float, steps: int, kh: int, kw: int, channels_last: bool,
-                          want_tau: bool) -> Tuple[Tensor, Tensor]:
+def _lif_pool_backward_op(x: Tensor, grad_y: Tensor, pos: Tensor, tau_inv: Tensor, norm: Optional[Tensor], leak: str,
+                          v_threshold: float, v_reset: float, soft_reset: bool, detach_reset: bool, surrogate: str,
+                          sg_a: float, sg_b: float, steps: int, inner: int, batch: bool, kh: int, kw: int,
+                          channels_last: bool, want_tau: bool) -> Tuple[Tensor, Tensor, Tensor]:
     xk = _kernel_input(x, steps)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     grad_y = grad_y.flatten(0, 1).contiguous(memory_format=fmt).to(xk.dtype)
-    grad_x, grad_tau = cpu.pool_backward(xk, grad_y, pos, _tau_value(tau_inv, "cpu"), leak, v_threshold, v_reset,
-                                         soft_reset, detach_reset, surrogate, sg_a, sg_b, want_tau, steps, kh, kw,
-                                         channels_last)
-    grad_tau = torch.as_tensor(grad_tau, dtype=tau_inv.dtype).reshape(tau_inv.shape)
-    return grad_x.to(x.dtype), grad_tau
+    norm_args = kernel_args(norm, inner, xk.dtype)
+    grad_x, grad_tau, sums = cpu.pool_backward(xk, grad_y, pos, _tau_value(tau_inv, "cpu"), leak, v_threshold,
+                                               v_reset, soft_reset, detach_reset, surrogate, sg_a, sg_b, want_tau,
+                                               steps, kh, kw, channels_last, *norm_args)
+    return _gradients(x, xk, grad_x, grad_tau, tau_inv, sums, norm, inner, batch)
 
 
 @_lif_pool_backward_op.register_fake
-def _(x, grad_y, pos, tau_inv, leak, v_threshold, v_reset, soft_reset, detach_reset, surrogate, sg_a, sg_b, steps,
-      kh, kw, channels_last, want_tau):
-    return torch.empty_like(x), torch.empty_like(tau_inv)
+def _(x, grad_y, pos, tau_inv, norm, leak, v_threshold, v_reset, soft_reset, detach_reset, surrogate, sg_a, sg_b,
+      steps, inner, batch, kh, kw, channels_last, want_tau):
+    return torch.empty_like(x), torch.empty_like(tau_inv), _empty_norm_grad(norm, x)
 
 
 def _setup_context(ctx, inputs, output):
-    x, tau_inv, *params = inputs
+    x, tau_inv, norm, *params = inputs
     ctx.mark_non_differentiable(output[1])
-    ctx.save_for_backward(x, tau_inv, output[1])
+    ctx.save_for_backward(x, tau_inv, norm, output[1])
     ctx.params = params
 
 
 def _backward(ctx, grad_y, _grad_pos):
-    x, tau_inv, pos = ctx.saved_tensors
+    x, tau_inv, norm, pos = ctx.saved_tensors
     want_tau = ctx.needs_input_grad[1]
-    grad_x, grad_tau = _lif_pool_backward_op(x, grad_y, pos, tau_inv, *ctx.params, want_tau)
-    return (grad_x, grad_tau if want_tau else None) + (None,) * len(ctx.params)
+    grad_x, grad_tau, grad_norm = _lif_pool_backward_op(x, grad_y, pos, tau_inv, norm, *ctx.params, want_tau)
+    return (grad_x, grad_tau if want_tau else None, grad_norm if norm is not None else None) \
+        + (None,) * len(ctx.params)
 
 
 _lif_pool_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def lif_max_pool(neuron: SpikingNeuron, pool: nn.MaxPool2d, x: Tensor, steps: int = 0) -> Optional[Tensor]:
+def lif_max_pool(neuron: SpikingNeuron, pool: nn.MaxPool2d, x: Tensor, steps: int = 0,
+                 norm: Optional[Norm] = None) -> Optional[Tensor]:
     """pool(neuron(x)) through the joint op, as [T, B, C, H // kh, W // kw]; x is [T, B, C, H, W], or with `steps`
-    one step's input [B, C, H, W] fed at each of `steps` steps. None where the joint op does not apply (then run
-    the two layers apart): see `_joins`."""
-    kh, kw = nn.modules.utils._pair(pool.kernel_size)
-    step = x if steps else x[0]
-    channels_last = step.dim() == 4 and step.is_contiguous(memory_format=torch.channels_last) \
-        and not step.is_contiguous()
-    if not _joins(neuron, pool, x, step, kh, kw, channels_last, steps):
+    one step's input [B, C, H, W] fed at each of `steps` steps; with `norm`, pool(neuron(BN(x))). None where the
+    joint op does not apply (then run the layers apart): see `pool_joins`."""
+    if not pool_joins(neuron, pool, x, steps):
         return None
-    args = op_args(neuron.tau_inv(), neuron.surrogate, neuron.v_threshold, neuron.v_reset, neuron.decay_input,
-                   neuron.detach_reset, x.device)
-    y, _ = _lif_pool_op(x, *args, int(steps), kh, kw, channels_last)
+    kh, kw = nn.modules.utils._pair(pool.kernel_size)
+    tau, *args = op_args(neuron.tau_inv(), neuron.surrogate, neuron.v_threshold, neuron.v_reset, neuron.decay_input,
+                         neuron.detach_reset, x.device)
+    params, inner, batch = norm_op_args(norm)
+    y, _ = _lif_pool_op(x, tau, params, *args, int(steps), inner, batch, kh, kw, _channels_last(x if steps else x[0]))
     return y
 
 
-def _joins(neuron, pool, x, step, kh, kw, channels_last, steps) -> bool:
-    """The joint op computes exactly the two layers: a neuron of the fused kernel (IF, LIF, PLIF, STBP) on the CPU,
-    one dense block per step in NCHW or channels_last order, and a pool whose windows tile the map."""
-    plain_neuron = (type(neuron).forward is SpikingNeuron.forward and neuron.backend == "fused"
-                    and neuron.surrogate.kernel_args() is not None)
-    dense = step.is_contiguous() or channels_last
+def pool_joins(neuron: SpikingNeuron, pool: nn.MaxPool2d, x: Tensor, steps: int = 0) -> bool:
+    """The joint op computes exactly the two layers: a neuron of the CPU kernel (`cpu_kernel_neuron`), one dense
+    block per step in NCHW or channels_last order, and a pool whose windows tile the map."""
+    kh, kw = nn.modules.utils._pair(pool.kernel_size)
+    step = x if steps else x[0]
+    dense = step.is_contiguous() or _channels_last(step)
     seq_ok = steps > 0 or (x.dim() == 5 and x.shape[0] > 0 and x.stride(0) == step.numel())
-    return (plain_neuron and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and dense
-            and step.dim() == 4 and seq_ok and pool._tiles(step, kh, kw) and kernel_unavailable("cpu") is None)
+    return cpu_kernel_neuron(neuron, x) and dense and step.dim() == 4 and seq_ok and pool._tiles(step, kh, kw)
+
+
+def _channels_last(step: Tensor) -> bool:
+    return step.dim() == 4 and step.is_contiguous(memory_format=torch.channels_last) and not step.is_contiguous()
+
+
+def cpu_kernel_neuron(neuron, x: Tensor) -> bool:
+    """`neuron` on x runs the CPU kernel of the fused op: a neuron of the fused kernel (IF, LIF, PLIF, STBP) with a
+    surrogate it knows, x a float32 or float64 CPU tensor, and the kernel built."""
+    return (type(neuron).forward is SpikingNeuron.forward and neuron.backend == "fused"
+            and neuron.surrogate.kernel_args() is not None and x.device.type == "cpu"
+            and x.dtype in (torch.float32, torch.float64) and kernel_unavailable("cpu") is None)

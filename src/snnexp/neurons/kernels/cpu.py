@@ -33,6 +33,7 @@ SOURCES = [Path(__file__).with_name(name) for name in ("lif_cpu.c", "pool_cpu.c"
 FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fopenmp-simd", "-shared", "-fPIC"]
 SURROGATE_KINDS = {"atan": 0, "sigmoid": 1, "rect": 2, "triangle": 3, "fast_sigmoid": 4}
 LEAK = {"if": 0, "decay_input": 1, "plain": 2}
+BLOCK = 256  # neurons per inner loop of lif_cpu.c
 MIN_PER_THREAD = 1 << 15  # below this many neurons per thread, one thread is faster than handing out work
 
 _P, _I64, _I, _D = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_double
@@ -87,18 +88,24 @@ def library() -> ctypes.CDLL:
     lib = ctypes.CDLL(str(build()))
     for suffix, real in _C_TYPES.values():
         fwd = getattr(lib, f"lif_forward_{suffix}")
-        fwd.argtypes = [_P, _P, _I64, _I64, _I64, _I64, _I64, _I, real, real, real, _I]
+        norm = [_P, _I64, _I64, _I64]  # BN's rows (or NULL), their stride, nc, inner: see lif_cpu.c
+        fwd = getattr(lib, f"lif_forward_{suffix}")
+        fwd.argtypes = [_P, _P, _I64, _I64, _I64, _I64, _I64, _I, real, real, real, _I] + norm
         fwd.restype = None
         bwd = getattr(lib, f"lif_backward_{suffix}")
         bwd.argtypes = [_P, _P, _P, _I64, _I64, _I64, _I64, _I64, _I, real, real, real, _I, _I, _I, real, real, _I,
-                        _P]
+                        _P] + norm + [_P]
         bwd.restype = _I
         joint_fwd = getattr(lib, f"lif_pool_forward_{suffix}")
-        joint_fwd.argtypes = [_P, _P, _P] + [_I64] * 10 + [_I, real, real, real, _I]
+        joint_fwd.argtypes = [_P, _P, _P] + [_I64] * 10 + [_I, real, real, real, _I] + norm
         joint_fwd.restype = _I
         joint = getattr(lib, f"lif_pool_backward_{suffix}")
-        joint.argtypes = [_P, _P, _P, _P] + [_I64] * 10 + [_I, real, real, real, _I, _I, _I, real, real, _I, _P]
+        joint.argtypes = [_P, _P, _P, _P] + [_I64] * 10 + [_I, real, real, real, _I, _I, _I, real, real, _I, _P] \
+            + norm + [_P]
         joint.restype = _I
+        norm_grad = getattr(lib, f"norm_input_grad_{suffix}")
+        norm_grad.argtypes = [_P, _P, _P] + [_I64] * 4
+        norm_grad.restype = None
         pool_fwd, pool_bwd = getattr(lib, f"max_pool_forward_{suffix}"), getattr(lib, f"max_pool_backward_{suffix}")
         pool_fwd.argtypes = pool_bwd.argtypes = [_P, _P, _P] + [_I64] * 7
         pool_fwd.restype = pool_bwd.restype = None
@@ -139,42 +146,87 @@ def _steps(x: torch.Tensor, steps: int):
     return (steps, x.numel(), 0) if steps else (x.shape[0], x[0].numel(), x[0].numel())
 
 
+def _norm_rows(norm: Optional[torch.Tensor], inner: int, span: int = BLOCK) -> Optional[torch.Tensor]:
+    """BN's [4, nc] (alpha, beta, mean, invstd) as lif_cpu.c reads them (`norm_rows`): for channels last (inner 1)
+    each row tiled to nc + span values (value i: channel i % nc), so that a block of up to `span` elements reads
+    its own in place; otherwise as they are."""
+    if norm is None or inner != 1:
+        return norm
+    nc = norm.shape[1]
+    return norm.repeat(1, -(-(nc + span) // nc)).contiguous()
+
+
+def _norm_args(rows: Optional[torch.Tensor], nc: int, inner: int) -> tuple:
+    """lif_cpu.c's (norm, ld, nc, inner) for `_norm_rows`'s rows, or no BN."""
+    return (None, 0, 1, 1) if rows is None else (rows.data_ptr(), rows.shape[1], nc, inner)
+
+
+def _norm_sums(norm: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """A thread's [2, nc] float64 sums of dL/dBN(X) and dL/dBN(X) x_hat per channel, where there is a BN."""
+    return None if norm is None else torch.zeros(2, norm.shape[1], dtype=torch.float64)
+
+
+def _gather(results) -> tuple:
+    """The threads' (dL/d(1/tau), BN sums or None) added up."""
+    taus, sums = zip(*results)
+    return sum(taus), None if sums[0] is None else torch.stack(sums).sum(0)
+
+
 def forward(x: torch.Tensor, tau_inv: float, leak: str, v_th: float, v_reset: float, soft_reset: bool,
-            steps: int = 0):
+            steps: int = 0, norm: Optional[torch.Tensor] = None, inner: int = 1):
     """Spikes of x [T, ...] (one dense block per step, float32 or float64), or with `steps` of x [...] at every
-    one of `steps` steps."""
+    one of `steps` steps. With `norm`, of BN(x) (lif_cpu.c; `inner` places the channels)."""
     suffix, _ = _C_TYPES[x.dtype]
     fn = getattr(library(), f"lif_forward_{suffix}")
     T, N, x_step = _steps(x, steps)
     spikes = buffers.empty_strided((steps, *x.shape), (x.numel(), *x.stride()), x.dtype) if steps \
         else buffers.empty_like(x)
+    rows = _norm_rows(norm, inner)
+    nc = 0 if norm is None else norm.shape[1]
     _run_split(lambda lo, hi: fn(x.data_ptr(), spikes.data_ptr(), T, N, x_step, lo, hi, LEAK[leak], tau_inv, v_th,
-                                 v_reset, int(soft_reset)), N)
+                                 v_reset, int(soft_reset), *_norm_args(rows, nc, inner)), N)
     return spikes
 
 
 def backward(x, grad_spikes, tau_inv: float, leak: str, v_th: float, v_reset: float, soft_reset: bool,
-             detach_reset: bool, surrogate: str, sg_a: float, sg_b: float, want_tau: bool, steps: int = 0):
-    """(grad_x, dL/d(1/tau) as a float, 0.0 unless want_tau); with `steps`, grad_x is summed over the steps."""
+             detach_reset: bool, surrogate: str, sg_a: float, sg_b: float, want_tau: bool, steps: int = 0,
+             norm: Optional[torch.Tensor] = None, inner: int = 1):
+    """(grad_x, dL/d(1/tau) as a float, 0.0 unless want_tau, BN's sums or None); with `steps`, grad_x is summed
+    over the steps. With `norm`, grad_x is dL/dBN(x) and the sums [2, nc] those of lif_cpu.c."""
     suffix, _ = _C_TYPES[x.dtype]
     fn = getattr(library(), f"lif_backward_{suffix}")
     T, N, x_step = _steps(x, steps)
     grad_x = buffers.empty_like(x)
+    rows = _norm_rows(norm, inner)
+    nc = 0 if norm is None else norm.shape[1]
 
     def run(lo, hi):
-        partial = ctypes.c_double(0.0)
+        partial, sums = ctypes.c_double(0.0), _norm_sums(norm)
         status = fn(x.data_ptr(), grad_spikes.data_ptr(), grad_x.data_ptr(), T, N, x_step, lo, hi, LEAK[leak],
                     tau_inv, v_th, v_reset, int(soft_reset), int(detach_reset), SURROGATE_KINDS[surrogate], sg_a, sg_b,
-                    int(want_tau), ctypes.byref(partial))
+                    int(want_tau), ctypes.byref(partial), *_norm_args(rows, nc, inner),
+                    None if sums is None else sums.data_ptr())
         if status != 0:
             raise MemoryError(f"lif_backward: no memory for a {2 * T + 1} x 256 buffer")
-        return partial.value
+        return partial.value, sums
 
-    return grad_x, sum(_run_split(run, N))
+    return (grad_x, *_gather(_run_split(run, N)))
+
+
+def norm_input_grad(x: torch.Tensor, grad: torch.Tensor, coef: torch.Tensor, inner: int) -> torch.Tensor:
+    """grad = k1 grad + k2 x + k3 per channel, in place (lif_cpu.c `norm_input_grad`; coef [3, nc] in x's dtype);
+    x and grad share one memory order, whose rows are nc * inner elements."""
+    suffix, _ = _C_TYPES[x.dtype]
+    fn = getattr(library(), f"norm_input_grad_{suffix}")
+    nc = coef.shape[1]
+    _run_split(lambda lo, hi: fn(x.data_ptr(), grad.data_ptr(), coef.data_ptr(), nc, inner, lo, hi),
+               x.numel() // (nc * inner), max(1, MIN_PER_THREAD // (nc * inner)))
+    return grad
 
 
 def pool_forward(x: torch.Tensor, tau_inv: float, leak: str, v_th: float, v_reset: float, soft_reset: bool,
-                 steps: int, kh: int, kw: int, channels_last: bool):
+                 steps: int, kh: int, kw: int, channels_last: bool, norm: Optional[torch.Tensor] = None,
+                 inner: int = 1):
     """`max_pool` of the spikes `forward` would give, without them (neurons/pooled.py): (y [T * B, C, Ho, Wo] in x's
     memory order, pos) for x [T, B, C, H, W], or with `steps` for x [B, C, H, W] fed at each of `steps` steps."""
     suffix, _ = _C_TYPES[x.dtype]
@@ -184,11 +236,13 @@ def pool_forward(x: torch.Tensor, tau_inv: float, leak: str, v_th: float, v_rese
     M, _, _, Cm = maps_shape((B, C, H, W), channels_last)
     y = torch.empty(T * M, H // kh, W // kw, Cm, dtype=x.dtype)
     pos = torch.empty(y.shape, dtype=torch.uint8)
+    rows = _norm_rows(norm, inner, kh * W * Cm)
+    nc = 0 if norm is None else norm.shape[1]
 
     def run(lo, hi):
         if fn(x.data_ptr(), y.data_ptr(), pos.data_ptr(), T, N, x_step, H, W, Cm, kh, kw, lo, hi, LEAK[leak], tau_inv,
-              v_th, v_reset, int(soft_reset)) != 0:
-            raise MemoryError(f"lif_pool_forward: no memory for 2 x {kh * W * Cm} values")
+              v_th, v_reset, int(soft_reset), *_norm_args(rows, nc, inner)) != 0:
+            raise MemoryError(f"lif_pool_forward: no memory for 5 x {kh * W * Cm} values")
 
     _run_split(run, M * (H // kh), max(1, MIN_PER_THREAD // (T * kh * W * Cm)))
     return _nchw(y, (T * B, C), channels_last), pos
@@ -196,7 +250,7 @@ def pool_forward(x: torch.Tensor, tau_inv: float, leak: str, v_th: float, v_rese
 
 def pool_backward(x, grad_y, pos, tau_inv: float, leak: str, v_th: float, v_reset: float, soft_reset: bool,
                   detach_reset: bool, surrogate: str, sg_a: float, sg_b: float, want_tau: bool, steps: int, kh: int,
-                  kw: int, channels_last: bool):
+                  kw: int, channels_last: bool, norm: Optional[torch.Tensor] = None, inner: int = 1):
     """`backward` of neurons whose spikes went into `max_pool` (neurons/pooled.py): from the pool's dL/dy
     [T * B, C, Ho, Wo] (in the pool's memory order) and its positions, without dL/dspikes."""
     suffix, _ = _C_TYPES[x.dtype]
@@ -204,17 +258,20 @@ def pool_backward(x, grad_y, pos, tau_inv: float, leak: str, v_th: float, v_rese
     T, N, x_step = _steps(x, steps)
     M, H, W, C = maps_shape(x.shape if steps else x.shape[1:], channels_last)
     grad_x = buffers.empty_like(x)
+    rows = _norm_rows(norm, inner)
+    nc = 0 if norm is None else norm.shape[1]
 
     def run(lo, hi):
-        partial = ctypes.c_double(0.0)
+        partial, sums = ctypes.c_double(0.0), _norm_sums(norm)
         status = fn(x.data_ptr(), grad_y.data_ptr(), pos.data_ptr(), grad_x.data_ptr(), T, N, x_step, H, W, C, kh,
                     kw, lo, hi, LEAK[leak], tau_inv, v_th, v_reset, int(soft_reset), int(detach_reset),
-                    SURROGATE_KINDS[surrogate], sg_a, sg_b, int(want_tau), ctypes.byref(partial))
+                    SURROGATE_KINDS[surrogate], sg_a, sg_b, int(want_tau), ctypes.byref(partial),
+                    *_norm_args(rows, nc, inner), None if sums is None else sums.data_ptr())
         if status != 0:
             raise MemoryError(f"lif_pool_backward: no memory for a {3 * T + 1} x 256 buffer")
-        return partial.value
+        return partial.value, sums
 
-    return grad_x, sum(_run_split(run, M * H, max(1, MIN_PER_THREAD // (W * C))))
+    return (grad_x, *_gather(_run_split(run, M * H, max(1, MIN_PER_THREAD // (W * C)))))
 
 
 def max_pool(x: torch.Tensor, kh: int, kw: int, channels_last: bool):

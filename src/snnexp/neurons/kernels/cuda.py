@@ -151,12 +151,13 @@ def forward(x, tau_inv, leak: str, v_th: float, v_reset: float, soft_reset: bool
 
 def backward(x, grad_spikes, tau_inv, leak: str, v_th: float, v_reset: float, soft_reset: bool,
              detach_reset: bool, surrogate: str, sg_a: float, sg_b: float, want_tau: bool, steps: int = 0):
-    """(grad_x, dL/d(1/tau) as a 0-d tensor); with `steps`, grad_x is summed over the steps."""
+    """(grad_x, dL/d(1/tau) as a 0-d tensor, None: no BN joins the neurons on CUDA); with `steps`, grad_x is summed
+    over the steps."""
     if steps:
         # grad_spikes comes in the spikes' memory order (fused._spikes_order), which is _repeated(x)'s
-        grad_x, grad_tau = backward(_repeated(x, steps), grad_spikes, tau_inv, leak, v_th, v_reset, soft_reset,
-                                    detach_reset, surrogate, sg_a, sg_b, want_tau)
-        return grad_x.sum(0), grad_tau
+        grad_x, grad_tau, _ = backward(_repeated(x, steps), grad_spikes, tau_inv, leak, v_th, v_reset, soft_reset,
+                                       detach_reset, surrogate, sg_a, sg_b, want_tau)
+        return grad_x.sum(0), grad_tau, None
     T, N = x.shape[0], x[0].numel()
     grid = triton.cdiv(N, BLOCK)
     grad_x, h_scratch = torch.empty_like(x), torch.empty_like(x)
@@ -168,4 +169,4 @@ def backward(x, grad_spikes, tau_inv, leak: str, v_th: float, v_reset: float, so
     grad_tau = partial.sum()
     if want_tau and leak == "decay_input":
         grad_tau = grad_tau / tau
-    return grad_x, grad_tau
+    return grad_x, grad_tau, None

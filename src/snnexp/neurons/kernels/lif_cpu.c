@@ -15,6 +15,13 @@
  * (snnexp/neurons/pooled.py): the forward pools each row of windows from a small buffer of spikes, the backward
  * gathers the gradient at the spikes from the pool's, so the layer's dense spikes and dL/dspikes never exist.
  *
+ * With `norm` (snnexp/neurons/normalised.py), the neurons' input is BN(X) = X alpha[c] + beta[c] per channel c,
+ * formed on the fly from X (BN's output is never written); the backward then writes dL/dBN(X) where it wrote dL/dX,
+ * and adds up per channel sum dL/dBN(X) and sum dL/dBN(X) x_hat, x_hat = (X - mean) invstd, from which
+ * norm_input_grad makes dL/dX in place. norm is 4 rows, ld apart (alpha, beta, mean, invstd per channel; tiled for
+ * inner == 1, see norm_rows); the channel of element e of a step is (e / inner) % nc (inner = H * W for NCHW maps,
+ * 1 for channels_last maps and feature vectors).
+ *
  * Compiled once per machine by kernels/cpu.py with -ffp-contract=off, so that the arithmetic is
  * PyTorch's eager arithmetic op for op and the spikes equal the reference's exactly.
  */
@@ -35,11 +42,15 @@ void max_pool_forward_f64(const double *x, double *y, uint8_t *pos, int64_t H, i
 
 /* backward_range with the surrogate and want_tau as constants, so that each combination gets its own
  * vectorised loop (measured: 12.1 -> 8.4 ms for the [8, 32, 128, 16, 16] LIF backward on 2 threads). */
-#define BACKWARD_RANGE(SUFFIX, KIND)                                                                   \
-    (want_tau ? backward_range_##SUFFIX(KIND, 1, x, grad_s, grad_x, h_buf, T, N, x_step, lo, hi, leak,   \
-                                        tau_inv, v_th, v_reset, soft_reset, detach_reset, sg_a, sg_b)  \
-              : backward_range_##SUFFIX(KIND, 0, x, grad_s, grad_x, h_buf, T, N, x_step, lo, hi, leak,   \
-                                        tau_inv, v_th, v_reset, soft_reset, detach_reset, sg_a, sg_b))
+#define BACKWARD_CALL(SUFFIX, KIND, TAU, NORM)                                                         \
+    backward_range_##SUFFIX(KIND, TAU, NORM, x, grad_s, grad_x, h_buf, T, N, x_step, lo, hi, leak, tau_inv, \
+                            v_th, v_reset, soft_reset, detach_reset, sg_a, sg_b, norm, ld, nc, inner, sums)
+#define BACKWARD_RANGE(SUFFIX, KIND) BY_FLAGS(BACKWARD_CALL, SUFFIX, KIND)
+
+/* CALL(SUFFIX, KIND, want_tau, norm != NULL) with the two flags as constants */
+#define BY_FLAGS(CALL, SUFFIX, KIND)                                                                   \
+    (want_tau ? (norm ? CALL(SUFFIX, KIND, 1, 1) : CALL(SUFFIX, KIND, 1, 0))                           \
+              : (norm ? CALL(SUFFIX, KIND, 0, 1) : CALL(SUFFIX, KIND, 0, 0)))
 
 /* acc = RANGE(SUFFIX, kind) for the surrogate kind sg_kind, each kind its own inlined loop */
 #define FOR_SURROGATE(RANGE, SUFFIX)                                                                   \
@@ -51,13 +62,11 @@ void max_pool_forward_f64(const double *x, double *y, uint8_t *pos, int64_t H, i
     default: acc = RANGE(SUFFIX, SG_FAST_SIGMOID); break;                                               \
     }
 
-#define POOL_BACKWARD_RANGE(SUFFIX, KIND)                                                              \
-    (want_tau ? pool_backward_range_##SUFFIX(KIND, 1, x, grad_y, pos, grad_x, h_buf, gs, T, N, x_step, H, W, \
-                                             C, kh, kw, lo, hi, leak, tau_inv, v_th, v_reset, soft_reset,   \
-                                             detach_reset, sg_a, sg_b)                                  \
-              : pool_backward_range_##SUFFIX(KIND, 0, x, grad_y, pos, grad_x, h_buf, gs, T, N, x_step, H, W, \
-                                             C, kh, kw, lo, hi, leak, tau_inv, v_th, v_reset, soft_reset,   \
-                                             detach_reset, sg_a, sg_b))
+#define POOL_BACKWARD_CALL(SUFFIX, KIND, TAU, NORM)                                                    \
+    pool_backward_range_##SUFFIX(KIND, TAU, NORM, x, grad_y, pos, grad_x, h_buf, gs, T, N, x_step, H, W, C, kh, \
+                                 kw, lo, hi, leak, tau_inv, v_th, v_reset, soft_reset, detach_reset, sg_a, sg_b, \
+                                 norm, ld, nc, inner, sums)
+#define POOL_BACKWARD_RANGE(SUFFIX, KIND) BY_FLAGS(POOL_BACKWARD_CALL, SUFFIX, KIND)
 
 #define DEFINE_LIF(TYPE, SUFFIX)                                                                       \
 /* The step from V[t-1] and X[t] to H[t]. */                                                            \
@@ -80,13 +89,58 @@ static inline TYPE surrogate_grad_##SUFFIX(int kind, TYPE x, TYPE a, TYPE b) {  
     default: { TYPE y = 1 + a * (x < 0 ? -x : x); return 1 / (y * y); }  /* fast sigmoid, a = slope */  \
     }                                                                                                   \
 }                                                                                                       \
-/* One step of n neurons: the spikes of X[t] (xt) into st, V[t-1] -> V[t] in v. */                       \
+/* BN's alpha, beta and mean for the elements [e0, e0 + n) of a step: rows 0-2 of norm (ld apart) from the element's \
+ * channel on. For channels last (inner == 1) norm's rows are tiled (row r, element i: channel i % nc, cpu.py) and  \
+ * the block reads them in place; otherwise each channel's value is spread over its run of inner elements in buf \
+ * [3][BLOCK_MAX]. (Finding the channel per element, by division, made the joined op slower than BN apart.) */ \
+static void norm_rows_##SUFFIX(const TYPE *norm, int64_t ld, int64_t nc, int64_t inner, int64_t e0, int64_t n,   \
+                               TYPE *buf, int64_t buf_ld, const TYPE **rows) {                          \
+    if (inner == 1) {                                                                                   \
+        for (int r = 0; r < 3; r++) rows[r] = norm + r * ld + e0 % nc;                                  \
+        return;                                                                                         \
+    }                                                                                                   \
+    int64_t c = e0 / inner % nc, k = e0 % inner;  /* the channel of the next element, and its place in it */ \
+    for (int64_t i = 0; i < n; k = 0, c = c + 1 == nc ? 0 : c + 1) {                                    \
+        const int64_t len = inner - k < n - i ? inner - k : n - i;                                      \
+        for (int r = 0; r < 3; r++) {                                                                   \
+            const TYPE value = norm[r * ld + c];                                                        \
+            for (int64_t j = 0; j < len; j++) buf[r * buf_ld + i + j] = value;                          \
+        }                                                                                               \
+        i += len;                                                                                       \
+    }                                                                                                   \
+    for (int r = 0; r < 3; r++) rows[r] = buf + r * buf_ld;                                             \
+}                                                                                                       \
+/* sums[c] += g_y, sums[nc + c] += g_yx invstd over the elements [e0, e0 + n) of a step (g_yx: sum dL/dY (X - mean), \
+ * invstd is norm's row 3). */                                                                          \
+static void norm_add_sums_##SUFFIX(const TYPE *norm, int64_t ld, int64_t nc, int64_t inner, int64_t e0, int64_t n, \
+                                   const TYPE *g_y, const TYPE *g_yx, double *sums) {                   \
+    const TYPE *is = norm + 3 * ld;                                                                     \
+    int64_t c = e0 / inner % nc, k = e0 % inner;                                                        \
+    for (int64_t i = 0; i < n;) {                                                                       \
+        if (inner == 1) {  /* channels c, c + 1, ... */                                                 \
+            const int64_t len = nc - c < n - i ? nc - c : n - i;                                        \
+            for (int64_t j = 0; j < len; j++) {                                                         \
+                sums[c + j] += g_y[i + j];                                                              \
+                sums[nc + c + j] += (double)g_yx[i + j] * is[c + j];                                    \
+            }                                                                                           \
+            i += len; c = 0;                                                                            \
+        } else {  /* channel c only */                                                                  \
+            const int64_t len = inner - k < n - i ? inner - k : n - i;                                  \
+            double s_y = 0, s_yx = 0;                                                                   \
+            _Pragma("omp simd reduction(+:s_y, s_yx)")                                                  \
+            for (int64_t j = 0; j < len; j++) { s_y += g_y[i + j]; s_yx += g_yx[i + j]; }               \
+            sums[c] += s_y; sums[nc + c] += s_yx * is[c];                                               \
+            i += len; k = 0; c = c + 1 == nc ? 0 : c + 1;                                               \
+        }                                                                                               \
+    }                                                                                                   \
+}                                                                                                       \
+/* One step of n neurons: the spikes of X[t] (xt; with `affine`, of xt a + b) into st, V[t-1] -> V[t] in v. */ \
 static inline __attribute__((always_inline)) void fire_##SUFFIX(                                        \
-        const TYPE *xt, TYPE *st, TYPE *v, int64_t n, int leak, TYPE tau_inv, TYPE leak_to, TYPE v_th,  \
-        TYPE v_reset, int soft_reset) {                                                                 \
+        const int affine, const TYPE *xt, const TYPE *a, const TYPE *b, TYPE *st, TYPE *v, int64_t n, int leak, \
+        TYPE tau_inv, TYPE leak_to, TYPE v_th, TYPE v_reset, int soft_reset) {                          \
     _Pragma("omp simd")                                                                                 \
     for (int64_t i = 0; i < n; i++) {                                                                   \
-        const TYPE h = charge_##SUFFIX(leak, v[i], xt[i], tau_inv, leak_to);                            \
+        const TYPE h = charge_##SUFFIX(leak, v[i], affine ? xt[i] * a[i] + b[i] : xt[i], tau_inv, leak_to); \
         const int s = (h - v_th) >= 0;                                                                  \
         st[i] = s ? 1 : 0;                                                                              \
         v[i] = reset_##SUFFIX(soft_reset, h, s, v_th, v_reset);                                         \
@@ -94,26 +148,34 @@ static inline __attribute__((always_inline)) void fire_##SUFFIX(                
 }                                                                                                       \
                                                                                                         \
 void lif_forward_##SUFFIX(const TYPE *x, TYPE *spikes, int64_t T, int64_t N, int64_t x_step, int64_t lo,  \
-                          int64_t hi, int leak, TYPE tau_inv, TYPE v_th, TYPE v_reset, int soft_reset) { \
+                          int64_t hi, int leak, TYPE tau_inv, TYPE v_th, TYPE v_reset, int soft_reset,    \
+                          const TYPE *norm, int64_t ld, int64_t nc, int64_t inner) {                    \
     const TYPE leak_to = soft_reset ? 0 : v_reset;                                                      \
-    TYPE v[BLOCK];                                                                                      \
+    TYPE v[BLOCK], buf[3 * BLOCK];                                                                      \
+    const TYPE *rows[3] = {NULL, NULL, NULL};  /* BN's alpha, beta, mean of the block */                \
     for (int64_t b0 = lo; b0 < hi; b0 += BLOCK) {                                                       \
         const int64_t n = hi - b0 < BLOCK ? hi - b0 : BLOCK;                                            \
         for (int64_t i = 0; i < n; i++) v[i] = leak_to;                                                 \
+        if (norm) norm_rows_##SUFFIX(norm, ld, nc, inner, b0, n, buf, BLOCK, rows);                     \
         for (int64_t t = 0; t < T; t++) {                                                               \
-            fire_##SUFFIX(x + t * x_step + b0, spikes + t * N + b0, v, n, leak, tau_inv, leak_to, v_th,   \
-                          v_reset, soft_reset);                                                         \
+            const TYPE *xt = x + t * x_step + b0;                                                       \
+            TYPE *st = spikes + t * N + b0;                                                             \
+            if (norm) fire_##SUFFIX(1, xt, rows[0], rows[1], st, v, n, leak, tau_inv, leak_to, v_th, v_reset, \
+                                    soft_reset);                                                        \
+            else fire_##SUFFIX(0, xt, NULL, NULL, st, v, n, leak, tau_inv, leak_to, v_th, v_reset, soft_reset); \
         }                                                                                               \
     }                                                                                                   \
 }                                                                                                       \
                                                                                                         \
 /* The backward pass of the n <= BLOCK neurons [b0, b0 + n): the gradient at their spikes of step t is       \
- * gs[t * gs_stride + i]. Returns their share of dL/d(1/tau) (times 1/tau for decay_input). Inlined once per \
- * (kind, want_tau): see BACKWARD_RANGE. */                                                             \
+ * gs[t * gs_stride + i]. Returns their share of dL/d(1/tau) (times 1/tau for decay_input). With `affine` the  \
+ * input was BN(X) (norm): grad_x gets dL/dBN(X), and sums [2, nc] the block's sum of dL/dBN(X) and of         \
+ * dL/dBN(X) x_hat per channel. Inlined once per (kind, want_tau, affine): see BACKWARD_RANGE. */        \
 static inline __attribute__((always_inline)) double backward_block_##SUFFIX(                             \
-        const int kind, const int want_tau, const TYPE *x, const TYPE *gs, int64_t gs_stride, TYPE *grad_x, \
-        TYPE *h_buf, int64_t T, int64_t x_step, int64_t b0, int64_t n, int leak, TYPE tau_inv, TYPE v_th, \
-        TYPE v_reset, int soft_reset, int detach_reset, TYPE sg_a, TYPE sg_b) {                         \
+        const int kind, const int want_tau, const int affine, const TYPE *x, const TYPE *gs, int64_t gs_stride, \
+        TYPE *grad_x, TYPE *h_buf, int64_t T, int64_t x_step, int64_t b0, int64_t n, int leak, TYPE tau_inv, \
+        TYPE v_th, TYPE v_reset, int soft_reset, int detach_reset, TYPE sg_a, TYPE sg_b, const TYPE *norm,  \
+        int64_t ld, int64_t nc, int64_t inner, double *sums) {                                          \
     const TYPE leak_to = soft_reset ? 0 : v_reset;                                                      \
     const TYPE keep = leak == LEAK_NONE ? 1 : 1 - tau_inv;  /* dH[t]/dV[t-1] */                         \
     const TYPE gx_scale = leak == LEAK_DECAY_INPUT ? tau_inv : 1;  /* dH[t]/dX[t] */                    \
@@ -121,15 +183,22 @@ static inline __attribute__((always_inline)) double backward_block_##SUFFIX(    
     TYPE *v_buf = h_buf + T * BLOCK;  /* V[t-1] of one block, t = 0..T */                               \
     TYPE v[BLOCK], gv[BLOCK], g_tau[BLOCK];  /* g_tau: each neuron's share of dL/d(1/tau) */            \
     TYPE g_sum[BLOCK], g_step[BLOCK];  /* x_step = 0: dL/dx summed over the steps, and one step's */    \
+    TYPE buf[3 * BLOCK], g_y[BLOCK], g_yx[BLOCK];  /* affine: BN's alpha, beta, mean, and its sums */   \
+    const TYPE *rows[3] = {NULL, NULL, NULL}, *a = NULL, *b = NULL, *m = NULL;                          \
     double acc = 0;                                                                                     \
     for (int64_t i = 0; i < n; i++) { v[i] = leak_to; gv[i] = 0; g_tau[i] = 0; g_sum[i] = 0; }          \
+    if (affine) {                                                                                       \
+        norm_rows_##SUFFIX(norm, ld, nc, inner, b0, n, buf, BLOCK, rows);                               \
+        a = rows[0]; b = rows[1]; m = rows[2];                                                          \
+        for (int64_t i = 0; i < n; i++) { g_y[i] = 0; g_yx[i] = 0; }                                    \
+    }                                                                                                   \
     for (int64_t i = 0; i < n; i++) v_buf[i] = leak_to;                                                 \
     for (int64_t t = 0; t < T; t++) {  /* forward again, keeping H[t] and V[t] (V[-1] = rest) */        \
         const TYPE *xt = x + t * x_step + b0;                                                           \
         TYPE *ht = h_buf + t * BLOCK, *vt = v_buf + (t + 1) * BLOCK;                                    \
         _Pragma("omp simd")                                                                             \
         for (int64_t i = 0; i < n; i++) {                                                               \
-            const TYPE h = charge_##SUFFIX(leak, v[i], xt[i], tau_inv, leak_to);                        \
+            const TYPE h = charge_##SUFFIX(leak, v[i], affine ? xt[i] * a[i] + b[i] : xt[i], tau_inv, leak_to); \
             ht[i] = h;                                                                                  \
             v[i] = vt[i] = reset_##SUFFIX(soft_reset, h, (h - v_th) >= 0, v_th, v_reset);               \
         }                                                                                               \
@@ -137,6 +206,7 @@ static inline __attribute__((always_inline)) double backward_block_##SUFFIX(    
     for (int64_t t = T - 1; t >= 0; t--) {  /* and back */                                              \
         const TYPE *ht = h_buf + t * BLOCK, *gst = gs + t * gs_stride;                                  \
         const TYPE *vprev = v_buf + t * BLOCK;  /* V[t-1] */                                            \
+        const TYPE *xt = x + t * x_step + b0;                                                           \
         /* x_step = 0: the step's dL/dx goes to g_step, then into g_sum; an unconditional store keeps the  \
          * loop vectorised (a store under `if (x_step)` is control flow GCC does not if-convert: measured \
          * 13.0 -> 4.5 ms for the [4, 256, 32, 28, 28] PLIF backward, atan, 2 threads) */              \
@@ -156,6 +226,12 @@ static inline __attribute__((always_inline)) double backward_block_##SUFFIX(    
              * otherwise L - V[t-1] */                                                                  \
             if (want_tau) g_tau[i] += gh * ((decay_input ? h : leak_to) - vprev[i]);                   \
         }                                                                                               \
+        /* BN's sums in a loop of their own: in the one above they made its body too large for GCC to unswitch \
+         * the runtime reset flags, and it ran 2.8x slower (PLIF after BN, atan). x_step = 0: below. */  \
+        if (affine && x_step) {                                                                         \
+            _Pragma("omp simd")                                                                         \
+            for (int64_t i = 0; i < n; i++) { g_y[i] += gxt[i]; g_yx[i] += gxt[i] * (xt[i] - m[i]); }   \
+        }                                                                                               \
         if (!x_step)                                                                                    \
             for (int64_t i = 0; i < n; i++) g_sum[i] += g_step[i];                                      \
     }                                                                                                   \
@@ -163,19 +239,25 @@ static inline __attribute__((always_inline)) double backward_block_##SUFFIX(    
         for (int64_t i = 0; i < n; i++) grad_x[b0 + i] = g_sum[i];                                      \
     if (want_tau)  /* summed per neuron over t in the loop (which then vectorises), over neurons here */ \
         for (int64_t i = 0; i < n; i++) acc += g_tau[i];                                                \
+    if (affine && !x_step)  /* one x at every step: its sums are those of the summed gradient g_sum */  \
+        for (int64_t i = 0; i < n; i++) { g_y[i] = g_sum[i]; g_yx[i] = g_sum[i] * (x[b0 + i] - m[i]); } \
+    if (affine)  /* likewise BN's sums, per channel */                                                  \
+        norm_add_sums_##SUFFIX(norm, ld, nc, inner, b0, n, g_y, g_yx, sums);                            \
     return acc;                                                                                         \
 }                                                                                                       \
                                                                                                         \
 /* The backward pass over the neurons [lo, hi), the gradient at the spikes dense in grad_s [T, N]. */    \
 static inline __attribute__((always_inline)) double backward_range_##SUFFIX(                             \
-        const int kind, const int want_tau, const TYPE *x, const TYPE *grad_s, TYPE *grad_x, TYPE *h_buf, \
-        int64_t T, int64_t N, int64_t x_step, int64_t lo, int64_t hi, int leak, TYPE tau_inv, TYPE v_th,  \
-        TYPE v_reset, int soft_reset, int detach_reset, TYPE sg_a, TYPE sg_b) {                         \
+        const int kind, const int want_tau, const int affine, const TYPE *x, const TYPE *grad_s, TYPE *grad_x, \
+        TYPE *h_buf, int64_t T, int64_t N, int64_t x_step, int64_t lo, int64_t hi, int leak, TYPE tau_inv,  \
+        TYPE v_th, TYPE v_reset, int soft_reset, int detach_reset, TYPE sg_a, TYPE sg_b, const TYPE *norm,  \
+        int64_t ld, int64_t nc, int64_t inner, double *sums) {                                          \
     double acc = 0;                                                                                     \
     for (int64_t b0 = lo; b0 < hi; b0 += BLOCK) {                                                       \
         const int64_t n = hi - b0 < BLOCK ? hi - b0 : BLOCK;                                            \
-        acc += backward_block_##SUFFIX(kind, want_tau, x, grad_s + b0, N, grad_x, h_buf, T, x_step, b0, n, \
-                                       leak, tau_inv, v_th, v_reset, soft_reset, detach_reset, sg_a, sg_b); \
+        acc += backward_block_##SUFFIX(kind, want_tau, affine, x, grad_s + b0, N, grad_x, h_buf, T, x_step, b0, \
+                                       n, leak, tau_inv, v_th, v_reset, soft_reset, detach_reset, sg_a, sg_b, \
+                                       norm, ld, nc, inner, sums);                                      \
     }                                                                                                   \
     return acc;                                                                                         \
 }                                                                                                       \
@@ -187,10 +269,11 @@ static inline __attribute__((always_inline)) double backward_range_##SUFFIX(    
  * blocks of whole pixels (or of channels, when C > BLOCK), whose gradient is gathered into gs, a T x BLOCK \
  * buffer that stays in cache, so that the dense dL/dspikes of the layer is never written or read. */   \
 static inline __attribute__((always_inline)) double pool_backward_range_##SUFFIX(                        \
-        const int kind, const int want_tau, const TYPE *x, const TYPE *grad_y, const uint8_t *pos,      \
-        TYPE *grad_x, TYPE *h_buf, TYPE *gs, int64_t T, int64_t N, int64_t x_step, int64_t H, int64_t W, \
-        int64_t C, int64_t kh, int64_t kw, int64_t lo, int64_t hi, int leak, TYPE tau_inv, TYPE v_th,     \
-        TYPE v_reset, int soft_reset, int detach_reset, TYPE sg_a, TYPE sg_b) {                         \
+        const int kind, const int want_tau, const int affine, const TYPE *x, const TYPE *grad_y,        \
+        const uint8_t *pos, TYPE *grad_x, TYPE *h_buf, TYPE *gs, int64_t T, int64_t N, int64_t x_step,   \
+        int64_t H, int64_t W, int64_t C, int64_t kh, int64_t kw, int64_t lo, int64_t hi, int leak,       \
+        TYPE tau_inv, TYPE v_th, TYPE v_reset, int soft_reset, int detach_reset, TYPE sg_a, TYPE sg_b,   \
+        const TYPE *norm, int64_t ld, int64_t nc, int64_t inner, double *sums) {                        \
     const int64_t Ho = H / kh, Wo = W / kw, Ny = N / (H * W) * Ho * Wo;  /* Ny: pooled values a step */ \
     const int64_t px = C <= BLOCK ? BLOCK / C : 1, cn = C <= BLOCK ? C : BLOCK;  /* pixels, channels */ \
     double acc = 0;                                                                                     \
@@ -198,14 +281,14 @@ static inline __attribute__((always_inline)) double pool_backward_range_##SUFFIX
         const int64_t m = r / H, h = r % H, oh = h / kh;                                                \
         for (int64_t w0 = 0; w0 < W; w0 += px)                                                          \
             for (int64_t c0 = 0; c0 < C; c0 += cn) {                                                    \
-                const int64_t nw = W - w0 < px ? W - w0 : px, nc = C - c0 < cn ? C - c0 : cn;           \
-                const int64_t n = nw * nc, b0 = (r * W + w0) * C + c0;                                  \
+                const int64_t nw = W - w0 < px ? W - w0 : px, cb = C - c0 < cn ? C - c0 : cn;           \
+                const int64_t n = nw * cb, b0 = (r * W + w0) * C + c0;                                  \
                 for (int64_t t = 0; t < T; t++)                                                         \
                     for (int64_t j = 0; j < nw; j++) {                                                  \
                         const int64_t w = w0 + j, ow = w / kw;                                          \
-                        TYPE *g = gs + t * n + j * nc;                                                  \
+                        TYPE *g = gs + t * n + j * cb;                                                  \
                         if (oh >= Ho || ow >= Wo) {  /* outside every window: no gradient */            \
-                            for (int64_t c = 0; c < nc; c++) g[c] = 0;                                  \
+                            for (int64_t c = 0; c < cb; c++) g[c] = 0;                                  \
                             continue;                                                                   \
                         }                                                                               \
                         const int64_t src = t * Ny + ((m * Ho + oh) * Wo + ow) * C + c0;                \
@@ -213,11 +296,11 @@ static inline __attribute__((always_inline)) double pool_backward_range_##SUFFIX
                         const TYPE *gy = grad_y + src;                                                  \
                         const uint8_t *q = pos + src;                                                   \
                         _Pragma("omp simd")                                                             \
-                        for (int64_t c = 0; c < nc; c++) g[c] = q[c] == code ? gy[c] : 0;              \
+                        for (int64_t c = 0; c < cb; c++) g[c] = q[c] == code ? gy[c] : 0;              \
                     }                                                                                   \
-                acc += backward_block_##SUFFIX(kind, want_tau, x, gs, n, grad_x, h_buf, T, x_step, b0, n, \
-                                               leak, tau_inv, v_th, v_reset, soft_reset, detach_reset,  \
-                                               sg_a, sg_b);                                             \
+                acc += backward_block_##SUFFIX(kind, want_tau, affine, x, gs, n, grad_x, h_buf, T, x_step, b0, \
+                                               n, leak, tau_inv, v_th, v_reset, soft_reset, detach_reset, \
+                                               sg_a, sg_b, norm, ld, nc, inner, sums);                  \
             }                                                                                           \
     }                                                                                                   \
     return acc;                                                                                         \
@@ -229,7 +312,8 @@ int lif_backward_##SUFFIX(const TYPE *x, const TYPE *grad_s, TYPE *grad_x, int64
                           int64_t x_step, int64_t lo, int64_t hi, int leak, TYPE tau_inv, TYPE v_th,    \
                           TYPE v_reset,                                                                 \
                           int soft_reset, int detach_reset, int sg_kind, TYPE sg_a, TYPE sg_b,          \
-                          int want_tau, double *grad_tau_inv) {                                         \
+                          int want_tau, double *grad_tau_inv, const TYPE *norm, int64_t ld, int64_t nc,  \
+                          int64_t inner, double *sums) {                                                \
     TYPE *h_buf = malloc(sizeof(TYPE) * BLOCK * (2 * T + 1));  /* H and V of one block over time */     \
     double acc = 0;                                                                                     \
     if (!h_buf) return -1;                                                                              \
@@ -246,16 +330,22 @@ int lif_backward_##SUFFIX(const TYPE *x, const TYPE *grad_s, TYPE *grad_x, int64
  * Rows below the last window feed no output and are skipped. Output rows [lo, hi) of the M * Ho. */      \
 int lif_pool_forward_##SUFFIX(const TYPE *x, TYPE *y, uint8_t *pos, int64_t T, int64_t N, int64_t x_step,  \
                               int64_t H, int64_t W, int64_t C, int64_t kh, int64_t kw, int64_t lo, int64_t hi, \
-                              int leak, TYPE tau_inv, TYPE v_th, TYPE v_reset, int soft_reset) {          \
+                              int leak, TYPE tau_inv, TYPE v_th, TYPE v_reset, int soft_reset,          \
+                              const TYPE *norm, int64_t ld, int64_t nc, int64_t inner) {                \
     const int64_t Ho = H / kh, Wo = W / kw, Ny = N / (H * W) * Ho * Wo, R = kh * W * C;                  \
     const TYPE leak_to = soft_reset ? 0 : v_reset;                                                      \
-    TYPE *v = malloc(sizeof(TYPE) * 2 * R), *s = v + R;                                                 \
+    TYPE *v = malloc(sizeof(TYPE) * 5 * R), *s = v + R, *buf = v + 2 * R;  /* buf: BN's rows (norm_rows) */ \
+    const TYPE *rows[3] = {NULL, NULL, NULL};                                                           \
     if (!v) return -1;                                                                                  \
     for (int64_t r = lo; r < hi; r++) {                                                                 \
         const int64_t e0 = ((r / Ho) * H + (r % Ho) * kh) * W * C;  /* map r / Ho, first row of the windows */ \
         for (int64_t i = 0; i < R; i++) v[i] = leak_to;                                                 \
+        if (norm) norm_rows_##SUFFIX(norm, ld, nc, inner, e0, R, buf, R, rows);                         \
         for (int64_t t = 0; t < T; t++) {                                                               \
-            fire_##SUFFIX(x + t * x_step + e0, s, v, R, leak, tau_inv, leak_to, v_th, v_reset, soft_reset); \
+            const TYPE *xt = x + t * x_step + e0;                                                       \
+            if (norm) fire_##SUFFIX(1, xt, rows[0], rows[1], s, v, R, leak, tau_inv, leak_to, v_th, v_reset, \
+                                    soft_reset);                                                        \
+            else fire_##SUFFIX(0, xt, NULL, NULL, s, v, R, leak, tau_inv, leak_to, v_th, v_reset, soft_reset); \
             max_pool_forward_##SUFFIX(s, y + t * Ny + r * Wo * C, pos + t * Ny + r * Wo * C, kh, W, C, kh, \
                                       kw, 0, 1);                                                        \
         }                                                                                               \
@@ -270,7 +360,8 @@ int lif_pool_backward_##SUFFIX(const TYPE *x, const TYPE *grad_y, const uint8_t 
                                int64_t T, int64_t N, int64_t x_step, int64_t H, int64_t W, int64_t C,    \
                                int64_t kh, int64_t kw, int64_t lo, int64_t hi, int leak, TYPE tau_inv,   \
                                TYPE v_th, TYPE v_reset, int soft_reset, int detach_reset, int sg_kind,   \
-                               TYPE sg_a, TYPE sg_b, int want_tau, double *grad_tau_inv) {               \
+                               TYPE sg_a, TYPE sg_b, int want_tau, double *grad_tau_inv, const TYPE *norm, \
+                               int64_t ld, int64_t nc, int64_t inner, double *sums) {                   \
     TYPE *h_buf = malloc(sizeof(TYPE) * BLOCK * (3 * T + 1));  /* H, V and the gathered gradient */      \
     double acc = 0;                                                                                     \
     if (!h_buf) return -1;                                                                              \
@@ -279,6 +370,28 @@ int lif_pool_backward_##SUFFIX(const TYPE *x, const TYPE *grad_y, const uint8_t 
     free(h_buf);                                                                                        \
     *grad_tau_inv = leak == LEAK_DECAY_INPUT ? acc / tau_inv : acc;                                     \
     return 0;                                                                                           \
+}                                                                                                       \
+                                                                                                        \
+/* BN's dL/dX from dL/dBN(X) in g, in place: g = k1[c] g + k2[c] x + k3[c], coef = [3, nc] (normalised.py   \
+ * derives them from the sums). Rows [lo, hi) of nc * inner elements each. */                            \
+void norm_input_grad_##SUFFIX(const TYPE *x, TYPE *g, const TYPE *coef, int64_t nc, int64_t inner, int64_t lo, \
+                              int64_t hi) {                                                             \
+    const TYPE *k1 = coef, *k2 = coef + nc, *k3 = coef + 2 * nc;                                        \
+    for (int64_t r = lo; r < hi; r++) {                                                                 \
+        const TYPE *xr = x + r * nc * inner;                                                            \
+        TYPE *gr = g + r * nc * inner;                                                                  \
+        if (inner == 1) {  /* channels last: the coefficients vary along the row */                     \
+            _Pragma("omp simd")                                                                         \
+            for (int64_t c = 0; c < nc; c++) gr[c] = k1[c] * gr[c] + k2[c] * xr[c] + k3[c];             \
+            continue;                                                                                   \
+        }                                                                                               \
+        for (int64_t c = 0; c < nc; c++) {                                                              \
+            const TYPE *xc = xr + c * inner;                                                            \
+            TYPE *gc = gr + c * inner;                                                                  \
+            _Pragma("omp simd")                                                                         \
+            for (int64_t i = 0; i < inner; i++) gc[i] = k1[c] * gc[i] + k2[c] * xc[i] + k3[c];          \
+        }                                                                                               \
+    }                                                                                                   \
 }
 
 DEFINE_LIF(float, f32)

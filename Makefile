@@ -20,11 +20,16 @@ $(INSTALLED): pyproject.toml
 train: $(INSTALLED)
 	$(VENV)/bin/snnexp train $(ARGS)
 
-# -n auto: pytest-xdist, one worker per core (most tests wait on one thread: Python starting, Hydra composing)
+# -n auto: pytest-xdist, one worker per core (most tests wait on one thread: Python starting, Hydra composing);
+# the CPU kernels are built first, once, rather than by every worker at once (a no-op once built)
+KERNELS := $(PY) -c "from snnexp.neurons.kernels import cpu; cpu.build()"
+
 test: $(INSTALLED)
+	$(KERNELS)
 	$(PY) -m pytest -q -n auto $(ARGS)
 
 test-all: $(INSTALLED)
+	$(KERNELS)
 	$(PY) -m pytest -q -n auto -m "" $(ARGS)
 
 lint: $(INSTALLED)

@@ -152,6 +152,22 @@ def test_without_a_kernel_the_op_computes_the_reference(monkeypatch):
     torch.testing.assert_close(gw, gw_ref)
 
 
+def test_a_compiler_that_fails_is_named_with_its_message_and_leaves_nothing(monkeypatch, tmp_path):
+    """The build's three units (kernels/cpu.py UNITS) compile side by side; one failing gives KernelUnavailable with
+    the compiler's own message (then the reference runs, as above), and neither objects nor a library are left."""
+    from snnexp.neurons.kernels import cpu
+
+    compiler = tmp_path / "cc"
+    compiler.write_text("#!/bin/sh\ncase \"$*\" in *ONLY_F64*) echo 'lif_cpu.c:1: error: boom' >&2; exit 1;; esac\n"
+                        "for a; do case $last in -o) : > \"$a\";; esac; last=$a; done\n")
+    compiler.chmod(0o755)
+    monkeypatch.setenv("CC", str(compiler))
+    monkeypatch.setattr(cpu, "cache_dir", lambda: tmp_path / "kernels")
+    with pytest.raises(cpu.KernelUnavailable, match="could not build lif_cpu.c, pool_cpu.c:\nlif_cpu.c:1: error: boom"):
+        cpu.build()
+    assert list((tmp_path / "kernels").iterdir()) == []
+
+
 def test_modules_default_to_the_fused_kernel_and_agree_with_the_reference():
     from snnexp.neurons import PLIF
 

@@ -52,7 +52,7 @@ def kernel_unavailable(device_type: str) -> Optional[str]:
     return _UNAVAILABLE[device_type]
 
 
-# Decided at import for the CPU (building the C kernel the first time, about a second) and CUDA, so that
+# Decided at import for the CPU (building the C kernel the first time: kernels/cpu.py) and CUDA, so that
 # torch.compile finds a plain dict lookup here rather than an import or a compiler run to trace.
 _UNAVAILABLE: Dict[str, Optional[str]] = {}
 for _device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):

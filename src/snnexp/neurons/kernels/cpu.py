@@ -1,10 +1,11 @@
 """The CPU kernels of lif_cpu.c (the neurons) and pool_cpu.c (max pooling, for snnexp.pooling): compiled once per
 machine with the system's C compiler into one library, loaded with ctypes.
 
-Plain C through ctypes rather than a torch C++ extension: it compiles in about a second (no torch
-headers), and a ctypes call releases the GIL, so `torch.get_num_threads()` Python threads each run the
-kernel on their own slice of the neurons. bench/bench_neuron.py compares it with torch.compile (inductor)
-of the same loops and with the peers.
+Plain C through ctypes rather than a torch C++ extension: no torch headers to compile against, and a ctypes call
+releases the GIL, so `torch.get_num_threads()` Python threads each run the kernel on their own slice of the
+neurons. The build compiles a vectorised loop for every surrogate, with and without PLIF's tau gradient, for
+float32 and float64: about 25 s of one core of the build VM, once per machine, as three units in parallel (16 s
+on 2 cores). bench/bench_neuron.py compares it with torch.compile (inductor) of the same loops and with the peers.
 
 The shared library is cached under $XDG_CACHE_HOME/snnexp/kernels (default ~/.cache/snnexp/kernels, beside the
 frame cache) by a hash of the source, the flags, the compiler and the CPU; `python -m snnexp.neurons.kernels.cpu`
@@ -30,7 +31,9 @@ from snnexp.neurons.kernels import buffers
 
 SOURCES = [Path(__file__).with_name(name) for name in ("lif_cpu.c", "pool_cpu.c")]
 # -ffp-contract=off: no fused multiply-add, so H is computed with PyTorch's rounding and spikes match exactly.
-FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fopenmp-simd", "-shared", "-fPIC"]
+FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fopenmp-simd", "-fPIC"]
+# the units compiled in parallel, then linked into one library: (source, defines)
+UNITS = [(SOURCES[0], ["-DSNNEXP_ONLY_F32"]), (SOURCES[0], ["-DSNNEXP_ONLY_F64"]), (SOURCES[1], [])]
 SURROGATE_KINDS = {"atan": 0, "sigmoid": 1, "rect": 2, "triangle": 3, "fast_sigmoid": 4}
 LEAK = {"if": 0, "decay_input": 1, "plain": 2}
 BLOCK = 256  # neurons per inner loop of lif_cpu.c
@@ -68,19 +71,35 @@ def build(verbose: bool = False) -> Path:
     cc = _compiler()
     version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
     sources = [source.read_text() for source in SOURCES]
-    key = hashlib.sha256("\0".join([*sources, " ".join(FLAGS), version, _cpu_id()]).encode())
+    key = hashlib.sha256("\0".join([*sources, " ".join(FLAGS), str(UNITS), version, _cpu_id()]).encode())
     target = cache_dir() / f"lif_cpu-{key.hexdigest()[:16]}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(target) as out:  # build aside, then rename: never half a file
-        proc = subprocess.run([cc, *FLAGS, "-o", str(out), *map(str, SOURCES), "-lm"], capture_output=True, text=True)
-        if proc.returncode != 0:
-            names = ", ".join(source.name for source in SOURCES)
-            raise KernelUnavailable(f"{cc} could not build {names}:\n{proc.stderr.strip()}")
+        _compile(cc, Path(out))
     if verbose:
         print(f"built {target}")
     return target
+
+
+def _compile(cc: str, out: Path) -> None:
+    """UNITS compiled side by side into objects beside `out`, then linked into the library `out`."""
+    objects = [out.with_name(f"{out.name}.{i}.o") for i in range(len(UNITS))]
+    try:
+        procs = [subprocess.Popen([cc, *FLAGS, *defines, "-c", "-o", str(obj), str(source)], stderr=subprocess.PIPE,
+                                  text=True) for (source, defines), obj in zip(UNITS, objects)]
+        errors = [proc.communicate()[1] for proc in procs]
+        if any(proc.returncode for proc in procs):
+            raise KernelUnavailable(f"{cc} could not build {', '.join(s.name for s in SOURCES)}:\n"
+                                    + "\n".join(e.strip() for e in errors if e.strip()))
+        link = subprocess.run([cc, "-shared", "-o", str(out), *map(str, objects), "-lm"], capture_output=True,
+                              text=True)
+        if link.returncode != 0:
+            raise KernelUnavailable(f"{cc} could not link the kernels:\n{link.stderr.strip()}")
+    finally:
+        for obj in objects:
+            obj.unlink(missing_ok=True)
 
 
 @functools.lru_cache(maxsize=None)

@@ -189,6 +189,16 @@ def test_a_network_joins_every_bn_and_trains_alike(count_joins):
         h.remove()
 
 
+def test_join_layers_false_runs_every_layer_apart(count_joins):
+    """trainer.join_layers=false (snnexp.engine sets it on the spec networks): no BN joins, the same output."""
+    joined, apart_net = net(), net()
+    apart_net.join_layers = False
+    x = (torch.rand(4, 3, 2, 8, 8, dtype=F64, generator=torch.Generator().manual_seed(2)) < 0.3).to(F64)
+    before = count_joins()
+    assert torch.equal(apart_net(x), joined(x))
+    assert count_joins() - before == 3  # the joined network's three; none from the other
+
+
 def test_direct_coding_runs_the_first_bn_apart(count_joins):
     """With one image repeated over T (direct coding) the first BN runs once on [B, ...] (snnexp.layers): there the
     join gains nothing (bench/bench_train_step.py), so only the later blocks' BNs join."""

@@ -1,6 +1,6 @@
-"""The speed switches (trainer.channels_last, trainer.amp, trainer.compile, neuron.backend) compute the same
-network and train: the first batch gives the default run's loss from the same weights, and a few epochs on
-the built-in digits reach far above chance."""
+"""The speed switches (trainer.channels_last, trainer.join_layers, trainer.amp, trainer.compile, neuron.backend)
+compute the same network and train: the first batch gives the default run's loss from the same weights, and a few
+epochs on the built-in digits reach far above chance."""
 
 import pytest
 import torch
@@ -31,6 +31,7 @@ def first_batch_loss(*overrides):
 
 @pytest.mark.parametrize("switch,tol", [
     ("trainer.channels_last=false", 1e-5),
+    ("trainer.join_layers=false", 1e-5),
     ("neuron.backend=reference", 1e-5),
     ("trainer.compile=true", 1e-5),
     ("trainer.amp=true", 2e-2),  # bfloat16 convolutions on the CPU

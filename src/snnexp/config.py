@@ -25,6 +25,7 @@ class TrainerConfig:
     device: str = "auto"
     amp: bool = False
     channels_last: bool = True  # the faster convolutions on CPUs and GPUs (docs/performance.md); same results
+    join_layers: bool = True  # BN-SN-MP blocks as one op on the CPU kernels (docs/performance.md); same results
     compile: bool = False
     num_workers: int = 0
     max_steps: Optional[int] = None

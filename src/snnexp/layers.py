@@ -56,37 +56,40 @@ def _dense(y: torch.Tensor) -> bool:
     return one_block_per_step(y.unsqueeze(0))
 
 
-def run_layers(layers, x_seq: torch.Tensor) -> torch.Tensor:
+def run_layers(layers, x_seq: torch.Tensor, join: bool = True) -> torch.Tensor:
     """Run `layers` in order on x_seq [T, B, ...]. A repeated x_seq (module docstring) goes through the leading
     layers that take `steps` as one step, [B, ...], until one of them gives the sequence (a neuron) or one
     cannot take it (then it gets the step repeated over T). BN, the spiking layer after it and max pooling with
-    tiling windows after that run as one op where they can (`_fused_block`)."""
+    tiling windows after that run as one op where they can (`_fused_block`), unless `join` is False."""
     layers = list(layers)
-    x_seq, i = _run_repeated(layers, x_seq[0], x_seq.shape[0]) if repeated_in_time(x_seq) else (x_seq, 0)
+    if repeated_in_time(x_seq):
+        x_seq, i = _run_repeated(layers, x_seq[0], x_seq.shape[0], join)
+    else:
+        i = 0
     while i < len(layers):
-        x_seq, i = _run_layer(layers, i, x_seq)
+        x_seq, i = _run_layer(layers, i, x_seq, join=join)
     return x_seq
 
 
-def _run_repeated(layers, x: torch.Tensor, T: int):
+def _run_repeated(layers, x: torch.Tensor, T: int, join: bool):
     """The leading layers on x [B, ...] seen at each of T steps, as one step while they take it (module docstring):
     (the sequence they give, the next layer's index)."""
     i = 0
     while i < len(layers) and getattr(layers[i], "repeated_input", None) == "one step":
-        block = _fused_block(layers, i, x, T)
+        block = _fused_block(layers, i, x, T) if join else None
         if block is not None:
             return block
         x = layers[i](x, steps=T)
         i += 1
     if i < len(layers) and getattr(layers[i], "repeated_input", None) == "sequence":
-        return _run_layer(layers, i, x, T)
+        return _run_layer(layers, i, x, T, join)
     return repeat_in_time(x, T), i
 
 
-def _run_layer(layers, i: int, x: torch.Tensor, steps: int = 0):
+def _run_layer(layers, i: int, x: torch.Tensor, steps: int = 0, join: bool = True):
     """layers[i] on the sequence x, or on x fed at each of `steps` steps: (its output, the next layer's index).
-    A BN, the neuron after it and the pool after that run as one op where `_fused_block` finds them."""
-    block = _fused_block(layers, i, x, steps)
+    A BN, the neuron after it and the pool after that run as one op where `_fused_block` finds them (`join`)."""
+    block = _fused_block(layers, i, x, steps) if join else None
     if block is not None:
         return block
     return (layers[i](x, steps=steps) if steps else layers[i](x)), i + 1

@@ -25,7 +25,12 @@ __all__ = ["MLP", "ModelError", "RSNN", "SpecNet", "SpecError", "SpikingResNet",
 
 
 class SpecNet(nn.Sequential):
-    """A spiking network from a spec string. Input [T, B, *input_shape] -> output spikes [T, B, F]."""
+    """A spiking network from a spec string. Input [T, B, *input_shape] -> output spikes [T, B, F].
+
+    join_layers: BN, the neuron after it and the max pool after that run as one op where they can
+    (snnexp.layers.run_layers); False runs every layer apart (trainer.join_layers=false)."""
+
+    join_layers = True
 
     def __init__(
         self,
@@ -59,7 +64,7 @@ class SpecNet(nn.Sequential):
 
     def forward(self, x_seq):
         """[T, B, *input_shape] -> [T, B, F]; direct coding's repeated input runs the first layers once."""
-        return run_layers(self, x_seq)
+        return run_layers(self, x_seq, join=self.join_layers)
 
     def _materialize(self, input_shape):
         """Shape lazy parameters (NeuNorm's U) with one dry pass, so the optimizer sees them all; in eval

@@ -10,6 +10,10 @@ call on a 2-core CPU and hide the neurons that the benchmark compares. Median of
 Prints a table and writes bench/results/framework.json.
 """
 
+import snnexp  # noqa: F401  first, before torch: the OpenMP wait policy `snnexp train` runs with
+
+# isort: split
+
 import argparse
 
 import torch

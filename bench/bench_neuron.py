@@ -25,6 +25,10 @@ ours faster), our peak memory over SpikingJelly's, our time over the bound. Prin
 bench/results/neuron.json.
 """
 
+import snnexp  # noqa: F401  first, before torch: the OpenMP wait policy `snnexp train` runs with
+
+# isort: split
+
 import argparse
 import ctypes
 import json

@@ -14,6 +14,10 @@ at the input spikes is dense under a surrogate gradient, so the backward's large
 Prints the table and writes bench/results/sparse.json.
 """
 
+import snnexp  # noqa: F401  first, before torch: the OpenMP wait policy `snnexp train` runs with
+
+# isort: split
+
 import argparse
 import json
 from pathlib import Path

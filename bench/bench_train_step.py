@@ -22,6 +22,10 @@ pool" the same with PyTorch's max pooling (so the pool runs apart); "default, to
 Adam, the one SpikingJelly's variants use; "default, BN apart" with each BN run as its own layer.
 """
 
+import snnexp  # noqa: F401  first, before torch: the OpenMP wait policy `snnexp train` runs with
+
+# isort: split
+
 import argparse
 import copy
 import statistics

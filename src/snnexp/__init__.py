@@ -5,6 +5,14 @@ from pathlib import Path
 
 __version__ = "0.1.0"
 
+# The CPU kernels (snnexp/neurons/kernels) run on Python threads beside PyTorch's OpenMP threads. Left to its default
+# wait policy, an OpenMP thread spins for a while after each parallel region (a convolution, a BN) and holds a core
+# the kernels need: on 2 cores the default convnet training step took 55.8 ms with spinning threads and 41.7 ms with
+# the passive policy, and SpikingJelly's step in the same process did not change (bench/bench_train_step.py). The
+# OpenMP runtime reads the variable when torch loads it, so this works where snnexp is imported before torch (the
+# `snnexp` command does; a script can `import snnexp` first). A policy the user set is kept.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 
 def cache_home() -> Path:
     """Where snnexp keeps what it can rebuild (compiled kernels, event frames, the digits split):

@@ -2,7 +2,8 @@
 (getrusage ru_maxrss) over one forward + backward + Adam step, after the network, optimizer and inputs exist,
 ours (what `snnexp train` runs: channels_last, direct input once) against SpikingJelly's twin of the same net
 (bench_train_step.py builds both). Each (net, library, T) runs in a fresh process, so that one's peak does not
-hide the other's.
+hide the other's; the figure is the median of --repeats such processes (SpikingJelly's rise on the N-MNIST net moved
+between about 970 and 1,440 MiB from one process to the next; ours by a few MiB).
 
 The largest T that trains at batch 16 within 16 GiB (the CIFAR10-DVS net) is extrapolated: a step's memory grows
 linearly in T x batch (every activation is [T, B, ...]), so two measured points (T = 10 and 20 at batch 4) fix the
@@ -13,6 +14,7 @@ Prints a table and writes bench/results/memory.json.
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 
@@ -37,7 +39,12 @@ def one_step(net: str, impl: str, T: int, batch: int) -> float:
     return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
 
 
-def measure(net: str, impl: str, T: int, batch: int) -> float:
+def measure(net: str, impl: str, T: int, batch: int, repeats: int = 1) -> float:
+    """The median rise over `repeats` fresh processes."""
+    return statistics.median(_measure_once(net, impl, T, batch) for _ in range(repeats))
+
+
+def _measure_once(net: str, impl: str, T: int, batch: int) -> float:
     proc = subprocess.run([sys.executable, __file__, "--one", net, impl, str(T), str(batch)], capture_output=True,
                           text=True)
     if proc.returncode != 0:
@@ -48,6 +55,7 @@ def measure(net: str, impl: str, T: int, batch: int) -> float:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nets", nargs="+", default=list(NETS), choices=list(NETS))
+    ap.add_argument("--repeats", type=int, default=3, help="fresh processes per figure (the median is reported)")
     ap.add_argument("--one", nargs=4, metavar=("NET", "IMPL", "T", "BATCH"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -55,16 +63,16 @@ def main():
         print(json.dumps(one_step(net, impl, int(T), int(batch))))
         return
     rows = []
-    print("peak resident memory added by one training step, MiB")
+    print(f"peak resident memory added by one training step, MiB (median of {args.repeats} processes)")
     for net in args.nets:
         T, batch = NETS[net]["T"], NETS[net]["batch"]
-        mib = {impl: measure(net, impl, T, batch) for impl in ("snnexp", "SpikingJelly")}
+        mib = {impl: measure(net, impl, T, batch, args.repeats) for impl in ("snnexp", "SpikingJelly")}
         print(f"  {net:12s} T={T:<3d} batch {batch:<3d} snnexp {mib['snnexp']:8.0f}  SpikingJelly "
               f"{mib['SpikingJelly']:8.0f}  ours / theirs {mib['snnexp'] / mib['SpikingJelly']:.2f}x")
         rows.append({"net": net, "T": T, "batch": batch, "mib": mib})
     largest = {}
     for impl in ("snnexp", "SpikingJelly"):  # the CIFAR10-DVS net: two points on the line in T x batch
-        (a, b) = [(t * 4, measure("dvs_cifar10", impl, t, 4)) for t in (10, 20)]  # small T: allocator noise
+        (a, b) = [(t * 4, measure("dvs_cifar10", impl, t, 4, args.repeats)) for t in (10, 20)]  # small T: noise
         per_sample_step = (b[1] - a[1]) / (b[0] - a[0])
         fixed = a[1] - per_sample_step * a[0]
         largest[impl] = int((LIMIT_GIB * 1024 - fixed) / per_sample_step / 16)

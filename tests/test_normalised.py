@@ -227,3 +227,20 @@ def test_one_value_per_channel_is_bns_own_error(count_joins):
     layers = block(PLIF(), 4)
     with pytest.raises(ValueError, match="more than 1 value per channel"):
         run_layers(layers, sequence((1, 1, 4)))
+
+
+def test_without_the_cpu_kernels_bn_runs_apart_and_the_op_refuses_a_bn(monkeypatch, count_joins):
+    """No C compiler: the network runs BN as its own layer (the reference neurons cannot take it), and handing the op
+    a BN anyway is an error rather than a BN silently left out."""
+    from snnexp.neurons import fused
+    from snnexp.neurons.normalised import batch_norm
+
+    layers = block(PLIF(), 4)
+    x = sequence((3, 2, 4, 6, 6))
+    norm = batch_norm(layers[0], x)
+    monkeypatch.setattr(fused, "_UNAVAILABLE", {"cpu": "no C compiler found"})
+    before = count_joins()
+    run_layers(layers, x)
+    assert count_joins() == before
+    with pytest.raises(ValueError, match="needs the CPU kernels"):
+        fused.lif_multistep_fused(x, 0.5, ATan(), norm=norm)

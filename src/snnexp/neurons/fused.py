@@ -182,13 +182,13 @@ def lif_multistep_fused(
     spec = surrogate.kernel_args()
     if spec is None:
         raise ValueError(f"{type(surrogate).__name__} has no fused kernel; use the reference implementation")
+    if norm is not None and (x_seq.device.type != "cpu" or kernel_unavailable("cpu")):
+        raise ValueError("a BN joined with the neurons needs the CPU kernels; run the BN as its own layer")
     if kernel_unavailable(x_seq.device.type):
         x_seq = x_seq.unsqueeze(0).expand(steps, *x_seq.shape) if steps else x_seq
         return lif_multistep_reference(x_seq, tau_inv, surrogate, v_threshold, v_reset, decay_input, detach_reset)
     if not steps and x_seq.shape[0] > 1 and x_seq.stride(0) == 0:  # a repeated view (direct coding's encoder)
         x_seq, steps = x_seq[0], x_seq.shape[0]
-    if norm is not None and x_seq.device.type != "cpu":
-        raise ValueError("a BN joined with the neurons runs on the CPU kernels only")
     tau, *args = op_args(tau_inv, surrogate, v_threshold, v_reset, decay_input, detach_reset, x_seq.device)
     params, inner, batch = norm_op_args(norm)
     return _lif_op(x_seq, tau, params, *args, int(steps), inner, batch)

@@ -5,23 +5,14 @@ the network runs it where it applies and runs the layers apart where a hook watc
 import pytest
 import torch
 
+from kernel_neurons import NEURONS, SURROGATES
 from snnexp.layers import BatchNormThroughTime, run_layers
 from snnexp.models import SpecNet
-from snnexp.neurons import IF, LIF, PLIF, STBPLIF
+from snnexp.neurons import PLIF
 from snnexp.neurons.pooled import _lif_pool_op, lif_max_pool
 from snnexp.pooling import MaxPool2d
-from snnexp.surrogate import ATan, FastSigmoid, Rect, Sigmoid, Triangle
 
 F64 = torch.float64
-
-NEURONS = {
-    "plif": lambda sg: PLIF(tau0=2.5, surrogate=sg),
-    "lif-soft-plain": lambda sg: LIF(tau=3.0, decay_input=False, v_reset=None, surrogate=sg),
-    "lif-reset-kept": lambda sg: LIF(tau=1.5, v_reset=-0.25, detach_reset=False, surrogate=sg),
-    "if": lambda sg: IF(v_threshold=0.75, surrogate=sg),
-    "stbp": lambda sg: STBPLIF(k=0.25, surrogate=sg),
-}
-SURROGATES = [ATan(2.0), Sigmoid(4.0), Rect(1.0), Triangle(1.0), FastSigmoid(25.0)]
 
 
 def sequence(shape, channels_last, steps, dtype=F64, seed=0):

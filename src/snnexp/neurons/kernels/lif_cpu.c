@@ -90,7 +90,7 @@ static inline TYPE surrogate_grad_##SUFFIX(int kind, TYPE x, TYPE a, TYPE b) {  
 /* BN's alpha, beta and mean for the elements [e0, e0 + n) of a step: rows 0-2 of norm (ld apart) from the element's \
  * channel on. For channels last (inner == 1) norm's rows are tiled (row r, element i: channel i % nc, cpu.py) and  \
  * the block reads them in place; otherwise each channel's value is spread over its run of inner elements in buf \
- * [3][BLOCK_MAX]. (Finding the channel per element, by division, made the joined op slower than BN apart.) */ \
+ * (3 rows, buf_ld apart). (Finding the channel per element, by division, made the joined op slower than BN apart.) */ \
 static void norm_rows_##SUFFIX(const TYPE *norm, int64_t ld, int64_t nc, int64_t inner, int64_t e0, int64_t n,   \
                                TYPE *buf, int64_t buf_ld, const TYPE **rows) {                          \
     if (inner == 1) {                                                                                   \
@@ -197,7 +197,7 @@ void lif_forward_##SUFFIX(const TYPE *x, TYPE *spikes, int64_t T, int64_t N, int
  * gs[t * gs_stride + i]. Returns their share of dL/d(1/tau) (times 1/tau for decay_input). With a BN (norm) the \
  * input was BN(X) (norm): grad_x gets dL/dBN(X), and sums [2, nc] the block's sum of dL/dBN(X) and of         \
  * dL/dBN(X) x_hat per channel. Inlined once per (kind, want_tau): see BACKWARD_RANGE; the BN's work is in \
- * loops of its own, so that it needs no copies of its own (which doubled the build time). */           \
+ * functions of its own (recharge_norm, norm_step_sums), not in further copies. */                       \
 static inline __attribute__((always_inline)) double backward_block_##SUFFIX(                             \
         const int kind, const int want_tau, const TYPE *x, const TYPE *gs, int64_t gs_stride,           \
         TYPE *grad_x, TYPE *h_buf, int64_t T, int64_t x_step, int64_t b0, int64_t n, int leak, TYPE tau_inv, \

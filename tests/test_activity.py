@@ -298,6 +298,7 @@ def _ddp_worker(rank, init_file, out_dir):
         s = activity.summary()
         torch.save({"samples": activity.samples, "spikes": s["spikes_per_sample"], "acs": s["effective_acs_per_sample"],
                     "dense": s["dense_ops_per_sample"], "rates": s["neuron_rates"]["01_IF"]}, f"{out_dir}/{rank}.pt")
+        torch.distributed.barrier()  # neither rank tears the group down while the other still uses it
     finally:
         torch.distributed.destroy_process_group()
 

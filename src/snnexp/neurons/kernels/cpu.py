@@ -165,19 +165,16 @@ def _steps(x: torch.Tensor, steps: int):
     return (steps, x.numel(), 0) if steps else (x.shape[0], x[0].numel(), x[0].numel())
 
 
-def _norm_rows(norm: Optional[torch.Tensor], inner: int, span: int = BLOCK) -> Optional[torch.Tensor]:
-    """BN's [4, nc] (alpha, beta, mean, invstd) as lif_cpu.c reads them (`norm_rows`): for channels last (inner 1)
-    each row tiled to nc + span values (value i: channel i % nc), so that a block of up to `span` elements reads
-    its own in place; otherwise as they are."""
-    if norm is None or inner != 1:
-        return norm
+def _norm_args(norm: Optional[torch.Tensor], inner: int, span: int = BLOCK):
+    """(rows, lif_cpu.c's (norm, ld, nc, inner)) for BN's [4, nc] (alpha, beta, mean, invstd), or no BN. The rows
+    are what the kernels read (`norm_rows`), to be kept alive while they run: for channels last (inner 1) each row
+    tiled to nc + span values (value i: channel i % nc), so that a block of up to `span` elements reads its own in
+    place; otherwise norm as it is."""
+    if norm is None:
+        return None, (None, 0, 1, 1)
     nc = norm.shape[1]
-    return norm.repeat(1, -(-(nc + span) // nc)).contiguous()
-
-
-def _norm_args(rows: Optional[torch.Tensor], nc: int, inner: int) -> tuple:
-    """lif_cpu.c's (norm, ld, nc, inner) for `_norm_rows`'s rows, or no BN."""
-    return (None, 0, 1, 1) if rows is None else (rows.data_ptr(), rows.shape[1], nc, inner)
+    rows = norm.repeat(1, -(-(nc + span) // nc)).contiguous() if inner == 1 else norm
+    return rows, (rows.data_ptr(), rows.shape[1], nc, inner)
 
 
 def _norm_sums(norm: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
@@ -200,10 +197,9 @@ def forward(x: torch.Tensor, tau_inv: float, leak: str, v_th: float, v_reset: fl
     T, N, x_step = _steps(x, steps)
     spikes = buffers.empty_strided((steps, *x.shape), (x.numel(), *x.stride()), x.dtype) if steps \
         else buffers.empty_like(x)
-    rows = _norm_rows(norm, inner)
-    nc = 0 if norm is None else norm.shape[1]
+    rows, norm_args = _norm_args(norm, inner)
     _run_split(lambda lo, hi: fn(x.data_ptr(), spikes.data_ptr(), T, N, x_step, lo, hi, LEAK[leak], tau_inv, v_th,
-                                 v_reset, int(soft_reset), *_norm_args(rows, nc, inner)), N)
+                                 v_reset, int(soft_reset), *norm_args), N)
     return spikes
 
 
@@ -216,14 +212,13 @@ def backward(x, grad_spikes, tau_inv: float, leak: str, v_th: float, v_reset: fl
     fn = getattr(library(), f"lif_backward_{suffix}")
     T, N, x_step = _steps(x, steps)
     grad_x = buffers.empty_like(x)
-    rows = _norm_rows(norm, inner)
-    nc = 0 if norm is None else norm.shape[1]
+    rows, norm_args = _norm_args(norm, inner)
 
     def run(lo, hi):
         partial, sums = ctypes.c_double(0.0), _norm_sums(norm)
         status = fn(x.data_ptr(), grad_spikes.data_ptr(), grad_x.data_ptr(), T, N, x_step, lo, hi, LEAK[leak],
                     tau_inv, v_th, v_reset, int(soft_reset), int(detach_reset), SURROGATE_KINDS[surrogate], sg_a, sg_b,
-                    int(want_tau), ctypes.byref(partial), *_norm_args(rows, nc, inner),
+                    int(want_tau), ctypes.byref(partial), *norm_args,
                     None if sums is None else sums.data_ptr())
         if status != 0:
             raise MemoryError(f"lif_backward: no memory for a {2 * T + 1} x 256 buffer")
@@ -255,12 +250,11 @@ def pool_forward(x: torch.Tensor, tau_inv: float, leak: str, v_th: float, v_rese
     M, _, _, Cm = maps_shape((B, C, H, W), channels_last)
     y = torch.empty(T * M, H // kh, W // kw, Cm, dtype=x.dtype)
     pos = torch.empty(y.shape, dtype=torch.uint8)
-    rows = _norm_rows(norm, inner, kh * W * Cm)
-    nc = 0 if norm is None else norm.shape[1]
+    rows, norm_args = _norm_args(norm, inner, kh * W * Cm)
 
     def run(lo, hi):
         if fn(x.data_ptr(), y.data_ptr(), pos.data_ptr(), T, N, x_step, H, W, Cm, kh, kw, lo, hi, LEAK[leak], tau_inv,
-              v_th, v_reset, int(soft_reset), *_norm_args(rows, nc, inner)) != 0:
+              v_th, v_reset, int(soft_reset), *norm_args) != 0:
             raise MemoryError(f"lif_pool_forward: no memory for 5 x {kh * W * Cm} values")
 
     _run_split(run, M * (H // kh), max(1, MIN_PER_THREAD // (T * kh * W * Cm)))
@@ -277,15 +271,14 @@ def pool_backward(x, grad_y, pos, tau_inv: float, leak: str, v_th: float, v_rese
     T, N, x_step = _steps(x, steps)
     M, H, W, C = maps_shape(x.shape if steps else x.shape[1:], channels_last)
     grad_x = buffers.empty_like(x)
-    rows = _norm_rows(norm, inner)
-    nc = 0 if norm is None else norm.shape[1]
+    rows, norm_args = _norm_args(norm, inner)
 
     def run(lo, hi):
         partial, sums = ctypes.c_double(0.0), _norm_sums(norm)
         status = fn(x.data_ptr(), grad_y.data_ptr(), pos.data_ptr(), grad_x.data_ptr(), T, N, x_step, H, W, C, kh,
                     kw, lo, hi, LEAK[leak], tau_inv, v_th, v_reset, int(soft_reset), int(detach_reset),
                     SURROGATE_KINDS[surrogate], sg_a, sg_b, int(want_tau), ctypes.byref(partial),
-                    *_norm_args(rows, nc, inner), None if sums is None else sums.data_ptr())
+                    *norm_args, None if sums is None else sums.data_ptr())
         if status != 0:
             raise MemoryError(f"lif_pool_backward: no memory for a {3 * T + 1} x 256 buffer")
         return partial.value, sums

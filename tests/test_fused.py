@@ -77,7 +77,7 @@ def test_backward_keeps_only_the_input():
 
 @pytest.mark.parametrize("kind", ["lif", "plif"])
 def test_many_neurons_split_over_threads_and_blocks(kind):
-    """N = 70001: more than one thread's share (kernels/cpu.py), and not a multiple of the 256-neuron block."""
+    """N = 70001: more than one thread's share (kernels/cpu.py), and not a multiple of the kernels' block of neurons."""
     ours, ref, (gx, gx_ref), (gw, gw_ref) = run_both(kind, 0.0, False, True, "atan", 3, torch.float32,
                                                    shape=(70001,))
     assert torch.equal(ours, ref)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import snnexp.layers
-from kernel_neurons import NEURONS, SURROGATES
+from kernel_neurons import NEURONS, SURROGATES, over_a_block
 from snnexp.layers import BatchNormThroughTime, SeqToANN, ThresholdDependentBatchNorm, run_layers
 from snnexp.models import SpecNet
 from snnexp.neurons import PLIF
@@ -113,14 +113,15 @@ def test_every_surrogate(surrogate, count_joins):
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("shape, channels_last, pool", [
-    ((3, 4, 5, 7, 9), False, False),     # NCHW maps: channels of H * W elements, some blocks across two channels
-    ((3, 4, 5, 7, 9), True, False),      # channels last, 5 channels: blocks start at every channel
-    ((3, 2, 300, 4, 4), True, True),     # more channels than a kernel block
+    ((2, 3, 5, 29, 31), False, False),   # NCHW maps: channels of H * W elements, blocks across and inside channels
+    ((2, 3, 5, 29, 31), True, False),    # channels last, 5 channels: blocks start at every channel
+    ((2, 1, None, 4, 4), True, True),    # more channels than a kernel block
     ((3, 2, 6, 9, 7), False, True),      # odd maps: rows and columns outside every window
     ((5, 7, 37), False, False),          # feature vectors [T, B, C] (BN before an FC layer's neurons)
     ((2, 3, 700, 1, 1), False, False),   # one pixel per map
 ], ids=["NCHW", "channels_last", "channels-over-a-block", "odd-map-pooled", "features", "1x1"])
 def test_layouts_and_sizes(shape, channels_last, pool, training, count_joins):
+    shape = over_a_block(shape)
     x = sequence(shape, channels_last)
     assert_same(lambda: block(PLIF(), shape[2], pool), x, count_joins, training)
 

@@ -36,7 +36,6 @@ FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fopenmp-simd", "-fPIC"]
 UNITS = [(SOURCES[0], ["-DSNNEXP_ONLY_F32"]), (SOURCES[0], ["-DSNNEXP_ONLY_F64"]), (SOURCES[1], [])]
 SURROGATE_KINDS = {"atan": 0, "sigmoid": 1, "rect": 2, "triangle": 3, "fast_sigmoid": 4}
 LEAK = {"if": 0, "decay_input": 1, "plain": 2}
-BLOCK = 256  # neurons per inner loop of lif_cpu.c
 MIN_PER_THREAD = 1 << 15  # below this many neurons per thread, one thread is faster than handing out work
 
 _P, _I64, _I, _D = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_double
@@ -110,7 +109,7 @@ def library() -> ctypes.CDLL:
         norm = [_P, _I64, _I64, _I64]  # BN's rows (or NULL), their stride, nc, inner: see lif_cpu.c
         fwd = getattr(lib, f"lif_forward_{suffix}")
         fwd.argtypes = [_P, _P, _I64, _I64, _I64, _I64, _I64, _I, real, real, real, _I] + norm
-        fwd.restype = None
+        fwd.restype = _I
         bwd = getattr(lib, f"lif_backward_{suffix}")
         bwd.argtypes = [_P, _P, _P, _I64, _I64, _I64, _I64, _I64, _I, real, real, real, _I, _I, _I, real, real, _I,
                         _P] + norm + [_P]
@@ -128,7 +127,13 @@ def library() -> ctypes.CDLL:
         pool_fwd, pool_bwd = getattr(lib, f"max_pool_forward_{suffix}"), getattr(lib, f"max_pool_backward_{suffix}")
         pool_fwd.argtypes = pool_bwd.argtypes = [_P, _P, _P] + [_I64] * 7
         pool_fwd.restype = pool_bwd.restype = None
+    lib.lif_block.argtypes, lib.lif_block.restype = [], _I64
     return lib
+
+
+def block() -> int:
+    """Neurons per inner loop of lif_cpu.c (its BLOCK)."""
+    return library().lif_block()
 
 
 def available() -> Optional[str]:
@@ -165,14 +170,14 @@ def _steps(x: torch.Tensor, steps: int):
     return (steps, x.numel(), 0) if steps else (x.shape[0], x[0].numel(), x[0].numel())
 
 
-def _norm_args(norm: Optional[torch.Tensor], inner: int, span: int = BLOCK):
+def _norm_args(norm: Optional[torch.Tensor], inner: int, span: Optional[int] = None):
     """(rows, lif_cpu.c's (norm, ld, nc, inner)) for BN's [4, nc] (alpha, beta, mean, invstd), or no BN. The rows
     are what the kernels read (`norm_rows`), to be kept alive while they run: for channels last (inner 1) each row
     tiled to nc + span values (value i: channel i % nc), so that a block of up to `span` elements reads its own in
     place; otherwise norm as it is."""
     if norm is None:
         return None, (None, 0, 1, 1)
-    nc = norm.shape[1]
+    nc, span = norm.shape[1], span or block()
     rows = norm.repeat(1, -(-(nc + span) // nc)).contiguous() if inner == 1 else norm
     return rows, (rows.data_ptr(), rows.shape[1], nc, inner)
 
@@ -198,8 +203,13 @@ def forward(x: torch.Tensor, tau_inv: float, leak: str, v_th: float, v_reset: fl
     spikes = buffers.empty_strided((steps, *x.shape), (x.numel(), *x.stride()), x.dtype) if steps \
         else buffers.empty_like(x)
     rows, norm_args = _norm_args(norm, inner)
-    _run_split(lambda lo, hi: fn(x.data_ptr(), spikes.data_ptr(), T, N, x_step, lo, hi, LEAK[leak], tau_inv, v_th,
-                                 v_reset, int(soft_reset), *norm_args), N)
+
+    def run(lo, hi):
+        if fn(x.data_ptr(), spikes.data_ptr(), T, N, x_step, lo, hi, LEAK[leak], tau_inv, v_th, v_reset,
+              int(soft_reset), *norm_args) != 0:
+            raise MemoryError(f"lif_forward: no memory for 4 x {block()} values")
+
+    _run_split(run, N)
     return spikes
 
 
@@ -221,7 +231,7 @@ def backward(x, grad_spikes, tau_inv: float, leak: str, v_th: float, v_reset: fl
                     int(want_tau), ctypes.byref(partial), *norm_args,
                     None if sums is None else sums.data_ptr())
         if status != 0:
-            raise MemoryError(f"lif_backward: no memory for a {2 * T + 1} x 256 buffer")
+            raise MemoryError(f"lif_backward: no memory for {2 * T + 11} x {block()} values")
         return partial.value, sums
 
     return (grad_x, *_gather(_run_split(run, N)))
@@ -280,7 +290,7 @@ def pool_backward(x, grad_y, pos, tau_inv: float, leak: str, v_th: float, v_rese
                     SURROGATE_KINDS[surrogate], sg_a, sg_b, int(want_tau), ctypes.byref(partial),
                     *norm_args, None if sums is None else sums.data_ptr())
         if status != 0:
-            raise MemoryError(f"lif_pool_backward: no memory for a {3 * T + 1} x 256 buffer")
+            raise MemoryError(f"lif_pool_backward: no memory for {3 * T + 11} x {block()} values")
         return partial.value, sums
 
     return (grad_x, *_gather(_run_split(run, M * H, max(1, MIN_PER_THREAD // (W * C)))))

@@ -65,6 +65,18 @@ def test_fused_equals_the_reference_in_float32(kind, v_reset, detach, decay):
         torch.testing.assert_close(gw, gw_ref, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["lif", "plif"])
+def test_long_sequences_in_smaller_blocks(kind):
+    """T = 300: the backward takes fewer neurons a block, so that their H and V over time stay within a bounded
+    scratch (lif_cpu.c, backward_block_size: 1664 of them here); N = 5000 spans several such blocks."""
+    ours, ref, (gx, gx_ref), (gw, gw_ref) = run_both(kind, 0.0, True, True, "atan", 300, torch.float64,
+                                                   shape=(5000,))
+    assert torch.equal(ours, ref)
+    torch.testing.assert_close(gx, gx_ref, rtol=1e-10, atol=1e-12)
+    if kind == "plif":
+        torch.testing.assert_close(gw, gw_ref, rtol=1e-10, atol=1e-12)
+
+
 def test_backward_keeps_only_the_input():
     """Nothing is saved but X (which the caller holds anyway) and 1/tau: no H, no spikes (and no BN: None)."""
     x = torch.rand(4, 2, 3, requires_grad=True)

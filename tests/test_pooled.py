@@ -61,6 +61,12 @@ def test_layouts_sizes_and_windows(shape, k, steps, channels_last):
     assert_same(PLIF(), MaxPool2d(k, k), x, steps)
 
 
+def test_long_sequences_in_smaller_blocks():
+    """T = 400: the backward's blocks shrink with T (lif_cpu.c, backward_block_size: 832 neurons here), so these 900
+    channels of a pixel are cut into two blocks."""
+    assert_same(PLIF(), MaxPool2d(2, 2), sequence((400, 1, 900, 2, 2), True, 0), 0)
+
+
 def test_float32_gives_the_same_spikes_and_gradients():
     assert_same(PLIF(), MaxPool2d(2, 2), sequence((4, 8, 32, 14, 14), True, 0, torch.float32), 0)
 

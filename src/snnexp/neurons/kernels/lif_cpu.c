@@ -36,12 +36,21 @@ enum { LEAK_NONE = 0, LEAK_DECAY_INPUT = 1, LEAK_PLAIN = 2 }; /* IF; H = V + (X 
  * the longer the runs, the better the hardware prefetcher streams them. Measured on the PLIF op forward + backward
  * (2 threads, float32), 256 -> 4096 neurons: [8, 32, 128, 16, 16] 3.6 -> 2.9 ms forward, 7.3 -> 5.7 ms backward;
  * [10, 16, 128, 34, 34] 9.5 -> 6.4 and 18.7 -> 13.0 ms; at T = 256 ([256, 2, 64, 16, 16]) the backward's H and V
- * of a block (8 MiB) no longer fit the caches and 2048 was faster (9.7 vs 10.6 ms), still ahead of 256 (12.3). The
- * blocks' scratch is on the heap (SCRATCH_ROWS), not the stack. */
+ * of a block (8 MiB) no longer fit the caches and 2048 was faster (9.7 vs 10.6 ms), still ahead of 256 (12.3), so
+ * the backward's blocks shrink with T (backward_block_size). Their scratch is on the heap, not the stack. */
 #define BLOCK 4096
-/* A backward's scratch per thread, in values: H[t] and V[t-1] of a block over time (2T + 1 rows of BLOCK), then
+/* A backward's scratch per thread, in rows of one block: H[t] and V[t-1] of the block over time (2T + 1 rows), then
  * backward_block's 10 rows of per-neuron state; `extra` more rows (the pool backward's gathered gradient). */
-#define SCRATCH_ROWS(T, extra) (BLOCK * (2 * (T) + 11 + (extra)))
+#define SCRATCH_ROWS(T, extra) (2 * (T) + 11 + (extra))
+#define SCRATCH_VALUES (1 << 20) /* at most, unless that leaves fewer than 64 neurons a block: 4 MiB of float32 */
+
+/* The backward's neurons per block for a scratch of `rows` rows: BLOCK, or as many (a multiple of 64) as keep the
+ * scratch within SCRATCH_VALUES: at T = 1000 a block of BLOCK would take 32 MiB of scratch a thread, twice the
+ * input of a [1000, 32, 128] layer. Its speed at T = 100-1000 was level with BLOCK's, within this VM's noise. */
+static int64_t backward_block_size(int64_t rows) {
+    const int64_t bs = SCRATCH_VALUES / rows / 64 * 64;
+    return bs > BLOCK ? BLOCK : bs < 64 ? 64 : bs;
+}
 
 /* pool_cpu.c, linked into the same library: the joint forward below pools its spikes with it */
 void max_pool_forward_f32(const float *x, float *y, uint8_t *pos, int64_t H, int64_t W, int64_t C, int64_t kh,
@@ -52,7 +61,7 @@ void max_pool_forward_f64(const double *x, double *y, uint8_t *pos, int64_t H, i
 /* backward_range with the surrogate and want_tau as constants, so that each combination gets its own
  * vectorised loop (measured: 12.1 -> 8.4 ms for the [8, 32, 128, 16, 16] LIF backward on 2 threads). */
 #define BACKWARD_CALL(SUFFIX, KIND, TAU)                                                               \
-    backward_range_##SUFFIX(KIND, TAU, x, grad_s, grad_x, h_buf, T, N, x_step, lo, hi, leak, tau_inv, \
+    backward_range_##SUFFIX(KIND, TAU, x, grad_s, grad_x, h_buf, bs, T, N, x_step, lo, hi, leak, tau_inv, \
                             v_th, v_reset, soft_reset, detach_reset, sg_a, sg_b, norm, ld, nc, inner, sums)
 #define BACKWARD_RANGE(SUFFIX, KIND) BY_FLAGS(BACKWARD_CALL, SUFFIX, KIND)
 
@@ -70,7 +79,7 @@ void max_pool_forward_f64(const double *x, double *y, uint8_t *pos, int64_t H, i
     }
 
 #define POOL_BACKWARD_CALL(SUFFIX, KIND, TAU)                                                          \
-    pool_backward_range_##SUFFIX(KIND, TAU, x, grad_y, pos, grad_x, h_buf, gs, T, N, x_step, H, W, C, kh, \
+    pool_backward_range_##SUFFIX(KIND, TAU, x, grad_y, pos, grad_x, h_buf, bs, gs, T, N, x_step, H, W, C, kh, \
                                  kw, lo, hi, leak, tau_inv, v_th, v_reset, soft_reset, detach_reset, sg_a, sg_b, \
                                  norm, ld, nc, inner, sums)
 #define POOL_BACKWARD_RANGE(SUFFIX, KIND) BY_FLAGS(POOL_BACKWARD_CALL, SUFFIX, KIND)
@@ -206,14 +215,16 @@ int lif_forward_##SUFFIX(const TYPE *x, TYPE *spikes, int64_t T, int64_t N, int6
     return 0;                                                                                           \
 }                                                                                                       \
                                                                                                         \
-/* The backward pass of the n <= BLOCK neurons [b0, b0 + n): the gradient at their spikes of step t is       \
+/* The backward pass of the n <= bs neurons [b0, b0 + n), h_buf their scratch of SCRATCH_ROWS(T, 0) rows of bs:  \
+ * the gradient at their spikes of step t is                                                             \
  * gs[t * gs_stride + i]. Returns their share of dL/d(1/tau) (times 1/tau for decay_input). With a BN (norm) the \
  * input was BN(X) (norm): grad_x gets dL/dBN(X), and sums [2, nc] the block's sum of dL/dBN(X) and of         \
  * dL/dBN(X) x_hat per channel. Inlined once per (kind, want_tau): see BACKWARD_RANGE; the BN's work is in \
  * functions of its own (recharge_norm, norm_step_sums), not in further copies. */                       \
 static inline __attribute__((always_inline)) double backward_block_##SUFFIX(                             \
         const int kind, const int want_tau, const TYPE *x, const TYPE *gs, int64_t gs_stride,           \
-        TYPE *grad_x, TYPE *h_buf, int64_t T, int64_t x_step, int64_t b0, int64_t n, int leak, TYPE tau_inv, \
+        TYPE *grad_x, TYPE *h_buf, int64_t bs, int64_t T, int64_t x_step, int64_t b0, int64_t n, int leak,  \
+        TYPE tau_inv,                                                                                   \
         TYPE v_th, TYPE v_reset, int soft_reset, int detach_reset, TYPE sg_a, TYPE sg_b, const TYPE *norm,  \
         int64_t ld, int64_t nc, int64_t inner, double *sums) {                                          \
     const TYPE leak_to = soft_reset ? 0 : v_reset;                                                      \
@@ -221,29 +232,29 @@ static inline __attribute__((always_inline)) double backward_block_##SUFFIX(    
     const TYPE keep = leak == LEAK_NONE ? 1 : 1 - tau_inv;  /* dH[t]/dV[t-1] */                         \
     const TYPE gx_scale = leak == LEAK_DECAY_INPUT ? tau_inv : 1;  /* dH[t]/dX[t] */                    \
     const int decay_input = leak == LEAK_DECAY_INPUT;                                                   \
-    TYPE *v_buf = h_buf + T * BLOCK;  /* V[t-1] of one block, t = 0..T */                               \
-    TYPE *v = h_buf + (2 * T + 1) * BLOCK, *gv = v + BLOCK;  /* then 10 rows (SCRATCH_ROWS): */          \
-    TYPE *g_tau = gv + BLOCK;  /* each neuron's share of dL/d(1/tau) */                                 \
-    TYPE *g_sum = g_tau + BLOCK, *g_step = g_sum + BLOCK;  /* x_step = 0: dL/dx summed over the steps, one step's */ \
-    TYPE *buf = g_step + BLOCK, *g_y = buf + 3 * BLOCK, *g_yx = g_y + BLOCK;  /* affine: BN's rows, its sums */ \
+    TYPE *v_buf = h_buf + T * bs;  /* V[t-1] of one block, t = 0..T */                                  \
+    TYPE *v = h_buf + (2 * T + 1) * bs, *gv = v + bs;  /* then 10 rows (SCRATCH_ROWS): */                \
+    TYPE *g_tau = gv + bs;  /* each neuron's share of dL/d(1/tau) */                                    \
+    TYPE *g_sum = g_tau + bs, *g_step = g_sum + bs;  /* x_step = 0: dL/dx summed over the steps, one step's */ \
+    TYPE *buf = g_step + bs, *g_y = buf + 3 * bs, *g_yx = g_y + bs;  /* affine: BN's rows, its sums */  \
     const TYPE *rows[3] = {NULL, NULL, NULL}, *a = NULL, *b = NULL, *m = NULL;                          \
     double acc = 0;                                                                                     \
     for (int64_t i = 0; i < n; i++) { v[i] = leak_to; gv[i] = 0; g_tau[i] = 0; g_sum[i] = 0; }          \
     if (affine) {                                                                                       \
-        norm_rows_##SUFFIX(norm, ld, nc, inner, b0, n, buf, BLOCK, rows);                               \
+        norm_rows_##SUFFIX(norm, ld, nc, inner, b0, n, buf, bs, rows);                                  \
         a = rows[0]; b = rows[1]; m = rows[2];                                                          \
         for (int64_t i = 0; i < n; i++) { g_y[i] = 0; g_yx[i] = 0; }                                    \
     }                                                                                                   \
     for (int64_t i = 0; i < n; i++) v_buf[i] = leak_to;                                                 \
     for (int64_t t = 0; t < T; t++) {  /* forward again, keeping H[t] and V[t] (V[-1] = rest) */        \
         const TYPE *xt = x + t * x_step + b0;                                                           \
-        TYPE *ht = h_buf + t * BLOCK, *vt = v_buf + (t + 1) * BLOCK;                                    \
+        TYPE *ht = h_buf + t * bs, *vt = v_buf + (t + 1) * bs;                                          \
         if (affine) recharge_norm_##SUFFIX(xt, a, b, ht, vt, v, n, leak, tau_inv, leak_to, v_th, v_reset, soft_reset); \
         else recharge_##SUFFIX(0, xt, a, b, ht, vt, v, n, leak, tau_inv, leak_to, v_th, v_reset, soft_reset);       \
     }                                                                                                   \
     for (int64_t t = T - 1; t >= 0; t--) {  /* and back */                                              \
-        const TYPE *ht = h_buf + t * BLOCK, *gst = gs + t * gs_stride;                                  \
-        const TYPE *vprev = v_buf + t * BLOCK;  /* V[t-1] */                                            \
+        const TYPE *ht = h_buf + t * bs, *gst = gs + t * gs_stride;                                     \
+        const TYPE *vprev = v_buf + t * bs;  /* V[t-1] */                                               \
         const TYPE *xt = x + t * x_step + b0;                                                           \
         /* x_step = 0: the step's dL/dx goes to g_step, then into g_sum; an unconditional store keeps the  \
          * loop vectorised (a store under `if (x_step)` is control flow GCC does not if-convert: measured \
@@ -281,16 +292,17 @@ static inline __attribute__((always_inline)) double backward_block_##SUFFIX(    
     return acc;                                                                                         \
 }                                                                                                       \
                                                                                                         \
-/* The backward pass over the neurons [lo, hi), the gradient at the spikes dense in grad_s [T, N]. */    \
+/* The backward pass over the neurons [lo, hi), the gradient at the spikes dense in grad_s [T, N], in blocks of \
+ * bs neurons. */                                                                                       \
 static inline __attribute__((always_inline)) double backward_range_##SUFFIX(                             \
         const int kind, const int want_tau, const TYPE *x, const TYPE *grad_s, TYPE *grad_x,             \
-        TYPE *h_buf, int64_t T, int64_t N, int64_t x_step, int64_t lo, int64_t hi, int leak, TYPE tau_inv,  \
+        TYPE *h_buf, int64_t bs, int64_t T, int64_t N, int64_t x_step, int64_t lo, int64_t hi, int leak, TYPE tau_inv,  \
         TYPE v_th, TYPE v_reset, int soft_reset, int detach_reset, TYPE sg_a, TYPE sg_b, const TYPE *norm,  \
         int64_t ld, int64_t nc, int64_t inner, double *sums) {                                          \
     double acc = 0;                                                                                     \
-    for (int64_t b0 = lo; b0 < hi; b0 += BLOCK) {                                                       \
-        const int64_t n = hi - b0 < BLOCK ? hi - b0 : BLOCK;                                            \
-        acc += backward_block_##SUFFIX(kind, want_tau, x, grad_s + b0, N, grad_x, h_buf, T, x_step, b0,   \
+    for (int64_t b0 = lo; b0 < hi; b0 += bs) {                                                          \
+        const int64_t n = hi - b0 < bs ? hi - b0 : bs;                                                  \
+        acc += backward_block_##SUFFIX(kind, want_tau, x, grad_s + b0, N, grad_x, h_buf, bs, T, x_step, b0, \
                                        n, leak, tau_inv, v_th, v_reset, soft_reset, detach_reset, sg_a, sg_b, \
                                        norm, ld, nc, inner, sums);                                      \
     }                                                                                                   \
@@ -301,16 +313,16 @@ static inline __attribute__((always_inline)) double backward_range_##SUFFIX(    
  * gradient at the spikes is not a tensor but the pool's, dL/dy [T, M, Ho, Wo, C] with the positions pos of  \
  * the forward: spike (h, w, c) of map m gets its window's gradient if it is the window's chosen position, \
  * else 0. Rows [lo, hi) of the M * H rows of [M, H, W, C] (an NCHW map is C = 1); each row is cut into    \
- * blocks of whole pixels (or of channels, when C > BLOCK), whose gradient is gathered into gs, a T x BLOCK \
+ * blocks of whole pixels (or of channels, when C > bs), whose gradient is gathered into gs, a T x bs      \
  * buffer that stays in cache, so that the dense dL/dspikes of the layer is never written or read. */   \
 static inline __attribute__((always_inline)) double pool_backward_range_##SUFFIX(                        \
         const int kind, const int want_tau, const TYPE *x, const TYPE *grad_y,                          \
-        const uint8_t *pos, TYPE *grad_x, TYPE *h_buf, TYPE *gs, int64_t T, int64_t N, int64_t x_step,   \
+        const uint8_t *pos, TYPE *grad_x, TYPE *h_buf, int64_t bs, TYPE *gs, int64_t T, int64_t N, int64_t x_step,   \
         int64_t H, int64_t W, int64_t C, int64_t kh, int64_t kw, int64_t lo, int64_t hi, int leak,       \
         TYPE tau_inv, TYPE v_th, TYPE v_reset, int soft_reset, int detach_reset, TYPE sg_a, TYPE sg_b,   \
         const TYPE *norm, int64_t ld, int64_t nc, int64_t inner, double *sums) {                        \
     const int64_t Ho = H / kh, Wo = W / kw, Ny = N / (H * W) * Ho * Wo;  /* Ny: pooled values a step */ \
-    const int64_t px = C <= BLOCK ? BLOCK / C : 1, cn = C <= BLOCK ? C : BLOCK;  /* pixels, channels */ \
+    const int64_t px = C <= bs ? bs / C : 1, cn = C <= bs ? C : bs;  /* pixels, channels */             \
     double acc = 0;                                                                                     \
     for (int64_t r = lo; r < hi; r++) {                                                                 \
         const int64_t m = r / H, h = r % H, oh = h / kh;                                                \
@@ -333,7 +345,7 @@ static inline __attribute__((always_inline)) double pool_backward_range_##SUFFIX
                         _Pragma("omp simd")                                                             \
                         for (int64_t c = 0; c < cb; c++) g[c] = q[c] == code ? gy[c] : 0;              \
                     }                                                                                   \
-                acc += backward_block_##SUFFIX(kind, want_tau, x, gs, n, grad_x, h_buf, T, x_step, b0,   \
+                acc += backward_block_##SUFFIX(kind, want_tau, x, gs, n, grad_x, h_buf, bs, T, x_step, b0, \
                                                n, leak, tau_inv, v_th, v_reset, soft_reset, detach_reset, \
                                                sg_a, sg_b, norm, ld, nc, inner, sums);                  \
             }                                                                                           \
@@ -349,7 +361,8 @@ int lif_backward_##SUFFIX(const TYPE *x, const TYPE *grad_s, TYPE *grad_x, int64
                           int soft_reset, int detach_reset, int sg_kind, TYPE sg_a, TYPE sg_b,          \
                           int want_tau, double *grad_tau_inv, const TYPE *norm, int64_t ld, int64_t nc,  \
                           int64_t inner, double *sums) {                                                \
-    TYPE *h_buf = malloc(sizeof(TYPE) * SCRATCH_ROWS(T, 0));                                            \
+    const int64_t bs = backward_block_size(SCRATCH_ROWS(T, 0));                                         \
+    TYPE *h_buf = malloc(sizeof(TYPE) * bs * SCRATCH_ROWS(T, 0));                                       \
     double acc = 0;                                                                                     \
     if (!h_buf) return -1;                                                                              \
     FOR_SURROGATE(BACKWARD_RANGE, SUFFIX);                                                              \
@@ -397,10 +410,11 @@ int lif_pool_backward_##SUFFIX(const TYPE *x, const TYPE *grad_y, const uint8_t 
                                TYPE v_th, TYPE v_reset, int soft_reset, int detach_reset, int sg_kind,   \
                                TYPE sg_a, TYPE sg_b, int want_tau, double *grad_tau_inv, const TYPE *norm, \
                                int64_t ld, int64_t nc, int64_t inner, double *sums) {                   \
-    TYPE *h_buf = malloc(sizeof(TYPE) * SCRATCH_ROWS(T, T));  /* and the gathered gradient, T rows */    \
+    const int64_t bs = backward_block_size(SCRATCH_ROWS(T, T));  /* and the gathered gradient, T rows */ \
+    TYPE *h_buf = malloc(sizeof(TYPE) * bs * SCRATCH_ROWS(T, T));                                       \
     double acc = 0;                                                                                     \
     if (!h_buf) return -1;                                                                              \
-    TYPE *gs = h_buf + SCRATCH_ROWS(T, 0);                                                               \
+    TYPE *gs = h_buf + bs * SCRATCH_ROWS(T, 0);                                                          \
     FOR_SURROGATE(POOL_BACKWARD_RANGE, SUFFIX);                                                         \
     free(h_buf);                                                                                        \
     *grad_tau_inv = leak == LEAK_DECAY_INPUT ? acc / tau_inv : acc;                                     \

@@ -5,8 +5,9 @@ twin of the same net with PyTorch's default Adam, as its users run it (bench_tra
 state is created in that first step, and the default (foreach) Adam adds temporaries the size of the parameters
 on top of it: on the N-MNIST net (a 64 MiB FC2048 weight) that is where the step's peak falls, and our step's rise
 was 507 MiB with PyTorch's default Adam against 377 MiB with the fused one (346 / 344 MiB after backward).
-Each (net, library, T) runs in a fresh process, so that one's peak does not hide the other's; the figure is the median of --repeats such processes (SpikingJelly's rise on the N-MNIST net moved
-between about 970 and 1,440 MiB from one process to the next; ours by a few MiB).
+Each (net, library, T) runs in a fresh process, so that one's peak does not hide the other's; the figure is the
+median of --repeats such processes (SpikingJelly's rise on the N-MNIST net moved between about 970 and 1,440 MiB
+from one process to the next; ours by a few MiB).
 
 The largest T that trains at batch 16 within 16 GiB (the CIFAR10-DVS net) is extrapolated: a step's memory grows
 linearly in T x batch (every activation is [T, B, ...]), so two measured points (T = 10 and 20 at batch 4) fix the

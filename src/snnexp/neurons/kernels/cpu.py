@@ -231,7 +231,7 @@ def backward(x, grad_spikes, tau_inv: float, leak: str, v_th: float, v_reset: fl
                     int(want_tau), ctypes.byref(partial), *norm_args,
                     None if sums is None else sums.data_ptr())
         if status != 0:
-            raise MemoryError(f"lif_backward: no memory for {2 * T + 11} x {block()} values")
+            raise MemoryError(f"lif_backward: no memory for its scratch ({2 * T + 11} rows of up to {block()} values)")
         return partial.value, sums
 
     return (grad_x, *_gather(_run_split(run, N)))
@@ -290,7 +290,8 @@ def pool_backward(x, grad_y, pos, tau_inv: float, leak: str, v_th: float, v_rese
                     SURROGATE_KINDS[surrogate], sg_a, sg_b, int(want_tau), ctypes.byref(partial),
                     *norm_args, None if sums is None else sums.data_ptr())
         if status != 0:
-            raise MemoryError(f"lif_pool_backward: no memory for {3 * T + 11} x {block()} values")
+            raise MemoryError(f"lif_pool_backward: no memory for its scratch ({3 * T + 11} rows of up to "
+                              f"{block()} values)")
         return partial.value, sums
 
     return (grad_x, *_gather(_run_split(run, M * H, max(1, MIN_PER_THREAD // (W * C)))))

@@ -215,18 +215,16 @@ int lif_forward_##SUFFIX(const TYPE *x, TYPE *spikes, int64_t T, int64_t N, int6
     return 0;                                                                                           \
 }                                                                                                       \
                                                                                                         \
-/* The backward pass of the n <= bs neurons [b0, b0 + n), h_buf their scratch of SCRATCH_ROWS(T, 0) rows of bs:  \
- * the gradient at their spikes of step t is                                                             \
- * gs[t * gs_stride + i]. Returns their share of dL/d(1/tau) (times 1/tau for decay_input). With a BN (norm) the \
- * input was BN(X) (norm): grad_x gets dL/dBN(X), and sums [2, nc] the block's sum of dL/dBN(X) and of         \
- * dL/dBN(X) x_hat per channel. Inlined once per (kind, want_tau): see BACKWARD_RANGE; the BN's work is in \
- * functions of its own (recharge_norm, norm_step_sums), not in further copies. */                       \
+/* The backward pass of the n <= bs neurons [b0, b0 + n), h_buf their scratch (SCRATCH_ROWS(T, 0) rows of bs): \
+ * the gradient at their spikes of step t is gs[t * gs_stride + i]. Returns their share of dL/d(1/tau) (times    \
+ * 1/tau for decay_input). With a BN (norm) the input was BN(X) (norm): grad_x gets dL/dBN(X), and sums [2, nc]   \
+ * the block's sum of dL/dBN(X) and of dL/dBN(X) x_hat per channel. Inlined once per (kind, want_tau): see     \
+ * BACKWARD_RANGE; the BN's work is in functions of its own (recharge_norm, norm_step_sums), not in copies. */ \
 static inline __attribute__((always_inline)) double backward_block_##SUFFIX(                             \
         const int kind, const int want_tau, const TYPE *x, const TYPE *gs, int64_t gs_stride,           \
         TYPE *grad_x, TYPE *h_buf, int64_t bs, int64_t T, int64_t x_step, int64_t b0, int64_t n, int leak,  \
-        TYPE tau_inv,                                                                                   \
-        TYPE v_th, TYPE v_reset, int soft_reset, int detach_reset, TYPE sg_a, TYPE sg_b, const TYPE *norm,  \
-        int64_t ld, int64_t nc, int64_t inner, double *sums) {                                          \
+        TYPE tau_inv, TYPE v_th, TYPE v_reset, int soft_reset, int detach_reset, TYPE sg_a, TYPE sg_b,   \
+        const TYPE *norm, int64_t ld, int64_t nc, int64_t inner, double *sums) {                        \
     const TYPE leak_to = soft_reset ? 0 : v_reset;                                                      \
     const int affine = norm != NULL;                                                                    \
     const TYPE keep = leak == LEAK_NONE ? 1 : 1 - tau_inv;  /* dH[t]/dV[t-1] */                         \
@@ -296,9 +294,9 @@ static inline __attribute__((always_inline)) double backward_block_##SUFFIX(    
  * bs neurons. */                                                                                       \
 static inline __attribute__((always_inline)) double backward_range_##SUFFIX(                             \
         const int kind, const int want_tau, const TYPE *x, const TYPE *grad_s, TYPE *grad_x,             \
-        TYPE *h_buf, int64_t bs, int64_t T, int64_t N, int64_t x_step, int64_t lo, int64_t hi, int leak, TYPE tau_inv,  \
-        TYPE v_th, TYPE v_reset, int soft_reset, int detach_reset, TYPE sg_a, TYPE sg_b, const TYPE *norm,  \
-        int64_t ld, int64_t nc, int64_t inner, double *sums) {                                          \
+        TYPE *h_buf, int64_t bs, int64_t T, int64_t N, int64_t x_step, int64_t lo, int64_t hi, int leak,  \
+        TYPE tau_inv, TYPE v_th, TYPE v_reset, int soft_reset, int detach_reset, TYPE sg_a, TYPE sg_b,   \
+        const TYPE *norm, int64_t ld, int64_t nc, int64_t inner, double *sums) {                        \
     double acc = 0;                                                                                     \
     for (int64_t b0 = lo; b0 < hi; b0 += bs) {                                                          \
         const int64_t n = hi - b0 < bs ? hi - b0 : bs;                                                  \
@@ -317,8 +315,8 @@ static inline __attribute__((always_inline)) double backward_range_##SUFFIX(    
  * buffer that stays in cache, so that the dense dL/dspikes of the layer is never written or read. */   \
 static inline __attribute__((always_inline)) double pool_backward_range_##SUFFIX(                        \
         const int kind, const int want_tau, const TYPE *x, const TYPE *grad_y,                          \
-        const uint8_t *pos, TYPE *grad_x, TYPE *h_buf, int64_t bs, TYPE *gs, int64_t T, int64_t N, int64_t x_step,   \
-        int64_t H, int64_t W, int64_t C, int64_t kh, int64_t kw, int64_t lo, int64_t hi, int leak,       \
+        const uint8_t *pos, TYPE *grad_x, TYPE *h_buf, int64_t bs, TYPE *gs, int64_t T, int64_t N,      \
+        int64_t x_step, int64_t H, int64_t W, int64_t C, int64_t kh, int64_t kw, int64_t lo, int64_t hi, int leak,       \
         TYPE tau_inv, TYPE v_th, TYPE v_reset, int soft_reset, int detach_reset, TYPE sg_a, TYPE sg_b,   \
         const TYPE *norm, int64_t ld, int64_t nc, int64_t inner, double *sums) {                        \
     const int64_t Ho = H / kh, Wo = W / kw, Ny = N / (H * W) * Ho * Wo;  /* Ny: pooled values a step */ \

@@ -105,3 +105,20 @@ def real_mnist(shared_data, tmp_path, monkeypatch):
     for gz in (shared_data / "MNIST" / "raw").glob("*.gz"):
         (raw / gz.name).symlink_to(gz)
     return tmp_path / "real_data"
+
+
+@pytest.fixture
+def count_joins(monkeypatch):
+    """How often run_layers has handed a BN to the joined ops (snnexp.neurons.normalised)."""
+    import snnexp.layers
+
+    calls = []
+    real = snnexp.layers.batch_norm
+
+    def counted(*args, **kwargs):
+        norm = real(*args, **kwargs)
+        calls.extend([norm] if norm is not None else [])
+        return norm
+
+    monkeypatch.setattr(snnexp.layers, "batch_norm", counted)
+    return lambda: len(calls)

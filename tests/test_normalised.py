@@ -7,7 +7,6 @@ import pytest
 import torch
 from torch import nn
 
-import snnexp.layers
 from kernel_neurons import NEURONS, SURROGATES, over_a_block
 from snnexp.layers import BatchNormThroughTime, SeqToANN, ThresholdDependentBatchNorm, run_layers
 from snnexp.models import SpecNet
@@ -61,21 +60,6 @@ def run_both(joined, separate, x, count_joins):
     assert count_joins() == joins + 1, "the BN did not join the neuron"
     y2 = apart(separate, x2)
     return (x1, y1), (x2, y2)
-
-
-@pytest.fixture
-def count_joins(monkeypatch):
-    """How often run_layers has handed a BN to the joined ops."""
-    calls = []
-    real = snnexp.layers.batch_norm
-
-    def counted(*args, **kwargs):
-        norm = real(*args, **kwargs)
-        calls.extend([norm] if norm is not None else [])
-        return norm
-
-    monkeypatch.setattr(snnexp.layers, "batch_norm", counted)
-    return lambda: len(calls)
 
 
 def assert_same(make, x, count_joins, training=True, rtol=1e-10, atol=1e-12):

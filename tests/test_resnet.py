@@ -1,6 +1,7 @@
 """Spiking ResNets: the same convolution and linear layers as torchvision's ResNets (the peer for the
 architecture), the residual joins as written in their papers, and per-layer gradient norms in TensorBoard."""
 
+import copy
 from functools import partial
 
 import pytest
@@ -10,7 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from snnexp.layers import BatchNormThroughTime, NoNorm
 from snnexp.models import ModelError, SpikingResNet
-from snnexp.models.resnet import Block
+from snnexp.models.resnet import CONNECTIONS, Block
 from snnexp.neurons import IF, PLIF
 
 PLIF_ = partial(PLIF, detach_reset=True)
@@ -49,6 +50,56 @@ def test_residual_joins():
         else:  # (1 - SN(BN(conv))) * x
             expected = (1 - IF()(body)) * x
         torch.testing.assert_close(block(x), expected)
+
+
+def resnet(connection):
+    torch.manual_seed(0)
+    return SpikingResNet(18, (3, 16, 16), 10, PLIF_, BatchNormThroughTime, connection, width=4).double()
+
+
+def forward_backward(net, x, make_input):
+    """Output spikes for the input make_input(x), and the gradients of x and of every parameter for one weighted
+    sum of them."""
+    x = x.clone().requires_grad_()
+    out = net(make_input(x))
+    g = torch.randn(out.shape, dtype=out.dtype, generator=torch.Generator().manual_seed(1))
+    return out, torch.autograd.grad((out * g).sum(), [x, *net.parameters()])
+
+
+def assert_same_run(a, b, x, input_a=lambda x: x, input_b=lambda x: x):
+    (out_a, grads_a), (out_b, grads_b) = forward_backward(a, x, input_a), forward_backward(b, x, input_b)
+    assert torch.equal(out_a, out_b)
+    for ga, gb in zip(grads_a, grads_b):
+        torch.testing.assert_close(ga, gb, rtol=1e-9, atol=1e-12)
+    assert all(g.abs().sum() > 0 for g in grads_a[1:])
+    for (name, ba), bb in zip(a.named_buffers(), b.buffers()):
+        torch.testing.assert_close(ba, bb, rtol=1e-9, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("connection", CONNECTIONS)
+def test_joined_layers_equal_the_layers_apart(connection, count_joins):
+    """Each BN-SN of the stem, the bodies and the shortcuts runs as one op (snnexp.neurons.normalised), with the same
+    spikes, gradients and BN statistics as every layer apart (join_layers=False, what trainer.join_layers=false
+    sets), in float64. ResNet-18: the stem's, one in each of the 8 bodies, and with SEW connections (add, iand) the
+    last one of each body (its own neuron) and the 3 downsampling shortcuts'."""
+    joined = resnet(connection)
+    apart = copy.deepcopy(joined)
+    apart.join_layers = False
+    x = torch.rand(3, 2, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 4
+    assert_same_run(joined, apart, x)
+    assert count_joins() == (9 if connection == "spiking" else 20)
+
+
+def test_direct_coding_runs_the_stem_once():
+    """One image repeated over T (the direct encoder's view, time stride 0): the stem's conv and BN run once on
+    [B, ...] (snnexp.layers.run_layers), with the spikes, gradients and BN statistics of T materialised copies."""
+    once = resnet("add")
+    copies = copy.deepcopy(once)
+    seen = []
+    once[0].module.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[0]))
+    image = torch.rand(2, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 4
+    assert_same_run(once, copies, image, lambda x: x.expand(4, *x.shape), lambda x: x.repeat(4, 1, 1, 1, 1))
+    assert seen == [2]  # the batch, not T x batch
 
 
 def test_bad_options_are_model_errors():

@@ -118,9 +118,7 @@ def _fused_block(layers, i: int, x: torch.Tensor, steps: int):
     neuron = layers[j]
     if pool is not None:
         return lif_max_pool(neuron, pool, x, steps, norm), j + 2
-    y = lif_multistep_fused(x, neuron.tau_inv(), neuron.surrogate, neuron.v_threshold, neuron.v_reset,
-                            neuron.decay_input, neuron.detach_reset, steps, norm)
-    return y, j + 1
+    return lif_multistep_fused(x, *neuron.dynamics(), steps, norm), j + 1
 
 
 def _joint_pool(layers, i: int):

@@ -80,11 +80,15 @@ class SpikingNeuron(nn.Module):
         """1/tau as the neuron functions take it: a float, a tensor (learned), or None for IF."""
         raise NotImplementedError
 
+    def dynamics(self) -> tuple:
+        """(1/tau, surrogate, V_th, V_reset, decay_input, detach_reset): the layer's settings in the order every
+        neuron function takes them (functional.py, fused.py; the joined ops of pooled.py and layers.py)."""
+        return self.tau_inv(), self.surrogate, self.v_threshold, self.v_reset, self.decay_input, self.detach_reset
+
     def forward(self, x_seq, steps: int = 0):
         """Spikes [T, B, ...] of x_seq [T, B, ...]; with `steps`, of x_seq [B, ...] fed at each of `steps` steps
         (direct coding: the fused kernel reads it in place and sums its gradient over the steps)."""
-        return lif_multistep(x_seq, self.tau_inv(), self.surrogate, self.v_threshold, self.v_reset,
-                             self.decay_input, self.detach_reset, backend=self.backend, steps=steps)
+        return lif_multistep(x_seq, *self.dynamics(), backend=self.backend, steps=steps)
 
     def initial_state(self, x: torch.Tensor) -> torch.Tensor:
         """The state at rest for one step's input x [B, ...]: the membrane potential V = V_reset (0 for a soft
@@ -95,8 +99,7 @@ class SpikingNeuron(nn.Module):
         """One time step: (spikes S[t], V[t]) from the input X[t] [B, ...] and V[t-1], by the same charge, fire
         and reset as the multistep `forward` (functional.py), so that looping it over T gives forward's spikes and
         gradients. For a layer whose input at t depends on its own spikes at t-1 (snnexp.recurrent)."""
-        return lif_step(x, v, self.tau_inv(), self.surrogate, self.v_threshold, self.v_reset, self.decay_input,
-                        self.detach_reset)
+        return lif_step(x, v, *self.dynamics())
 
     def scalars(self) -> Dict[str, float]:
         """What this layer logs to TensorBoard beside its firing rate, by name (PLIF: its learned tau)."""

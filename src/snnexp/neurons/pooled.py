@@ -103,8 +103,7 @@ def lif_max_pool(neuron: SpikingNeuron, pool: nn.MaxPool2d, x: Tensor, steps: in
     if not pool_joins(neuron, pool, x, steps):
         return None
     kh, kw = nn.modules.utils._pair(pool.kernel_size)
-    tau, *args = op_args(neuron.tau_inv(), neuron.surrogate, neuron.v_threshold, neuron.v_reset, neuron.decay_input,
-                         neuron.detach_reset, x.device)
+    tau, *args = op_args(*neuron.dynamics(), x.device)
     params, inner, batch = norm_op_args(norm)
     y, _ = _lif_pool_op(x, tau, params, *args, int(steps), inner, batch, kh, kw, _channels_last(x if steps else x[0]))
     return y

@@ -65,18 +65,6 @@ def test_fused_equals_the_reference_in_float32(kind, v_reset, detach, decay):
         torch.testing.assert_close(gw, gw_ref, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["lif", "plif"])
-def test_long_sequences_in_smaller_blocks(kind):
-    """T = 300: the backward takes fewer neurons a block, so that their H and V over time stay within a bounded
-    scratch (lif_cpu.c, backward_block_size: 1664 of them here); N = 5000 spans several such blocks."""
-    ours, ref, (gx, gx_ref), (gw, gw_ref) = run_both(kind, 0.0, True, True, "atan", 300, torch.float64,
-                                                   shape=(5000,))
-    assert torch.equal(ours, ref)
-    torch.testing.assert_close(gx, gx_ref, rtol=1e-10, atol=1e-12)
-    if kind == "plif":
-        torch.testing.assert_close(gw, gw_ref, rtol=1e-10, atol=1e-12)
-
-
 def test_backward_keeps_only_the_input():
     """Nothing is saved but X (which the caller holds anyway) and 1/tau: no H, no spikes (and no BN: None)."""
     x = torch.rand(4, 2, 3, requires_grad=True)
@@ -88,14 +76,19 @@ def test_backward_keeps_only_the_input():
 
 
 @pytest.mark.parametrize("kind", ["lif", "plif"])
-def test_many_neurons_split_over_threads_and_blocks(kind):
-    """N = 70001: more than one thread's share (kernels/cpu.py), and not a multiple of the kernels' block of neurons."""
-    ours, ref, (gx, gx_ref), (gw, gw_ref) = run_both(kind, 0.0, False, True, "atan", 3, torch.float32,
-                                                   shape=(70001,))
+@pytest.mark.parametrize("T, n, detach, dtype, tol, tau_tol", [
+    # more than one thread's share (kernels/cpu.py), and not a multiple of the kernels' block of neurons
+    (3, 70001, False, torch.float32, (1e-5, 1e-6), (1e-4, 1e-3)),
+    # long T: the backward takes fewer neurons a block, so that their H and V over time stay within a bounded
+    # scratch (lif_cpu.c, backward_block_size: 1664 of them here); N = 5000 spans several such blocks
+    (300, 5000, True, torch.float64, (1e-10, 1e-12), (1e-10, 1e-12)),
+], ids=["threads-and-blocks", "long-T-smaller-blocks"])
+def test_sizes_that_split_the_work(kind, T, n, detach, dtype, tol, tau_tol):
+    ours, ref, (gx, gx_ref), (gw, gw_ref) = run_both(kind, 0.0, detach, True, "atan", T, dtype, shape=(n,))
     assert torch.equal(ours, ref)
-    torch.testing.assert_close(gx, gx_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gx, gx_ref, rtol=tol[0], atol=tol[1])
     if kind == "plif":
-        torch.testing.assert_close(gw, gw_ref, rtol=1e-4, atol=1e-3)
+        torch.testing.assert_close(gw, gw_ref, rtol=tau_tol[0], atol=tau_tol[1])
 
 
 def test_channels_last_input_is_taken_as_it_is():

@@ -7,7 +7,7 @@
  * Python can split N over threads.
  *
  * Forward reads X and writes only the spikes. Backward reads X again and the gradient at the spikes: for
- * a block of neurons it recomputes H[t] and V[t] into a small buffer that stays in cache, then runs back
+ * a block of neurons it recomputes H[t] and V[t] into a buffer of at most 4 MiB a thread, then runs back
  * in time. Nothing but X (which exists anyway) is kept between forward and backward, and each tensor is
  * touched once per pass: the op moves 2 tensors forward and 3 backward, the least it can.
  *
@@ -36,8 +36,9 @@ enum { LEAK_NONE = 0, LEAK_DECAY_INPUT = 1, LEAK_PLAIN = 2 }; /* IF; H = V + (X 
  * the longer the runs, the better the hardware prefetcher streams them. Measured on the PLIF op forward + backward
  * (2 threads, float32), 256 -> 4096 neurons: [8, 32, 128, 16, 16] 3.6 -> 2.9 ms forward, 7.3 -> 5.7 ms backward;
  * [10, 16, 128, 34, 34] 9.5 -> 6.4 and 18.7 -> 13.0 ms; at T = 256 ([256, 2, 64, 16, 16]) the backward's H and V
- * of a block (8 MiB) no longer fit the caches and 2048 was faster (9.7 vs 10.6 ms), still ahead of 256 (12.3), so
- * the backward's blocks shrink with T (backward_block_size). Their scratch is on the heap, not the stack. */
+ * of a block take 8 MiB, and 2048 neurons gave 9.7 ms against 10.6 (one run; 256: 12.3). The backward's blocks
+ * shrink with T (backward_block_size) to bound that scratch; their speed is level with BLOCK's within this VM's
+ * noise. The scratch is on the heap, not the stack. */
 #define BLOCK 4096
 /* A backward's scratch per thread, in rows of one block: H[t] and V[t-1] of the block over time (2T + 1 rows), then
  * backward_block's 10 rows of per-neuron state; `extra` more rows (the pool backward's gathered gradient). */

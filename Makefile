@@ -1,6 +1,8 @@
 # make train: create .venv if missing, install snnexp into it (with the dev, bench and neurobench extras: the tests
 # compare against SpikingJelly and NeuroBench), train on the built-in digits dataset.
-# make test: the same venv, the fast test suite (what CI runs). make test-all: also the slow tests.
+# make test: the same venv, the fast test suite (what CI runs), then the trust tests (tests/test_trust.py) again under
+# the lowest hydra-core that pyproject.toml allows: what a checkpoint or run folder may make Hydra build must not
+# depend on which Hydra the user has. make test-all: also the slow tests.
 # make lint: ruff (lint and import order, configured in pyproject.toml) on src, tests and bench; CI runs it first.
 # make bench: the benchmarks in bench/.
 PYTHON ?= python3
@@ -20,13 +22,22 @@ $(INSTALLED): pyproject.toml
 train: $(INSTALLED)
 	$(VENV)/bin/snnexp train $(ARGS)
 
+# pyproject.toml's lowest hydra-core, beside the venv's (--target: the venv keeps its own; PYTHONPATH picks this one)
+HYDRA_MIN := $(VENV)/hydra-min
+$(HYDRA_MIN): pyproject.toml | $(INSTALLED)
+	rm -rf $@
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --target $@ \
+		"hydra-core==$$(sed -n 's/.*"hydra-core>=\([0-9.]*\)".*/\1/p' pyproject.toml)"
+
 # -n auto: pytest-xdist, one worker per core (most tests wait on one thread: Python starting, Hydra composing);
 # the CPU kernels are built first, once, rather than by every worker at once (a no-op once built)
 KERNELS := $(PY) -c "from snnexp.neurons.kernels import cpu; cpu.build()"
 
-test: $(INSTALLED)
+test: $(INSTALLED) $(HYDRA_MIN)
 	$(KERNELS)
 	$(PY) -m pytest -q -n auto $(ARGS)
+	@PYTHONPATH=$(HYDRA_MIN) $(PY) -c "import hydra; print('tests/test_trust.py under hydra-core', hydra.__version__)"
+	PYTHONPATH=$(HYDRA_MIN) $(PY) -m pytest -q -n auto tests/test_trust.py
 
 test-all: $(INSTALLED)
 	$(KERNELS)

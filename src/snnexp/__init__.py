@@ -18,3 +18,13 @@ def cache_home() -> Path:
     """Where snnexp keeps what it can rebuild (compiled kernels, event frames, the digits split):
     $XDG_CACHE_HOME/snnexp, else ~/.cache/snnexp."""
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "snnexp"
+
+
+def conf_dir() -> Path:
+    """snnexp's own config folder. conf/ travels inside the wheel (snnexp/conf); in a source checkout or editable
+    install it is the repository's conf/."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parents[1] / "conf"):
+        if (candidate / "train.yaml").is_file():
+            return candidate
+    raise SystemExit("snnexp: cannot find its configs (conf/train.yaml); reinstall snnexp")

@@ -7,10 +7,13 @@ already trained on with their running sums), the metrics so far and every random
 
     save(path, state, meta)    atomic: a crash or a full disk mid-write leaves the previous file intact
     load(path)                 weights_only (never runs code from the file), checked to be a snnexp checkpoint
+    stored_config(state, ...)  the config it was trained with, checked (snnexp.trust) before anything is built
     resume(path, state)        load + state.load_state_dict, with messages for a checkpoint that does not fit
 
-`snnexp eval` and `snnexp export` read checkpoints through `load` too. The run's other files (metrics.json,
-run_info.json) are written with `write_json`, which fails with the same advice as a checkpoint write.
+`snnexp eval` and `snnexp export` read checkpoints through `load` and rebuild the network from `stored_config`:
+a checkpoint may come from someone else, so its config may name only the targets our own config folders name.
+The run's other files (metrics.json, run_info.json) are written with `write_json`, which fails with the same
+advice as a checkpoint write.
 """
 
 import logging
@@ -18,14 +21,16 @@ import random
 import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 import torch
+from omegaconf import DictConfig, OmegaConf
 
-from snnexp import distributed
+from snnexp import conf_dir, distributed
 from snnexp.errors import CheckpointError
 from snnexp.files import atomic_path, write_json_atomic
+from snnexp.trust import check_stored_config
 
 log = logging.getLogger("snnexp")
 
@@ -153,6 +158,13 @@ def load(path) -> Dict[str, Any]:
     if state["snnexp_checkpoint"] > FORMAT:
         raise CheckpointError(f"{path} has checkpoint format {state['snnexp_checkpoint']}: upgrade snnexp")
     return state
+
+
+def stored_config(state: Dict[str, Any], source, config_dirs: Optional[Sequence[Path]] = None) -> DictConfig:
+    """The config a loaded checkpoint (from `source`) was trained with, once snnexp.trust has checked that it names
+    only targets that `config_dirs` (default: snnexp's own conf/) name. Raises CheckpointError."""
+    check_stored_config(state.get("config"), str(source), config_dirs or [conf_dir()])
+    return OmegaConf.create(state["config"])
 
 
 def _unreadable(path: Path, text: str) -> str:

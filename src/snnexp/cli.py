@@ -8,15 +8,17 @@ import time
 from pathlib import Path
 
 import hydra
+import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from snnexp import __version__, distributed
+from snnexp import __version__, conf_dir, distributed
 from snnexp.config import validate
-from snnexp.errors import ConfigError, Interrupted, SnnexpError
+from snnexp.errors import CheckpointError, ConfigError, Interrupted, SnnexpError
+from snnexp.trust import check_replayed
 
 log = logging.getLogger("snnexp")
 
@@ -34,16 +36,6 @@ commands:
 `snnexp <command> --help` lists the config groups and their options.
 Runs are written under outputs/; compare them with `tensorboard --logdir outputs`.
 """
-
-
-def conf_dir() -> Path:
-    """conf/ travels inside the wheel (snnexp/conf); in a source checkout or editable install it is
-    the repository's conf/."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "conf", here.parents[1] / "conf"):
-        if (candidate / "train.yaml").is_file():
-            return candidate
-    raise SystemExit("snnexp: cannot find its configs (conf/train.yaml); reinstall snnexp")
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -148,7 +140,7 @@ def evaluate(cfg: DictConfig):
     if not isinstance(cfg.neurobench, bool):
         raise ConfigError(f"neurobench={cfg.neurobench!r}: must be true or false")
     metrics = evaluate_checkpoint(to_absolute_path(cfg.checkpoint), cfg.device, cfg.data_dir, cfg.batch_size,
-                                  cfg.neurobench)
+                                  cfg.neurobench, _config_dirs())
     out = Path(HydraConfig.get().runtime.output_dir) / "metrics.json"
     write_json(out, metrics)
     paper = f" (paper: {100 * metrics['paper_test_acc']:.2f}%)" if "paper_test_acc" in metrics else ""
@@ -172,9 +164,15 @@ def export(cfg: DictConfig):
     from snnexp.export import describe, export_checkpoint
 
     out = to_absolute_path(cfg.out) if cfg.out is not None else None
-    path, graph = export_checkpoint(to_absolute_path(cfg.checkpoint), cfg.format, out, cfg.dt)
+    path, graph = export_checkpoint(to_absolute_path(cfg.checkpoint), cfg.format, out, cfg.dt, _config_dirs())
     print(f"wrote {path}: NIR graph of {len(graph.nodes)} nodes, dt {cfg.dt} s per time step", *describe(graph),
           sep="\n  ")
+
+
+def _config_dirs() -> list:
+    """The config folders this command searches (snnexp's conf/, --config-dir, hydra.searchpath): the trusted ones,
+    whose targets a checkpoint's config may name (snnexp.trust)."""
+    return [Path(s.path) for s in HydraConfig.get().runtime.config_sources if s.schema == "file"]
 
 
 COMMANDS = {"train": train, "eval": evaluate, "export": export}
@@ -192,7 +190,37 @@ def _task_overrides(args) -> list:
 
 
 def _stored_overrides(path: Path) -> list:
-    return _task_overrides(OmegaConf.to_container(OmegaConf.load(path)) or [])
+    """A run folder's overrides (.hydra/overrides.yaml: a list of strings), or CheckpointError saying what is wrong."""
+    try:
+        stored = yaml.safe_load(path.read_text()) or []
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise CheckpointError(f"cannot read {path}: {getattr(e, 'strerror', None) or str(e).splitlines()[0]}") \
+            from None
+    if not isinstance(stored, list) or not all(isinstance(a, str) for a in stored):
+        raise CheckpointError(f"{path} is not a list of overrides (Hydra writes one string per override)")
+    return stored
+
+
+def _matches(path: Path, wanted: list, read) -> bool:
+    """Whether the overrides that `read(path)` finds are `wanted`; a file that cannot be read matches nothing."""
+    try:
+        return _task_overrides(read(path)) == wanted
+    except (CheckpointError, AttributeError, OmegaConfBaseException, yaml.YAMLError, OSError):
+        return False
+
+
+def _user_config_dirs(args: list) -> list:
+    """The config folders the user adds on this command line: --config-dir DIR (-cd DIR) and
+    hydra.searchpath=[file://DIR, ...]."""
+    dirs = []
+    for i, a in enumerate(args):
+        if a in ("--config-dir", "-cd") and i + 1 < len(args):
+            dirs.append(args[i + 1])
+        elif a.startswith("--config-dir="):
+            dirs.append(a.split("=", 1)[1])
+        elif a.lstrip("+").startswith("hydra.searchpath="):
+            dirs += re.findall(r"file://([^,\]'\"]+)", a)
+    return [Path(d).expanduser().resolve() for d in dirs]
 
 
 def _resolve_resume(args: list) -> list:
@@ -210,12 +238,12 @@ def _resolve_resume(args: list) -> list:
         wanted = _task_overrides(args)
         if multirun:
             found = [p.parent for p in outputs.glob("multirun/*/multirun.yaml")
-                     if _task_overrides(OmegaConf.load(p).hydra.overrides.task) == wanted]
+                     if _matches(p, wanted, lambda f: list(OmegaConf.load(f).hydra.overrides.task))]
             key = "hydra.sweep.dir"
         else:
             found = [p.parents[1] for p in outputs.glob("**/.hydra/overrides.yaml")
                      if "multirun" not in p.parts and (p.parents[1] / "checkpoints" / "last.pt").is_file()
-                     and _stored_overrides(p) == wanted]
+                     and _matches(p, wanted, _stored_overrides)]
             key = "hydra.run.dir"
         if not found:
             kind = "sweep" if multirun else "run with a checkpoint"
@@ -229,7 +257,9 @@ def _resolve_resume(args: list) -> list:
     if not (run_dir / "checkpoints" / "last.pt").is_file() or not (run_dir / ".hydra" / "overrides.yaml").is_file():
         raise ConfigError(f"resume={value}: not a snnexp run directory with a checkpoint (expected "
                           f"{run_dir}/checkpoints/last.pt and {run_dir}/.hydra/overrides.yaml)")
-    saved = _stored_overrides(run_dir / ".hydra" / "overrides.yaml")
+    stored = run_dir / ".hydra" / "overrides.yaml"
+    saved = [a for a in _stored_overrides(stored) if not a.startswith(("resume=", "+resume="))]
+    check_replayed(saved, stored, [conf_dir(), *_user_config_dirs(args)])  # a run folder may come from elsewhere
     rest = [a for a in args if not a.startswith("resume=")]
     return [*saved, *rest, f"resume={run_dir.resolve()}", f"hydra.run.dir={run_dir.resolve()}"]
 

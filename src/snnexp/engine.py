@@ -17,7 +17,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import numpy as np
 import torch
@@ -430,14 +430,16 @@ def _log_epoch(epoch: int, epochs: int, train_m: Dict[str, Any], test_m: Dict[st
 
 
 def evaluate_checkpoint(path, device_name: str = "auto", data_dir: Optional[str] = None,
-                        batch_size: Optional[int] = None, neurobench: bool = False) -> Dict[str, Any]:
+                        batch_size: Optional[int] = None, neurobench: bool = False,
+                        config_dirs: Optional[Sequence[Path]] = None) -> Dict[str, Any]:
     """Rebuild the network from the config stored in a checkpoint and test it. The stored trainer settings are
     read through the schema (TrainerConfig), so a checkpoint written before a setting existed gets its default.
-    `neurobench`: also run NeuroBench's Benchmark on it (neurobench_results), under the key "neurobench"."""
+    `neurobench`: also run NeuroBench's Benchmark on it (neurobench_results), under the key "neurobench".
+    `config_dirs`: the trusted config folders whose targets the stored config may name (checkpoint.stored_config)."""
     if neurobench:
         require_neurobench()
     state = checkpoint.load(path)
-    cfg = OmegaConf.create(state["config"])
+    cfg = checkpoint.stored_config(state, path, config_dirs)
     cfg.trainer = OmegaConf.merge(OmegaConf.structured(TrainerConfig), cfg.trainer)
     if data_dir is not None:
         if "data_dir" not in cfg.dataset:

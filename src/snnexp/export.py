@@ -46,7 +46,6 @@ import nir
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from torch import nn
 
 from snnexp import checkpoint
@@ -285,11 +284,12 @@ def to_nir(model: nn.Module, input_shape: Sequence[int], population: int = 1, dt
     return g.graph({"source": "snnexp", "spec": model.spec, "dt": dt, **(metadata or {})})
 
 
-def build_model_from_checkpoint(state: dict) -> Tuple[nn.Module, dict]:
-    """The network of a checkpoint with its trained weights, in eval mode, and its config. The input shape and class
-    count are in checkpoints written since `snnexp export` exists; for older ones the dataset is opened to find
-    them."""
-    cfg = OmegaConf.create(state["config"])
+def build_model_from_checkpoint(state: dict, source="the checkpoint",
+                                config_dirs: Optional[Sequence[Path]] = None) -> Tuple[nn.Module, dict]:
+    """The network of a checkpoint (loaded from `source`) with its trained weights, in eval mode, and its config,
+    checked first (checkpoint.stored_config: only targets that `config_dirs` name). The input shape and class count
+    are in checkpoints written since `snnexp export` exists; for older ones the dataset is opened to find them."""
+    cfg = checkpoint.stored_config(state, source, config_dirs)
     if "input_shape" in state and "num_classes" in state:
         input_shape, classes = state["input_shape"], state["num_classes"]
     else:
@@ -303,13 +303,15 @@ def build_model_from_checkpoint(state: dict) -> Tuple[nn.Module, dict]:
     return model.eval(), {"cfg": cfg, "input_shape": list(input_shape), "num_classes": int(classes)}
 
 
-def export_checkpoint(path, fmt: str = "nir", out=None, dt: float = DEFAULT_DT) -> Tuple[Path, nir.NIRGraph]:
-    """Write the network of a snnexp checkpoint as a NIR graph (HDF5, nir.write); returns the file and the graph."""
+def export_checkpoint(path, fmt: str = "nir", out=None, dt: float = DEFAULT_DT,
+                      config_dirs: Optional[Sequence[Path]] = None) -> Tuple[Path, nir.NIRGraph]:
+    """Write the network of a snnexp checkpoint as a NIR graph (HDF5, nir.write); returns the file and the graph.
+    `config_dirs`: the trusted config folders (build_model_from_checkpoint)."""
     if fmt not in FORMATS:
         raise ExportError(f"format={fmt}: snnexp export writes {', '.join(FORMATS)} (format=nir)")
     path = Path(path).expanduser()
     state = checkpoint.load(path)
-    model, info = build_model_from_checkpoint(state)
+    model, info = build_model_from_checkpoint(state, path, config_dirs)
     cfg = info["cfg"]
     readout = instantiate(cfg.readout)
     meta = {"time_steps": int(cfg.trainer.T), "encoder": str(cfg.encoder._target_).rsplit(".", 1)[-1],

@@ -4,14 +4,16 @@ import csv
 import json
 
 import pytest
+import yaml
 
+from conftest import run_snnexp
 from snnexp.cli import main as cli_main
 from snnexp.compare import main
 
 
 def fake_run(path, overrides, epochs, metrics=None):
     (path / ".hydra").mkdir(parents=True)
-    (path / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    (path / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(list(overrides)))  # as Hydra writes it
     (path / ".hydra" / "config.yaml").write_text(f"trainer:\n  epochs: {epochs}\n")
     if metrics is not None:
         (path / "metrics.json").write_text(json.dumps(metrics))
@@ -89,3 +91,76 @@ def test_an_eval_folder_is_shown_as_an_eval(tmp_path):
     fake_run(ev, ["checkpoint=run/checkpoints/best.pt"], 3, {**metrics(1, 0.9, 0.9, {}), "checkpoint": "best.pt"})
     (ev / ".hydra" / "config.yaml").write_text("checkpoint: run/checkpoints/best.pt\n")
     assert row(ev)["status"] == "eval"
+
+
+def half(text):
+    return text[:len(text) // 2]
+
+
+DAMAGE = {  # file of the run -> what is written there instead, and what the warning says of it
+    "metrics.json as a list": ("metrics.json", "[0.9, 0.89]", "holds [0.9, 0.89], not an object of metrics"),
+    "a string accuracy": ("metrics.json", json.dumps(metrics(3, "0.9", 0.89, {})),
+                          "best_test_acc is '0.9', not a number"),
+    "a NaN accuracy": ("metrics.json", json.dumps(metrics(3, 0.9, float("nan"), {})), "test_acc is nan, not a number"),
+    "a firing rate as text": ("metrics.json", json.dumps(metrics(3, 0.9, 0.89, "high")),
+                              "firing_rate is 'high', not a number per layer"),
+    "truncated metrics.json": ("metrics.json", half(json.dumps(metrics(3, 0.9, 0.89, {}))), "is not valid JSON"),
+    "a folder as metrics.json": ("metrics.json", None, "is a folder, not a file"),
+    "invalid overrides.yaml": (".hydra/overrides.yaml", "- neuron=lif\n- [trainer", "is not valid YAML"),
+    "overrides.yaml not a list": (".hydra/overrides.yaml", "neuron: lif\n", "not a list of overrides"),
+    "a folder as overrides.yaml": (".hydra/overrides.yaml", None, "is a folder, not a file"),
+    "invalid config.yaml": (".hydra/config.yaml", "trainer: {epochs: 3", "is not valid YAML"),
+    "epochs as text": (".hydra/config.yaml", "trainer:\n  epochs: three\n", "trainer.epochs is 'three', not a whole"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE.values(), ids=DAMAGE.keys())
+def test_a_damaged_run_file_skips_that_run_with_a_warning(sweep, tmp_path, damage):
+    """One bad run in a sweep: a warning names its file and what is wrong, the other runs still make the table."""
+    name, content, problem = damage
+    path = sweep / "neuron=lif" / name
+    path.unlink()
+    path.mkdir() if content is None else path.write_text(content)
+    proc = run_snnexp("compare", str(sweep), cwd=tmp_path)  # exit 0
+    (warning,) = proc.stderr.splitlines()
+    assert warning.startswith(f"snnexp: warning: skipping a run: {path.resolve()}") and problem in warning
+    assert [line.split()[0] for line in proc.stdout.splitlines()[1:4]] == ["neuron=plif", "neuron=if", "neuron=stbp"]
+    assert "\n3 runs; wrote" in proc.stdout
+
+
+def test_when_every_run_is_damaged_the_error_says_how_many_and_why(tmp_path):
+    for name in ("a", "b"):
+        fake_run(tmp_path / name, ["neuron=lif"], 3)
+        (tmp_path / name / "metrics.json").write_text('{"epoch": 3, "best_test')
+    proc = run_snnexp("compare", str(tmp_path), cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    error = proc.stderr.splitlines()[-1]
+    assert error.startswith(f"snnexp: error: no runs to compare under {tmp_path}: 2 found, skipped for a damaged "
+                            f"file ({tmp_path / 'a' / 'metrics.json'} is not valid JSON")
+    assert error.endswith("; and 1 more, in the warnings above)") and len(proc.stderr.splitlines()) == 3
+
+
+def test_compare_csv_escapes_text_that_a_spreadsheet_would_run_but_not_negative_numbers(tmp_path):
+    formulas = ['=HYPERLINK("http://evil.example","x")', "+cmd|' /C calc'!A0", "-2+3", "\t=1+1"]
+    for i, override in enumerate(formulas):
+        fake_run(tmp_path / f"r{i}", [override], 3, {**metrics(3, 0.5 + i / 10, 0.5, {}), "wall_s": -0.5})
+    fake_run(tmp_path / "@SUM(1+1)", ["neuron=lif"], 3, metrics(3, 0.9, 0.9, {}))
+    run_snnexp("compare", str(tmp_path), cwd=tmp_path)
+    rows = list(csv.DictReader((tmp_path / "compare.csv").open(newline="")))
+    assert [(r["run"], r["overrides"]) for r in rows] == [("'@SUM(1+1)", "neuron=lif"),
+                                                          *[(f"r{i}", "'" + f) for i, f in reversed(list(
+                                                              enumerate(formulas)))]]
+    assert rows[1]["wall_s"] == "-0.5" and rows[1]["status"] == "done"  # a number stays a number
+
+
+def test_null_metrics_show_as_empty(tmp_path, capsys):
+    fake_run(tmp_path / "r", ["neuron=lif"], 3, {**metrics(1, 0.5, 0.5, {}), "epoch": None, "wall_s": None})
+    assert main([str(tmp_path)]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[1:5] == ["neuron=lif", "0/3", "epochs", "50.00"]
+
+
+def test_compare_cannot_write_its_table(sweep, tmp_path):
+    (tmp_path / "taken").write_text("")
+    proc = run_snnexp("compare", str(sweep), "--out", str(tmp_path / "taken"), cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"snnexp: error: cannot write the table into {tmp_path / 'taken'}: File exists")

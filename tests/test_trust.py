@@ -20,6 +20,7 @@ import yaml
 
 from conftest import run_snnexp
 from snnexp import conf_dir
+from snnexp.checkpoint import stored_config
 from snnexp.errors import CheckpointError
 from snnexp.trust import check_replayed, check_stored_config
 
@@ -142,3 +143,10 @@ def test_an_unreadable_overrides_file_is_a_clear_error(old_run, tmp_path):
     (old_run / ".hydra" / "overrides.yaml").write_text("{not: a list}\n")
     proc = run_snnexp("train", f"resume={old_run}", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "is not a list of overrides" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_checkpoint_does_not_say_where_this_machine_writes(tmp_path):
+    dataset = {"_target_": "snnexp.data.nmnist", "data_dir": "/elsewhere", "download": True,
+               "cache_dir": str(tmp_path / "not_the_cache")}
+    cfg = stored_config({"config": {"dataset": dataset}}, "x.pt")
+    assert cfg.dataset.cache_dir is None and cfg.dataset.download is False and cfg.dataset.data_dir == "/elsewhere"

@@ -162,9 +162,16 @@ def load(path) -> Dict[str, Any]:
 
 def stored_config(state: Dict[str, Any], source, config_dirs: Optional[Sequence[Path]] = None) -> DictConfig:
     """The config a loaded checkpoint (from `source`) was trained with, once snnexp.trust has checked that it names
-    only targets that `config_dirs` (default: snnexp's own conf/) name. Raises CheckpointError."""
+    only targets that `config_dirs` (default: snnexp's own conf/) name. Raises CheckpointError. Where this machine
+    writes is not the file's to say: the dataset's frame cache goes to this machine's default folder, and nothing
+    is downloaded into the data folder it names (`snnexp eval data_dir=...` points it at local data)."""
     check_stored_config(state.get("config"), str(source), config_dirs or [conf_dir()])
-    return OmegaConf.create(state["config"])
+    cfg = OmegaConf.create(state["config"])
+    dataset = cfg.get("dataset") or {}
+    for key, here in (("cache_dir", None), ("download", False)):
+        if key in dataset:
+            cfg.dataset[key] = here
+    return cfg
 
 
 def _unreadable(path: Path, text: str) -> str:

@@ -75,12 +75,30 @@ def write_aedat2_davis240c(path, x, y, t, p, imu_t=()):
 COCHLEA_AMS1C = "ch.unizh.ini.jaer.chip.cochlea.CochleaAMS1c"
 
 
-def write_aedat2_cochlea(path, channel, ear, neuron, lpf, t):
+def write_aedat2_cochlea(path, channel, ear, neuron, lpf, t, chip=COCHLEA_AMS1C):
     """A jAER AEDAT 2.0 recording of the CochleaAMS1c silicon cochlea: address bit 0 LPF/BPF ganglion cell, bit 1
     ear (1 right), bits 2-7 channel (0-63), bits 8-9 threshold neuron (0-3), as jAER's CochleaAMS1c extractor reads
-    it. Every address fits in the DVS128's 16 bits: only the header tells this file from a DVS128's."""
+    it. Every address (0-1023) fits in the DVS128's 16 bits. chip=None: no AEChip line, as jAER wrote before 2014."""
     channel, ear, neuron, lpf, t = (np.asarray(a, dtype=np.uint32) for a in (channel, ear, neuron, lpf, t))
-    write_aedat2_addresses(path, (neuron << 8) | (channel << 2) | (ear << 1) | lpf, t, COCHLEA_AMS1C)
+    write_aedat2_addresses(path, (neuron << 8) | (channel << 2) | (ear << 1) | lpf, t, chip)
+
+
+def cochlea_sweep(rng, duration_us=500_000):
+    """A silicon cochlea hearing a tone that sweeps from channel 10 to 50: every (channel, ear, neuron, LPF/BPF)
+    cell fires as a Poisson process, at 300 Hz near the tone's channel (falling off over ~3 channels, halved for
+    each higher threshold neuron) over 5 Hz of spontaneous spikes. Returns channel, ear, neuron, lpf, t (us)."""
+    channel, ear, neuron, lpf = np.meshgrid(np.arange(64), np.arange(2), np.arange(4), np.arange(2), indexing="ij")
+    channel, ear, neuron, lpf = (a.ravel() for a in (channel, ear, neuron, lpf))
+    spikes = []
+    for start in range(0, duration_us, 1000):  # 1 ms steps
+        tone = 10 + 40 * start / duration_us
+        rate = 5 + 300 * np.exp(-((channel - tone) ** 2) / 18) / 2.0 ** neuron  # Hz
+        cells = np.repeat(np.arange(len(channel)), rng.poisson(rate * 1e-3))
+        spikes.append((cells, start + rng.integers(0, 1000, len(cells))))
+    cells, t = (np.concatenate(a) for a in zip(*spikes))
+    order = np.argsort(t, kind="stable")
+    cells, t = cells[order], t[order]
+    return channel[cells], ear[cells], neuron[cells], lpf[cells], t
 
 
 def write_aedat31_gesture(path, x, y, t, p, packet_size=4096, source="DVS128", special=False, imu_t=()):
@@ -119,15 +137,23 @@ def write_gesture_labels_csv(path, rows):
         w.writerows(rows)
 
 
-def write_aedat4(path, x, y, t, p, width=128, height=128):
-    """AEDAT4 (what tonic's CIFAR10DVS download holds), written by iniVation's dv-processing."""
+def write_aedat4(path, x, y, t, p, width=128, height=128, camera="DVS128", frame_t=(), imu_t=()):
+    """AEDAT4 (what tonic's CIFAR10DVS download holds), written by iniVation's dv-processing. With frame_t or imu_t:
+    the streams a DAVIS camera records (events, frames, IMU, triggers), a blank frame at each of frame_t and an IMU
+    sample at each of imu_t."""
     import dv_processing as dv
 
-    writer = dv.io.MonoCameraWriter(str(path), dv.io.MonoCameraWriter.EventOnlyConfig("DVS128", (width, height)))
+    config = dv.io.MonoCameraWriter.DAVISConfig if len(frame_t) or len(imu_t) else \
+        dv.io.MonoCameraWriter.EventOnlyConfig
+    writer = dv.io.MonoCameraWriter(str(path), config(camera, (width, height)))
     store = dv.EventStore()
     for ti, xi, yi, pi in zip(t, x, y, p):
         store.push_back(int(ti), int(xi), int(yi), bool(pi))
     writer.writeEvents(store)
+    for ti in frame_t:
+        writer.writeFrame(dv.Frame(int(ti), np.zeros((height, width), np.uint8)))
+    for ti in imu_t:  # timestamp, temperature, accelerometer x y z (g), gyroscope x y z, magnetometer x y z
+        writer.writeImu(dv.IMU(int(ti), 25.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0))
     del writer  # closes the file
 
 

@@ -13,6 +13,7 @@ from conftest import SHARED_DATA, run_snnexp
 from event_writers import (
     COCHLEA_AMS1C,
     DAVIS240C,
+    cochlea_sweep,
     make_cifar10dvs,
     make_gesture,
     random_events,
@@ -78,17 +79,67 @@ def test_a_davis240c_recording_with_imu_samples_is_refused_by_its_header_and_by_
     refused(read_aedat2_dvs128, tmp_path / "old.aedat", "with bits above the DVS128's 16: not a DVS128 recording")
 
 
-def test_a_cochlea_recording_is_refused_by_its_header_though_its_addresses_fit_a_dvs128(tmp_path):
-    rng = np.random.default_rng(0)
-    n = 300
+def test_a_cochlea_recording_is_refused_by_its_header_or_without_one_by_the_four_columns_it_fills(tmp_path):
+    """A CochleaAMS1c's addresses (0-1023) fit in the DVS128's 16 bits; read as DVS128 events they lie in 4 columns
+    (x = address bits 8-9) and every row."""
     path = tmp_path / "cochlea.aedat"
-    write_aedat2_cochlea(path, rng.integers(0, 64, n), rng.integers(0, 2, n), rng.integers(0, 4, n),
-                         rng.integers(0, 2, n), np.sort(rng.integers(0, 100_000, n)))
+    write_aedat2_cochlea(path, *cochlea_sweep(np.random.default_rng(0)))
     refused(read_aedat2_dvs128, path, f"a recording of a silicon cochlea (jAER AEChip {COCHLEA_AMS1C})")
     without_chip = tmp_path / "anonymous.aedat"
     without_chip.write_bytes(path.read_bytes().replace(f"# AEChip: {COCHLEA_AMS1C}\r\n".encode(), b""))
-    x, y, _, _ = read_aedat2_dvs128(without_chip)  # nothing else tells it apart: why the header is read
-    assert len(x) == n
+    refused(read_aedat2_dvs128, without_chip, "events lie in 4 of the 128 columns and 128 of the 128 rows",
+            "not a recording of the sensor (a silicon cochlea's or another device's events)")
+
+
+def test_a_headerless_cochlea_recording_among_cifar10dvs_recordings_stops_the_loader_naming_it(tmp_path):
+    make_cifar10dvs(tmp_path, per_class=2)
+    path = tmp_path / "CIFAR10DVS" / "cat" / "cifar10_cat_1.aedat"
+    write_aedat2_cochlea(path, *cochlea_sweep(np.random.default_rng(1)), chip=None)
+    with pytest.raises(CorruptFile, match=f"^{path}: its [0-9]+ events lie in 4 of the 128 columns .* not a "
+                                          f"recording of the sensor"):
+        dvs_cifar10(str(tmp_path), download=False, T=2, cache_dir=str(tmp_path / "cache"), workers=1)
+
+
+def moving_edge(rng):
+    """A CIFAR10-DVS-like scene: an image's vertical edge (rows 20-107) sweeping from column 10 to 117 in 200 ms,
+    each pixel on it firing with probability 0.2 per ms."""
+    rows = np.arange(20, 108)
+    x, y, t = [], [], []
+    for ms in range(200):
+        fire = rows[rng.random(len(rows)) < 0.2]
+        x.append(np.full(len(fire), 10 + ms * 107 // 199))
+        y.append(fire)
+        t.append(ms * 1000 + np.sort(rng.integers(0, 1000, len(fire))))
+    x, y, t = (np.concatenate(a) for a in (x, y, t))
+    return x, y, t, np.ones(len(t), dtype=np.int64)
+
+
+def waving_hand(rng):
+    """A gesture-like blob: a disc of radius 6 (13 rows) waving between columns 30 and 90, twice in a second, ten
+    events a ms on its rim, ON ahead of it and OFF behind, with no background activity: fewer rows than any real
+    gesture recording fills."""
+    x, y, t, p = [], [], [], []
+    for ms in range(1000):
+        cx = 60 + 30 * np.sin(2 * np.pi * 2 * ms / 1000)
+        angle = rng.uniform(0, 2 * np.pi, 10)
+        x.append(np.clip(np.round(cx + 6 * np.cos(angle)), 0, 127).astype(np.int64))
+        y.append(np.round(40 + 6 * np.sin(angle)).astype(np.int64))
+        t.append(ms * 1000 + np.sort(rng.integers(0, 1000, 10)))
+        p.append((np.cos(angle) * np.cos(2 * np.pi * 2 * ms / 1000) > 0).astype(np.int64))  # ahead: ON
+    return tuple(np.concatenate(a) for a in (x, y, t, p))
+
+
+@pytest.mark.parametrize("scene", [moving_edge, waving_hand])
+def test_dvs128_recordings_of_a_moving_edge_or_a_waving_hand_read_in_every_format(tmp_path, scene):
+    x, y, t, p = scene(np.random.default_rng(0))
+    assert len(np.unique(y)) <= 88  # the scene fills a part of the sensor only (13 rows for the hand)
+    write_aedat2(tmp_path / "a.aedat", x, y, t, p)  # no AEChip line: only the events can tell
+    write_aedat31_gesture(tmp_path / "g.aedat", x, y, t, p)
+    write_tonic_gesture_npy(tmp_path / "g.npy", x, y, t, p)
+    for reader, path in ((read_aedat2_dvs128, "a.aedat"), (read_gesture_file, "g.aedat"),
+                         (read_tonic_gesture_npy, "g.npy")):
+        for got, written in zip(reader(tmp_path / path), (x, y, t, p)):
+            np.testing.assert_array_equal(got, written)
 
 
 def test_a_dvs128_recording_named_by_jaer_reads_and_its_external_input_events_are_left_out(tmp_path):
@@ -115,12 +166,17 @@ def test_aedat31_from_another_source_or_with_imu_packets_is_refused(tmp_path):
     np.testing.assert_array_equal(read_gesture_file(tmp_path / "ok.aedat")[0], x)
 
 
-def test_aedat4_of_another_size_is_refused(tmp_path):
+@pytest.mark.parametrize("camera, width, height", [("DVXplorerLite", 320, 240), ("DAVIS346", 346, 260)])
+def test_aedat4_of_another_camera_with_frame_and_imu_streams_is_refused_naming_its_size(tmp_path, camera, width,
+                                                                                         height):
     pytest.importorskip("dv_processing", reason="writing AEDAT4 needs dv-processing (dev extra)")
     from event_writers import write_aedat4
 
-    write_aedat4(tmp_path / "davis.aedat4", [1, 300], [2, 200], [10, 20], [1, 0], width=346, height=260)
-    refused(read_aedat4_events, tmp_path / "davis.aedat4", "its event stream is 346x260, not 128x128")
+    x, y, t, p = random_events(np.random.default_rng(0), 500, 128, 100_000)  # events that would fit a DVS128
+    path = tmp_path / f"{camera}.aedat4"
+    write_aedat4(path, x, y, t, p, width, height, camera, frame_t=[0, 50_000], imu_t=[0, 10_000, 20_000])
+    refused(read_aedat4_events, path, f"its event stream is {width}x{height}, not 128x128: a recording of another "
+                                      f"sensor")
 
 
 def test_files_without_size_information_are_held_to_their_sensor(tmp_path):

@@ -5,7 +5,10 @@ with CorruptFile naming the file and what it appears to be, a file that is
 - another format under this name, or empty (`what_is` reads the first bytes);
 - not a recording of the expected sensor's polarity events: a jAER header naming another chip, or address bits
   outside the DVS128's fields (AEDAT 2.0); a source other than DVS128 in the header, or packets of frames, IMU
-  samples, cochlea or other non-polarity events (AEDAT 3.1); an event stream of another size (AEDAT4);
+  samples, cochlea or other non-polarity events (AEDAT 3.1); an event stream of another size, with frame and IMU
+  streams beside it or not (AEDAT4); in any format, events (MIN_EVENTS_JUDGED or more) that lie in fewer than
+  MIN_COVERED_LINES of the sensor's columns or rows, as no camera's do (a silicon cochlea's addresses, 0-1023, in
+  an AEDAT 2.0 file without jAER's AEChip line, read as DVS128 events in 4 columns);
 - damaged where the format lets it show: not a whole number of records, a packet running past the end of the
   file, a header and no events, an event outside the sensor (34x34 for N-MNIST, 128x128 otherwise), a negative
   timestamp, or timestamps that go backwards.
@@ -62,7 +65,8 @@ def _expect(path, expected: str, reader: str) -> None:
 
 
 def _check(path, x, y, t, width, height) -> None:
-    """Refuse no events, an event outside the width x height sensor, a negative or decreasing timestamp."""
+    """Refuse no events, an event outside the width x height sensor, a negative or decreasing timestamp, events in
+    a handful of the sensor's columns or rows."""
     if not len(t):
         raise _corrupt(path, "holds no events (an empty recording)")
     outside = np.flatnonzero((x < 0) | (y < 0) | (x >= width) | (y >= height))
@@ -77,6 +81,28 @@ def _check(path, x, y, t, width, height) -> None:
     if len(back):
         i = back[0] + 1
         raise _corrupt(path, f"timestamps go backwards at event {i} ({int(t[i - 1])} -> {int(t[i])} us; damaged file)")
+    _check_coverage(path, x, y, width, height)
+
+
+# A camera recording's events spread over its sensor: the 1,000 real N-MNIST recordings in ../shared/data each
+# cover at least 32 of the 34 columns and 31 of the 34 rows, and a CIFAR10-DVS image or a DVS Gesture body fills
+# most of the 128x128, with background-activity events everywhere else. A silicon cochlea's addresses (0-1023) read
+# as DVS128 events fill 4 columns (x = address bits 8-9). 8, twice that, refuses such files and no camera recording.
+MIN_COVERED_LINES = 8
+# Fewer events than this may lie in a few rows by chance, and say too little to judge: a real recording has
+# thousands (N-MNIST's fewest: 1,112), hand-made ones a few.
+MIN_EVENTS_JUDGED = 100
+
+
+def _check_coverage(path, x, y, width, height) -> None:
+    """Refuse events that fill only a handful of the sensor's columns or rows: not a camera's recording."""
+    if len(x) < MIN_EVENTS_JUDGED:
+        return
+    columns, rows = len(np.unique(x)), len(np.unique(y))
+    if min(columns, rows) < MIN_COVERED_LINES:
+        raise _corrupt(path, f"its {len(x)} events lie in {columns} of the {width} columns and {rows} of the "
+                             f"{height} rows of the {width}x{height} sensor: not a recording of the sensor (a "
+                             f"silicon cochlea's or another device's events)")
 
 
 # ----------------------------------------------------------------------------------------------------- N-MNIST
@@ -284,7 +310,7 @@ def read_aedat4_events(path) -> Events:
         size = (streams[ids[0]]["width"], streams[ids[0]]["height"])
         if size != (128, 128):
             raise _corrupt(path, f"its event stream is {size[0]}x{size[1]}, not 128x128: a recording of another "
-                                 f"sensor (a DAVIS240 is 240x180, a DAVIS346 346x260)")
+                                 f"sensor (a DAVIS240 is 240x180, a DAVIS346 346x260, a DVXplorer Lite 320x240)")
         packets = [packet["events"] for packet in decoder if packet["stream_id"] == ids[0]]
     except CorruptFile:
         raise

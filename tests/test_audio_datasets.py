@@ -3,6 +3,7 @@ read by our loader and by tonic's own SHD/SSC classes, frames counted by hand an
 by hand, tonic's download (its download function replaced: there is no network here), damaged files, the configs
 that set trainer.T, and training runs of the CLI."""
 
+import hashlib
 import json
 import re
 import shutil
@@ -23,6 +24,10 @@ from test_data_storage import read_only, run_read_only, snapshot  # noqa: F401 (
 
 TRAIN_STEP = ["model=mlp", "trainer.T=8", "trainer.epochs=1", "trainer.max_steps=2", "trainer.batch_size=4",
               "hydra.run.dir=run"]
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
 
 
 def frames(ds):
@@ -116,12 +121,15 @@ def test_ssc_tests_on_the_test_set_or_the_validation_set(tmp_path):
 
 # ------------------------------------------------------------------------------ archives, download, missing
 
-def test_archives_placed_by_hand_are_decompressed_into_the_cache_and_the_folder_is_not_written(tmp_path):
+def test_archives_placed_by_hand_are_decompressed_into_the_cache_and_the_folder_is_not_written(tmp_path, monkeypatch):
+    import tonic
+
     folder = make_shd(tmp_path / "src")
     data = tmp_path / "data" / "SHD"
     data.mkdir(parents=True)
     gzip_file(folder / "shd_train.h5", data / "shd_train.h5.gz")  # the authors' archive
     zip_file(folder / "shd_test.h5", data / "shd_test.h5.zip")  # tonic's mirror's
+    monkeypatch.setattr(tonic.datasets.SHD, "test_md5", md5(data / "shd_test.h5.zip"))  # as if it were official
     before = snapshot(tmp_path / "data")
     splits = shd(str(tmp_path / "data"), download=True, T=4, cache_dir=str(tmp_path / "cache"), workers=1)
     assert snapshot(tmp_path / "data") == before
@@ -131,7 +139,9 @@ def test_archives_placed_by_hand_are_decompressed_into_the_cache_and_the_folder_
     assert len(list((tmp_path / "cache" / "extracted").glob("SHD-*/shd_*.h5"))) == 2
 
 
-def test_a_damaged_archive_is_named(tmp_path):
+def test_a_damaged_archive_is_named(tmp_path, monkeypatch):
+    import tonic
+
     make_shd(tmp_path)
     (tmp_path / "SHD" / "shd_train.h5").unlink()
     (tmp_path / "SHD" / "shd_train.h5.gz").write_bytes(b"\x1f\x8b\x08 cut short")
@@ -140,6 +150,7 @@ def test_a_damaged_archive_is_named(tmp_path):
         load(tmp_path)
     (tmp_path / "SHD" / "shd_train.h5.gz").unlink()
     zip_file(tmp_path / "SHD" / "shd_test.h5", tmp_path / "SHD" / "shd_train.h5.zip")  # the wrong file inside
+    monkeypatch.setattr(tonic.datasets.SHD, "train_md5", md5(tmp_path / "SHD" / "shd_train.h5.zip"))  # past the md5
     with pytest.raises(CorruptFile, match=r"SHD/shd_train.h5.zip: holds no shd_train.h5: not the SHD archive\? Get "
                                           r"it again"):
         load(tmp_path)

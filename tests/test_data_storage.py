@@ -23,6 +23,7 @@ import pytest
 import torch
 import torchvision
 from hydra import compose, initialize_config_dir
+from tonic.datasets import CIFAR10DVS, NMNIST
 from torch.utils.data import Subset
 
 from conftest import run_snnexp
@@ -30,7 +31,7 @@ from event_writers import make_cifar10dvs, make_gesture, make_nmnist
 from image_writers import make_cifar, make_mnist_like
 from snnexp import data
 from snnexp.cli import conf_dir
-from snnexp.data import CorruptFile, DatasetError
+from snnexp.data import CorruptFile, DatasetError, events
 from snnexp.data.events import stratified_split
 from snnexp.engine import build_run, evaluate, fit, make_loader
 from snnexp.errors import CheckpointError
@@ -191,18 +192,20 @@ def zip_folder(archive: Path, folder: Path, arcroot: str) -> None:
             z.write(f, f"{arcroot}/{f.relative_to(folder).as_posix()}")
 
 
-def test_nmnist_zips_placed_by_hand_are_read_and_the_folder_is_not_written(tmp_path, cache):
+def test_nmnist_zips_placed_by_hand_are_read_and_the_folder_is_not_written(tmp_path, cache, monkeypatch):
     make_nmnist(tmp_path / "src", per_digit=1)
     (tmp_path / "data" / "NMNIST").mkdir(parents=True)
     for folder, archive in (("Train", "train.zip"), ("Test", "test.zip")):  # the official archives' names and tops
         zip_folder(tmp_path / "data" / "NMNIST" / archive, tmp_path / "src" / "NMNIST" / folder, folder)
+    monkeypatch.setattr(NMNIST, "train_md5", md5(tmp_path / "data" / "NMNIST" / "train.zip"))  # as if official
+    monkeypatch.setattr(NMNIST, "test_md5", md5(tmp_path / "data" / "NMNIST" / "test.zip"))
     before = snapshot(tmp_path / "data")
     splits = data.nmnist(str(tmp_path / "data"), download=True, T=2, workers=1)
     assert snapshot(tmp_path / "data") == before
     assert sorted(splits.train.labels.tolist()) == list(range(10)) and len(splits.test) == 10
 
 
-def test_cifar10dvs_zip_of_class_zips_is_read_and_the_folder_is_not_written(tmp_path, cache):
+def test_cifar10dvs_zip_of_class_zips_is_read_and_the_folder_is_not_written(tmp_path, cache, monkeypatch):
     classes = ("airplane", "cat", "truck")
     make_cifar10dvs(tmp_path / "src", classes=classes, per_class=4)
     for c in classes:  # CIFAR10DVS.zip holds one zip per class, each holding <class>/
@@ -211,26 +214,29 @@ def test_cifar10dvs_zip_of_class_zips_is_read_and_the_folder_is_not_written(tmp_
     with zipfile.ZipFile(tmp_path / "data" / "CIFAR10DVS" / "CIFAR10DVS.zip", "w") as z:
         for c in classes:
             z.write(tmp_path / "src" / f"{c}.zip", f"{c}.zip")
+    monkeypatch.setattr(CIFAR10DVS, "file_md5", md5(tmp_path / "data" / "CIFAR10DVS" / "CIFAR10DVS.zip"))
     before = snapshot(tmp_path / "data")
     splits = data.dvs_cifar10(str(tmp_path / "data"), download=False, T=1, downsample=8, workers=1)
     assert snapshot(tmp_path / "data") == before
     assert np.bincount(splits.train.labels, minlength=10)[[0, 3, 9]].tolist() == [3, 3, 3]  # 4 each: 1 to test
 
 
-def test_dvs_gesture_tar_placed_by_hand_is_read_and_the_folder_is_not_written(tmp_path, cache):
+def test_dvs_gesture_tar_placed_by_hand_is_read_and_the_folder_is_not_written(tmp_path, cache, monkeypatch):
     make_gesture(tmp_path / "src")
     (tmp_path / "data").mkdir()
     with tarfile.open(tmp_path / "data" / "DvsGesture.tar.gz", "w:gz") as tar:
         tar.add(tmp_path / "src" / "DvsGesture", arcname="DvsGesture")
+    monkeypatch.setattr(events, "GESTURE_MD5", md5(tmp_path / "data" / "DvsGesture.tar.gz"))
     before = snapshot(tmp_path / "data")
     splits = data.dvs_gesture(str(tmp_path / "data"), download=False, T=2, downsample=8, workers=1)
     assert snapshot(tmp_path / "data") == before
     assert splits.train.labels.tolist() == [0, 4, 10] and splits.test.labels.tolist() == [0, 4, 10]
 
 
-def test_a_damaged_archive_is_named(tmp_path, cache):
+def test_a_damaged_archive_is_named(tmp_path, cache, monkeypatch):
     (tmp_path / "NMNIST").mkdir()
     (tmp_path / "NMNIST" / "train.zip").write_bytes(b"PK\x03\x04 cut short")
+    monkeypatch.setattr(NMNIST, "train_md5", md5(tmp_path / "NMNIST" / "train.zip"))  # past the md5 check
     with pytest.raises(CorruptFile, match=r"NMNIST/train.zip: cannot extract it \(File is not a zip file\): a "
                                           r"damaged or incomplete download\? Get it again"):
         data.nmnist(str(tmp_path), download=False)
@@ -303,14 +309,26 @@ def test_real_mnist_gz_files_train_from_a_read_only_folder_and_a_writable_one_st
     assert snapshot(tmp_path / "data") == before
 
 
+EVENT_READ_ONLY = """
+import sys
+from tonic.datasets import NMNIST
+from snnexp.cli import main
+NMNIST.train_md5, NMNIST.test_md5 = sys.argv[1:3]  # our zips stand for the official ones
+sys.argv = ["snnexp", *sys.argv[3:]]
+main(sys.argv[1:])
+"""
+
+
 def test_event_archives_train_from_a_read_only_folder(tmp_path, read_only):
     make_nmnist(tmp_path / "src", per_digit=1)
     (tmp_path / "data" / "NMNIST").mkdir(parents=True)
     for folder, archive in (("Train", "train.zip"), ("Test", "test.zip")):
         zip_folder(tmp_path / "data" / "NMNIST" / archive, tmp_path / "src" / "NMNIST" / folder, folder)
     before = snapshot(tmp_path / "data")
-    proc = run_read_only(read_only, tmp_path / "data", "train", "dataset=nmnist", "dataset.data_dir=data",
-                         "dataset.cache_dir=cache", *TRAIN_STEP, cwd=tmp_path, env={})
+    md5s = [md5(tmp_path / "data" / "NMNIST" / name) for name in ("train.zip", "test.zip")]
+    cmd = read_only(tmp_path / "data", sys.executable, "-c", EVENT_READ_ONLY, *md5s, "train", "dataset=nmnist",
+                    "dataset.data_dir=data", "dataset.cache_dir=cache", *TRAIN_STEP)
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert snapshot(tmp_path / "data") == before and (tmp_path / "run" / "metrics.json").is_file()
 

@@ -113,7 +113,8 @@ def _load(release: Release, data_dir, download, roles: Dict[str, str], options) 
                "channels": frames.channels, "on_corrupt": cache.on_corrupt, "files": _digest([str(path)], data_dir)}
         built = FrameCache(cache.root(), key)
         built.get_or_build([(str(path), i) for i in range(len(labels))], labels, convert, frames.shape(),
-                           cache.workers, cache.on_corrupt, desc=f"{release.name} {split}: spikes -> {frames.T} frames")
+                           cache.workers, cache.on_corrupt, desc=f"{release.name} {split}: spikes -> {frames.T} frames",
+                           num_classes=release.num_classes)
         datasets[role] = FrameDataset(built.dir)
     return Splits(datasets["train"], datasets["test"], (frames.channels,), release.num_classes, sequence=True)
 
@@ -147,9 +148,11 @@ def _placed(release: Release, root: Path, split: str, cache: CacheOptions) -> Op
     h5 = root / release.file(split)
     if h5.is_file():
         return h5
-    for archive in (root / f"{h5.name}.gz", root / f"{h5.name}.zip"):
+    cls = release.tonic_class()
+    # tonic's mirror's .h5.zip has its md5 in tonic's class; the authors' .h5.gz has none published there
+    for archive, md5 in ((root / f"{h5.name}.gz", None), (root / f"{h5.name}.zip", getattr(cls, f"{split}_md5"))):
         if archive.is_file():
-            inside = extracted([archive], cache.root(), f"{release.folder}-{split}") / h5.name
+            inside = extracted({archive: md5}, cache.root(), release.folder, cls.base_url) / h5.name
             if not inside.is_file():
                 raise CorruptFile(f"{archive}: holds no {h5.name}: not the {release.folder} archive? Get it again",
                                   archive)

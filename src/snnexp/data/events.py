@@ -175,7 +175,7 @@ def _build_splits(name, data_dir, lists, sensor_size, num_classes, frames: Frame
                "files": _digest(sources, data_dir)}
         built = FrameCache(cache.root(), key)
         built.get_or_build(sources, [label for _, label in samples], convert, shape, cache.workers, cache.on_corrupt,
-                           desc=f"{name} {split}: events -> {frames.T} frames")
+                           desc=f"{name} {split}: events -> {frames.T} frames", num_classes=num_classes)
         aug = augment if split == "train" else Augment()
         datasets[split] = FrameDataset(built.dir, flip=aug.flip, roll=aug.roll)
     return Splits(datasets["train"], datasets["test"], shape[1:], num_classes, sequence=True)
@@ -223,10 +223,11 @@ def nmnist(data_dir="data", download=True, **options) -> Splits:
     frames, cache, augment = event_options("nmnist", options)
     root = Path(data_dir).expanduser() / "NMNIST"
     lists = {}
-    for split, folder, archive in (("train", "Train", NMNIST.train_filename), ("test", "Test", NMNIST.test_filename)):
+    for split, folder, archive, md5 in (("train", "Train", NMNIST.train_filename, NMNIST.train_md5),
+                                        ("test", "Test", NMNIST.test_filename, NMNIST.test_md5)):
         where = root / folder
         if not where.is_dir() and (root / archive).is_file():
-            where = extracted([root / archive], cache.root(), f"NMNIST-{split}") / folder
+            where = extracted({root / archive: md5}, cache.root(), "NMNIST", NMNIST_SOURCE) / folder
         if not where.is_dir() and download:
             try:
                 NMNIST(str(Path(data_dir).expanduser()), train=split == "train")
@@ -239,6 +240,9 @@ def nmnist(data_dir="data", download=True, **options) -> Splits:
     return _build_splits("nmnist", data_dir, lists, NMNIST.sensor_size[:2], 10, frames, cache, augment)
 
 
+NMNIST_SOURCE = "https://www.garrickorchard.com/datasets/n-mnist"
+
+
 def _nmnist_missing(root, err=None):
     from tonic.datasets import NMNIST
 
@@ -247,7 +251,7 @@ def _nmnist_missing(root, err=None):
         f"  {root}/Train/<digit 0-9>/<n>.bin   and   {root}/Test/<digit 0-9>/<n>.bin",
         f"  {NMNIST.train_filename}  md5 {NMNIST.train_md5}  (60,000 training recordings)\n"
         f"  {NMNIST.test_filename}   md5 {NMNIST.test_md5}  (10,000 test recordings)",
-        f"{NMNIST.train_url} and {NMNIST.test_url} (https://www.garrickorchard.com/datasets/n-mnist)", err)
+        f"{NMNIST.train_url} and {NMNIST.test_url} ({NMNIST_SOURCE})", err)
 
 
 CIFAR10DVS_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -263,10 +267,11 @@ def dvs_cifar10(data_dir="data", download=True, test_fraction=0.1, split_seed=0,
     root = Path(data_dir).expanduser() / "CIFAR10DVS"
     folder = root  # the class folders: extracted there by the user, or from the archive(s) there into the cache
     if not any((root / c).is_dir() for c in CIFAR10DVS_CLASSES):
-        archives = [root / CIFAR10DVS.filename] if (root / CIFAR10DVS.filename).is_file() else \
-            [root / f"{c}.zip" for c in CIFAR10DVS_CLASSES if (root / f"{c}.zip").is_file()]
-        if archives:  # CIFAR10DVS.zip holds one zip per class
-            folder = extracted(archives, cache.root(), "CIFAR10DVS", nested=True)
+        # tonic's CIFAR10DVS.zip (its md5 known) holds one zip per class; the original release's class zips have none
+        archives = {root / CIFAR10DVS.filename: CIFAR10DVS.file_md5} if (root / CIFAR10DVS.filename).is_file() else \
+            {root / f"{c}.zip": None for c in CIFAR10DVS_CLASSES if (root / f"{c}.zip").is_file()}
+        if archives:
+            folder = extracted(archives, cache.root(), "CIFAR10DVS", CIFAR10DVS.url, nested=True)
     if not any((folder / c).is_dir() for c in CIFAR10DVS_CLASSES) and download:
         try:
             CIFAR10DVS(str(Path(data_dir).expanduser()))
@@ -354,6 +359,8 @@ def split_problem(lists, test_fraction: float, store: Path, classes: Sequence[st
 
 
 GESTURE_TRAIN_USERS = range(1, 24)  # the official split: users 1-23 train, 24-29 test
+GESTURE_MD5 = "8a5c71fb11e24e5ca5b11866ca6c00a1"  # of IBM's DvsGesture.tar.gz
+GESTURE_SOURCE = "https://ibm.ent.box.com/s/3hiq58ww1pbbjrinh367ykfdf60xsfm8/folder/50167556794 (IBM DVS128 Gesture)"
 
 
 def dvs_gesture(data_dir="data", download=True, **options) -> Splits:
@@ -367,7 +374,8 @@ def dvs_gesture(data_dir="data", download=True, **options) -> Splits:
     base = Path(data_dir).expanduser()
     official, tonic_dir = base / "DvsGesture", base / "DVSGesture"
     if not official.is_dir() and (base / "DvsGesture.tar.gz").is_file():
-        official = extracted([base / "DvsGesture.tar.gz"], cache.root(), "DvsGesture") / "DvsGesture"
+        official = extracted({base / "DvsGesture.tar.gz": GESTURE_MD5}, cache.root(), "DvsGesture",
+                             GESTURE_SOURCE) / "DvsGesture"
     if official.is_dir() and any(official.glob("*.aedat")):
         lists = _gesture_official(official)
     else:
@@ -421,6 +429,5 @@ def _gesture_missing(folder, err=None):
         "DVS128 Gesture", folder,
         f"  {folder}/user<NN>_<lighting>.aedat with user<NN>_<lighting>_labels.csv beside each,\n"
         f"  and trials_to_train.txt / trials_to_test.txt (else users 1-23 train, 24-29 test)",
-        "  DvsGesture.tar.gz  md5 8a5c71fb11e24e5ca5b11866ca6c00a1  (122 recordings, 29 users, 11 gestures);\n"
-        "  put it in the folder that holds DvsGesture/ (dataset.data_dir)",
-        "https://ibm.ent.box.com/s/3hiq58ww1pbbjrinh367ykfdf60xsfm8/folder/50167556794 (IBM DVS128 Gesture)", err)
+        f"  DvsGesture.tar.gz  md5 {GESTURE_MD5}  (122 recordings, 29 users, 11 gestures);\n"
+        "  put it in the folder that holds DvsGesture/ (dataset.data_dir)", GESTURE_SOURCE, err)

@@ -2,7 +2,6 @@
 torchvision's MNIST, Fashion-MNIST and CIFAR10."""
 
 import contextlib
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +12,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from snnexp import cache_home
 from snnexp.data.cache import default_cache_dir, extracted
-from snnexp.errors import CorruptFile, DatasetError
+from snnexp.errors import DatasetError
 from snnexp.files import atomic_path
 
 
@@ -91,26 +90,14 @@ def _official_files(cls, root: Path) -> Tuple[Path, Dict[Path, str], str]:
 def _placed(cls, root: Path) -> Path:
     """The folder torchvision is to read as its root. `root` (data_dir) when it holds the extracted files, or
     lacks some archive (torchvision then downloads into it, or says what is missing). When all the official
-    archives are there (and no extracted copy), their md5s are checked and they are extracted once into the
-    cache (snnexp.data.cache.extracted), which torchvision reads: torchvision would extract them beside
+    archives are there (and no extracted copy), they are extracted once into the cache (snnexp.data.cache.
+    extracted, which checks their md5s first), which torchvision reads: torchvision would extract them beside
     themselves, so a read-only data folder would fail and a writable one would gain the extracted files."""
     folder, archives, inside = _official_files(cls, root)
     extracted_there = [folder / Path(a).stem for a in archives] if inside else [root / cls.base_folder]
     if all(p.exists() for p in extracted_there) or not all(a.is_file() for a in archives):
         return root
-    for archive, md5 in archives.items():
-        _check_md5(cls, archive, md5)
-    return extracted(list(archives), default_cache_dir(), cls.__name__, into=inside)
-
-
-def _check_md5(cls, archive: Path, md5: str) -> None:
-    digest = hashlib.md5()
-    with open(archive, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    if digest.hexdigest() != md5:
-        raise CorruptFile(f"{archive}: not the official {cls.__name__} file (md5 {digest.hexdigest()}, expected "
-                          f"{md5}): a damaged or incomplete copy? Get it again from {_source(cls)}")
+    return extracted(archives, default_cache_dir(), cls.__name__, _source(cls), into=inside)
 
 
 def _source(cls) -> str:

@@ -110,9 +110,11 @@ def test_replayed_overrides_of_our_own_groups_and_keys_pass():
                     "dataset.data_dir='/data/a=b'", "~paper"], Path("overrides.yaml"), [conf_dir()])
 
 
-def test_a_stored_config_with_an_interpolation_or_no_mapping_is_refused():
+def test_a_stored_config_with_an_interpolation_a_target_that_is_no_name_or_no_mapping_is_refused():
     with pytest.raises(CheckpointError, match=r"interpolation at trainer.T \('\$\{oc.env:HOME\}'\)"):
         check_stored_config({"trainer": {"T": "${oc.env:HOME}"}}, "x.pt", [conf_dir()])
+    with pytest.raises(CheckpointError, match=r"names model._target_=\{'a': 1\}"):
+        check_stored_config({"model": {"_target_": {"a": 1}}}, "x.pt", [conf_dir()])
     with pytest.raises(CheckpointError, match="x.pt: its stored config is a list"):
         check_stored_config([], "x.pt", [conf_dir()])
 

@@ -82,7 +82,7 @@ def check_stored_config(config: Any, source: str, config_dirs: Sequence[Path]) -
                               "checkpoint snnexp wrote")
     allowed = known_targets(config_dirs)
     for key, target in _targets(config, ""):
-        if target not in allowed:
+        if not _allowed(target, allowed):
             raise CheckpointError(f"{source}: its stored config names {key}={target!r}, which no config of snnexp's "
                                   f"(or of your --config-dir) names: refusing to build it, since a checkpoint is "
                                   f"data, never code. {_HINT}")
@@ -134,11 +134,15 @@ def _replay_problem(override, groups: Set[str], allowed: Set[str]) -> str:
     value = override.value()
     named = [(key, value)] if key.split(".")[-1] == TARGET else []
     for where, target in [*named, *_targets(value, key)]:
-        if target not in allowed:
+        if not _allowed(target, allowed):
             return f"names the target {where}={target!r}, which no config of snnexp's (or of your --config-dir) names"
     for where, text in _interpolations(value, key):
         return f"holds an interpolation ({text!r} at {where}), which could build a config node when read"
     return ""
+
+
+def _allowed(target: Any, allowed: Set[str]) -> bool:
+    return isinstance(target, str) and target in allowed  # a list or dict as target: unhashable, and never ours
 
 
 def _is_hydra(key: str) -> bool:

@@ -10,7 +10,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.snnexp-installed
 
-.PHONY: install train test test-all lint bench clean
+.PHONY: install train test test-all lint bench gpu-check clean
 
 install: $(INSTALLED)
 
@@ -57,5 +57,16 @@ bench: $(INSTALLED)
 	$(PY) bench/bench_mnist_epoch.py
 	$(PY) bench/bench_frames.py $(ARGS)
 
+# make gpu-check (bench/gpu_check.py): the wheels an offline GPU machine lacks into gpu-wheels/ (downloaded again when
+# pyproject.toml or the script changes), then the check: on a GPU the CUDA tests, training runs and benchmarks in one
+# table; without one, the checks that need none (the wheels, an offline install with Python 3.12)
+GPU_WHEELS := gpu-wheels/.prepared
+$(GPU_WHEELS): pyproject.toml bench/gpu_check.py | $(INSTALLED)
+	$(PY) bench/gpu_check.py prepare
+	@touch $@
+
+gpu-check: $(GPU_WHEELS)
+	$(PY) bench/gpu_check.py run
+
 clean:
-	rm -rf $(VENV) outputs build dist src/*.egg-info
+	rm -rf $(VENV) outputs build dist src/*.egg-info gpu-wheels .gpu-venv

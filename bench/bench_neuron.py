@@ -217,7 +217,7 @@ def main():
                 print(f"  {impl:17s} {r['ms']:8.1f} {r['page_faults']:8.0f} {r['peak_mb']:8.0f} {vs_sj} "
                       f"{r['ms'] / bound_ms:10.2f}x")
     print()
-    write_results("neuron", results)
+    write_results("neuron" if args.device == "cpu" else f"neuron_{args.device}", results)
 
 
 if __name__ == "__main__":

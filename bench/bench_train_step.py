@@ -138,9 +138,10 @@ class Variant:
     the layers before the first neuron run once (snnexp.layers); else as T materialised copies."""
 
     def __init__(self, name, net, autocast=False, channels_last=False, compile=False, spikingjelly=False,
-                 direct=False, fused_adam=False):
+                 direct=False, fused_adam=False, device="cpu"):
         self.name, self.autocast, self.channels_last, self.sj = name, autocast, channels_last, spikingjelly
-        self.direct = direct
+        self.direct, self.device = direct, device
+        net = net.to(device)
         if channels_last:
             net = net.to(memory_format=torch.channels_last)
         self.model = net
@@ -154,7 +155,7 @@ class Variant:
             reset_sj(self.model)
         if self.direct and x_seq.shape[2] == 1:  # images (the convnet's), not event frames
             x_seq = x_seq[0].unsqueeze(0).expand(x_seq.shape)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
+        with torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.autocast):
             spikes = self.net(x_seq)
         loss = self.loss_fn(spikes.float().mean(0), y)
         self.opt.zero_grad(set_to_none=True)
@@ -164,33 +165,34 @@ class Variant:
         return loss.item()
 
 
-def inputs(cfg, seed):
+def inputs(cfg, seed, device="cpu"):
     g = torch.Generator().manual_seed(seed)
     T, B = cfg["T"], cfg["batch"]
     if cfg["input"][0] == 1:  # images, directly encoded: the same image at every step
         x = torch.rand(B, *cfg["input"], generator=g).unsqueeze(0).repeat(T, 1, 1, 1, 1)
     else:  # binary event frames
         x = (torch.rand(T, B, *cfg["input"], generator=g) < 0.1).float()
-    return x, torch.randint(0, 10, (B,), generator=g)
+    return x.to(device), torch.randint(0, 10, (B,), generator=g).to(device)
 
 
 def run_net(name, cfg, args):
     steps, repeats = args.steps or cfg["steps"], args.repeats or cfg["repeats"]
     torch.manual_seed(0)
     base = ours(cfg["spec"], cfg["input"])
+    V = partial(Variant, device=args.device)
     variants = [  # the first is the reference of the first-step check; the second what `snnexp train` runs
-        Variant("snnexp NCHW, T copies", copy.deepcopy(base)),
-        Variant("snnexp default", copy.deepcopy(base), channels_last=True, direct=True, fused_adam=True),
-        Variant("snnexp default, torch pool", torch_pooling(copy.deepcopy(base)), channels_last=True, direct=True,
-                fused_adam=True),
-        Variant("snnexp default, torch Adam", copy.deepcopy(base), channels_last=True, direct=True),
-        Variant("snnexp default, BN apart", bn_apart(copy.deepcopy(base)), channels_last=True, direct=True,
-                fused_adam=True),
-        Variant("snnexp torch.compile", copy.deepcopy(base), compile=True),
-        Variant("snnexp reference neurons", ours(cfg["spec"], cfg["input"], "reference")),
-        Variant("SpikingJelly", spikingjelly_twin(base), spikingjelly=True),
-        Variant("snnexp bf16", copy.deepcopy(base), autocast=True),
-        Variant("SpikingJelly bf16", spikingjelly_twin(base), autocast=True, spikingjelly=True),
+        V("snnexp NCHW, T copies", copy.deepcopy(base)),
+        V("snnexp default", copy.deepcopy(base), channels_last=True, direct=True, fused_adam=True),
+        V("snnexp default, torch pool", torch_pooling(copy.deepcopy(base)), channels_last=True, direct=True,
+          fused_adam=True),
+        V("snnexp default, torch Adam", copy.deepcopy(base), channels_last=True, direct=True),
+        V("snnexp default, BN apart", bn_apart(copy.deepcopy(base)), channels_last=True, direct=True,
+          fused_adam=True),
+        V("snnexp torch.compile", copy.deepcopy(base), compile=True),
+        V("snnexp reference neurons", ours(cfg["spec"], cfg["input"], "reference")),
+        V("SpikingJelly", spikingjelly_twin(base), spikingjelly=True),
+        V("snnexp bf16", copy.deepcopy(base), autocast=True),
+        V("SpikingJelly bf16", spikingjelly_twin(base), autocast=True, spikingjelly=True),
     ]
     next(v for v in variants if v.name == "snnexp reference neurons").model.load_state_dict(base.state_dict())
     if args.variants:  # the first stays: it is the reference of the first-step check
@@ -203,7 +205,7 @@ def run_net(name, cfg, args):
     saved_p = [m.p for m in dropouts]
     for m in dropouts:
         m.p = 0.0
-    x, y = inputs(cfg, 1000)
+    x, y = inputs(cfg, 1000, args.device)
     first = {v.name: [(v.step(x, y), v.grad_norm.item())] for v in variants}
     for m, p in zip(dropouts, saved_p):
         m.p = p
@@ -220,12 +222,17 @@ def run_net(name, cfg, args):
     print(f"\n{name}: the same first-step loss and gradient norm for all (float32 to 1e-3 / 1e-2, bf16 to "
           f"5e-2): " + ", ".join(f"{loss:.5f}/{gn:.5f}" for loss, gn in ref))
 
-    for v in variants:  # warm-up (torch.compile compiles here)
+    peak_mb = {}
+    for v in variants:  # warm-up (torch.compile compiles here); on CUDA each variant's peak memory over it
+        if args.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
         for s in range(args.warmup):
-            v.step(*inputs(cfg, 1 + s))
+            v.step(*inputs(cfg, 1 + s, args.device))
+        if args.device == "cuda":
+            peak_mb[v.name] = torch.cuda.max_memory_allocated() / 2**20
     rounds = {v.name: [] for v in variants}
     for r in range(repeats):  # variants take turns, so that drift in the machine's speed hits all alike
-        batches = [inputs(cfg, 100 + r * steps + s) for s in range(steps)]
+        batches = [inputs(cfg, 100 + r * steps + s, args.device) for s in range(steps)]
         for v in variants:
             start = time.perf_counter()
             for x, y in batches:
@@ -238,8 +245,8 @@ def run_net(name, cfg, args):
     for n, sps in rows.items():
         base_sj = sj16 if n.endswith("bf16") else sj
         print(f"  {n:26s} {sps:8.2f}   x{sps / base_sj:.2f} vs SpikingJelly{' bf16' if n.endswith('bf16') else ''}")
-    return {"net": name, **{k: v for k, v in cfg.items()}, "first_step_loss": first, "samples_per_s": rows,
-            "rounds": rounds}
+    return {"net": name, **{k: v for k, v in cfg.items()}, "device": args.device, "first_step_loss": first,
+            "samples_per_s": rows, "rounds": rounds, "peak_mb": peak_mb}
 
 
 def main():
@@ -248,11 +255,13 @@ def main():
     ap.add_argument("--steps", type=int, help="steps per round (default: the net's, 5 or 2)")
     ap.add_argument("--repeats", type=int, help="rounds (default: the net's, 5 or 3)")
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda: the GPU (bench/gpu_check.py)")
     ap.add_argument("--variants", nargs="+", help="time only these variants (and the first, the reference; "
                     "SpikingJelly is always one)")
     args = ap.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
     name = "train_step" if args.nets == list(NETS) else "train_step_" + "_".join(args.nets)
+    name += "_cuda" if args.device == "cuda" else ""
     write_results(name, [run_net(n, NETS[n], args) for n in args.nets])
 
 

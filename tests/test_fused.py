@@ -192,8 +192,11 @@ def test_modules_default_to_the_fused_kernel_and_agree_with_the_reference():
         PLIF(backend="triton")
 
 
+# The CUDA kernel against the reference, on the device given as argv[1]: "cpu" under Triton's interpreter (here),
+# "cuda" on a GPU (tests/test_cuda.py, which make gpu-check runs there).
 TRITON_CHECK = """
-import itertools, torch
+import itertools, sys, torch
+torch.set_default_device(sys.argv[1])
 from snnexp.neurons.kernels import cuda
 from snnexp.neurons.functional import lif_multistep_reference
 from snnexp.surrogate import ATan, Rect, Sigmoid, Triangle, FastSigmoid
@@ -241,7 +244,8 @@ def test_the_triton_kernel_in_the_interpreter():
     import sys
 
     env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run([sys.executable, "-c", TRITON_CHECK], env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", TRITON_CHECK, "cpu"], env=env, capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
 
 

@@ -270,3 +270,37 @@ def test_one_input_at_every_step_is_read_in_place_with_the_gradient_summed_over_
     torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-10, atol=1e-12)
     if kind == "plif":
         torch.testing.assert_close(w.grad, w_ref.grad, rtol=1e-10, atol=1e-12)
+
+
+# A compiler that records each call in calls.log, then fails (the build fails fast; nothing needs to run)
+RECORDING_CC = "#!/bin/sh\necho \"$*\" >> \"$(dirname \"$0\")/calls.log\"\nexit 1\n"
+FIRST_USE = """
+import logging, sys
+logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+import snnexp, snnexp.neurons, snnexp.models, snnexp.engine
+print("imported")
+from snnexp.neurons import LIF
+LIF()
+print("built a LIF")
+"""
+
+
+def test_importing_compiles_nothing_and_the_first_module_says_what_it_builds(tmp_path):
+    """`import snnexp, snnexp.neurons, snnexp.models` with no kernel cache runs no compiler; the first module that
+    runs the CPU kernels builds them, saying so in one line (here the compiler fails: the reference runs, warned)."""
+    import os
+    import subprocess
+    import sys
+
+    compiler = tmp_path / "cc"
+    compiler.write_text(RECORDING_CC)
+    compiler.chmod(0o755)
+    env = {**os.environ, "CC": str(compiler), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, "-c", FIRST_USE], env=env, capture_output=True, text=True, timeout=120)
+    out = proc.stdout
+    assert proc.returncode == 0, proc.stderr
+    imported = out.index("imported")
+    assert "building snnexp's CPU neuron kernels" not in out[:imported]
+    assert out.count("building snnexp's CPU neuron kernels for this machine") == 1
+    assert out.index("building snnexp's CPU neuron kernels") < out.index("built a LIF")
+    assert (tmp_path / "calls.log").is_file() and "fused neuron kernel unavailable" in proc.stderr

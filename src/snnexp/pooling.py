@@ -15,7 +15,7 @@ from typing import List, Tuple
 import torch
 from torch import Tensor, nn
 
-from snnexp.neurons.fused import kernel_unavailable
+from snnexp.neurons.fused import kernel_unavailable, prepare_cpu_kernels
 from snnexp.neurons.kernels import cpu
 
 
@@ -69,6 +69,10 @@ def max_pool_tiled(x: Tensor, kh: int, kw: int) -> Tensor:
 
 class MaxPool2d(nn.MaxPool2d):
     """nn.MaxPool2d whose tiling windows run `max_pool_tiled` on the CPU (module docstring)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        prepare_cpu_kernels()  # built now, not inside a traced forward
 
     def forward(self, x):
         kh, kw = nn.modules.utils._pair(self.kernel_size)

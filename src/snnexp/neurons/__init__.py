@@ -15,7 +15,7 @@ from torch import nn
 from snnexp.errors import ConfigError
 from snnexp.neurons.adaptive import alif_initial_state, alif_multistep, alif_step
 from snnexp.neurons.functional import lif_multistep_reference, lif_step
-from snnexp.neurons.fused import lif_multistep_fused  # imported with the modules, so torch.compile finds the op
+from snnexp.neurons.fused import lif_multistep_fused, prepare_cpu_kernels  # imported here: torch.compile finds the op
 from snnexp.surrogate import ATan, Surrogate
 
 __all__ = ["IF", "LIF", "PLIF", "STBPLIF", "SpikingNeuron", "if_multistep", "lif_multistep", "lif_multistep_fused",
@@ -75,6 +75,8 @@ class SpikingNeuron(nn.Module):
         self.detach_reset = bool(detach_reset)
         self.surrogate = surrogate if surrogate is not None else ATan()
         self.backend = backend
+        if backend == "fused":
+            prepare_cpu_kernels()
 
     def tau_inv(self):
         """1/tau as the neuron functions take it: a float, a tensor (learned), or None for IF."""

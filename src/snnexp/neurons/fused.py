@@ -52,11 +52,20 @@ def kernel_unavailable(device_type: str) -> Optional[str]:
     return _UNAVAILABLE[device_type]
 
 
-# Decided at import for the CPU (building the C kernel the first time: kernels/cpu.py) and CUDA, so that
-# torch.compile finds a plain dict lookup here rather than an import or a compiler run to trace.
+# Decided before any forward, so that torch.compile finds a plain dict lookup here rather than an import or a
+# compiler run to trace: CUDA at import (importing Triton compiles nothing), the CPU when the first module that runs
+# its kernels is built (SpikingNeuron, MaxPool2d: `prepare_cpu_kernels`), which compiles them once per machine.
+# Importing snnexp runs no compiler.
 _UNAVAILABLE: Dict[str, Optional[str]] = {}
-for _device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
-    kernel_unavailable(_device)
+if torch.cuda.is_available():
+    kernel_unavailable("cuda")
+
+
+def prepare_cpu_kernels() -> None:
+    """Build (or load) the CPU kernels now, if not yet done in this process: called when a module that runs them is
+    built, so that the build (once per machine, with its one line of notice) happens there, not at import or
+    inside a traced forward."""
+    kernel_unavailable("cpu")
 
 
 def one_block_per_step(x: Tensor) -> bool:

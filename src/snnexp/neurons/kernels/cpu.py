@@ -9,16 +9,19 @@ on 2 cores). bench/bench_neuron.py compares it with torch.compile (inductor) of 
 
 The shared library is cached under $XDG_CACHE_HOME/snnexp/kernels (default ~/.cache/snnexp/kernels, beside the
 frame cache) by a hash of the source, the flags, the compiler and the CPU; `python -m snnexp.neurons.kernels.cpu`
-builds it ahead of time.
+builds it ahead of time. Importing snnexp builds nothing: the first module that runs these kernels (a neuron with
+the fused backend, snnexp.pooling.MaxPool2d) builds them, with one line of notice (neurons/fused.py).
 """
 
 import ctypes
 import functools
 import hashlib
+import logging
 import os
 import platform
 import shutil
 import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
@@ -37,6 +40,8 @@ UNITS = [(SOURCES[0], ["-DSNNEXP_ONLY_F32"]), (SOURCES[0], ["-DSNNEXP_ONLY_F64"]
 SURROGATE_KINDS = {"atan": 0, "sigmoid": 1, "rect": 2, "triangle": 3, "fast_sigmoid": 4}
 LEAK = {"if": 0, "decay_input": 1, "plain": 2}
 MIN_PER_THREAD = 1 << 15  # below this many neurons per thread, one thread is faster than handing out work
+
+log = logging.getLogger("snnexp")
 
 _P, _I64, _I, _D = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_double
 _C_TYPES = {torch.float32: ("f32", ctypes.c_float), torch.float64: ("f64", ctypes.c_double)}
@@ -75,8 +80,12 @@ def build(verbose: bool = False) -> Path:
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    log.info("building snnexp's CPU neuron kernels for this machine with %s (once; about 20 s on 2 idle cores): %s",
+             Path(cc).name, target)
+    start = time.perf_counter()
     with atomic_path(target) as out:  # build aside, then rename: never half a file
         _compile(cc, Path(out))
+    log.info("built the CPU kernels in %.0f s", time.perf_counter() - start)
     if verbose:
         print(f"built {target}")
     return target

@@ -304,3 +304,40 @@ def test_importing_compiles_nothing_and_the_first_module_says_what_it_builds(tmp
     assert out.count("building snnexp's CPU neuron kernels for this machine") == 1
     assert out.index("building snnexp's CPU neuron kernels") < out.index("built a LIF")
     assert (tmp_path / "calls.log").is_file() and "fused neuron kernel unavailable" in proc.stderr
+
+
+def c_signatures(source: str) -> dict:
+    """{exported function (##SUFFIX expanded to f32 / f64): (return type, [parameter types])} from C source whose
+    definitions may sit in backslash-continued macros; static functions (not exported) are left out."""
+    import re
+
+    text = source.replace("\\\n", " ")
+    found = {}
+    for ret, name, params in re.findall(r"(?<!static )(?<!inline )(?<!\) )\b(int|void|int64_t)\s+(\w+?(?:_##SUFFIX)?)"
+                                        r"\(([^)]*)\)\s*\{", text):
+        types = [] if params.strip() == "void" else [re.sub(r"\s*\b\w+$", "", p.strip()) for p in params.split(",")]
+        for suffix, real in (("f32", "float"), ("f64", "double")) if "##SUFFIX" in name else (("", ""),):
+            found[name.replace("##SUFFIX", suffix)] = (ret, [t.replace("TYPE", real) for t in types])
+    return found
+
+
+def test_every_ctypes_signature_matches_its_c_declaration():
+    """kernels/cpu.py types each C function's arguments by hand for ctypes; a mismatch would corrupt memory
+    silently. Every exported function of lif_cpu.c and pool_cpu.c, as the C declares it, against its argtypes."""
+    import ctypes
+
+    from snnexp.neurons.kernels import cpu
+
+    c_types = {"int": ctypes.c_int, "int64_t": ctypes.c_int64, "float": ctypes.c_float, "double": ctypes.c_double,
+               "void": None}
+    declared = {}
+    for source in cpu.SOURCES:
+        declared.update(c_signatures(source.read_text()))
+    lib = cpu.library()
+    assert {"lif_forward_f32", "lif_backward_f64", "lif_pool_backward_f32", "max_pool_backward_f64",
+            "norm_input_grad_f32", "lif_block"} <= set(declared)
+    for name, (ret, params) in declared.items():
+        fn = getattr(lib, name)
+        expected = [ctypes.c_void_p if "*" in p else c_types[p.replace("const ", "").strip()] for p in params]
+        assert fn.argtypes == expected, f"{name}: argtypes {fn.argtypes} but C declares ({', '.join(params)})"
+        assert fn.restype == c_types[ret], f"{name}: restype {fn.restype} but C returns {ret}"

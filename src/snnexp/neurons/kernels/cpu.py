@@ -112,9 +112,10 @@ def _compile(cc: str, out: Path) -> None:
 
 @functools.lru_cache(maxsize=None)
 def library() -> ctypes.CDLL:
+    """The kernels' library with each function's ctypes signature, as lif_cpu.c and pool_cpu.c declare them
+    (tests/test_fused.py checks every one against the C declarations)."""
     lib = ctypes.CDLL(str(build()))
     for suffix, real in _C_TYPES.values():
-        fwd = getattr(lib, f"lif_forward_{suffix}")
         norm = [_P, _I64, _I64, _I64]  # BN's rows (or NULL), their stride, nc, inner: see lif_cpu.c
         fwd = getattr(lib, f"lif_forward_{suffix}")
         fwd.argtypes = [_P, _P, _I64, _I64, _I64, _I64, _I64, _I, real, real, real, _I] + norm

@@ -311,7 +311,7 @@ def c_signatures(source: str) -> dict:
     definitions may sit in backslash-continued macros; static functions (not exported) are left out."""
     import re
 
-    text = source.replace("\\\n", " ")
+    text = re.sub(r"NAME\((\w+)\)", r"\1_##SUFFIX", source.replace("\\\n", " "))  # lif_cpu_body.h's names
     found = {}
     for ret, name, params in re.findall(r"(?<!static )(?<!inline )(?<!\) )\b(int|void|int64_t)\s+(\w+?(?:_##SUFFIX)?)"
                                         r"\(([^)]*)\)\s*\{", text):
@@ -323,7 +323,8 @@ def c_signatures(source: str) -> dict:
 
 def test_every_ctypes_signature_matches_its_c_declaration():
     """kernels/cpu.py types each C function's arguments by hand for ctypes; a mismatch would corrupt memory
-    silently. Every exported function of lif_cpu.c and pool_cpu.c, as the C declares it, against its argtypes."""
+    silently. Every exported function of lif_cpu.c (lif_cpu_body.h) and pool_cpu.c, as the C declares it, against
+    its argtypes."""
     import ctypes
 
     from snnexp.neurons.kernels import cpu
@@ -331,7 +332,7 @@ def test_every_ctypes_signature_matches_its_c_declaration():
     c_types = {"int": ctypes.c_int, "int64_t": ctypes.c_int64, "float": ctypes.c_float, "double": ctypes.c_double,
                "void": None}
     declared = {}
-    for source in cpu.SOURCES:
+    for source in [*cpu.SOURCES, *cpu.HEADERS]:
         declared.update(c_signatures(source.read_text()))
     lib = cpu.library()
     assert {"lif_forward_f32", "lif_backward_f64", "lif_pool_backward_f32", "max_pool_backward_f64",

@@ -33,6 +33,7 @@ from snnexp.files import atomic_path
 from snnexp.neurons.kernels import buffers
 
 SOURCES = [Path(__file__).with_name(name) for name in ("lif_cpu.c", "pool_cpu.c")]
+HEADERS = [Path(__file__).with_name("lif_cpu_body.h")]  # lif_cpu.c's functions, included once per type
 # -ffp-contract=off: no fused multiply-add, so H is computed with PyTorch's rounding and spikes match exactly.
 FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fopenmp-simd", "-fPIC"]
 # the units compiled in parallel, then linked into one library: (source, defines)
@@ -74,7 +75,7 @@ def build(verbose: bool = False) -> Path:
     """Compile the kernels if this machine has no up-to-date copy; return the library's path."""
     cc = _compiler()
     version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
-    sources = [source.read_text() for source in SOURCES]
+    sources = [source.read_text() for source in [*SOURCES, *HEADERS]]
     key = hashlib.sha256("\0".join([*sources, " ".join(FLAGS), str(UNITS), version, _cpu_id()]).encode())
     target = cache_dir() / f"lif_cpu-{key.hexdigest()[:16]}.so"
     if target.exists():

@@ -1,5 +1,6 @@
 """The shape of the code: imports point one way (no cycle, lazy imports inside functions included), the error tree is
-torch-free, the engine names no neuron, and no function grows past what reads at once."""
+torch-free, the engine names no neuron, no private torch API is used, and no function grows past what reads at
+once."""
 
 import ast
 import re
@@ -89,6 +90,13 @@ def test_a_config_error_is_reported_before_torch_is_imported(tmp_path):
             "except SystemExit as e:\n    print(e.code, 'torch' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert out.stdout.split() == ["2", "False"], out.stderr
+
+
+def test_no_private_torch_api():
+    """torch._C is PyTorch's private API: an upgrade may change it under us."""
+    uses = [f"{p.relative_to(SRC)}:{i}" for p in PACKAGE.rglob("*.py")
+            for i, line in enumerate(p.read_text().splitlines(), 1) if re.search(r"\btorch\._C\b", line)]
+    assert not uses, uses
 
 
 def test_the_engine_names_no_neuron_and_no_surrogate():

@@ -5,7 +5,12 @@ kernel writing such an output pays a page fault for each 4 KiB page on first wri
 and about 20 ms of the LIF op's 26 ms on [8, 32, 128, 16, 16] (bench/bench_neuron.py, docs/performance.md). Below
 32 MiB glibc's heap reuses freed blocks and nothing is gained. So blocks of at least that size are kept here once
 allocated and handed out again for the next output of the same size, but only when no tensor uses their memory any
-more: the storage's use count is then the cache's own. PyTorch has no caching allocator on the CPU to do this.
+more. PyTorch has no caching allocator on the CPU to do this.
+
+How "no tensor uses it" is known, with public APIs only: each block is a NumPy array; an output is a tensor made by
+torch.from_numpy from a fresh NumPy view of the block, and the tensor's storage holds that view until the storage
+itself is freed, i.e. until no tensor, view or autograd saved tensor uses the memory. A weakref.finalize on the view
+then marks the block free.
 
 At most PER_SIZE blocks of each size, LIMIT blocks and LIMIT_BYTES in all are kept (the least recently used size
 goes first), so what the cache holds beyond the live tensors is bounded: a step's largest outputs, which the next
@@ -13,9 +18,11 @@ step needs again.
 """
 
 import threading
+import weakref
 from collections import OrderedDict
-from typing import List, Sequence
+from typing import Dict, List, Sequence
 
+import numpy as np
 import torch
 
 REUSE_BYTES = 32 << 20  # glibc's largest mmap threshold: smaller blocks come back from its heap anyway
@@ -23,15 +30,9 @@ PER_SIZE = 2
 LIMIT = 8
 LIMIT_BYTES = 2 << 30
 
-_lock = threading.Lock()
-_blocks: "OrderedDict[int, List[torch.Tensor]]" = OrderedDict()  # size in bytes -> uint8 blocks, recent last
-
-
-def _use_count(block: torch.Tensor) -> int:
-    return torch._C._storage_Use_Count(block.untyped_storage()._cdata)
-
-
-_UNUSED = _use_count(torch.empty(1, dtype=torch.uint8))  # a block only the cache holds (counts the query's own)
+_lock = threading.RLock()  # re-entrant: a block's release may run while this thread holds it (a freed tensor)
+_blocks: "OrderedDict[int, List[np.ndarray]]" = OrderedDict()  # size in bytes -> uint8 blocks, recent last
+_in_use: Dict[int, bool] = {}  # id of a kept block -> whether a tensor uses it
 
 
 def empty_strided(shape: Sequence[int], strides: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
@@ -42,7 +43,9 @@ def empty_strided(shape: Sequence[int], strides: Sequence[int], dtype: torch.dty
         return torch.empty_strided(shape, strides, dtype=dtype)
     with _lock:
         block = _take(nbytes)
-    return block.view(dtype).as_strided(shape, strides)
+    view = block[:]  # held by the tensor's storage until the storage is freed
+    weakref.finalize(view, _release, block)
+    return torch.from_numpy(view).view(dtype).as_strided(shape, strides)
 
 
 def empty_like(x: torch.Tensor) -> torch.Tensor:
@@ -50,25 +53,40 @@ def empty_like(x: torch.Tensor) -> torch.Tensor:
     return empty_strided(x.shape, x.stride(), x.dtype)
 
 
-def _take(nbytes: int) -> torch.Tensor:
+def _release(block: np.ndarray) -> None:
+    with _lock:
+        if id(block) in _in_use and any(b is block for b in _blocks.get(block.nbytes, ())):
+            _in_use[id(block)] = False
+
+
+def _take(nbytes: int) -> np.ndarray:
+    """A free kept block of `nbytes`, or a new one (kept within the bounds), marked in use."""
     blocks = _blocks.pop(nbytes, [])
     _blocks[nbytes] = blocks  # most recently used last
     for block in blocks:
-        if _use_count(block) == _UNUSED:
+        if not _in_use[id(block)]:
+            _in_use[id(block)] = True
             return block
-    block = torch.empty(nbytes, dtype=torch.uint8)
+    block = np.empty(nbytes, dtype=np.uint8)
+    _in_use[id(block)] = True
     blocks.append(block)
     if len(blocks) > PER_SIZE:
-        blocks.pop(0)
+        _forget(blocks.pop(0))
     while sum(map(len, _blocks.values())) > LIMIT or sum(n * len(b) for n, b in _blocks.items()) > LIMIT_BYTES:
         oldest = next(iter(_blocks))
-        _blocks[oldest].pop(0)
+        _forget(_blocks[oldest].pop(0))
         if not _blocks[oldest]:
             del _blocks[oldest]
     return block
+
+
+def _forget(block: np.ndarray) -> None:
+    """Drop a block from the cache; a tensor still using it keeps it alive until it is freed."""
+    _in_use.pop(id(block), None)
 
 
 def clear() -> None:
     """Drop every kept block (those in use stay alive with their tensors)."""
     with _lock:
         _blocks.clear()
+        _in_use.clear()

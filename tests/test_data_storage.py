@@ -9,9 +9,11 @@ import errno
 import gzip
 import hashlib
 import json
+import logging
 import os
 import pickle
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -392,6 +394,51 @@ def test_evaluate_on_an_empty_test_set_is_a_clear_error(tmp_path):
     run = build_run(cfg, torch.device("cpu"))
     with pytest.raises(DatasetError, match="the test set is empty: there is nothing to test"):
         evaluate(run, make_loader(Subset(run.splits.test, []), cfg))
+
+
+# ------------------------------------------------------------------------------- links in the data folder
+
+class StillListing(Exception):
+    """Not an OSError (as TimeoutError is), which os.walk would swallow."""
+
+
+def within(seconds: int, load):
+    """load(), stopped by StillListing after `seconds` (a listing that would not end)."""
+    def stop(signum, frame):
+        raise StillListing(f"still listing after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.alarm(seconds)
+    try:
+        return load()
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+LOOPS = {"Train/0/back": "..", "Train/1/up": "../.."}  # back to Train/; up to NMNIST/, which holds Test/ too
+
+
+@pytest.mark.parametrize("loops", [1, 2])
+def test_a_symlink_loop_in_the_data_folder_lists_each_file_once_with_a_warning(tmp_path, caplog, loops):
+    """One loop listed every training file 41 times (until the 40 links' limit), two never ended. Each loop is
+    named once; a folder linked in from elsewhere is still read."""
+    make_nmnist(tmp_path, per_digit=2)
+    root = tmp_path / "NMNIST"
+    shutil.move(root / "Test" / "9", tmp_path / "nine")
+    (root / "Test" / "9").symlink_to(tmp_path / "nine")
+    links = dict(list(LOOPS.items())[:loops])
+    for link, target in links.items():
+        (root / link).symlink_to(target)
+    with caplog.at_level(logging.WARNING, logger="snnexp"):
+        splits = within(20, lambda: data.nmnist(str(tmp_path), download=False, T=2, workers=1,
+                                                cache_dir=str(tmp_path / "cache")))
+    assert len(splits.train) == 20 and len(splits.test) == 20
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == loops
+    for warning, (link, target) in zip(warnings, links.items()):
+        assert warning.startswith(f"{root / link} leads to {(root / link).resolve()}, a folder already listed or "
+                                  f"one that holds {root / 'Train'}: left out, so that each file is counted once")
 
 
 # ---------------------------------------------------------------------------------- TensorBoard writes

@@ -4,6 +4,7 @@ every load (a damaged cache is refused with its folder named; one built without 
 import hashlib
 import json
 import multiprocessing as mp
+import re
 import shutil
 import time
 from pathlib import Path
@@ -76,10 +77,11 @@ def test_a_changed_key_builds_a_new_cache_and_never_serves_the_old(tmp_path):
 def test_an_interrupted_build_never_looks_complete_and_is_redone(tmp_path):
     log = tmp_path / "log"
     cache = FrameCache(tmp_path / "c", KEY)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match=re.escape(f"while building the frame cache {cache.dir}: what was "
+                                                          "written of it is never read; the next run builds it again")):
         build(tmp_path / "c", log, fail_at="3")
     assert not cache.dir.exists()
-    assert len(list((tmp_path / "c").glob("*.tmp-*"))) == 1  # the half-written build, under a temporary name
+    assert len(list((tmp_path / "c").glob("*.tmp-*"))) <= 1  # the half-written build (if kept), under a temporary name
     frames, _, _ = build(tmp_path / "c", log)
     assert [int(f[0, 0, 0, 0]) for f in frames] == list(range(6))
     assert not list((tmp_path / "c").glob("*.tmp-*"))  # the stale build was cleaned up

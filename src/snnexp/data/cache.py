@@ -13,6 +13,13 @@ build never looks complete, and the next build removes what it left), under a fi
 multirun jobs starting at once build it once and the others wait and read it. Samples are converted in
 worker processes, with a progress bar.
 
+A build that cannot finish says so and leaves nothing running. frames.npy's disk space is reserved before it is
+written through its memory map (a write into space the disk cannot give would be SIGBUS: the process killed with
+no message), so a full disk is a DatasetError naming the folder and where else to put the cache. The worker
+processes end with the build: on an error or Ctrl-C the pending conversions are cancelled and the workers ended,
+and each worker ends itself when the process that started it ends, even by SIGKILL (an orphan would live on,
+idle, holding a few hundred MB of memory).
+
 A cache on disk is not believed blindly: a disk, a copy or another program can damage it, and a run would then
 train on scrambled labels, on frames of another T, or crash deep in torch. Every load checks, cheaply, what
 meta.json's "checks" recorded at the build: frames.npy's header (shape [N, *frame shape], uint16: its data is
@@ -29,6 +36,7 @@ lead out of the folder or a device file refuses the whole archive (it could writ
 a link to /etc in it), and nothing of it is kept.
 """
 
+import ctypes
 import gzip
 import hashlib
 import io
@@ -37,11 +45,15 @@ import logging
 import os
 import re
 import shutil
+import signal
+import sys
 import tarfile
+import threading
 import time
 import zipfile
 import zlib
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, List, Mapping, Optional, Sequence, Tuple
 
@@ -219,19 +231,36 @@ class FrameCache:
                 return self._reuse()
         except CorruptFile:
             pass  # judged again under the lock: another job may be replacing an old cache right now
-        self.dir.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(self.dir) + ".lock"):
-            if self.check(frame_shape, num_classes):  # another job built it while we waited
-                return self._reuse()
-            for stale in self.dir.parent.glob(self.dir.name + ".tmp-*"):  # an interrupted build
-                shutil.rmtree(stale, ignore_errors=True)
-            if self.dir.exists():  # built by an snnexp that kept no checks: renamed away, then removed
-                log.info("rebuilding frame cache %s: built by an older snnexp, it cannot be checked", self.dir)
-                aside = temporary_name(self.dir)  # a name the next build removes, if this one is killed
-                os.replace(self.dir, aside)
-                shutil.rmtree(aside, ignore_errors=True)
-            self._build(sources, labels, convert, frame_shape, workers, on_corrupt, desc, num_classes)
+        with self._writing(len(sources) * int(np.prod(frame_shape)) * 2):
+            self.dir.parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(str(self.dir) + ".lock"):
+                if self.check(frame_shape, num_classes):  # another job built it while we waited
+                    return self._reuse()
+                for stale in self.dir.parent.glob(self.dir.name + ".tmp-*"):  # an interrupted build
+                    shutil.rmtree(stale, ignore_errors=True)
+                if self.dir.exists():  # built by an snnexp that kept no checks: renamed away, then removed
+                    log.info("rebuilding frame cache %s: built by an older snnexp, it cannot be checked", self.dir)
+                    aside = temporary_name(self.dir)  # a name the next build removes, if this one is killed
+                    os.replace(self.dir, aside)
+                    shutil.rmtree(aside, ignore_errors=True)
+                self._build(sources, labels, convert, frame_shape, workers, on_corrupt, desc, num_classes)
         return self.load()
+
+    @contextmanager
+    def _writing(self, frame_bytes: int):
+        """An OSError while the cache is written (no room, a quota, a folder that cannot be written) becomes a
+        DatasetError naming the folder and where else to put it; Ctrl-C says what becomes of the build. (Reading a
+        source is not in this: a worker's OSError comes back as a DatasetError naming the file, see _safe.)"""
+        try:
+            yield
+        except OSError as e:
+            raise DatasetError(f"cannot write the frame cache {self.dir.absolute()} ({frame_bytes / 1e6:.1f} MB of "
+                               f"frames): {e.strerror or e}; free disk space there or set dataset.cache_dir (or "
+                               "SNNEXP_CACHE) to a folder with room. Nothing of this build is kept") from None
+        except KeyboardInterrupt as e:  # kept as it is (the CLI's one line, exit 130); says where, if it does not
+            e.args = e.args or (f"while building the frame cache {self.dir.absolute()}: what was written of it is "
+                                "never read; the next run builds it again",)
+            raise
 
     def check(self, frame_shape, num_classes: int) -> bool:
         """True when the cache is there and passes its checks, False when it is not there or was built by an snnexp
@@ -332,13 +361,13 @@ class FrameCache:
         """Every source's frames into a new .npy at `path`, in order, leaving out (`on_corrupt="skip"`) or
         raising CorruptFile; returns the indices kept and the errors of the samples skipped."""
         n = len(sources)
-        frames = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint16, shape=(n, *frame_shape))
+        frames = _new_npy(path, (n, *frame_shape))
         kept: List[int] = []
         skipped: List[CorruptFile] = []
         workers = workers or os.cpu_count() or 1
         log.info("building frame cache %s (%d samples, %d workers)", self.dir, n, workers)
         bar = tqdm(total=n, desc=desc or f"caching {self.dir.name}", disable=None, dynamic_ncols=True)
-        with ProcessPoolExecutor(workers) if workers > 1 else _InProcess() as pool:
+        with _worker_pool(workers) as pool:
             chunk = max(1, min(64, n // (workers * 8) or 1))
             for i, result in enumerate(pool.map(_safe(convert), sources, chunksize=chunk)):
                 if isinstance(result, CorruptFile):
@@ -381,7 +410,8 @@ def skipped_summary(meta: dict) -> str:
 
 
 class _safe:
-    """Return CorruptFile instead of raising it, so one bad file does not kill the worker pool."""
+    """Return CorruptFile instead of raising it, so one bad file does not kill the worker pool. An OSError (a source
+    that cannot be read) becomes a DatasetError naming it, so that it is not taken for the cache's disk being full."""
 
     def __init__(self, fn):
         self.fn = fn
@@ -391,6 +421,54 @@ class _safe:
             return self.fn(source)
         except CorruptFile as e:
             return e
+        except OSError as e:
+            raise DatasetError(f"{e.filename or source}: cannot be read ({e.strerror or e})") from None
+
+
+@contextmanager
+def _worker_pool(workers: int):
+    """`workers` conversion processes (none for 1: converted here), which the build leaves none of behind: when it
+    stops on an error or Ctrl-C, the pending conversions are cancelled and the processes ended at once (not after
+    the conversions under way, which may take minutes); when this process is killed, each worker ends itself
+    (_worker_start)."""
+    if workers <= 1:
+        yield _InProcess()
+        return
+    pool = ProcessPoolExecutor(workers, initializer=_worker_start, initargs=(os.getpid(),))
+    try:
+        yield pool
+    except BaseException:
+        processes = list((pool._processes or {}).values())  # no public way to end them (before Python 3.14)
+        pool.shutdown(wait=False, cancel_futures=True)
+        for p in processes:
+            p.terminate()
+        for p in processes:
+            p.join(5)
+        raise
+    pool.shutdown()
+
+
+PR_SET_PDEATHSIG = 1  # from linux/prctl.h
+
+
+def _worker_start(parent: int) -> None:
+    """Run by each worker as it starts. Ctrl-C at a terminal signals the whole process group: the parent alone
+    handles it (and ends the workers), so no worker prints a traceback. A worker ends when the parent ends, even by
+    SIGKILL, after which nothing else would end it: on Linux the kernel kills it then (PR_SET_PDEATHSIG), and a
+    thread checks every half second (other systems, and a parent gone before this ran)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    threading.Thread(target=_end_after, args=(parent,), daemon=True).start()
+
+
+def _end_after(parent: int) -> None:
+    while True:
+        try:
+            os.kill(parent, 0)  # signal 0: is it there?
+        except OSError:  # gone (or its pid already reused by another user's process)
+            os._exit(1)
+        time.sleep(0.5)
 
 
 class _InProcess:
@@ -408,7 +486,30 @@ def _truncate_npy(path: Path, n: int, frame_shape) -> None:
     """Keep the first n samples of the .npy at `path` (rewritten beside it, then renamed onto it)."""
     old = np.load(path, mmap_mode="r")
     with atomic_path(path) as part:
-        new = np.lib.format.open_memmap(part, mode="w+", dtype=old.dtype, shape=(n, *frame_shape))
+        new = _new_npy(part, (n, *frame_shape))
         new[:] = old[:n]
         new.flush()
         del new, old
+
+
+def _new_npy(path: Path, shape) -> np.memmap:
+    """A new uint16 .npy of `shape` at `path`, mapped for writing, its disk space reserved first: a write through a
+    memory map into space the disk cannot give is SIGBUS, which kills the process with no message, where the
+    reservation is an OSError (ENOSPC) now, before any sample is converted."""
+    frames = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint16, shape=shape)
+    with open(path, "r+b") as f:
+        _reserve(f.fileno(), frames.offset, frames.nbytes)
+    return frames
+
+
+def _reserve(fd: int, offset: int, length: int) -> None:
+    """Allocate the disk blocks of bytes offset..offset+length of the file `fd` (its zeros are already there, as
+    a hole in the file, which takes no space until written)."""
+    if length == 0:
+        return
+    if hasattr(os, "posix_fallocate"):
+        os.posix_fallocate(fd, offset, length)
+        return
+    zeros = bytes(1 << 20)  # no posix_fallocate (macOS): writing the zeros allocates them
+    for start in range(offset, offset + length, len(zeros)):
+        os.pwrite(fd, zeros[:offset + length - start], start)

@@ -209,10 +209,31 @@ def _missing(name, folder: Path, layout: str, files: str, source: str, err: Opti
 
 
 def _sorted_files(folder: Path, suffixes) -> List[Path]:
-    """Files with these suffixes under folder, following symlinked folders, in sorted order."""
-    found = [Path(d, f) for d, _, files in os.walk(folder, followlinks=True) for f in files
-             if Path(f).suffix in suffixes]
+    """Files with these suffixes under folder, in sorted order. Linked folders are followed (a data folder may link
+    its recordings in from elsewhere), but each real folder is entered once: a link back up the tree (a loop) would
+    list every file again, up to 40 times, and two loops without end. A link that leads to a folder already listed,
+    or to one that holds `folder` (which would list it again, and its neighbours: Test/ among the training files),
+    is left out, with a warning naming it. (The one walk of a data folder: every loader lists files through this.)"""
+    real_folder = folder.resolve()
+    seen = {_identity(p) for p in (real_folder, *real_folder.parents)}
+    found = []
+    for d, dirs, files in os.walk(folder, followlinks=True):
+        dirs.sort()  # which of two links to one folder is kept does not depend on the order the disk lists them
+        for name in list(dirs):
+            path, real = Path(d, name), _identity(Path(d, name))
+            if real in seen:
+                log.warning("%s leads to %s, a folder already listed or one that holds %s: left out, so that each "
+                            "file is counted once (a symbolic link loop?)", path, path.resolve(), folder)
+                dirs.remove(name)
+            seen.add(real)
+        found += [Path(d, f) for f in files if Path(f).suffix in suffixes]
     return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
+
+
+def _identity(folder: Path) -> Tuple[int, int]:
+    """The real folder that `folder` is (links followed): its device and inode."""
+    st = os.stat(folder)
+    return st.st_dev, st.st_ino
 
 
 def nmnist(data_dir="data", download=True, **options) -> Splits:

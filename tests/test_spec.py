@@ -1,5 +1,6 @@
 """The network spec notation (docs/science.md, section 5, with PLIF written as SN) and SpecNet / MLP."""
 
+import time
 from functools import partial
 
 import pytest
@@ -207,3 +208,40 @@ def test_mlp_hidden_layers_spec():
     net = MLP(hidden=[20], input_shape=(784,), num_outputs=10, neuron=NEURON, norm=NORM, dropout=0.25)
     assert net.spec == "FC20-BN-SN-DP-FC10-SN"
     assert [m.p for m in net.modules() if isinstance(m, SeqDropout)] == [0.25]
+
+
+# a typing slip that would build (or expand) gigabytes of layers, or overflow Python's stack (issue 28)
+BEYOND_THE_LIMITS = [
+    ("{FC10-SN}*999999999999", "model.spec repeats a group 999999999999 times (at position 9), more than the limit "
+                               "of 10000 (snnexp.models.spec.MAX_REPEAT): lower the count"),
+    ("{{{FC10-SN}*100}*100}*100", "model.spec expands to 2000000 layers, more than the limit of 10000 "
+                                  "(snnexp.models.spec.MAX_LAYERS): lower the repeat counts '{...}*n'"),
+    ("{" * 200 + "FC10-SN" + "}*1" * 200, "model.spec nests groups '{...}' deeper than the limit of 32 levels "
+                                          "(snnexp.models.spec.MAX_NESTING), at position 32: nest fewer groups"),
+    ("{FC10-SN}*" + "9" * 5000, "model.spec repeats a group 99999999999999999999... (5000 digits) times (at "
+                                "position 9), more than the limit of 10000 (snnexp.models.spec.MAX_REPEAT): lower "
+                                "the count"),
+]
+
+
+@pytest.mark.parametrize("spec, message", BEYOND_THE_LIMITS, ids=["repeat", "layers", "nesting", "5000 digits"])
+def test_a_spec_beyond_the_limits_is_refused_at_once_naming_the_limit(spec, message):
+    start = time.perf_counter()
+    with pytest.raises(SpecError) as e:
+        parse_spec(spec)
+    assert str(e.value) == message
+    assert time.perf_counter() - start < 0.1
+
+
+def test_the_limits_are_far_above_the_papers_networks_and_exact():
+    """The deepest spec in conf/ has 27 layers and groups 2 deep; a spec at each limit is taken, one beyond refused."""
+    limits = snnexp.models.spec
+    MAX_LAYERS, MAX_REPEAT, MAX_NESTING = limits.MAX_LAYERS, limits.MAX_REPEAT, limits.MAX_NESTING
+    assert (MAX_LAYERS, MAX_REPEAT, MAX_NESTING) == (10_000, 10_000, 32)
+    assert len(expand(parse_spec(f"{{FC10-SN}}*{MAX_LAYERS // 2}"))) == MAX_LAYERS
+    assert len(expand(parse_spec(f"{{FC10}}*{MAX_REPEAT}"))) == MAX_REPEAT
+    assert len(expand(parse_spec("{" * MAX_NESTING + "FC10-SN" + "}*1" * MAX_NESTING))) == 2
+    for beyond in (f"{{FC10-SN}}*{MAX_LAYERS // 2}-FC10", f"{{FC10}}*{MAX_REPEAT + 1}",
+                   "{" * (MAX_NESTING + 1) + "FC10-SN" + "}*1" * (MAX_NESTING + 1)):
+        with pytest.raises(SpecError, match="limit"):
+            parse_spec(beyond)

@@ -35,6 +35,14 @@ _PATTERNS = {
     "dropout": re.compile(r"DP(0?\.\d+)?"),
 }
 
+# Limits that no paper's network comes near, so that a typing slip is refused at once instead of building (or
+# expanding) gigabytes of layers until the machine kills the run, or overflowing Python's stack. The deepest specs
+# in conf/ have 27 layers and groups nested 2 deep (conf/model/plif_cifar10.yaml); a 1,000-block conv-BN-SN
+# network would have 3,000 layers.
+MAX_LAYERS = 10_000  # layers after expanding the repeats
+MAX_REPEAT = MAX_LAYERS  # a group repeated more often can never fit in MAX_LAYERS
+MAX_NESTING = 32  # groups '{...}' inside groups; each level costs a few stack frames when parsed and printed
+
 
 def _bad_token(spec: str, pos: int, length: int, problem: str) -> SpecError:
     """The error for a spec with a problem at `pos`: the spec with a caret under the bad token, and the grammar."""
@@ -88,7 +96,16 @@ def parse_spec(spec: str) -> Tuple[Node, ...]:
     nodes, pos = _parse_seq(spec, 0, depth=0)
     if pos != len(spec):
         raise _bad_token(spec, pos, 1, f"unexpected '{spec[pos]}'")
+    layers = count_layers(nodes)
+    if layers > MAX_LAYERS:
+        raise SpecError(f"model.spec expands to {layers} layers, more than the limit of {MAX_LAYERS} "
+                        "(snnexp.models.spec.MAX_LAYERS): lower the repeat counts '{...}*n'")
     return nodes
+
+
+def count_layers(nodes) -> int:
+    """len(expand(nodes)), without expanding: a spec of a billion layers is counted in microseconds."""
+    return sum(count_layers(n.items) * n.times if isinstance(n, Repeat) else 1 for n in nodes)
 
 
 def _parse_seq(spec, pos, depth):
@@ -106,14 +123,22 @@ def _parse_item(spec, pos, depth):
     if pos >= len(spec):
         raise _bad_token(spec, pos, 1, "missing layer (the spec ends with '-')")
     if spec[pos] == "{":
+        if depth >= MAX_NESTING:  # checked before going deeper: the recursion stays far from Python's limit
+            raise SpecError(f"model.spec nests groups '{{...}}' deeper than the limit of {MAX_NESTING} levels "
+                            f"(snnexp.models.spec.MAX_NESTING), at position {pos}: nest fewer groups")
         open_pos = pos
         items, pos = _parse_seq(spec, pos + 1, depth + 1)
         if pos >= len(spec) or spec[pos] != "}":
             raise _bad_token(spec, open_pos, 1, "'{' without a matching '}'")
         m = re.compile(r"\*(\d+)").match(spec, pos + 1)
-        if not m or int(m.group(1)) < 1:
+        times = m.group(1).lstrip("0") if m else ""
+        if not times:
             raise _bad_token(spec, pos + 1, 2, "a group '{...}' must be followed by '*n' with n >= 1")
-        return Repeat(items, int(m.group(1))), m.end()
+        if len(times) > len(str(MAX_REPEAT)) or int(times) > MAX_REPEAT:  # int() refuses 4,300 digits and more
+            shown = times if len(times) <= 20 else f"{times[:20]}... ({len(times)} digits)"
+            raise SpecError(f"model.spec repeats a group {shown} times (at position {pos + 1}), more than the limit "
+                            f"of {MAX_REPEAT} (snnexp.models.spec.MAX_REPEAT): lower the count")
+        return Repeat(items, int(times)), m.end()
     end = pos
     while end < len(spec) and spec[end] not in "-{}":
         end += 1

@@ -8,6 +8,7 @@ import hashlib
 import os
 import pickle
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -93,8 +94,7 @@ CASES = [
     ("neurobench neither true nor false", ["eval", "checkpoint=old/checkpoints/last.pt", "neurobench=yes"],
      "snnexp: error: neurobench='yes': must be true or false", 2),
     ("resume with another network", ["train", "resume=old", "model=mlp"],
-     "snnexp: error: {w}/old/checkpoints/last.pt does not fit this config's network or optimizer (resume with the "
-     "same overrides as the run): Error(s) in loading state_dict for MLP:", 2),
+     "snnexp: error: {w}/old/checkpoints/last.pt: this resume changes what the run computes (model._target_:", 2),
     ("resume with no earlier run", ["train", "trainer.seed=99", "resume=true"],
      "snnexp: error: resume=true: no earlier run with a checkpoint under {w}/outputs was made with these overrides "
      "(trainer.seed=99); give the run directory instead: resume=PATH", 2),
@@ -193,3 +193,46 @@ def test_bad_input(workdir, name, args, message, code):
 
 def test_there_are_at_least_20_cases():
     assert len(CASES) >= 20
+
+
+def test_a_folder_a_fifo_or_a_device_as_checkpoint_is_named_for_what_it_is(workdir, tmp_path):
+    import threading
+    import time
+
+    w, env = workdir
+    fifo = tmp_path / "best.pt"
+    os.mkfifo(fifo)
+    # a reader that opened the FIFO would wait for a writer: one comes (and goes) after 20 s, so the test never hangs
+    rescue = threading.Timer(20, lambda: os.close(os.open(fifo, os.O_RDWR)))
+    rescue.start()
+    inside = f"give the checkpoint file inside, e.g. checkpoint={w}/old/checkpoints/best.pt"
+    cases = [(["eval", "checkpoint=old"], f"checkpoint {w}/old is a directory: {inside}"),
+             (["export", "checkpoint=old/checkpoints"], f"checkpoint {w}/old/checkpoints is a directory: {inside}"),
+             (["eval", f"checkpoint={fifo}"], f"checkpoint {fifo} is a FIFO, not a regular file: give a checkpoint "
+                                              "file written by snnexp train (.../checkpoints/best.pt)"),
+             (["export", "checkpoint=/dev/zero"], "checkpoint /dev/zero is a device, not a regular file")]
+    try:
+        for args, message in cases:
+            start = time.time()
+            proc = run_snnexp(*args, f"hydra.run.dir={tmp_path / 'run'}", cwd=w, env=env, check=False)
+            assert proc.returncode == 2 and time.time() - start < 10
+            assert proc.stderr.startswith(f"snnexp: error: {message}") and len(proc.stderr.splitlines()) == 1, \
+                proc.stderr
+    finally:
+        rescue.cancel()
+
+
+@pytest.mark.parametrize("spec, limit", [("{FC10-SN}*999999999999", "MAX_REPEAT"),
+                                         ("{{{FC10-SN}*100}*100}*100", "MAX_LAYERS"),
+                                         ("{" * 200 + "FC10-SN" + "}*1" * 200, "MAX_NESTING")],
+                         ids=["repeat", "layers", "nesting"])
+def test_a_spec_that_would_eat_memory_or_the_stack_is_one_line_naming_the_limit(tmp_path, spec, limit):
+    """Issue 28: these grew to gigabytes until killed, or hit Python's recursion limit; now refused before any layer
+    is built (the time is the digits' split and Hydra's start)."""
+    start = time.perf_counter()
+    proc = run_snnexp("train", "model=convnet", f'model.spec="{spec}"', "hydra.run.dir=run", cwd=tmp_path,
+                      check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stdout + proc.stderr
+    (line,) = [line for line in proc.stderr.splitlines() if line.startswith("snnexp: error:")]
+    assert line.startswith("snnexp: error: model.spec ") and f"(snnexp.models.spec.{limit})" in line
+    assert time.perf_counter() - start < 30

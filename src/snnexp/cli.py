@@ -3,6 +3,8 @@
 import logging
 import os
 import re
+import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -48,6 +50,7 @@ def _fail(message: str, code: int = 2) -> None:
 def _report(e: SnnexpError) -> None:
     """An error the user can fix: its message, no traceback, its exit code."""
     if isinstance(e, Interrupted):  # the run was saved: say how to go on
+        _ignore_signals()
         run_dir = HydraConfig.get().runtime.output_dir
         print(f"snnexp: interrupted by {e}\nresume with:  {_resume_command()}\n"
               f"          or:  snnexp train resume={run_dir}", file=sys.stderr)
@@ -69,6 +72,8 @@ def _guarded(task):
             _fail(f"cannot build a part of the run from the config: {cause}")
         except SnnexpError as e:
             _report(e)
+        except KeyboardInterrupt as e:  # here, where the run's folder is known
+            _stopped(e)
 
     wrapper.__name__ = task.__name__
     return wrapper
@@ -277,6 +282,26 @@ def _check_writable(args: list) -> None:
     if problem:
         raise ConfigError(f"cannot write the run directory {target.resolve()}: {problem}; start snnexp in a folder "
                           f"you can write to, or give hydra.run.dir=DIR")
+    free = _free_bytes(existing)
+    if free < MIN_FREE:  # a full disk: said here, since Hydra's own writes (multirun.yaml, .hydra/) end in tracebacks
+        raise ConfigError(f"cannot write the run directory {target.resolve()}: its disk is full ({free // 1024} KiB "
+                          f"free at {existing}); free disk space, or give {_dir_key(args)}=DIR on a disk with room")
+
+
+def _dir_key(args: list) -> str:
+    """The override that moves this command's output folder."""
+    return "hydra.sweep.dir" if "-m" in args or "--multirun" in args else "hydra.run.dir"
+
+
+MIN_FREE = 64 * 1024  # bytes: less cannot hold Hydra's .hydra/*.yaml and the start of train.log
+
+
+def _free_bytes(folder: Path) -> float:
+    """The bytes this user may still write on `folder`'s disk (inf where the file system does not say)."""
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return float("inf")
 
 
 # keys whose values are paths: a sweep job's folder is named by its overrides (.../neuron=lif,trainer.T=8/...), and
@@ -303,6 +328,27 @@ def main(argv=None) -> None:
         _run(argv[0], argv[1:])
     except SnnexpError as e:  # raised before Hydra started (inside it, _guarded reports them)
         _report(e)
+    except KeyboardInterrupt as e:
+        _stopped(e)
+
+
+def _stopped(e: KeyboardInterrupt) -> None:
+    """Ctrl-C outside training, or a second Ctrl-C / SIGTERM in it (session.StopNow): one line, exit 128 + N. A file
+    being written was removed (files.atomic_path); the checkpoints saved before are intact."""
+    _ignore_signals()
+    signum = getattr(e, "signum", signal.SIGINT)
+    again = f"a second {signal.Signals(signum).name}, without saving" if hasattr(e, "signum") else "SIGINT"
+    hint = f"; to go on from the last checkpoint saved: snnexp train resume={HydraConfig.get().runtime.output_dir}" \
+        if hasattr(e, "signum") and HydraConfig.initialized() else ""
+    print(f"snnexp: stopped at once by {again}{hint}", file=sys.stderr)
+    sys.exit(128 + signum)
+
+
+def _ignore_signals() -> None:
+    """The process is stopping for a signal: a further Ctrl-C (or SIGTERM) could only cut its message and exit short,
+    with a traceback from wherever it landed (an atexit callback)."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def _run(command: str, rest: list) -> None:

@@ -20,6 +20,7 @@ from snnexp.errors import ConfigError
 class TrainerConfig:
     epochs: int = 15
     batch_size: int = 64
+    micro_batch: Optional[int] = None  # run each batch in pieces of at most this many samples (one optimizer step)
     T: int = 4
     seed: int = 0
     device: str = "auto"
@@ -88,6 +89,7 @@ _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 RULES = {
     "trainer.epochs": (_at_least_1, "an integer >= 1"),
     "trainer.batch_size": (_at_least_1, "an integer >= 1"),
+    "trainer.micro_batch": (lambda v: v is None or v >= 1, "null (the whole batch at once) or an integer >= 1"),
     "trainer.T": (_at_least_1, "an integer >= 1 (time steps)"),
     "trainer.num_workers": (_non_negative, "an integer >= 0"),
     "trainer.max_steps": (lambda v: v is None or v >= 1, "null or an integer >= 1"),

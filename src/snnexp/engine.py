@@ -5,9 +5,10 @@ from the config, and the model reports its own scalars.
     fit:  set up (build_run, loaders, TrainState, resume)
           for each epoch: train_epoch -> evaluate -> summarise (metrics.py) -> log (logging.py) -> save (checkpoint.py)
 
-Beside it, one module per concern: checkpoint.py (TrainState, save / load), metrics.py (an epoch's numbers),
-diagnose.py (gradient norms, where a NaN first appears), session.py (run_info.json, stop signals), activity.py
-(spikes and synaptic operations), distributed.py (data parallel), logging.py (TensorBoard).
+Beside it, one module per concern: checkpoint.py (TrainState, save / load), resume.py (what a resume may change,
+catching up a run folder), memory.py (will a step fit), metrics.py (an epoch's numbers), diagnose.py (gradient norms,
+where a NaN first appears), session.py (run_info.json, stop signals, the run folder's lock), activity.py (spikes and
+synaptic operations), distributed.py (data parallel), logging.py (TensorBoard).
 """
 
 import logging
@@ -17,7 +18,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -35,9 +36,11 @@ from snnexp.cost import energy_pj, static_metrics
 from snnexp.diagnose import all_finite, diagnose_nonfinite, layer_grad_norms
 from snnexp.errors import CheckpointError, ConfigError, DatasetError, NonFiniteError
 from snnexp.logging import RunLogger
+from snnexp.memory import check_step_fits
 from snnexp.metrics import epoch_metrics, epoch_scalars, test_metrics, train_summary
 from snnexp.models import with_output_layer
-from snnexp.session import StopSignals, record
+from snnexp.resume import metrics_scalars, reconcile, resume_from
+from snnexp.session import RunLock, StopSignals, record
 
 __all__ = ["EpochOrder", "Run", "build_model", "build_run", "evaluate", "evaluate_checkpoint",
            "fit", "forward", "make_loader", "neurobench_results", "require_neurobench", "train_epoch"]
@@ -72,7 +75,8 @@ class Run:
     def checkpoint_meta(self) -> Dict[str, Any]:
         """What a checkpoint keeps beside the training state, so that eval and export rebuild the network."""
         return {"config": OmegaConf.to_container(self.cfg, resolve=True),
-                "input_shape": list(self.splits.input_shape), "num_classes": self.splits.num_classes}
+                "input_shape": list(self.splits.input_shape), "num_classes": self.splits.num_classes,
+                "data_sizes": {"train": len(self.splits.train), "test": len(self.splits.test)}}  # checked on resume
 
 
 def resolve_device(name: str) -> torch.device:
@@ -219,13 +223,13 @@ def train_epoch(run: Run, loader: DataLoader, state: TrainState, epoch: int,
         if i == 1 and run.cfg.trainer.compile:  # the first step compiles: left out of samples/s
             start, timed = time.perf_counter(), 0
         x, y = x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
-        scores = forward(run, x)
-        loss = run.loss_fn(scores, y)
         totals.batches += 1
-        if _learn(run, state, x, loss, epoch):
+        learned = _learn(run, state, x, y, epoch)
+        if learned is not None:
+            scores, loss = learned
             state.step += 1
             totals.steps += 1
-            totals.loss += loss.item() * y.numel()
+            totals.loss += loss * y.numel()
             totals.correct += (scores.argmax(1) == y).sum().item()
             totals.seen += y.numel()
             timed += y.numel()
@@ -241,28 +245,30 @@ def train_epoch(run: Run, loader: DataLoader, state: TrainState, epoch: int,
     return train_summary(loss_sum, correct, seen, timed, elapsed, totals.skipped, totals.grad_norm, totals.steps)
 
 
-def _learn(run: Run, state: TrainState, x: torch.Tensor, loss: torch.Tensor, epoch: int) -> bool:
-    """Backward and optimizer step for one batch. A non-finite loss or gradient stops the run with a diagnosis
-    (NonFiniteError) or, with trainer.on_nonfinite=skip, leaves the batch out: then False."""
+def _learn(run: Run, state: TrainState, x: torch.Tensor, y: torch.Tensor,
+           epoch: int) -> Optional[Tuple[torch.Tensor, float]]:
+    """Forward, backward and optimizer step for one batch: its (scores, mean loss). A non-finite loss or gradient
+    stops the run with a diagnosis (NonFiniteError) or, with trainer.on_nonfinite=skip, leaves the batch out: None.
+    With trainer.micro_batch the batch runs in pieces (_backward_in_pieces), one optimizer step for all."""
     optimizer, scaler, totals = state.optimizer, state.scaler, state.totals
     optimizer.zero_grad(set_to_none=True)
+    scores, loss, failed = _backward_in_pieces(run, state, x, y)
     norms = None
-    # data parallel: all processes skip (or stop at) a batch that is non-finite on any, or backward would hang
-    if not distributed.any_true(not torch.isfinite(loss).item()):
-        scaler.scale(loss).backward()
+    if failed is None:
         scaler.unscale_(optimizer)  # true gradients for the norms below (a no-op without AMP on CUDA)
         norms = layer_grad_norms(run.model)
     # with float16 loss scaling an inf gradient is the scaler's business: it skips the step itself
     if norms is None or (not scaler.is_enabled() and not all_finite(norms)):
         position = f"step {state.step + 1} (epoch {epoch}, batch {totals.batches})"
         if run.cfg.trainer.on_nonfinite == "stop":
-            raise NonFiniteError(diagnose_nonfinite(run.model, lambda: forward(run, x), x, loss, position,
+            xp, piece_loss = failed or (x, torch.tensor(loss))  # the piece whose loss failed, else the whole batch
+            raise NonFiniteError(diagnose_nonfinite(run.model, lambda: forward(run, xp), xp, piece_loss, position,
                                                     OmegaConf.select(run.cfg, "optim.lr")))
         optimizer.zero_grad(set_to_none=True)
         totals.skipped += 1
         log.warning("step %d: non-finite %s, batch skipped (%d so far this epoch)", state.step + 1,
                     "loss" if norms is None else "gradient", totals.skipped)
-        return False
+        return None
     for layer, norm in norms.items():
         totals.grad_norm[layer] = totals.grad_norm.get(layer, 0.0) + norm.item()
     try:
@@ -274,7 +280,31 @@ def _learn(run: Run, state: TrainState, x: torch.Tensor, loss: torch.Tensor, epo
                              f"overflows: {e}. Likely cause: a learning rate too high (optim.lr="
                              f"{OmegaConf.select(run.cfg, 'optim.lr')})") from None
     scaler.update()
-    return True
+    return scores, loss
+
+
+def _backward_in_pieces(run: Run, state: TrainState, x: torch.Tensor, y: torch.Tensor):
+    """Forward and backward of a batch in pieces of at most trainer.micro_batch samples (one piece without it), each
+    piece's mean loss weighted by its share of the batch, so that the gradients add up to the whole batch's: the
+    same step with a piece's activation memory. Exact where no layer mixes samples; BatchNorm normalises each piece
+    by its own statistics. Returns (scores, the batch's mean loss, None), or, at the first piece whose loss is not
+    finite (on any process of a data-parallel run, which all stop there), (None, nan, (that piece, its loss))."""
+    size = run.cfg.trainer.micro_batch or len(y)
+    pieces = list(zip(x.split(size), y.split(size)))
+    scores, total = [], 0.0
+    for i, (xp, yp) in enumerate(pieces):
+        # data parallel: the processes average their gradients once, at the last piece's backward
+        syncing = i == len(pieces) - 1 or not hasattr(run.net, "no_sync")
+        with nullcontext() if syncing else run.net.no_sync():
+            out = forward(run, xp)
+            loss = run.loss_fn(out, yp) * (len(yp) / len(y))
+            # data parallel: all processes skip (or stop at) a batch that is non-finite on any, or backward would hang
+            if distributed.any_true(not torch.isfinite(loss).item()):
+                return None, float("nan"), (xp, loss)
+            state.scaler.scale(loss).backward()
+        scores.append(out.detach())
+        total += loss.item()
+    return torch.cat(scores), total, None
 
 
 @torch.no_grad()
@@ -316,6 +346,7 @@ def setup(cfg: DictConfig) -> Run:
         torch.backends.cudnn.benchmark = False
     device = distributed.device(cfg.trainer.device) if ddp else resolve_device(cfg.trainer.device)
     run = build_run(cfg, device, ddp)
+    check_step_fits(run)  # before the first step: a setting that cannot fit is refused, not an allocator's traceback
     if ddp and len(run.splits.test) < distributed.world():  # a process without test samples would wait for the others
         raise ConfigError(f"the test set has {len(run.splits.test)} samples, fewer than the {distributed.world()} "
                           "processes: use fewer processes (torchrun --nproc_per_node)")
@@ -350,24 +381,33 @@ def describe(run: Run, run_dir: Path, state: TrainState, resumed_from: Optional[
 
 def fit(cfg: DictConfig, run_dir: Path, hparams: Dict[str, Any], resume: Optional[Path] = None) -> Dict[str, Any]:
     """Train for trainer.epochs (or trainer.max_steps), testing after every epoch. Returns metrics.json.
-    With `resume` (a checkpoint), go on exactly from where it was written."""
+    With `resume` (a checkpoint), go on exactly from where it was written. The run directory is locked meanwhile
+    (session.RunLock): a second training there is refused."""
+    with RunLock(run_dir):
+        return _fit(cfg, run_dir, hparams, resume)
+
+
+def _fit(cfg: DictConfig, run_dir: Path, hparams: Dict[str, Any], resume: Optional[Path]) -> Dict[str, Any]:
     t0 = time.perf_counter()
     run = setup(cfg)
     train_loader, test_loader = make_loader(run.splits.train, cfg, train=True), make_loader(run.splits.test, cfg)
     state = new_train_state(run)
     if resume is not None:
-        checkpoint.resume(resume, state)
+        resume_from(run, state, resume)
         t0 -= state.metrics.get("wall_s", 0.0)  # wall_s counts the earlier sessions (up to their last epoch)
     last, best, meta = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt", run.checkpoint_meta()
     last.parent.mkdir(parents=True, exist_ok=True)
     record(run_dir, cfg, resume)
     describe(run, run_dir, state, resume)
+    behind = resume is not None and reconcile(run_dir, state, meta)  # metrics.json was behind last.pt
     paper_acc = OmegaConf.select(cfg, "paper.test_acc", default=None)  # a reproduction's published result
     # a resumed run rewrites TensorBoard from its first unfinished epoch: no duplicate or stale points
     logger = RunLogger(run_dir, purge_step=state.epoch + 1 if resume else None) if distributed.is_main() else None
     with StopSignals() as signals, logger or nullcontext():
         if logger:
             logger.start(hparams)
+            if behind:  # the epoch whose metrics.json write failed (or never came) has no TensorBoard points either
+                logger.scalars(metrics_scalars(state.metrics), state.epoch)
         for epoch in range(state.epoch + 1, cfg.trainer.epochs + 1):
             train_m = _train_saving(run, train_loader, state, epoch, signals, last, meta)
             distributed.sync_buffers(run.model)  # rank 0's BN statistics, the ones its checkpoint keeps
@@ -380,7 +420,7 @@ def fit(cfg: DictConfig, run_dir: Path, hparams: Dict[str, Any], resume: Optiona
                                           paper_acc)
             checkpoint.save(last, state, meta)
             if is_best:
-                checkpoint.save(best, state, meta, end_of_epoch=epoch)
+                _save_best(best, last, state, meta, epoch)
             if distributed.is_main():
                 checkpoint.write_json(run_dir / "metrics.json", state.metrics)
             if logger:  # after the checkpoint: a TensorBoard write that fails (a full disk) loses no training
@@ -398,6 +438,16 @@ def fit(cfg: DictConfig, run_dir: Path, hparams: Dict[str, Any], resume: Optiona
     log.info("done in %.1f s: test acc %.2f%%, best %.2f%%%s; %s", time.perf_counter() - t0,
              100 * state.metrics["test_acc"], 100 * state.metrics["best_test_acc"], paper, run_dir)
     return state.metrics
+
+
+def _save_best(best: Path, last: Path, state: TrainState, meta: Dict[str, Any], epoch: int) -> None:
+    """checkpoint.save of best.pt; if it fails, last.pt (written just before) holds this best epoch, from which a
+    resume writes best.pt again (resume.reconcile)."""
+    try:
+        checkpoint.save(best, state, meta, end_of_epoch=epoch)
+    except CheckpointError as e:
+        raise CheckpointError(f"{e}; {last} holds epoch {epoch}, the best so far: resuming the run (snnexp train "
+                              f"resume={last.parent.parent}) writes {best.name} from it") from None
 
 
 def _train_saving(run: Run, loader, state: TrainState, epoch: int, signals: StopSignals, last: Path,

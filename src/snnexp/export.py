@@ -38,6 +38,7 @@ the export with a message, as does the adaptive LIF (neuron=alif: no NIR primiti
 anything else NIR cannot express; nothing is left out silently.
 """
 
+import io
 from collections import Counter
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -51,6 +52,7 @@ from torch import nn
 from snnexp import checkpoint
 from snnexp.engine import build_model
 from snnexp.errors import CheckpointError, ExportError
+from snnexp.files import write_atomic
 from snnexp.layers import LeakyIntegrator, NeuNorm, NoNorm, SeqDropout, SeqFlatten, SeqToANN
 from snnexp.neurons import ALIF, IF, LIF, PLIF, SpikingNeuron
 from snnexp.recurrent import RecurrentFC
@@ -320,12 +322,16 @@ def export_checkpoint(path, fmt: str = "nir", out=None, dt: float = DEFAULT_DT,
             "checkpoint": str(path.resolve()), "epoch": int(state.get("epoch", 0))}
     graph = to_nir(model, info["input_shape"], population=readout.population, dt=dt, metadata=meta)
     out = Path(out).expanduser() if out else path.with_suffix(".nir")
+    # HDF5 into memory first: h5py on a full disk can crash the process (SIGSEGV) and leaves half a file; the
+    # bytes are then written as any other output, atomically, and a full disk is an OSError
+    hdf5 = io.BytesIO()
+    nir.write(hdf5, graph)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        nir.write(out, graph)
+        write_atomic(out, hdf5.getbuffer())
     except OSError as e:
-        raise ExportError(f"cannot write {out}: {e.strerror or e}; give out=FILE in a folder you can write "
-                          "to") from None
+        raise ExportError(f"cannot write {out}: {e.strerror or e}; free disk space, or give out=FILE in a folder "
+                          "you can write to") from None
     return out, graph
 
 

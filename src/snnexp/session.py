@@ -3,6 +3,7 @@ one entry per session of a resumed run) and how it stops when asked (StopSignals
 current step, save, and end the run with `errors.Interrupted`)."""
 
 import json
+import os
 import platform
 import signal
 import subprocess
@@ -13,11 +14,12 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 import torch
+from filelock import FileLock, Timeout
 from omegaconf import DictConfig
 
 from snnexp import distributed
 from snnexp.checkpoint import write_json
-from snnexp.errors import Interrupted
+from snnexp.errors import CheckpointError, Interrupted
 
 VERSIONS_OF = ("snnexp", "torch", "torchvision", "hydra-core", "omegaconf", "tonic", "numpy", "tensorboard")
 
@@ -62,9 +64,19 @@ def record(run_dir: Path, cfg: DictConfig, resumed_from: Optional[Path]) -> None
     write_json(path, [*sessions, run_info(cfg, resumed_from)])
 
 
+class StopNow(KeyboardInterrupt):
+    """A second SIGINT / SIGTERM while training: stop at once. A KeyboardInterrupt, which no `except Exception`
+    swallows and which files.atomic_path answers by removing the file it was writing; the CLI says it in a line and
+    exits with 128 + `signum`."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
 class StopSignals:
-    """While training: the first SIGINT / SIGTERM only asks the loop to stop after the current step (a second
-    one interrupts at once, as usual)."""
+    """While training: the first SIGINT / SIGTERM only asks the loop to stop after the current step; a second one
+    stops at once (StopNow), even while that step's checkpoint is being written."""
 
     def __init__(self):
         self.received: Optional[int] = None
@@ -77,8 +89,9 @@ class StopSignals:
         return self
 
     def _handle(self, signum, frame):
+        if self.received is not None:
+            raise StopNow(signum)
         self.received = signum
-        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
 
     def requested(self) -> bool:
         """A stop was asked for, here or (data parallel) in any other process, so that all stop at the same step;
@@ -94,3 +107,49 @@ class StopSignals:
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+class RunLock:
+    """Held for the whole of a training session: a second training in the same run folder (two resumes of one run)
+    is refused, naming the process that holds it, instead of both writing each other's checkpoints. An OS lock
+    (filelock: flock), which the OS drops when its holder dies, so the file left by a killed run never blocks; the
+    file holds the holder's PID while it is held. Data parallel: rank 0 holds it for all processes."""
+
+    NAME = "train.lock"
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / self.NAME
+        self._lock = FileLock(self.path)
+
+    def __enter__(self):
+        error = None
+        if distributed.is_main():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self._lock.acquire(timeout=0)
+                self._write(f"{os.getpid()}\n")
+            except Timeout:
+                error = (f"the run directory {self.path.parent} is in use: {self._holder()} trains in it now (it "
+                         f"holds {self.NAME}); wait for it to end, or stop it, then try again")
+        error = distributed.from_main(error)  # all processes stop, not only rank 0
+        if error:
+            raise CheckpointError(error)
+        return self
+
+    def _holder(self) -> str:
+        try:
+            return f"snnexp process {int(self.path.read_text())}"
+        except (OSError, ValueError):  # it has locked the file but not yet written its PID
+            return "another snnexp process"
+
+    def _write(self, text: str) -> None:
+        try:
+            self.path.write_text(text)
+        except OSError:  # a full disk: the lock holds all the same, only the PID is not shown to others
+            pass
+
+    def __exit__(self, *exc):
+        if self._lock.is_locked:
+            self._write("")  # an empty file: held by no one
+            self._lock.release()
+        return False

@@ -55,6 +55,7 @@ bench: $(INSTALLED)
 	$(PY) bench/bench_memory.py
 	$(PY) bench/bench_sparse.py
 	$(PY) bench/bench_mnist_epoch.py
+	$(PY) bench/bench_test_pass.py
 	$(PY) bench/bench_frames.py $(ARGS)
 
 # make gpu-check (bench/gpu_check.py): the wheels an offline GPU machine lacks into gpu-wheels/ (downloaded again when

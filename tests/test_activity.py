@@ -359,3 +359,43 @@ def test_run_logs_activity_to_metrics_and_tensorboard(tmp_path):
     assert evaluated["spikes_per_sample"] == pytest.approx(metrics["spikes_per_sample"], rel=1e-9)
     for key in COST_METRICS:
         assert evaluated[key] == pytest.approx(metrics[key], rel=1e-9)
+
+
+def _cases():
+    g = torch.Generator().manual_seed(0)
+    spikes = (torch.rand(64, 8, 6, 6, generator=g) < 0.2).float()
+    halves = spikes * 0.5
+    pair = spikes.clone()
+    pair[3, 0, 0, 0], pair[5, 0, 0, 0] = 0.5, 0.5  # a column whose sum is still whole: the squares tell
+    near_one = spikes.clone()
+    near_one[0, 1, 2, 3] = 1 - 2**-24
+    tiny = spikes.clone()
+    tiny[7, 2, 1, 1] = 1e-30
+    signed = spikes - (torch.rand(spikes.shape, generator=g) < 0.1).float()
+    return {
+        "spikes": spikes,
+        "spikes, channels_last": spikes.contiguous(memory_format=torch.channels_last),
+        "spikes, expanded over time": spikes[0].unsqueeze(0).expand(5, *spikes.shape[1:]),
+        "spikes, float64": spikes.double(),
+        "spikes, bfloat16": spikes.bfloat16(),
+        "all zero": torch.zeros(4, 3),
+        "empty": torch.zeros(0, 3),
+        "halves": halves,
+        "two halves in a column": pair,
+        "one value a rounding below 1": near_one,
+        "a tiny value": tiny,
+        "-1, 0, 1": signed,
+        "counts above 1": spikes * 3,
+        "an image": torch.rand(16, 1, 8, 8, generator=g),
+    }
+
+
+@pytest.mark.parametrize("case", list(_cases()))
+def test_nonzero_counts_are_the_definitions_for_spikes_and_anything_else(case):
+    """nonzero_counts against its definition, (x != 0).sum(0) and 'every entry is -1, 0 or 1', on spikes in every
+    layout it meets and on inputs that are nearly spikes."""
+    from snnexp.activity import nonzero_counts
+    x = _cases()[case]
+    counts, spikes = nonzero_counts(x)
+    assert counts.dtype == torch.long and torch.equal(counts, (x != 0).sum(0)), case
+    assert spikes == int(((x == 0) | (x.abs() == 1)).all()), case

@@ -399,3 +399,75 @@ def test_nonzero_counts_are_the_definitions_for_spikes_and_anything_else(case):
     counts, spikes = nonzero_counts(x)
     assert counts.dtype == torch.long and torch.equal(counts, (x != 0).sum(0)), case
     assert spikes == int(((x == 0) | (x.abs() == 1)).all()), case
+
+
+JOINED_RUNS = {  # the default convnet (conv-BN-PLIF-MP twice) on the digits: each joined block of run_layers
+    "direct coding, channels_last (SN-MP, then BN-SN-MP)": ["trainer.batch_size=50"],
+    "Poisson, NCHW (BN-SN-MP twice)": ["encoder=poisson", "trainer.channels_last=false", "trainer.batch_size=50"],
+    "LIF, no BN (SN-MP), T = 6": ["neuron=lif", "norm=none", "trainer.T=6", "trainer.batch_size=50"],
+}
+
+
+@pytest.mark.parametrize("case", list(JOINED_RUNS))
+def test_a_test_pass_on_the_joined_kernels_counts_what_the_layers_apart_count(case, monkeypatch):
+    """After the first batch (its raster needs the spikes) the counters take each neuron's spike counts from the
+    joined neuron-pool kernel, which never hands the spikes out: every metric equals that of the same pass with
+    the layers apart (trainer.join_layers=false), where the hooks see every spike."""
+    from snnexp.neurons.kernels import cpu
+    counted = []
+    real = cpu.pool_forward
+
+    def recording(*args, count=False, **kwargs):
+        counted.append(count)
+        return real(*args, count=count, **kwargs)
+
+    monkeypatch.setattr(cpu, "pool_forward", recording)
+    summaries = {}
+    for join in ("true", "false"):
+        cfg = compose_train(*JOINED_RUNS[case], f"trainer.join_layers={join}")
+        torch.manual_seed(0)
+        run = build_run(cfg, torch.device("cpu"))
+        for p in run.model.parameters():  # weights that make every layer fire: an untrained net is nearly silent
+            if p.dim() > 1:
+                nn.init.normal_(p, 0.0, 4.0 / p[0].numel() ** 0.5)
+        summaries[join] = evaluate(run, make_loader(run.splits.test, cfg, train=False))
+    joined, apart = summaries["true"], summaries["false"]
+    assert counted.count(True) >= 2 * (len(run.splits.test) // 50 - 1)  # two blocks a batch, after the first
+    assert sum(rate > 0.01 for rate in joined["firing_rate"].values()) >= 2  # the joined blocks' neurons fire
+    for key, value in apart.items():
+        if isinstance(value, dict):
+            assert value.keys() == joined[key].keys(), key
+            for layer, v in value.items():
+                np.testing.assert_array_equal(joined[key][layer], v, err_msg=f"{key} {layer}")
+        elif isinstance(value, np.ndarray):
+            np.testing.assert_array_equal(joined[key], value, err_msg=key)
+        elif key != "energy_per_sample_pj" or value:
+            assert joined[key] == value, key
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_joined_kernels_spike_counts_are_the_neurons(channels_last, dtype):
+    """lif_max_pool(count=True) against the neuron's own spikes summed over steps and samples, with BN in the
+    kernel and direct coding's repeated step, a batch split among threads; a map the windows do not tile is not
+    counted (None)."""
+    from snnexp.layers import BatchNormThroughTime
+    from snnexp.neurons import PLIF
+    from snnexp.neurons.normalised import batch_norm
+    from snnexp.neurons.pooled import lif_max_pool
+    from snnexp.pooling import MaxPool2d
+    g = torch.Generator().manual_seed(1)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(3 * 40, 6, 10, 12, generator=g, dtype=dtype).contiguous(memory_format=fmt).unflatten(0, (3, 40))
+    neuron, pool = PLIF().to(dtype), MaxPool2d(2, 2)
+    bn = BatchNormThroughTime(6).to(dtype).eval()
+    bn.running_mean.uniform_(-0.5, 0.5, generator=g)
+    with torch.no_grad():
+        y, counts = lif_max_pool(neuron, pool, x, count=True)
+        assert torch.equal(counts, neuron(x).sum((0, 1))) and torch.equal(y, lif_max_pool(neuron, pool, x))
+        _, counts = lif_max_pool(neuron, pool, x, norm=batch_norm(bn, x, 0), count=True)
+        assert torch.equal(counts, neuron(bn(x)).sum((0, 1)))
+        step = x[0]
+        _, counts = lif_max_pool(neuron, pool, step, steps=5, count=True)
+        assert torch.equal(counts, neuron(step.unsqueeze(0).expand(5, *step.shape)).sum((0, 1)))
+        assert lif_max_pool(neuron, pool, x[..., :9, :], count=True) is None  # 9 rows: the last one unpooled

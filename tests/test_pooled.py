@@ -84,10 +84,11 @@ def test_the_custom_op_checks():
     norm = torch.stack([torch.rand(3) + 0.5, torch.randn(3), torch.randn(3), torch.rand(3) + 0.5]).to(F64)
     for x, steps, cl in [(sequence((2, 2, 3, 4, 4), False, 0), 0, False), (sequence((2, 3, 4, 4), True, 3), 3, True)]:
         for bn, inner in [(None, 1), (norm.clone().requires_grad_(), 1 if cl else 16)]:  # a BN before: normalised.py
-            tau_inv = torch.tensor(0.5, dtype=F64, requires_grad=True)
-            args = (x.requires_grad_(), tau_inv, bn, "decay_input", 1.0, 0.0, False, True, "atan", 2.0, 0.0, steps,
-                    inner, bn is not None, 2, 2, cl)
-            torch.library.opcheck(_lif_pool_op, args)
+            for count in (False, True):  # count: the spike counts of a test pass as a third output
+                tau_inv = torch.tensor(0.5, dtype=F64, requires_grad=True)
+                args = (x.requires_grad_(), tau_inv, bn, "decay_input", 1.0, 0.0, False, True, "atan", 2.0, 0.0,
+                        steps, inner, bn is not None, 2, 2, cl, count)
+                torch.library.opcheck(_lif_pool_op, args)
 
 
 def net():

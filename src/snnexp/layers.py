@@ -98,8 +98,9 @@ def _run_layer(layers, i: int, x: torch.Tensor, steps: int = 0, join: bool = Tru
 def _fused_block(layers, i: int, x: torch.Tensor, steps: int):
     """BN-SN, SN-MP or BN-SN-MP from layers[i] on, as one op (snnexp.neurons.normalised, snnexp.neurons.pooled):
     (its output, the next layer's index), or None where no two of them join. They join when the neuron runs the
-    CPU kernel, the pool's windows tile the map, and no hook watches any of them: the activity counters of a test
-    pass (snnexp.activity) and NeuroBench must see the spikes."""
+    CPU kernel, the pool's windows tile the map, and no hook watches any of them but hooks that only count the
+    neuron's spikes (`_spike_counters`): NeuroBench, and the activity counters' first batch (its raster), must see
+    the spikes, where the counters of the batches after it take the joined op's counts."""
     # with direct coding's one step (`steps`), BN runs on [B, ...] only, T times less than the neuron: joining them
     # saves little there and adds the kernels' per-block work (bench/bench_train_step.py, convnet: 1317 samples/s
     # apart, 1156 joined), so BN joins the neuron on sequences only
@@ -110,15 +111,26 @@ def _fused_block(layers, i: int, x: torch.Tensor, steps: int):
     pool = _joint_pool(layers, j)
     if pool is not None and not pool_joins(layers[j], pool, x, steps):
         pool = None
-    if _watched(*layers[i:j + (3 if pool is not None else 1)]) or (bn is None and pool is None):
+    neuron, counters = layers[j], _spike_counters(layers[j])
+    block = layers[i:j] + layers[j + 1:j + (2 if pool is not None else 1)]  # BN and the pool
+    if counters is None or _watched(*block) or (bn is None and pool is None):
         return None
+    if pool is not None and counters and x.shape[-2] % nn.modules.utils._pair(pool.kernel_size)[0]:
+        return None  # the joint op leaves rows below the last window out: they could not be counted
     norm = batch_norm(bn, x, steps) if bn is not None else None  # None: run BN apart (then SN-MP may join)
     if bn is not None and norm is None:
         return None
-    neuron = layers[j]
     if pool is not None:
-        return lif_max_pool(neuron, pool, x, steps, norm), j + 2
-    return lif_multistep_fused(x, *neuron.dynamics(), steps, norm), j + 1
+        out = lif_max_pool(neuron, pool, x, steps, norm, count=bool(counters))
+        if counters:
+            out, counts = out
+            for hook in counters:
+                hook.add_counts(counts, steps or x.shape[0])
+        return out, j + 2
+    spikes = lif_multistep_fused(x, *neuron.dynamics(), steps, norm)
+    for hook in counters:  # as the neuron's call would have run them
+        hook(neuron, (x,), spikes)
+    return spikes, j + 1
 
 
 def _joint_pool(layers, i: int):
@@ -126,6 +138,16 @@ def _joint_pool(layers, i: int):
     wrapper = layers[i + 1] if i + 1 < len(layers) else None
     pool = getattr(wrapper, "module", None)
     return pool if isinstance(wrapper, SeqToANN) and isinstance(pool, MaxPool2d) else None
+
+
+def _spike_counters(neuron):
+    """The neuron's forward hooks if each of them only counts spikes (a hook with `add_counts(counts, T)`, as
+    snnexp.activity's are after the first batch): the joined ops then report the spike counts to them, and the
+    test pass keeps the joined kernels. [] for none; None where any hook must see the spikes themselves."""
+    hooks = list(neuron._forward_hooks.values())
+    if _watched(*neuron.children()) or neuron._forward_pre_hooks or any(not hasattr(h, "add_counts") for h in hooks):
+        return None
+    return hooks
 
 
 def _watched(*modules) -> bool:

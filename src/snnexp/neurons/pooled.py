@@ -10,8 +10,10 @@ two kernels one after the other (neurons/fused.py, pool_cpu.c).
 
 Spikes, pooled values, positions and gradients are those of the neuron followed by `snnexp.pooling.MaxPool2d`
 exactly (tests/test_pooled.py). `snnexp.layers.run_layers` takes this path for a neuron whose next layer is such a
-pool, when both run the CPU kernels and no hook watches either (the activity counters of a test pass do: there the
-two run apart, so that the spikes are seen).
+pool, when both run the CPU kernels and no hook watches either, but the activity counters of a test pass: for them
+the op also counts each neuron's spikes (`count`), so that a test pass with metrics keeps this path
+(tests/test_activity.py checks the counts against the layers run apart). NeuroBench's hooks need the spikes
+themselves: under them the two run apart.
 """
 
 from typing import Optional, Tuple
@@ -37,23 +39,26 @@ from snnexp.neurons.normalised import Norm, kernel_args
 @torch.library.custom_op("snnexp::lif_max_pool", mutates_args=())
 def _lif_pool_op(x: Tensor, tau_inv: Tensor, norm: Optional[Tensor], leak: str, v_threshold: float, v_reset: float,
                  soft_reset: bool, detach_reset: bool, surrogate: str, sg_a: float, sg_b: float, steps: int,
-                 inner: int, batch: bool, kh: int, kw: int, channels_last: bool) -> Tuple[Tensor, Tensor]:
+                 inner: int, batch: bool, kh: int, kw: int, channels_last: bool,
+                 count: bool) -> Tuple[Tensor, Tensor, Tensor]:
     xk = _kernel_input(x, steps)
     norm_args = kernel_args(norm, inner, xk.dtype)
-    y, pos = cpu.pool_forward(xk, _tau_value(tau_inv, "cpu"), leak, v_threshold, v_reset, soft_reset, steps, kh, kw,
-                              channels_last, *norm_args)
+    y, pos, counts = cpu.pool_forward(xk, _tau_value(tau_inv, "cpu"), leak, v_threshold, v_reset, soft_reset, steps,
+                                      kh, kw, channels_last, *norm_args, count=count)
     T, B = (steps, x.shape[0]) if steps else x.shape[:2]
-    return y.unflatten(0, (T, B)).to(x.dtype), pos
+    counts = counts if count else x.new_empty(0)  # `count`: each neuron's spikes over the T steps and the batch
+    return y.unflatten(0, (T, B)).to(x.dtype), pos, counts
 
 
 @_lif_pool_op.register_fake
 def _(x, tau_inv, norm, leak, v_threshold, v_reset, soft_reset, detach_reset, surrogate, sg_a, sg_b, steps, inner,
-      batch, kh, kw, channels_last):
+      batch, kh, kw, channels_last, count):
     T, (B, C, H, W) = (steps, x.shape) if steps else (x.shape[0], x.shape[1:])
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     y = torch.empty(T * B, C, H // kh, W // kw, dtype=x.dtype, device=x.device, memory_format=fmt)
     maps = cpu.maps_shape((T * B, C, H // kh, W // kw), channels_last)
-    return y.unflatten(0, (T, B)), torch.empty(maps, dtype=torch.uint8, device=x.device)
+    counts = x.new_empty((C, H, W) if count else (0,))
+    return y.unflatten(0, (T, B)), torch.empty(maps, dtype=torch.uint8, device=x.device), counts
 
 
 @torch.library.custom_op("snnexp::lif_max_pool_backward", mutates_args=())
@@ -79,34 +84,39 @@ def _(x, grad_y, pos, tau_inv, norm, leak, v_threshold, v_reset, soft_reset, det
 
 def _setup_context(ctx, inputs, output):
     x, tau_inv, norm, *params = inputs
-    ctx.mark_non_differentiable(output[1])
+    ctx.mark_non_differentiable(output[1], output[2])
     ctx.save_for_backward(x, tau_inv, norm, output[1])
-    ctx.params = params
+    ctx.params = params[:-1]  # not `count`: the backward is the same
 
 
-def _backward(ctx, grad_y, _grad_pos):
+def _backward(ctx, grad_y, _grad_pos, _grad_counts):
     x, tau_inv, norm, pos = ctx.saved_tensors
     want_tau = ctx.needs_input_grad[1]
     grad_x, grad_tau, grad_norm = _lif_pool_backward_op(x, grad_y, pos, tau_inv, norm, *ctx.params, want_tau)
     return (grad_x, grad_tau if want_tau else None, grad_norm if norm is not None else None) \
-        + (None,) * len(ctx.params)
+        + (None,) * (len(ctx.params) + 1)
 
 
 _lif_pool_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def lif_max_pool(neuron: SpikingNeuron, pool: nn.MaxPool2d, x: Tensor, steps: int = 0,
-                 norm: Optional[Norm] = None) -> Optional[Tensor]:
+def lif_max_pool(neuron: SpikingNeuron, pool: nn.MaxPool2d, x: Tensor, steps: int = 0, norm: Optional[Norm] = None,
+                 count: bool = False):
     """pool(neuron(x)) through the joint op, as [T, B, C, H // kh, W // kw]; x is [T, B, C, H, W], or with `steps`
     one step's input [B, C, H, W] fed at each of `steps` steps; with `norm`, pool(neuron(BN(x))). None where the
-    joint op does not apply (then run the layers apart): see `pool_joins`."""
+    joint op does not apply (then run the layers apart): see `pool_joins`. With `count`: (that output, each
+    neuron's spike count [C, H, W] over the steps and the batch), for the activity counters; the kernel leaves out
+    rows below the last window, so a map whose height the windows do not divide is not counted here (None)."""
     if not pool_joins(neuron, pool, x, steps):
         return None
     kh, kw = nn.modules.utils._pair(pool.kernel_size)
+    if count and x.shape[-2] % kh:
+        return None
     tau, *args = op_args(*neuron.dynamics(), x.device)
     params, inner, batch = norm_op_args(norm)
-    y, _ = _lif_pool_op(x, tau, params, *args, int(steps), inner, batch, kh, kw, _channels_last(x if steps else x[0]))
-    return y
+    y, _, counts = _lif_pool_op(x, tau, params, *args, int(steps), inner, batch, kh, kw,
+                                _channels_last(x if steps else x[0]), count)
+    return (y, counts) if count else y
 
 
 def pool_joins(neuron: SpikingNeuron, pool: nn.MaxPool2d, x: Tensor, steps: int = 0) -> bool:

@@ -126,7 +126,7 @@ def library() -> ctypes.CDLL:
                         _P] + norm + [_P]
         bwd.restype = _I
         joint_fwd = getattr(lib, f"lif_pool_forward_{suffix}")
-        joint_fwd.argtypes = [_P, _P, _P] + [_I64] * 10 + [_I, real, real, real, _I] + norm
+        joint_fwd.argtypes = [_P, _P, _P] + [_I64] * 10 + [_I, real, real, real, _I] + norm + [_P, _I64]
         joint_fwd.restype = _I
         joint = getattr(lib, f"lif_pool_backward_{suffix}")
         joint.argtypes = [_P, _P, _P, _P] + [_I64] * 10 + [_I, real, real, real, _I, _I, _I, real, real, _I, _P] \
@@ -161,12 +161,17 @@ def _pool(workers: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(workers, thread_name_prefix="snnexp-lif")
 
 
+def _slices(n: int, min_per_thread: int = MIN_PER_THREAD):
+    """(threads, slice length) of _run_split over [0, n): slice lo // length is run by one thread."""
+    workers = max(1, min(torch.get_num_threads(), n // min_per_thread))
+    return workers, -(-n // workers)
+
+
 def _run_split(fn, n: int, min_per_thread: int = MIN_PER_THREAD) -> list:
     """fn(lo, hi) over [0, n) in torch.get_num_threads() slices, in parallel; their results in order."""
-    workers = max(1, min(torch.get_num_threads(), n // min_per_thread))
+    workers, step = _slices(n, min_per_thread)
     if workers == 1:
         return [fn(0, n)]
-    step = -(-n // workers)
     return list(_pool(workers).map(lambda lo: fn(lo, min(n, lo + step)), range(0, n, step)))
 
 
@@ -261,9 +266,11 @@ def norm_input_grad(x: torch.Tensor, grad: torch.Tensor, coef: torch.Tensor, inn
 
 def pool_forward(x: torch.Tensor, tau_inv: float, leak: str, v_th: float, v_reset: float, soft_reset: bool,
                  steps: int, kh: int, kw: int, channels_last: bool, norm: Optional[torch.Tensor] = None,
-                 inner: int = 1):
+                 inner: int = 1, count: bool = False):
     """`max_pool` of the spikes `forward` would give, without them (neurons/pooled.py): (y [T * B, C, Ho, Wo] in x's
-    memory order, pos) for x [T, B, C, H, W], or with `steps` for x [B, C, H, W] fed at each of `steps` steps."""
+    memory order, pos, counts) for x [T, B, C, H, W], or with `steps` for x [B, C, H, W] fed at each of `steps`
+    steps. With `count`, counts [C, H, W] (contiguous) holds each neuron's spikes over the T steps and the batch
+    (the activity counters of a test pass); else None."""
     suffix, _ = _C_TYPES[x.dtype]
     fn = getattr(library(), f"lif_pool_forward_{suffix}")
     T, N, x_step = _steps(x, steps)
@@ -272,14 +279,22 @@ def pool_forward(x: torch.Tensor, tau_inv: float, leak: str, v_th: float, v_rese
     y = torch.empty(T * M, H // kh, W // kw, Cm, dtype=x.dtype)
     pos = torch.empty(y.shape, dtype=torch.uint8)
     rows, norm_args = _norm_args(norm, inner, kh * W * Cm)
+    n, per_thread = M * (H // kh), max(1, MIN_PER_THREAD // (T * kh * W * Cm))
+    workers, step = _slices(n, per_thread)
+    per_sample = M // B  # maps of one sample: its C channels (NCHW), or 1 (channels last)
+    counts = torch.zeros(workers, per_sample * H * W * Cm, dtype=x.dtype) if count else None  # one per thread
 
     def run(lo, hi):
+        own = None if counts is None else counts[lo // step].data_ptr()
         if fn(x.data_ptr(), y.data_ptr(), pos.data_ptr(), T, N, x_step, H, W, Cm, kh, kw, lo, hi, LEAK[leak], tau_inv,
-              v_th, v_reset, int(soft_reset), *norm_args) != 0:
-            raise MemoryError(f"lif_pool_forward: no memory for 5 x {kh * W * Cm} values")
+              v_th, v_reset, int(soft_reset), *norm_args, own, per_sample) != 0:
+            raise MemoryError(f"lif_pool_forward: no memory for 6 x {kh * W * Cm} values")
 
-    _run_split(run, M * (H // kh), max(1, MIN_PER_THREAD // (T * kh * W * Cm)))
-    return _nchw(y, (T * B, C), channels_last), pos
+    _run_split(run, n, per_thread)
+    if counts is not None:  # the threads' counts added, as a contiguous [C, H, W] (one sample's neurons: small)
+        counts = counts.sum(0)
+        counts = counts.view(H, W, C).permute(2, 0, 1).contiguous() if channels_last else counts.view(C, H, W)
+    return _nchw(y, (T * B, C), channels_last), pos, counts
 
 
 def pool_backward(x, grad_y, pos, tau_inv: float, leak: str, v_th: float, v_reset: float, soft_reset: bool,

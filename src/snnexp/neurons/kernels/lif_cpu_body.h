@@ -294,19 +294,25 @@ int NAME(lif_backward)(const TYPE *x, const TYPE *grad_s, TYPE *grad_x, int64_t 
  * of the window maxima, as max_pool_forward gives them, without writing the spikes themselves. The neurons
  * [M, H, W, C] (x_step as in lif_forward) are taken kh rows at a time, the rows of one row of windows
  * (contiguous in memory); their spikes of step t go to a buffer of kh rows and are pooled from there.
- * Rows below the last window feed no output and are skipped. Output rows [lo, hi) of the M * Ho. */
+ * Rows below the last window feed no output and are skipped. Output rows [lo, hi) of the M * Ho. With
+ * `counts` (the neurons of one sample, maps_per_sample maps of H x W x C, or NULL), each neuron's spikes over the
+ * T steps and the samples of these rows are added to it: one array per thread, summed by the caller (the rows
+ * below the last window are not counted: the caller counts only maps the windows tile). */
 int NAME(lif_pool_forward)(const TYPE *x, TYPE *y, uint8_t *pos, int64_t T, int64_t N, int64_t x_step,
                               int64_t H, int64_t W, int64_t C, int64_t kh, int64_t kw, int64_t lo, int64_t hi,
                               int leak, TYPE tau_inv, TYPE v_th, TYPE v_reset, int soft_reset,
-                              const TYPE *norm, int64_t ld, int64_t nc, int64_t inner) {
+                              const TYPE *norm, int64_t ld, int64_t nc, int64_t inner, TYPE *counts,
+                              int64_t maps_per_sample) {
     const int64_t Ho = H / kh, Wo = W / kw, Ny = N / (H * W) * Ho * Wo, R = kh * W * C;
     const TYPE leak_to = soft_reset ? 0 : v_reset;
-    TYPE *v = malloc(sizeof(TYPE) * 5 * R), *s = v + R, *buf = v + 2 * R;  /* buf: BN's rows (norm_rows) */
+    TYPE *v = malloc(sizeof(TYPE) * 6 * R), *s = v + R, *buf = v + 2 * R;  /* buf: BN's rows (norm_rows) */
+    TYPE *cnt = v + 5 * R;  /* with counts: the rows' spikes so far */
     const TYPE *rows[3] = {NULL, NULL, NULL};
     if (!v) return -1;
     for (int64_t r = lo; r < hi; r++) {
         const int64_t e0 = ((r / Ho) * H + (r % Ho) * kh) * W * C;  /* map r / Ho, first row of the windows */
         for (int64_t i = 0; i < R; i++) v[i] = leak_to;
+        if (counts) for (int64_t i = 0; i < R; i++) cnt[i] = 0;
         if (norm) NAME(norm_rows)(norm, ld, nc, inner, e0, R, buf, R, rows);
         for (int64_t t = 0; t < T; t++) {
             const TYPE *xt = x + t * x_step + e0;
@@ -315,6 +321,15 @@ int NAME(lif_pool_forward)(const TYPE *x, TYPE *y, uint8_t *pos, int64_t T, int6
             else NAME(fire)(0, xt, NULL, NULL, s, v, R, leak, tau_inv, leak_to, v_th, v_reset, soft_reset);
             NAME(max_pool_forward)(s, y + t * Ny + r * Wo * C, pos + t * Ny + r * Wo * C, kh, W, C, kh,
                                       kw, 0, 1);
+            if (counts) {
+                _Pragma("omp simd")
+                for (int64_t i = 0; i < R; i++) cnt[i] += s[i];
+            }
+        }
+        if (counts) {  /* added at the rows' place in one sample: the calling thread's own counts */
+            TYPE *ct = counts + ((r / Ho) % maps_per_sample * H + (r % Ho) * kh) * W * C;
+            _Pragma("omp simd")
+            for (int64_t i = 0; i < R; i++) ct[i] += cnt[i];
         }
     }
     free(v);

@@ -198,6 +198,7 @@ TRITON_CHECK = """
 import itertools, sys, torch
 torch.set_default_device(sys.argv[1])
 from snnexp.neurons.kernels import cuda
+from snnexp.neurons.kernels.cpu import LifParams
 from snnexp.neurons.functional import lif_multistep_reference
 from snnexp.surrogate import ATan, Rect, Sigmoid, Triangle, FastSigmoid
 torch.manual_seed(0)
@@ -212,8 +213,9 @@ for dtype, (leak, soft, detach, sg) in itertools.product((torch.float32, torch.f
     g = torch.randn_like(ref)
     ref.backward(g)
     name, a, b = sg.kernel_args()
-    spikes = cuda.forward(x, tau, leak, 1.0, -0.2, soft)
-    gx, gt, _ = cuda.backward(x, g, tau, leak, 1.0, -0.2, soft, detach, name, a, b, leak != "if")
+    params = LifParams(leak, tau, 1.0, -0.2, soft, detach, name, a, b)
+    spikes = cuda.forward(x, params)
+    gx, gt, _ = cuda.backward(x, g, params, leak != "if")
     assert torch.equal(spikes, ref), (dtype, leak, soft, detach, name)
     torch.testing.assert_close(gx, xr.grad)
     if leak != "if":
@@ -225,10 +227,10 @@ ref = lif_multistep_reference(xr.unsqueeze(0).repeat(6, 1, 1, 1, 1), 0.4, ATan()
 g = torch.randn_like(ref)
 ref.backward(g)
 tau = torch.tensor(0.4, dtype=torch.float64)
-spikes = cuda.forward(x1, tau, "decay_input", 1.0, 0.0, False, steps=6)
+params = LifParams("decay_input", tau, 1.0, 0.0, False, False, "atan", 2.0, 0.0)
+spikes = cuda.forward(x1, params, steps=6)
 g_in_spikes_order = torch.empty_like(spikes).copy_(g)  # as fused._spikes_order hands it over
-gx, _, _ = cuda.backward(x1, g_in_spikes_order, tau, "decay_input", 1.0, 0.0, False, False, "atan", 2.0, 0.0,
-                         False, steps=6)
+gx, _, _ = cuda.backward(x1, g_in_spikes_order, params, False, steps=6)
 assert torch.equal(spikes, ref) and spikes.stride() == (x1.numel(), *x1.stride())
 torch.testing.assert_close(gx, xr.grad)
 print("ok")
@@ -342,3 +344,30 @@ def test_every_ctypes_signature_matches_its_c_declaration():
         expected = [ctypes.c_void_p if "*" in p else c_types[p.replace("const ", "").strip()] for p in params]
         assert fn.argtypes == expected, f"{name}: argtypes {fn.argtypes} but C declares ({', '.join(params)})"
         assert fn.restype == c_types[ret], f"{name}: restype {fn.restype} but C returns {ret}"
+
+
+def test_the_parameter_record_matches_its_c_declaration():
+    """The neuron's settings cross into C as one record, lif_cpu_body.h's lif_params, which kernels/cpu.py mirrors
+    with ctypes; a field out of order or of another type would hand the kernels wrong settings silently. Its fields
+    as the C declares them (in order, TYPE as float / double) against the ctypes mirror, and LifParams.c's values
+    in the fields (that the kernels compute with them: the reference tests above)."""
+    import ctypes
+    import re
+
+    from snnexp.neurons.kernels import cpu
+
+    header = next(h for h in cpu.HEADERS if h.name == "lif_cpu_body.h").read_text()
+    body = re.search(r"typedef struct \{(.*?)\} NAME\(lif_params\);", header, re.S).group(1)
+    declared = []
+    for ctype, names in re.findall(r"^\s*(int|TYPE)\s+([^;]+);", body, re.M):
+        declared += [(name.strip(), ctype) for name in names.split(",")]
+    assert [n for n, _ in declared] == ["leak", "soft_reset", "detach_reset", "sg_kind", "tau_inv", "v_th",
+                                        "v_reset", "sg_a", "sg_b"]
+    for dtype, real in ((torch.float32, ctypes.c_float), (torch.float64, ctypes.c_double)):
+        mirror = cpu._C_PARAMS[dtype]._fields_
+        assert mirror == [(n, ctypes.c_int if t == "int" else real) for n, t in declared], dtype
+        record = cpu.LifParams("plain", 0.25, 1.5, -0.5, True, True, "rect", 0.75, 0.125).c(dtype)
+        assert (record.leak, record.soft_reset, record.detach_reset, record.sg_kind) == (
+            cpu.LEAK["plain"], 1, 1, cpu.SURROGATE_KINDS["rect"])
+        assert (record.tau_inv, record.v_th, record.v_reset, record.sg_a, record.sg_b) == (0.25, 1.5, -0.5, 0.75,
+                                                                                           0.125)

@@ -27,7 +27,7 @@ from typing import Dict, Optional, Tuple, Union
 import torch
 
 from snnexp.neurons.functional import lif_multistep_reference
-from snnexp.neurons.kernels.cpu import empty_steps
+from snnexp.neurons.kernels.cpu import LifParams, empty_steps
 from snnexp.neurons.normalised import Norm, input_grad, kernel_args
 
 Tensor = torch.Tensor
@@ -109,8 +109,8 @@ def _lif_op(x: Tensor, tau_inv: Tensor, norm: Optional[Tensor], leak: str, v_thr
             batch: bool) -> Tensor:
     xk = _kernel_input(x, steps)
     norm_args = kernel_args(norm, inner, xk.dtype)
-    spikes = _kernel(x.device.type).forward(xk, _tau_value(tau_inv, x.device.type), leak, v_threshold, v_reset,
-                                              soft_reset, steps, *norm_args)
+    params = LifParams(leak, _tau_value(tau_inv, x.device.type), v_threshold, v_reset, soft_reset)
+    spikes = _kernel(x.device.type).forward(xk, params, steps, *norm_args)
     return spikes.to(x.dtype)
 
 
@@ -127,11 +127,12 @@ def _lif_backward_op(x: Tensor, grad_spikes: Tensor, tau_inv: Tensor, norm: Opti
                      v_threshold: float, v_reset: float, soft_reset: bool, detach_reset: bool, surrogate: str,
                      sg_a: float, sg_b: float, steps: int, inner: int, batch: bool,
                      want_tau: bool) -> Tuple[Tensor, Tensor, Tensor]:
-    args = (leak, v_threshold, v_reset, soft_reset, detach_reset, surrogate, sg_a, sg_b)
     device, xk = x.device.type, _kernel_input(x, steps)
+    params = LifParams(leak, _tau_value(tau_inv, device), v_threshold, v_reset, soft_reset, detach_reset, surrogate,
+                       sg_a, sg_b)
     norm_args = kernel_args(norm, inner, xk.dtype)
-    grad_x, grad_tau, sums = _kernel(device).backward(xk, _spikes_order(grad_spikes, xk, steps),
-                                                       _tau_value(tau_inv, device), *args, want_tau, steps, *norm_args)
+    grad_x, grad_tau, sums = _kernel(device).backward(xk, _spikes_order(grad_spikes, xk, steps), params, want_tau,
+                                                       steps, *norm_args)
     return _gradients(x, xk, grad_x, grad_tau, tau_inv, sums, norm, inner, batch)
 
 
@@ -211,7 +212,9 @@ def norm_op_args(norm: Optional[Norm]) -> tuple:
 def op_args(tau_inv, surrogate, v_threshold: float, v_reset: Optional[float], decay_input: bool, detach_reset: bool,
             device) -> tuple:
     """A neuron's settings as the fused ops take them: (tau_inv tensor, leak, v_threshold, v_reset, soft_reset,
-    detach_reset, surrogate name, sg_a, sg_b)."""
+    detach_reset, surrogate name, sg_a, sg_b). Separate arguments because a torch.library op's schema takes only
+    tensors and scalars (torch.compile traces them); inside, the ops pass the kernels one record (kernels.cpu.LifParams,
+    a C struct by pointer)."""
     name, sg_a, sg_b = surrogate.kernel_args()
     leak = "if" if tau_inv is None else ("decay_input" if decay_input else "plain")
     if not isinstance(tau_inv, Tensor):  # float64 holds the Python float exactly; the kernel rounds it like torch

@@ -43,8 +43,8 @@ def _lif_pool_op(x: Tensor, tau_inv: Tensor, norm: Optional[Tensor], leak: str, 
                  count: bool) -> Tuple[Tensor, Tensor, Tensor]:
     xk = _kernel_input(x, steps)
     norm_args = kernel_args(norm, inner, xk.dtype)
-    y, pos, counts = cpu.pool_forward(xk, _tau_value(tau_inv, "cpu"), leak, v_threshold, v_reset, soft_reset, steps,
-                                      kh, kw, channels_last, *norm_args, count=count)
+    params = cpu.LifParams(leak, _tau_value(tau_inv, "cpu"), v_threshold, v_reset, soft_reset)
+    y, pos, counts = cpu.pool_forward(xk, params, steps, kh, kw, channels_last, *norm_args, count=count)
     T, B = (steps, x.shape[0]) if steps else x.shape[:2]
     counts = counts if count else x.new_empty(0)  # `count`: each neuron's spikes over the T steps and the batch
     return y.unflatten(0, (T, B)).to(x.dtype), pos, counts
@@ -70,9 +70,10 @@ def _lif_pool_backward_op(x: Tensor, grad_y: Tensor, pos: Tensor, tau_inv: Tenso
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     grad_y = grad_y.flatten(0, 1).contiguous(memory_format=fmt).to(xk.dtype)
     norm_args = kernel_args(norm, inner, xk.dtype)
-    grad_x, grad_tau, sums = cpu.pool_backward(xk, grad_y, pos, _tau_value(tau_inv, "cpu"), leak, v_threshold,
-                                               v_reset, soft_reset, detach_reset, surrogate, sg_a, sg_b, want_tau,
-                                               steps, kh, kw, channels_last, *norm_args)
+    params = cpu.LifParams(leak, _tau_value(tau_inv, "cpu"), v_threshold, v_reset, soft_reset, detach_reset,
+                           surrogate, sg_a, sg_b)
+    grad_x, grad_tau, sums = cpu.pool_backward(xk, grad_y, pos, params, want_tau, steps, kh, kw, channels_last,
+                                               *norm_args)
     return _gradients(x, xk, grad_x, grad_tau, tau_inv, sums, norm, inner, batch)
 
 

@@ -24,7 +24,7 @@ import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Optional
+from typing import Any, NamedTuple, Optional
 
 import torch
 
@@ -46,6 +46,39 @@ log = logging.getLogger("snnexp")
 
 _P, _I64, _I, _D = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_double
 _C_TYPES = {torch.float32: ("f32", ctypes.c_float), torch.float64: ("f64", ctypes.c_double)}
+
+
+class LifParams(NamedTuple):
+    """A neuron's settings as the kernels take them: one record from SpikingNeuron.dynamics() down to the C (passed
+    by pointer as lif_cpu_body.h's lif_params) or the Triton launch (kernels/cuda.py), so that a new setting is
+    added in one place. tau_inv is a float for the CPU, a 0-d tensor on CUDA (the kernel reads it there)."""
+
+    leak: str  # a key of LEAK
+    tau_inv: Any
+    v_th: float
+    v_reset: float
+    soft_reset: bool
+    detach_reset: bool = False  # the backward's settings; the forward kernels ignore them
+    surrogate: str = "atan"  # a key of SURROGATE_KINDS
+    sg_a: float = 0.0
+    sg_b: float = 0.0
+
+    def c(self, dtype: torch.dtype) -> ctypes.Structure:
+        """The C record for the kernels of `dtype` (float32 or float64), to pass with ctypes.byref."""
+        return _C_PARAMS[dtype](LEAK[self.leak], int(self.soft_reset), int(self.detach_reset),
+                                SURROGATE_KINDS[self.surrogate], self.tau_inv, self.v_th, self.v_reset, self.sg_a,
+                                self.sg_b)
+
+
+def _c_params(real) -> type:
+    """lif_cpu_body.h's lif_params for TYPE `real`, field by field (tests/test_fused.py compares them)."""
+    return type(f"lif_params_{real.__name__}", (ctypes.Structure,), {"_fields_": [
+        ("leak", ctypes.c_int), ("soft_reset", ctypes.c_int), ("detach_reset", ctypes.c_int),
+        ("sg_kind", ctypes.c_int), ("tau_inv", real), ("v_th", real), ("v_reset", real), ("sg_a", real),
+        ("sg_b", real)]})
+
+
+_C_PARAMS = {dtype: _c_params(real) for dtype, (_, real) in _C_TYPES.items()}
 
 
 class KernelUnavailable(RuntimeError):
@@ -116,21 +149,19 @@ def library() -> ctypes.CDLL:
     """The kernels' library with each function's ctypes signature, as lif_cpu.c and pool_cpu.c declare them
     (tests/test_fused.py checks every one against the C declarations)."""
     lib = ctypes.CDLL(str(build()))
-    for suffix, real in _C_TYPES.values():
+    for suffix, _ in _C_TYPES.values():
         norm = [_P, _I64, _I64, _I64]  # BN's rows (or NULL), their stride, nc, inner: see lif_cpu.c
         fwd = getattr(lib, f"lif_forward_{suffix}")
-        fwd.argtypes = [_P, _P, _I64, _I64, _I64, _I64, _I64, _I, real, real, real, _I] + norm
+        fwd.argtypes = [_P, _P, _I64, _I64, _I64, _I64, _I64, _P] + norm  # _P: the lif_params record
         fwd.restype = _I
         bwd = getattr(lib, f"lif_backward_{suffix}")
-        bwd.argtypes = [_P, _P, _P, _I64, _I64, _I64, _I64, _I64, _I, real, real, real, _I, _I, _I, real, real, _I,
-                        _P] + norm + [_P]
+        bwd.argtypes = [_P, _P, _P, _I64, _I64, _I64, _I64, _I64, _P, _I, _P] + norm + [_P]
         bwd.restype = _I
         joint_fwd = getattr(lib, f"lif_pool_forward_{suffix}")
-        joint_fwd.argtypes = [_P, _P, _P] + [_I64] * 10 + [_I, real, real, real, _I] + norm + [_P, _I64]
+        joint_fwd.argtypes = [_P, _P, _P] + [_I64] * 10 + [_P] + norm + [_P, _I64]
         joint_fwd.restype = _I
         joint = getattr(lib, f"lif_pool_backward_{suffix}")
-        joint.argtypes = [_P, _P, _P, _P] + [_I64] * 10 + [_I, real, real, real, _I, _I, _I, real, real, _I, _P] \
-            + norm + [_P]
+        joint.argtypes = [_P, _P, _P, _P] + [_I64] * 10 + [_P, _I, _P] + norm + [_P]
         joint.restype = _I
         norm_grad = getattr(lib, f"norm_input_grad_{suffix}")
         norm_grad.argtypes = [_P, _P, _P] + [_I64] * 4
@@ -209,8 +240,7 @@ def _gather(results) -> tuple:
     return sum(taus), None if sums[0] is None else torch.stack(sums).sum(0)
 
 
-def forward(x: torch.Tensor, tau_inv: float, leak: str, v_th: float, v_reset: float, soft_reset: bool,
-            steps: int = 0, norm: Optional[torch.Tensor] = None, inner: int = 1):
+def forward(x: torch.Tensor, params: LifParams, steps: int = 0, norm: Optional[torch.Tensor] = None, inner: int = 1):
     """Spikes of x [T, ...] (one dense block per step, float32 or float64), or with `steps` of x [...] at every
     one of `steps` steps. With `norm`, of BN(x) (lif_cpu.c; `inner` places the channels)."""
     suffix, _ = _C_TYPES[x.dtype]
@@ -219,19 +249,18 @@ def forward(x: torch.Tensor, tau_inv: float, leak: str, v_th: float, v_reset: fl
     spikes = buffers.empty_strided((steps, *x.shape), (x.numel(), *x.stride()), x.dtype) if steps \
         else buffers.empty_like(x)
     rows, norm_args = _norm_args(norm, inner)
+    record = ctypes.byref(params.c(x.dtype))
 
     def run(lo, hi):
-        if fn(x.data_ptr(), spikes.data_ptr(), T, N, x_step, lo, hi, LEAK[leak], tau_inv, v_th, v_reset,
-              int(soft_reset), *norm_args) != 0:
+        if fn(x.data_ptr(), spikes.data_ptr(), T, N, x_step, lo, hi, record, *norm_args) != 0:
             raise MemoryError(f"lif_forward: no memory for 4 x {block()} values")
 
     _run_split(run, N)
     return spikes
 
 
-def backward(x, grad_spikes, tau_inv: float, leak: str, v_th: float, v_reset: float, soft_reset: bool,
-             detach_reset: bool, surrogate: str, sg_a: float, sg_b: float, want_tau: bool, steps: int = 0,
-             norm: Optional[torch.Tensor] = None, inner: int = 1):
+def backward(x, grad_spikes, params: LifParams, want_tau: bool, steps: int = 0, norm: Optional[torch.Tensor] = None,
+             inner: int = 1):
     """(grad_x, dL/d(1/tau) as a float, 0.0 unless want_tau, BN's sums or None); with `steps`, grad_x is summed
     over the steps. With `norm`, grad_x is dL/dBN(x) and the sums [2, nc] those of lif_cpu.c."""
     suffix, _ = _C_TYPES[x.dtype]
@@ -239,13 +268,12 @@ def backward(x, grad_spikes, tau_inv: float, leak: str, v_th: float, v_reset: fl
     T, N, x_step = _steps(x, steps)
     grad_x = buffers.empty_like(x)
     rows, norm_args = _norm_args(norm, inner)
+    record = ctypes.byref(params.c(x.dtype))
 
     def run(lo, hi):
         partial, sums = ctypes.c_double(0.0), _norm_sums(norm)
-        status = fn(x.data_ptr(), grad_spikes.data_ptr(), grad_x.data_ptr(), T, N, x_step, lo, hi, LEAK[leak],
-                    tau_inv, v_th, v_reset, int(soft_reset), int(detach_reset), SURROGATE_KINDS[surrogate], sg_a, sg_b,
-                    int(want_tau), ctypes.byref(partial), *norm_args,
-                    None if sums is None else sums.data_ptr())
+        status = fn(x.data_ptr(), grad_spikes.data_ptr(), grad_x.data_ptr(), T, N, x_step, lo, hi, record,
+                    int(want_tau), ctypes.byref(partial), *norm_args, None if sums is None else sums.data_ptr())
         if status != 0:
             raise MemoryError(f"lif_backward: no memory for its scratch ({2 * T + 11} rows of up to {block()} values)")
         return partial.value, sums
@@ -264,9 +292,8 @@ def norm_input_grad(x: torch.Tensor, grad: torch.Tensor, coef: torch.Tensor, inn
     return grad
 
 
-def pool_forward(x: torch.Tensor, tau_inv: float, leak: str, v_th: float, v_reset: float, soft_reset: bool,
-                 steps: int, kh: int, kw: int, channels_last: bool, norm: Optional[torch.Tensor] = None,
-                 inner: int = 1, count: bool = False):
+def pool_forward(x: torch.Tensor, params: LifParams, steps: int, kh: int, kw: int, channels_last: bool,
+                 norm: Optional[torch.Tensor] = None, inner: int = 1, count: bool = False):
     """`max_pool` of the spikes `forward` would give, without them (neurons/pooled.py): (y [T * B, C, Ho, Wo] in x's
     memory order, pos, counts) for x [T, B, C, H, W], or with `steps` for x [B, C, H, W] fed at each of `steps`
     steps. With `count`, counts [C, H, W] (contiguous) holds each neuron's spikes over the T steps and the batch
@@ -283,11 +310,12 @@ def pool_forward(x: torch.Tensor, tau_inv: float, leak: str, v_th: float, v_rese
     workers, step = _slices(n, per_thread)
     per_sample = M // B  # maps of one sample: its C channels (NCHW), or 1 (channels last)
     counts = torch.zeros(workers, per_sample * H * W * Cm, dtype=x.dtype) if count else None  # one per thread
+    record = ctypes.byref(params.c(x.dtype))
 
     def run(lo, hi):
         own = None if counts is None else counts[lo // step].data_ptr()
-        if fn(x.data_ptr(), y.data_ptr(), pos.data_ptr(), T, N, x_step, H, W, Cm, kh, kw, lo, hi, LEAK[leak], tau_inv,
-              v_th, v_reset, int(soft_reset), *norm_args, own, per_sample) != 0:
+        if fn(x.data_ptr(), y.data_ptr(), pos.data_ptr(), T, N, x_step, H, W, Cm, kh, kw, lo, hi, record, *norm_args,
+              own, per_sample) != 0:
             raise MemoryError(f"lif_pool_forward: no memory for 6 x {kh * W * Cm} values")
 
     _run_split(run, n, per_thread)
@@ -297,9 +325,8 @@ def pool_forward(x: torch.Tensor, tau_inv: float, leak: str, v_th: float, v_rese
     return _nchw(y, (T * B, C), channels_last), pos, counts
 
 
-def pool_backward(x, grad_y, pos, tau_inv: float, leak: str, v_th: float, v_reset: float, soft_reset: bool,
-                  detach_reset: bool, surrogate: str, sg_a: float, sg_b: float, want_tau: bool, steps: int, kh: int,
-                  kw: int, channels_last: bool, norm: Optional[torch.Tensor] = None, inner: int = 1):
+def pool_backward(x, grad_y, pos, params: LifParams, want_tau: bool, steps: int, kh: int, kw: int, channels_last: bool,
+                  norm: Optional[torch.Tensor] = None, inner: int = 1):
     """`backward` of neurons whose spikes went into `max_pool` (neurons/pooled.py): from the pool's dL/dy
     [T * B, C, Ho, Wo] (in the pool's memory order) and its positions, without dL/dspikes."""
     suffix, _ = _C_TYPES[x.dtype]
@@ -308,13 +335,13 @@ def pool_backward(x, grad_y, pos, tau_inv: float, leak: str, v_th: float, v_rese
     M, H, W, C = maps_shape(x.shape if steps else x.shape[1:], channels_last)
     grad_x = buffers.empty_like(x)
     rows, norm_args = _norm_args(norm, inner)
+    record = ctypes.byref(params.c(x.dtype))
 
     def run(lo, hi):
         partial, sums = ctypes.c_double(0.0), _norm_sums(norm)
         status = fn(x.data_ptr(), grad_y.data_ptr(), pos.data_ptr(), grad_x.data_ptr(), T, N, x_step, H, W, C, kh,
-                    kw, lo, hi, LEAK[leak], tau_inv, v_th, v_reset, int(soft_reset), int(detach_reset),
-                    SURROGATE_KINDS[surrogate], sg_a, sg_b, int(want_tau), ctypes.byref(partial),
-                    *norm_args, None if sums is None else sums.data_ptr())
+                    kw, lo, hi, record, int(want_tau), ctypes.byref(partial), *norm_args,
+                    None if sums is None else sums.data_ptr())
         if status != 0:
             raise MemoryError(f"lif_pool_backward: no memory for its scratch ({3 * T + 11} rows of up to "
                               f"{block()} values)")

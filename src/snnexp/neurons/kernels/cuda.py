@@ -16,7 +16,7 @@ try:
 except ImportError:  # the CPU-only install of torch comes without Triton
     triton = None
 
-from snnexp.neurons.kernels.cpu import LEAK, SURROGATE_KINDS, empty_steps
+from snnexp.neurons.kernels.cpu import LEAK, SURROGATE_KINDS, LifParams, empty_steps
 
 BLOCK = 256
 
@@ -140,33 +140,33 @@ def _repeated(x, steps: int):
     return empty_steps(x, steps).copy_(x.unsqueeze(0).expand(steps, *x.shape))
 
 
-def forward(x, tau_inv, leak: str, v_th: float, v_reset: float, soft_reset: bool, steps: int = 0):
+def forward(x, params: LifParams, steps: int = 0):
     x = _repeated(x, steps) if steps else x
     T, N = x.shape[0], x[0].numel()
     spikes = torch.empty_like(x)
-    _forward_kernel[(triton.cdiv(N, BLOCK),)](x, spikes, _tau_tensor(tau_inv, x), T, N, v_th, v_reset,
-                                               LEAK=LEAK[leak], SOFT=soft_reset, BLOCK=BLOCK)
+    _forward_kernel[(triton.cdiv(N, BLOCK),)](x, spikes, _tau_tensor(params.tau_inv, x), T, N, params.v_th,
+                                               params.v_reset, LEAK=LEAK[params.leak], SOFT=params.soft_reset,
+                                               BLOCK=BLOCK)
     return spikes
 
 
-def backward(x, grad_spikes, tau_inv, leak: str, v_th: float, v_reset: float, soft_reset: bool,
-             detach_reset: bool, surrogate: str, sg_a: float, sg_b: float, want_tau: bool, steps: int = 0):
+def backward(x, grad_spikes, params: LifParams, want_tau: bool, steps: int = 0):
     """(grad_x, dL/d(1/tau) as a 0-d tensor, None: no BN joins the neurons on CUDA); with `steps`, grad_x is summed
     over the steps."""
     if steps:
         # grad_spikes comes in the spikes' memory order (fused._spikes_order), which is _repeated(x)'s
-        grad_x, grad_tau, _ = backward(_repeated(x, steps), grad_spikes, tau_inv, leak, v_th, v_reset, soft_reset,
-                                       detach_reset, surrogate, sg_a, sg_b, want_tau)
+        grad_x, grad_tau, _ = backward(_repeated(x, steps), grad_spikes, params, want_tau)
         return grad_x.sum(0), grad_tau, None
     T, N = x.shape[0], x[0].numel()
     grid = triton.cdiv(N, BLOCK)
     grad_x, h_scratch = torch.empty_like(x), torch.empty_like(x)
     partial = torch.zeros(grid, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32, device=x.device)
-    tau = _tau_tensor(tau_inv, x)
-    _backward_kernel[(grid,)](x, grad_spikes, grad_x, h_scratch, tau, partial, T, N, v_th, v_reset, sg_a, sg_b,
-                              LEAK=LEAK[leak], SOFT=soft_reset, DETACH=detach_reset,
-                              KIND=SURROGATE_KINDS[surrogate], WANT_TAU=want_tau, BLOCK=BLOCK)
+    tau = _tau_tensor(params.tau_inv, x)
+    _backward_kernel[(grid,)](x, grad_spikes, grad_x, h_scratch, tau, partial, T, N, params.v_th, params.v_reset,
+                              params.sg_a, params.sg_b, LEAK=LEAK[params.leak], SOFT=params.soft_reset,
+                              DETACH=params.detach_reset, KIND=SURROGATE_KINDS[params.surrogate], WANT_TAU=want_tau,
+                              BLOCK=BLOCK)
     grad_tau = partial.sum()
-    if want_tau and leak == "decay_input":
+    if want_tau and params.leak == "decay_input":
         grad_tau = grad_tau / tau
     return grad_x, grad_tau, None

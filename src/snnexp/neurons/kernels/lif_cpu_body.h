@@ -6,6 +6,21 @@
 #define NAME_(f, suffix) NAME__(f, suffix)
 #define NAME__(f, suffix) f##_##suffix
 
+/* A neuron's settings, one record passed by pointer to every kernel that runs neurons (kernels/cpu.py mirrors it
+ * with ctypes: LifParams; tests/test_fused.py checks the two field by field). Each kernel copies the fields into
+ * locals of the same names first, which its body and the macros of lif_cpu.c use. */
+typedef struct {
+    int leak, soft_reset, detach_reset, sg_kind;  /* LEAK_*, bool, bool, SG_* */
+    TYPE tau_inv, v_th, v_reset, sg_a, sg_b;
+} NAME(lif_params);
+
+#define LIF_PARAMS(r)                                                                                    \
+    const int leak = (r)->leak, soft_reset = (r)->soft_reset, detach_reset = (r)->detach_reset;          \
+    const int sg_kind = (r)->sg_kind;                                                                    \
+    const TYPE tau_inv = (r)->tau_inv, v_th = (r)->v_th, v_reset = (r)->v_reset;                         \
+    const TYPE sg_a = (r)->sg_a, sg_b = (r)->sg_b;                                                       \
+    (void)detach_reset; (void)sg_kind; (void)sg_a; (void)sg_b  /* the forward kernels use the first five */
+
 /* The step from V[t-1] and X[t] to H[t]. */
 static inline TYPE NAME(charge)(int leak, TYPE v, TYPE x, TYPE tau_inv, TYPE leak_to) {
     if (leak == LEAK_NONE) return v + x;
@@ -114,8 +129,9 @@ static __attribute__((noinline)) void NAME(norm_step_sums)(const TYPE *gy, const
 
 /* The spikes of X for the neurons [lo, hi). Returns 0, or -1 if the buffer could not be allocated. */
 int NAME(lif_forward)(const TYPE *x, TYPE *spikes, int64_t T, int64_t N, int64_t x_step, int64_t lo,
-                         int64_t hi, int leak, TYPE tau_inv, TYPE v_th, TYPE v_reset, int soft_reset,
+                         int64_t hi, const NAME(lif_params) *params,
                          const TYPE *norm, int64_t ld, int64_t nc, int64_t inner) {
+    LIF_PARAMS(params);
     const TYPE leak_to = soft_reset ? 0 : v_reset;
     TYPE *v = malloc(sizeof(TYPE) * 4 * BLOCK), *buf = v + BLOCK;  /* V of a block; BN's rows (norm_rows) */
     const TYPE *rows[3] = {NULL, NULL, NULL};  /* BN's alpha, beta, mean of the block */
@@ -275,11 +291,10 @@ static inline __attribute__((always_inline)) double NAME(pool_backward_range)(
 /* grad_x from grad_s; with want_tau, also *grad_tau_inv = sum over [lo, hi) and t of dL/dH dH/d(1/tau).
  * Returns 0, or -1 if the buffer could not be allocated. */
 int NAME(lif_backward)(const TYPE *x, const TYPE *grad_s, TYPE *grad_x, int64_t T, int64_t N,
-                          int64_t x_step, int64_t lo, int64_t hi, int leak, TYPE tau_inv, TYPE v_th,
-                          TYPE v_reset,
-                          int soft_reset, int detach_reset, int sg_kind, TYPE sg_a, TYPE sg_b,
+                          int64_t x_step, int64_t lo, int64_t hi, const NAME(lif_params) *params,
                           int want_tau, double *grad_tau_inv, const TYPE *norm, int64_t ld, int64_t nc,
                           int64_t inner, double *sums) {
+    LIF_PARAMS(params);
     const int64_t bs = backward_block_size(SCRATCH_ROWS(T, 0));
     TYPE *h_buf = malloc(sizeof(TYPE) * bs * SCRATCH_ROWS(T, 0));
     double acc = 0;
@@ -300,9 +315,10 @@ int NAME(lif_backward)(const TYPE *x, const TYPE *grad_s, TYPE *grad_x, int64_t 
  * below the last window are not counted: the caller counts only maps the windows tile). */
 int NAME(lif_pool_forward)(const TYPE *x, TYPE *y, uint8_t *pos, int64_t T, int64_t N, int64_t x_step,
                               int64_t H, int64_t W, int64_t C, int64_t kh, int64_t kw, int64_t lo, int64_t hi,
-                              int leak, TYPE tau_inv, TYPE v_th, TYPE v_reset, int soft_reset,
+                              const NAME(lif_params) *params,
                               const TYPE *norm, int64_t ld, int64_t nc, int64_t inner, TYPE *counts,
                               int64_t maps_per_sample) {
+    LIF_PARAMS(params);
     const int64_t Ho = H / kh, Wo = W / kw, Ny = N / (H * W) * Ho * Wo, R = kh * W * C;
     const TYPE leak_to = soft_reset ? 0 : v_reset;
     TYPE *v = malloc(sizeof(TYPE) * 6 * R), *s = v + R, *buf = v + 2 * R;  /* buf: BN's rows (norm_rows) */
@@ -340,10 +356,10 @@ int NAME(lif_pool_forward)(const TYPE *x, TYPE *y, uint8_t *pos, int64_t T, int6
  * pool_backward_range); rows [lo, hi) of the M * H rows of one step. */
 int NAME(lif_pool_backward)(const TYPE *x, const TYPE *grad_y, const uint8_t *pos, TYPE *grad_x,
                                int64_t T, int64_t N, int64_t x_step, int64_t H, int64_t W, int64_t C,
-                               int64_t kh, int64_t kw, int64_t lo, int64_t hi, int leak, TYPE tau_inv,
-                               TYPE v_th, TYPE v_reset, int soft_reset, int detach_reset, int sg_kind,
-                               TYPE sg_a, TYPE sg_b, int want_tau, double *grad_tau_inv, const TYPE *norm,
+                               int64_t kh, int64_t kw, int64_t lo, int64_t hi, const NAME(lif_params) *params,
+                               int want_tau, double *grad_tau_inv, const TYPE *norm,
                                int64_t ld, int64_t nc, int64_t inner, double *sums) {
+    LIF_PARAMS(params);
     const int64_t bs = backward_block_size(SCRATCH_ROWS(T, T));  /* and the gathered gradient, T rows */
     TYPE *h_buf = malloc(sizeof(TYPE) * bs * SCRATCH_ROWS(T, T));
     double acc = 0;
@@ -377,6 +393,7 @@ void NAME(norm_input_grad)(const TYPE *x, TYPE *g, const TYPE *coef, int64_t nc,
     }
 }
 
+#undef LIF_PARAMS
 #undef NAME__
 #undef NAME_
 #undef NAME

@@ -22,19 +22,13 @@ from snnexp.export import export_checkpoint
 TRAIN = ["trainer.progress=false", "trainer.epochs=1", "trainer.max_steps=2", "trainer.ckpt_every_steps=1"]
 
 
-class FullDisk:
-    """An open file with `room` bytes left: the write that goes past it writes what fits and fails as a full disk
-    does (ENOSPC)."""
+class WrappedFile:
+    """An open file, passed through; a subclass changes what a write does."""
 
-    def __init__(self, file, room: int):
-        self.file, self.room = file, room
+    def __init__(self, file):
+        self.file = file
 
     def write(self, data):
-        if len(data) > self.room:
-            self.file.write(bytes(data)[: self.room])
-            self.room = 0
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        self.room -= len(data)
         return self.file.write(data)
 
     def flush(self):
@@ -45,6 +39,23 @@ class FullDisk:
 
     def __exit__(self, *exc):
         self.file.close()
+
+
+class FullDisk(WrappedFile):
+    """An open file with `room` bytes left: the write that goes past it writes what fits and fails as a full disk
+    does (ENOSPC)."""
+
+    def __init__(self, file, room: int):
+        super().__init__(file)
+        self.room = room
+
+    def write(self, data):
+        if len(data) > self.room:
+            self.file.write(bytes(data)[: self.room])
+            self.room = 0
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(data)
+        return self.file.write(data)
 
 
 @pytest.fixture
@@ -187,21 +198,15 @@ def test_a_real_full_disk_at_start_up_is_one_line_for_a_run_and_a_sweep(small_di
 CTRL_C_TWICE = """
 import builtins, os, signal, sys
 from pathlib import Path
+sys.path.insert(0, TESTS)
 from snnexp import checkpoint, cli
+from test_interrupted_writes import WrappedFile
 
-class CtrlCTwice:
-    def __init__(self, file):
-        self.file = file
+class CtrlCTwice(WrappedFile):
     def write(self, data):
         os.kill(os.getpid(), signal.SIGINT)
         os.kill(os.getpid(), signal.SIGINT)
         return self.file.write(data)
-    def flush(self):
-        self.file.flush()
-    def __enter__(self):
-        return self
-    def __exit__(self, *exc):
-        self.file.close()
 
 def open_(path, mode="r"):
     file = builtins.open(path, mode)
@@ -210,7 +215,7 @@ def open_(path, mode="r"):
 
 checkpoint.open = open_
 cli.main(sys.argv[1:])
-"""
+""".replace("TESTS", repr(str(Path(__file__).parent)))
 
 
 def test_a_second_ctrl_c_while_a_checkpoint_is_written_stops_at_once_in_one_line(tmp_path):

@@ -115,7 +115,7 @@ def build_run(cfg: DictConfig, device: torch.device, ddp: bool = False) -> Run:
     splits = instantiate(cfg.dataset)
     _check_not_empty(splits)
     model = build_model(cfg, splits.input_shape, splits.num_classes).to(device)
-    for net in model.modules():  # the spec networks (SpecNet); ResNets run their layers apart anyway
+    for net in model.modules():  # the spec networks (SpecNet) and the spiking ResNets
         if hasattr(net, "join_layers"):
             net.join_layers = cfg.trainer.join_layers
     if cfg.trainer.channels_last:

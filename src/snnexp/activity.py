@@ -134,8 +134,9 @@ _SCRATCH: Dict[Any, torch.Tensor] = {}
 
 
 def _scratch(like: torch.Tensor) -> torch.Tensor:
-    """A buffer of like's shape for nonzero_counts' check, kept from call to call (per device and dtype): a fresh
-    one each time would pay for the first touch of its memory at every layer of every batch."""
+    """A buffer of like's shape for nonzero_counts' check, kept from call to call (per device and dtype) until the
+    test pass ends (Activity.remove): a fresh one each time would pay for the first touch of its memory at every
+    layer of every batch."""
     key = (like.device, like.dtype)
     if key not in _SCRATCH or _SCRATCH[key].numel() < like.numel():
         _SCRATCH[key] = torch.empty(like.numel(), dtype=like.dtype, device=like.device)
@@ -201,6 +202,7 @@ class Activity:
         for h in self._hooks:
             h.remove()
         self._hooks.clear()
+        _SCRATCH.clear()  # the counters' buffer (as large as the largest layer input): not kept between passes
 
     def _steps_hook(self, wrapper, args, kwargs):
         """A SeqToANN called with steps=T runs its layer once for T identical steps (snnexp.layers)."""

@@ -37,9 +37,9 @@ from snnexp.diagnose import all_finite, diagnose_nonfinite, layer_grad_norms
 from snnexp.errors import CheckpointError, ConfigError, DatasetError, NonFiniteError
 from snnexp.logging import RunLogger
 from snnexp.memory import check_step_fits
-from snnexp.metrics import epoch_metrics, epoch_scalars, test_metrics, train_summary
+from snnexp.metrics import epoch_metrics, epoch_scalars, metrics_scalars, test_metrics, train_summary
 from snnexp.models import with_output_layer
-from snnexp.resume import metrics_scalars, reconcile, resume_from
+from snnexp.resume import reconcile, resume_from
 from snnexp.session import RunLock, StopSignals, record
 
 __all__ = ["EpochOrder", "Run", "build_model", "build_run", "evaluate", "evaluate_checkpoint",

@@ -108,15 +108,13 @@ def _fused_block(layers, i: int, x: torch.Tensor, steps: int):
     j = i + (bn is not None)
     if j >= len(layers) or not isinstance(layers[j], SpikingNeuron) or not cpu_kernel_neuron(layers[j], x):
         return None
-    pool = _joint_pool(layers, j)
-    if pool is not None and not pool_joins(layers[j], pool, x, steps):
-        pool = None
     neuron, counters = layers[j], _spike_counters(layers[j])
+    pool = _joint_pool(layers, j)
+    if pool is not None and not pool_joins(neuron, pool, x, steps, count=bool(counters)):
+        pool = None
     block = layers[i:j] + layers[j + 1:j + (2 if pool is not None else 1)]  # BN and the pool
     if counters is None or _watched(*block) or (bn is None and pool is None):
         return None
-    if pool is not None and counters and x.shape[-2] % nn.modules.utils._pair(pool.kernel_size)[0]:
-        return None  # the joint op leaves rows below the last window out: they could not be counted
     norm = batch_norm(bn, x, steps) if bn is not None else None  # None: run BN apart (then SN-MP may join)
     if bn is not None and norm is None:
         return None

@@ -90,3 +90,13 @@ def epoch_scalars(metrics: Dict[str, Any], train_m: Dict[str, Any], test_m: Dict
     scalars["activity/spikes_per_sample"] = test_m["spikes_per_sample"]
     scalars.update({tag: test_m[key] for key, tag in COST_METRICS.items()})
     return scalars
+
+
+def metrics_scalars(metrics: Dict[str, Any]) -> Dict[str, float]:
+    """The part of epoch_scalars that metrics.json holds (not: lr, gradient norms, images): an epoch's points
+    written again from it, for a resumed run whose metrics.json write failed (resume.reconcile)."""
+    tags = {"train/loss": "train_loss", "train/acc": "train_acc", "test/loss": "test_loss", "test/acc": "test_acc",
+            "test/best_acc": "best_test_acc"}
+    scalars = {tag: metrics[key] for tag, key in tags.items() if key in metrics}
+    scalars.update({f"firing_rate/{k}": v for k, v in metrics.get("firing_rate", {}).items()})
+    return scalars

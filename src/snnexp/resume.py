@@ -105,11 +105,3 @@ def _epoch_of(path: Path) -> Optional[int]:
     except CheckpointError:
         return None
 
-
-def metrics_scalars(metrics: Dict[str, Any]) -> Dict[str, float]:
-    """The TensorBoard scalars of an epoch that metrics.json holds (not: lr, gradient norms, images)."""
-    tags = {"train/loss": "train_loss", "train/acc": "train_acc", "test/loss": "test_loss", "test/acc": "test_acc",
-            "test/best_acc": "best_test_acc"}
-    scalars = {tag: metrics[key] for tag, key in tags.items() if key in metrics}
-    scalars.update({f"firing_rate/{k}": v for k, v in metrics.get("firing_rate", {}).items()})
-    return scalars

@@ -100,6 +100,13 @@ def _tau_value(tau_inv: Tensor, device_type: str):
     return tau_inv.item() if device_type == "cpu" else tau_inv  # the Triton kernel reads it on the GPU
 
 
+def kernel_params(tau_inv: Tensor, device_type: str, leak: str, v_threshold: float, v_reset: float,
+                  soft_reset: bool, detach_reset: bool, surrogate: str, sg_a: float, sg_b: float) -> LifParams:
+    """The ops' settings (op_args, in its order) as the record the kernels take, tau_inv as the device reads it."""
+    return LifParams(leak, _tau_value(tau_inv, device_type), v_threshold, v_reset, soft_reset, detach_reset,
+                     surrogate, sg_a, sg_b)
+
+
 # steps = 0: x is the sequence [T, ...]. steps = T > 0: x is one step's input [...], the same at every one of T
 # steps (direct coding), read T times by the kernel instead of copied T times; its gradient is the steps' sum.
 # norm: a BN before the neurons (neurons/normalised.py; CPU only): its [4, C] params, `inner` and `batch` (Norm).
@@ -109,7 +116,8 @@ def _lif_op(x: Tensor, tau_inv: Tensor, norm: Optional[Tensor], leak: str, v_thr
             batch: bool) -> Tensor:
     xk = _kernel_input(x, steps)
     norm_args = kernel_args(norm, inner, xk.dtype)
-    params = LifParams(leak, _tau_value(tau_inv, x.device.type), v_threshold, v_reset, soft_reset)
+    params = kernel_params(tau_inv, x.device.type, leak, v_threshold, v_reset, soft_reset, detach_reset, surrogate,
+                           sg_a, sg_b)
     spikes = _kernel(x.device.type).forward(xk, params, steps, *norm_args)
     return spikes.to(x.dtype)
 
@@ -128,8 +136,8 @@ def _lif_backward_op(x: Tensor, grad_spikes: Tensor, tau_inv: Tensor, norm: Opti
                      sg_a: float, sg_b: float, steps: int, inner: int, batch: bool,
                      want_tau: bool) -> Tuple[Tensor, Tensor, Tensor]:
     device, xk = x.device.type, _kernel_input(x, steps)
-    params = LifParams(leak, _tau_value(tau_inv, device), v_threshold, v_reset, soft_reset, detach_reset, surrogate,
-                       sg_a, sg_b)
+    params = kernel_params(tau_inv, device, leak, v_threshold, v_reset, soft_reset, detach_reset, surrogate, sg_a,
+                           sg_b)
     norm_args = kernel_args(norm, inner, xk.dtype)
     grad_x, grad_tau, sums = _kernel(device).backward(xk, _spikes_order(grad_spikes, xk, steps), params, want_tau,
                                                        steps, *norm_args)

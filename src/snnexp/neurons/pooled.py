@@ -26,7 +26,7 @@ from snnexp.neurons.fused import (
     _empty_norm_grad,
     _gradients,
     _kernel_input,
-    _tau_value,
+    kernel_params,
     kernel_unavailable,
     norm_op_args,
     op_args,
@@ -43,7 +43,8 @@ def _lif_pool_op(x: Tensor, tau_inv: Tensor, norm: Optional[Tensor], leak: str, 
                  count: bool) -> Tuple[Tensor, Tensor, Tensor]:
     xk = _kernel_input(x, steps)
     norm_args = kernel_args(norm, inner, xk.dtype)
-    params = cpu.LifParams(leak, _tau_value(tau_inv, "cpu"), v_threshold, v_reset, soft_reset)
+    params = kernel_params(tau_inv, "cpu", leak, v_threshold, v_reset, soft_reset, detach_reset, surrogate, sg_a,
+                           sg_b)
     y, pos, counts = cpu.pool_forward(xk, params, steps, kh, kw, channels_last, *norm_args, count=count)
     T, B = (steps, x.shape[0]) if steps else x.shape[:2]
     counts = counts if count else x.new_empty(0)  # `count`: each neuron's spikes over the T steps and the batch
@@ -70,8 +71,8 @@ def _lif_pool_backward_op(x: Tensor, grad_y: Tensor, pos: Tensor, tau_inv: Tenso
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     grad_y = grad_y.flatten(0, 1).contiguous(memory_format=fmt).to(xk.dtype)
     norm_args = kernel_args(norm, inner, xk.dtype)
-    params = cpu.LifParams(leak, _tau_value(tau_inv, "cpu"), v_threshold, v_reset, soft_reset, detach_reset,
-                           surrogate, sg_a, sg_b)
+    params = kernel_params(tau_inv, "cpu", leak, v_threshold, v_reset, soft_reset, detach_reset, surrogate, sg_a,
+                           sg_b)
     grad_x, grad_tau, sums = cpu.pool_backward(xk, grad_y, pos, params, want_tau, steps, kh, kw, channels_last,
                                                *norm_args)
     return _gradients(x, xk, grad_x, grad_tau, tau_inv, sums, norm, inner, batch)
@@ -106,13 +107,10 @@ def lif_max_pool(neuron: SpikingNeuron, pool: nn.MaxPool2d, x: Tensor, steps: in
     """pool(neuron(x)) through the joint op, as [T, B, C, H // kh, W // kw]; x is [T, B, C, H, W], or with `steps`
     one step's input [B, C, H, W] fed at each of `steps` steps; with `norm`, pool(neuron(BN(x))). None where the
     joint op does not apply (then run the layers apart): see `pool_joins`. With `count`: (that output, each
-    neuron's spike count [C, H, W] over the steps and the batch), for the activity counters; the kernel leaves out
-    rows below the last window, so a map whose height the windows do not divide is not counted here (None)."""
-    if not pool_joins(neuron, pool, x, steps):
+    neuron's spike count [C, H, W] over the steps and the batch), for the activity counters."""
+    if not pool_joins(neuron, pool, x, steps, count):
         return None
     kh, kw = nn.modules.utils._pair(pool.kernel_size)
-    if count and x.shape[-2] % kh:
-        return None
     tau, *args = op_args(*neuron.dynamics(), x.device)
     params, inner, batch = norm_op_args(norm)
     y, _, counts = _lif_pool_op(x, tau, params, *args, int(steps), inner, batch, kh, kw,
@@ -120,14 +118,17 @@ def lif_max_pool(neuron: SpikingNeuron, pool: nn.MaxPool2d, x: Tensor, steps: in
     return (y, counts) if count else y
 
 
-def pool_joins(neuron: SpikingNeuron, pool: nn.MaxPool2d, x: Tensor, steps: int = 0) -> bool:
+def pool_joins(neuron: SpikingNeuron, pool: nn.MaxPool2d, x: Tensor, steps: int = 0, count: bool = False) -> bool:
     """The joint op computes exactly the two layers: a neuron of the CPU kernel (`cpu_kernel_neuron`), one dense
-    block per step in NCHW or channels_last order, and a pool whose windows tile the map."""
+    block per step in NCHW or channels_last order, and a pool whose windows tile the map. To `count` the spikes the
+    windows must also divide the map's height: the kernel leaves the rows below the last window out."""
     kh, kw = nn.modules.utils._pair(pool.kernel_size)
     step = x if steps else x[0]
     dense = step.is_contiguous() or _channels_last(step)
     seq_ok = steps > 0 or (x.dim() == 5 and x.shape[0] > 0 and x.stride(0) == step.numel())
-    return cpu_kernel_neuron(neuron, x) and dense and step.dim() == 4 and seq_ok and pool._tiles(step, kh, kw)
+    counted = not count or step.shape[-2] % kh == 0
+    return (cpu_kernel_neuron(neuron, x) and dense and step.dim() == 4 and seq_ok and pool._tiles(step, kh, kw)
+            and counted)
 
 
 def _channels_last(step: Tensor) -> bool:

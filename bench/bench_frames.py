@@ -74,6 +74,8 @@ def main():
         # 3. data time vs step time, the PLIF paper's N-MNIST network
         from functools import partial
 
+        from snnexp import fusion
+        from snnexp.fusion import fuse_blocks
         from snnexp.layers import BatchNormThroughTime
         from snnexp.losses import MSERate
         from snnexp.models import SpecNet
@@ -81,9 +83,9 @@ def main():
         from snnexp.surrogate import ATan
 
         torch.manual_seed(0)
-        net = SpecNet("{c128k3s1-BN-SN-MPk2s2}*2-DP-FC2048-SN-DP-FC100-SN-APk10s10", (2, 34, 34), 10,
-                      partial(PLIF, surrogate=ATan(), detach_reset=True), BatchNormThroughTime)
-        opt = torch.optim.Adam(net.parameters(), 1e-3)
+        net = fuse_blocks(SpecNet("{c128k3s1-BN-SN-MPk2s2}*2-DP-FC2048-SN-DP-FC100-SN-APk10s10", (2, 34, 34), 10,
+                                  partial(PLIF, surrogate=ATan(), detach_reset=True), BatchNormThroughTime))
+        opt = torch.optim.Adam(fusion.parameters(net), 1e-3)
         loader = torch.utils.data.DataLoader(splits.train, batch_size=16, shuffle=True, num_workers=0)
         data_s = step_s = 0.0
         it = iter(loader)

@@ -36,6 +36,8 @@ import torch
 from torch import nn
 
 from common import write_results
+from snnexp import fusion
+from snnexp.fusion import fuse_blocks
 from snnexp.layers import BatchNormThroughTime, SeqDropout, SeqFlatten, SeqToANN
 from snnexp.losses import MSERate
 from snnexp.models import SpecNet
@@ -112,8 +114,8 @@ def torch_pooling(model: nn.Module) -> nn.Module:
 
 
 class _BatchNormApart(BatchNormThroughTime):
-    """Our BN through time, run as its own layer: `snnexp.layers.run_layers` joins only BatchNormThroughTime's own
-    forward with the neuron after it."""
+    """Our BN through time, run as its own layer: snnexp.fusion joins only BatchNormThroughTime's own forward with the
+    neuron after it."""
 
     def forward(self, x_seq, steps: int = 0):
         return super().forward(x_seq, steps)
@@ -135,19 +137,22 @@ def reset_sj(net):
 
 class Variant:
     """direct: an image input goes in as direct coding gives it, one [B, ...] view repeated over T (stride 0), so
-    the layers before the first neuron run once (snnexp.layers); else as T materialised copies."""
+    the layers before the first neuron run once (snnexp.layers); else as T materialised copies. Our networks are
+    built as `snnexp train` builds them on the CPU, with their BN-SN-MP blocks fused (snnexp.fusion)."""
 
     def __init__(self, name, net, autocast=False, channels_last=False, compile=False, spikingjelly=False,
                  direct=False, fused_adam=False, device="cpu"):
         self.name, self.autocast, self.channels_last, self.sj = name, autocast, channels_last, spikingjelly
         self.direct, self.device = direct, device
         net = net.to(device)
+        if not spikingjelly and device == "cpu":
+            fuse_blocks(net)
         if channels_last:
             net = net.to(memory_format=torch.channels_last)
         self.model = net
         self.net = torch.compile(net, dynamic=False) if compile else net
         # fused: conf/optim/adam.yaml's default; the peers' variants use PyTorch's default Adam, as their users do
-        self.opt = torch.optim.Adam(net.parameters(), lr=1e-3, fused=fused_adam)
+        self.opt = torch.optim.Adam(fusion.parameters(net), lr=1e-3, fused=fused_adam)
         self.loss_fn = MSERate()
 
     def step(self, x_seq, y):

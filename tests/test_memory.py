@@ -14,6 +14,7 @@ from conftest import run_snnexp
 from snnexp import memory
 from snnexp.engine import build_model
 from snnexp.errors import ConfigError
+from snnexp.fusion import FusedBlock, fuse_blocks
 from test_experiments import EXPERIMENTS, compose_train
 
 GIB = 2**30
@@ -52,7 +53,7 @@ def test_a_time_step_count_that_cannot_fit_is_refused_in_one_line_before_any_ste
 def default_run(*overrides):
     cfg = compose_train(*overrides)
     splits = instantiate(cfg.dataset)
-    model = build_model(cfg, splits.input_shape, splits.num_classes)
+    model = fuse_blocks(build_model(cfg, splits.input_shape, splits.num_classes))  # as build_run on the CPU
     return SimpleNamespace(cfg=cfg, model=model, encoder=instantiate(cfg.encoder), splits=splits,
                            device=torch.device("cpu"))
 
@@ -76,9 +77,9 @@ def test_the_count_covers_every_layer_the_spiking_ones_included_with_the_joined_
     """The default convnet on 8x8 digits: conv 32x8x8 and BN (2 x 2048, run once for direct coding's repeated input),
     then per step PLIF 2048, pool 512, conv 512, BN 512, PLIF 512, pool 128, flatten 128, FC 100, PLIF 100 and the
     voting pool's unflatten 100, pool 10, flatten 10. The joined BN-SN-pool kernels would hide BN and pool: the hooks
-    switch them off."""
+    make the blocks run their layers apart."""
     run = default_run()
-    assert all(net.join_layers for net in run.model.modules() if hasattr(net, "join_layers"))
+    assert sum(isinstance(m, FusedBlock) for m in run.model.modules()) == 2  # SN-MP and BN-SN-MP
     counts = [memory.counted_outputs(run.model, run.encoder(torch.zeros(1, 1, 8, 8), T)) for T in (1, 2, 3)]
     assert counts == [4096 + 4672, 4096 + 2 * 4672, 4096 + 3 * 4672]
 

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from kernel_neurons import NEURONS, SURROGATES, over_a_block
+from snnexp.fusion import FusedBlock, fuse_blocks
 from snnexp.layers import BatchNormThroughTime, SeqToANN, ThresholdDependentBatchNorm, run_layers
 from snnexp.models import SpecNet
 from snnexp.neurons import PLIF
@@ -44,21 +45,18 @@ def sequence(shape, channels_last=False, dtype=F64, seed=1):
     return x
 
 
-def apart(layers, x):
-    """The layers one by one: a hook on the neuron keeps run_layers from joining them (as the activity counters do)."""
-    handle = layers[1].register_forward_hook(lambda *args: None)
-    try:
-        return run_layers(layers, x)
-    finally:
-        handle.remove()
+def as_block(layers):
+    """The FusedBlock of BN, neuron (and pool) in `layers` (the same modules)."""
+    return FusedBlock(layers[0], layers[1], layers[2] if len(layers) > 2 else None)
 
 
 def run_both(joined, separate, x, count_joins):
+    """`joined` through its FusedBlock, `separate` layer by layer."""
     x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
     joins = count_joins()
-    y1 = run_layers(joined, x1)
+    y1 = as_block(joined)(x1)
     assert count_joins() == joins + 1, "the BN did not join the neuron"
-    y2 = apart(separate, x2)
+    y2 = run_layers(separate, x2)
     return (x1, y1), (x2, y2)
 
 
@@ -145,11 +143,10 @@ def net():
 
 
 def test_a_network_joins_every_bn_and_trains_alike(count_joins):
-    """The PLIF paper's blocks in a network: each BN joins its neuron (conv and FC alike), and two Adam steps leave
-    the same weights and BN statistics as the network run layer by layer (activity counters' hooks)."""
-    joined, separate = net(), net()
+    """The PLIF paper's blocks in a network (fuse_blocks): each BN joins its neuron (conv and FC alike), and two Adam
+    steps leave the same weights and BN statistics (under the same state-dict keys) as the network unfused."""
+    joined, separate = fuse_blocks(net()), net()
     x = (torch.rand(4, 3, 2, 8, 8, dtype=F64, generator=torch.Generator().manual_seed(2)) < 0.3).to(F64)
-    hooks = [m.register_forward_hook(lambda *args: None) for m in separate.modules() if isinstance(m, PLIF)]
     opts = [torch.optim.Adam(m.parameters(), lr=1e-2) for m in (joined, separate)]
     for step in range(2):
         before = count_joins()
@@ -160,16 +157,14 @@ def test_a_network_joins_every_bn_and_trains_alike(count_joins):
             opt.zero_grad()
             (out * torch.arange(10, dtype=F64)).sum().backward()
             opt.step()
+    assert list(joined.state_dict()) == list(separate.state_dict())
     for a, b in zip(joined.state_dict().values(), separate.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
-    for h in hooks:
-        h.remove()
 
 
-def test_join_layers_false_runs_every_layer_apart(count_joins):
-    """trainer.join_layers=false (snnexp.engine sets it on the spec networks): no BN joins, the same output."""
-    joined, apart_net = net(), net()
-    apart_net.join_layers = False
+def test_an_unfused_network_runs_every_layer_apart(count_joins):
+    """trainer.join_layers=false (snnexp.engine then leaves fuse_blocks out): no BN joins, the same output."""
+    joined, apart_net = fuse_blocks(net()), net()
     x = (torch.rand(4, 3, 2, 8, 8, dtype=F64, generator=torch.Generator().manual_seed(2)) < 0.3).to(F64)
     before = count_joins()
     assert torch.equal(apart_net(x), joined(x))
@@ -179,7 +174,7 @@ def test_join_layers_false_runs_every_layer_apart(count_joins):
 def test_direct_coding_runs_the_first_bn_apart(count_joins):
     """With one image repeated over T (direct coding) the first BN runs once on [B, ...] (snnexp.layers): there the
     join gains nothing (bench/bench_train_step.py), so only the later blocks' BNs join."""
-    model = net()
+    model = fuse_blocks(net())
     image = torch.rand(3, 2, 8, 8, dtype=F64)
     before = count_joins()
     model(image.unsqueeze(0).expand(4, *image.shape))
@@ -196,14 +191,14 @@ def test_where_it_does_not_join_bn_runs_apart(count_joins):
     for layers, inputs in cases:
         layers = layers.to(inputs.dtype)
         before = count_joins()
-        run_layers(layers, inputs)
+        as_block(layers)(inputs)
         assert count_joins() == before
 
 
 def test_one_value_per_channel_is_bns_own_error(count_joins):
     layers = block(PLIF(), 4)
     with pytest.raises(ValueError, match="more than 1 value per channel"):
-        run_layers(layers, sequence((1, 1, 4)))
+        as_block(layers)(sequence((1, 1, 4)))
 
 
 def test_without_the_cpu_kernels_bn_runs_apart_and_the_op_refuses_a_bn(monkeypatch, count_joins):
@@ -217,7 +212,7 @@ def test_without_the_cpu_kernels_bn_runs_apart_and_the_op_refuses_a_bn(monkeypat
     norm = batch_norm(layers[0], x)
     monkeypatch.setattr(fused, "_UNAVAILABLE", {"cpu": "no C compiler found"})
     before = count_joins()
-    run_layers(layers, x)
+    as_block(layers)(x)
     assert count_joins() == before
     with pytest.raises(ValueError, match="needs the CPU kernels"):
         fused.lif_multistep_fused(x, 0.5, ATan(), norm=norm)

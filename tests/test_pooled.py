@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from kernel_neurons import NEURONS, SURROGATES, over_a_block
+from snnexp.fusion import fuse_blocks
 from snnexp.layers import BatchNormThroughTime, run_layers
 from snnexp.models import SpecNet
 from snnexp.neurons import PLIF
@@ -92,15 +93,16 @@ def test_the_custom_op_checks():
 
 
 def net():
+    """The PLIF paper's blocks, fused (snnexp.fusion)."""
     torch.manual_seed(0)
-    return SpecNet("{c8k3s1-BN-SN-MPk2s2}*2-FC10-SN", (1, 8, 8), 10, PLIF, BatchNormThroughTime).double()
+    return fuse_blocks(SpecNet("{c8k3s1-BN-SN-MPk2s2}*2-FC10-SN", (1, 8, 8), 10, PLIF, BatchNormThroughTime).double())
 
 
 def test_a_network_runs_it_and_a_hook_sees_the_spikes():
     x = torch.rand(4, 3, 1, 8, 8, dtype=F64)
     calls = []
     joint_net, hooked_net = net(), net()
-    for layer in hooked_net:  # a hook on every neuron layer: the layers run apart, so that it sees the spikes
+    for layer in hooked_net.modules():  # a hook on every neuron: its block runs apart, so that it sees the spikes
         if isinstance(layer, PLIF):
             layer.register_forward_hook(lambda m, i, out: calls.append(out.shape))
     ops = []

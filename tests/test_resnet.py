@@ -9,6 +9,7 @@ import torch
 import torchvision
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from snnexp import fusion
 from snnexp.layers import BatchNormThroughTime, NoNorm
 from snnexp.models import ModelError, SpikingResNet
 from snnexp.models.resnet import CONNECTIONS, Block
@@ -63,7 +64,7 @@ def forward_backward(net, x, make_input):
     x = x.clone().requires_grad_()
     out = net(make_input(x))
     g = torch.randn(out.shape, dtype=out.dtype, generator=torch.Generator().manual_seed(1))
-    return out, torch.autograd.grad((out * g).sum(), [x, *net.parameters()])
+    return out, torch.autograd.grad((out * g).sum(), [x, *fusion.parameters(net)])
 
 
 def assert_same_run(a, b, x, input_a=lambda x: x, input_b=lambda x: x):
@@ -79,12 +80,11 @@ def assert_same_run(a, b, x, input_a=lambda x: x, input_b=lambda x: x):
 @pytest.mark.parametrize("connection", CONNECTIONS)
 def test_joined_layers_equal_the_layers_apart(connection, count_joins):
     """Each BN-SN of the stem, the bodies and the shortcuts runs as one op (snnexp.neurons.normalised), with the same
-    spikes, gradients and BN statistics as every layer apart (join_layers=False, what trainer.join_layers=false
-    sets), in float64. ResNet-18: the stem's, one in each of the 8 bodies, and with SEW connections (add, iand) the
-    last one of each body (its own neuron) and the 3 downsampling shortcuts'."""
-    joined = resnet(connection)
-    apart = copy.deepcopy(joined)
-    apart.join_layers = False
+    spikes, gradients and BN statistics as every layer apart (unfused, what trainer.join_layers=false builds), in
+    float64. ResNet-18: the stem's, one in each of the 8 bodies, and with SEW connections (add, iand) the last one of
+    each body (its own neuron) and the 3 downsampling shortcuts'."""
+    apart = resnet(connection)
+    joined = fusion.fuse_blocks(copy.deepcopy(apart))
     x = torch.rand(3, 2, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 4
     assert_same_run(joined, apart, x)
     assert count_joins() == (9 if connection == "spiking" else 20)

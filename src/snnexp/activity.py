@@ -11,7 +11,7 @@ raster and a confusion matrix.
 Forward hooks (removed on exit) accumulate integer SUMS, never means, so that the processes of a data-parallel run
 can add theirs before anything is divided. They read the layers' inputs and outputs and change nothing. After the
 first batch (whose spikes make the raster) a spiking layer's hook takes its spike counts from the joined
-neuron-pool kernel where the network runs one (snnexp.layers._spike_counters), so that the test pass runs the same
+neuron-pool kernel where the network runs one (snnexp.fusion.FusedBlock), so that the test pass runs the same
 fast ops as the plain forward: with its metrics it costs 1.2-1.3x the plain forward (bench/bench_test_pass.py).
 
 Synaptic operations are counted as NeuroBench counts them [Yik 2025] (tests/test_neurobench.py checks ours against
@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from snnexp import distributed
+from snnexp.fusion import original_name
 from snnexp.layers import SeqToANN
 from snnexp.neurons import SpikingNeuron
 from snnexp.recurrent import RecurrentFC
@@ -72,7 +73,7 @@ def spiking_layers(model: nn.Module) -> Dict[str, nn.Module]:
     for name, m in model.named_modules():
         if isinstance(m, RecurrentFC) or (isinstance(m, SpikingNeuron) and not _inside(name, found)):
             found[name] = m
-    return {layer_name(name, m): m for name, m in found.items()}
+    return {layer_name(original_name(model, name), m): m for name, m in found.items()}
 
 
 def _inside(name: str, layers: Dict[str, nn.Module]) -> bool:
@@ -256,7 +257,7 @@ class Activity:
             self._first_batch = False
             for name, hook in self._spike_hooks:  # the raster is taken: from here on the counts are all a hook
                 hook.add_counts = partial(self._add_counts, name)  # needs, which the joined kernels give
-                # (snnexp.layers._spike_counters), so that the rest of the test pass keeps them
+                # (snnexp.fusion.FusedBlock), so that the rest of the test pass keeps them
 
     # -- results -----------------------------------------------------------------------------------------------
 

@@ -7,15 +7,17 @@ from typing import Callable, Dict
 import torch
 from torch import nn
 
+from snnexp.fusion import original_name
 from snnexp.surrogate import Surrogate
 
 
 def layer_grad_norms(model: nn.Module) -> Dict[str, torch.Tensor]:
-    """The gradient norm of each layer's parameters (a layer: the name before the last '.')."""
+    """The gradient norm of each layer's parameters (a layer: the name before the last '.', as in the unfused
+    network: snnexp.fusion.original_name)."""
     squares: Dict[str, torch.Tensor] = {}
     for name, p in model.named_parameters():
         if p.grad is not None:
-            layer = name.rsplit(".", 1)[0]
+            layer = original_name(model, name).rsplit(".", 1)[0]
             squares[layer] = squares.get(layer, 0.0) + p.grad.detach().float().pow(2).sum()
     return {layer: sq.sqrt() for layer, sq in squares.items()}
 
@@ -35,7 +37,7 @@ def first_nonfinite_layer(model: nn.Module, forward_again: Callable[[], object])
         if name and not list(module.children()):
             def check(mod, inputs, out, name=name):
                 if not first and isinstance(out, torch.Tensor) and not torch.isfinite(out).all():
-                    first.append(f"{name} ({type(mod).__name__})")
+                    first.append(f"{original_name(model, name)} ({type(mod).__name__})")
             hooks.append(module.register_forward_hook(check))
     try:
         forward_again()
@@ -63,7 +65,8 @@ def diagnose_nonfinite(model: nn.Module, forward_again: Callable[[], object], x:
     first appears when the batch `x` runs again, else (a finite forward) the last layer whose gradient is not
     finite; the likely causes; how to skip such batches instead."""
     what = f"non-finite loss ({loss.item()})" if not torch.isfinite(loss) else "non-finite gradient"
-    bad_params = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+    bad_params = [original_name(model, n) for n, p in model.named_parameters()
+                  if p.grad is not None and not torch.isfinite(p.grad).all()]
     layer = first_nonfinite_layer(model, forward_again)
     if layer:
         where = f"it first appears in the output of layer {layer}"

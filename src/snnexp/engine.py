@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from snnexp import checkpoint, distributed
+from snnexp import checkpoint, distributed, fusion
 from snnexp.activity import Activity, spiking_layers
 from snnexp.checkpoint import EpochTotals, TrainState
 from snnexp.config import EnergyConfig, TrainerConfig
@@ -115,9 +115,8 @@ def build_run(cfg: DictConfig, device: torch.device, ddp: bool = False) -> Run:
     splits = instantiate(cfg.dataset)
     _check_not_empty(splits)
     model = build_model(cfg, splits.input_shape, splits.num_classes).to(device)
-    for net in model.modules():  # the spec networks (SpecNet) and the spiking ResNets
-        if hasattr(net, "join_layers"):
-            net.join_layers = cfg.trainer.join_layers
+    if cfg.trainer.join_layers and device.type == "cpu":  # the joined ops are CPU kernels
+        fusion.fuse_blocks(model)
     if cfg.trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)  # conv weights; their outputs follow
     # dynamic=False: one graph per input shape (train, last batch, test); with symbolic shapes inductor cannot
@@ -354,7 +353,7 @@ def setup(cfg: DictConfig) -> Run:
 
 
 def new_train_state(run: Run) -> TrainState:
-    optimizer = instantiate(run.cfg.optim, params=run.model.parameters())
+    optimizer = instantiate(run.cfg.optim, params=fusion.parameters(run.model))  # in the checkpoints' order
     scaler = torch.amp.GradScaler(run.device.type, enabled=run.cfg.trainer.amp and run.device.type == "cuda")
     return TrainState(run.model, optimizer, instantiate(run.cfg.sched, optimizer=optimizer), scaler)
 

@@ -15,12 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from snnexp.neurons import SpikingNeuron
 from snnexp.neurons.functional import charge
-from snnexp.neurons.fused import lif_multistep_fused, one_block_per_step
-from snnexp.neurons.normalised import batch_norm
-from snnexp.neurons.pooled import cpu_kernel_neuron, lif_max_pool, pool_joins
-from snnexp.pooling import MaxPool2d
+from snnexp.neurons.fused import one_block_per_step
 
 
 def repeated_in_time(x_seq: torch.Tensor) -> bool:
@@ -56,103 +52,31 @@ def _dense(y: torch.Tensor) -> bool:
     return one_block_per_step(y.unsqueeze(0))
 
 
-def run_layers(layers, x_seq: torch.Tensor, join: bool = True) -> torch.Tensor:
+def run_layers(layers, x_seq: torch.Tensor) -> torch.Tensor:
     """Run `layers` in order on x_seq [T, B, ...]. A repeated x_seq (module docstring) goes through the leading
     layers that take `steps` as one step, [B, ...], until one of them gives the sequence (a neuron) or one
-    cannot take it (then it gets the step repeated over T). BN, the spiking layer after it and max pooling with
-    tiling windows after that run as one op where they can (`_fused_block`), unless `join` is False."""
+    cannot take it (then it gets the step repeated over T). (The papers' BN-SN-MP blocks run as one op when the
+    network is built with them joined: snnexp.fusion.)"""
     layers = list(layers)
     if repeated_in_time(x_seq):
-        x_seq, i = _run_repeated(layers, x_seq[0], x_seq.shape[0], join)
+        x_seq, i = _run_repeated(layers, x_seq[0], x_seq.shape[0])
     else:
         i = 0
-    while i < len(layers):
-        x_seq, i = _run_layer(layers, i, x_seq, join=join)
+    for layer in layers[i:]:
+        x_seq = layer(x_seq)
     return x_seq
 
 
-def _run_repeated(layers, x: torch.Tensor, T: int, join: bool):
+def _run_repeated(layers, x: torch.Tensor, T: int):
     """The leading layers on x [B, ...] seen at each of T steps, as one step while they take it (module docstring):
     (the sequence they give, the next layer's index)."""
     i = 0
     while i < len(layers) and getattr(layers[i], "repeated_input", None) == "one step":
-        block = _fused_block(layers, i, x, T) if join else None
-        if block is not None:
-            return block
         x = layers[i](x, steps=T)
         i += 1
     if i < len(layers) and getattr(layers[i], "repeated_input", None) == "sequence":
-        return _run_layer(layers, i, x, T, join)
+        return layers[i](x, steps=T), i + 1
     return repeat_in_time(x, T), i
-
-
-def _run_layer(layers, i: int, x: torch.Tensor, steps: int = 0, join: bool = True):
-    """layers[i] on the sequence x, or on x fed at each of `steps` steps: (its output, the next layer's index).
-    A BN, the neuron after it and the pool after that run as one op where `_fused_block` finds them (`join`)."""
-    block = _fused_block(layers, i, x, steps) if join else None
-    if block is not None:
-        return block
-    return (layers[i](x, steps=steps) if steps else layers[i](x)), i + 1
-
-
-def _fused_block(layers, i: int, x: torch.Tensor, steps: int):
-    """BN-SN, SN-MP or BN-SN-MP from layers[i] on, as one op (snnexp.neurons.normalised, snnexp.neurons.pooled):
-    (its output, the next layer's index), or None where no two of them join. They join when the neuron runs the
-    CPU kernel, the pool's windows tile the map, and no hook watches any of them but hooks that only count the
-    neuron's spikes (`_spike_counters`): NeuroBench, and the activity counters' first batch (its raster), must see
-    the spikes, where the counters of the batches after it take the joined op's counts."""
-    # with direct coding's one step (`steps`), BN runs on [B, ...] only, T times less than the neuron: joining them
-    # saves little there and adds the kernels' per-block work (bench/bench_train_step.py, convnet: 1317 samples/s
-    # apart, 1156 joined), so BN joins the neuron on sequences only
-    bn = layers[i] if type(layers[i]).forward is BatchNormThroughTime.forward and not steps else None
-    j = i + (bn is not None)
-    if j >= len(layers) or not isinstance(layers[j], SpikingNeuron) or not cpu_kernel_neuron(layers[j], x):
-        return None
-    neuron, counters = layers[j], _spike_counters(layers[j])
-    pool = _joint_pool(layers, j)
-    if pool is not None and not pool_joins(neuron, pool, x, steps, count=bool(counters)):
-        pool = None
-    block = layers[i:j] + layers[j + 1:j + (2 if pool is not None else 1)]  # BN and the pool
-    if counters is None or _watched(*block) or (bn is None and pool is None):
-        return None
-    norm = batch_norm(bn, x, steps) if bn is not None else None  # None: run BN apart (then SN-MP may join)
-    if bn is not None and norm is None:
-        return None
-    if pool is not None:
-        out = lif_max_pool(neuron, pool, x, steps, norm, count=bool(counters))
-        if counters:
-            out, counts = out
-            for hook in counters:
-                hook.add_counts(counts, steps or x.shape[0])
-        return out, j + 2
-    spikes = lif_multistep_fused(x, *neuron.dynamics(), steps, norm)
-    for hook in counters:  # as the neuron's call would have run them
-        hook(neuron, (x,), spikes)
-    return spikes, j + 1
-
-
-def _joint_pool(layers, i: int):
-    """The MaxPool2d right after layers[i], if there is one."""
-    wrapper = layers[i + 1] if i + 1 < len(layers) else None
-    pool = getattr(wrapper, "module", None)
-    return pool if isinstance(wrapper, SeqToANN) and isinstance(pool, MaxPool2d) else None
-
-
-def _spike_counters(neuron):
-    """The neuron's forward hooks if each of them only counts spikes (a hook with `add_counts(counts, T)`, as
-    snnexp.activity's are after the first batch): the joined ops then report the spike counts to them, and the
-    test pass keeps the joined kernels. [] for none; None where any hook must see the spikes themselves."""
-    hooks = list(neuron._forward_hooks.values())
-    if _watched(*neuron.children()) or neuron._forward_pre_hooks or any(not hasattr(h, "add_counts") for h in hooks):
-        return None
-    return hooks
-
-
-def _watched(*modules) -> bool:
-    """A forward hook watches one of `modules` (their wrapped modules included), or every module."""
-    modules = [m for module in modules for m in module.modules()]
-    hooked_globally = nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks
-    return bool(hooked_globally) or any(m._forward_hooks or m._forward_pre_hooks for m in modules)
 
 
 class SeqToANN(nn.Module):

@@ -5,7 +5,7 @@ The estimate: the network runs on one sample at T = 1 and at T = 2 (no gradient,
 count the elements of every layer's output; every activation is [T, B, ...], so a step keeps about that many per
 time step and sample for the backward pass, scaled by T x batch x 4 bytes x AUTOGRAD_FACTOR (measured below). The
 gradients and Adam's moments of the weights come on top. The hooks also switch off the joined BN-SN-pool kernels
-(snnexp.layers._watched), so every layer is called as a module and counted, the spiking layers included.
+(snnexp.fusion.FusedBlock), so every layer is called as a module and counted, the spiking layers included.
 """
 
 import logging
@@ -19,6 +19,7 @@ from torch import nn
 from snnexp import distributed
 from snnexp.activity import spiking_layers
 from snnexp.errors import ConfigError
+from snnexp.fusion import Joined
 
 log = logging.getLogger("snnexp")
 
@@ -39,7 +40,8 @@ NEW_STATE_COPIES = 3  # the weights exist when the check runs; their gradients a
 def counted_outputs(model: nn.Module, x_seq: torch.Tensor) -> int:
     """Elements of all layers' outputs for the input x_seq: of the network's leaf modules and its spiking layers (a
     neuron holds its surrogate as a child; a recurrent layer steps its neuron without calling it)."""
-    counted = {m for m in model.modules() if not list(m.children())} | set(spiking_layers(model).values())
+    leaves = {m for m in model.modules() if not list(m.children()) and not isinstance(m, Joined)}  # not placeholders
+    counted = leaves | set(spiking_layers(model).values())
     total = 0
 
     def count(module, inputs, output):

@@ -26,11 +26,7 @@ __all__ = ["MLP", "ModelError", "RSNN", "SpecNet", "SpecError", "SpikingResNet",
 
 class SpecNet(nn.Sequential):
     """A spiking network from a spec string. Input [T, B, *input_shape] -> output spikes [T, B, F].
-
-    join_layers: BN, the neuron after it and the max pool after that run as one op where they can
-    (snnexp.layers.run_layers); False runs every layer apart (trainer.join_layers=false)."""
-
-    join_layers = True
+    Its layers run in order (`layer_runs`: snnexp.fusion may join its BN-SN-MP blocks)."""
 
     def __init__(
         self,
@@ -61,10 +57,13 @@ class SpecNet(nn.Sequential):
                 f"or with FC<classes*10>-SN-APk10s10 for voting, or change readout."
             )
 
-
     def forward(self, x_seq):
         """[T, B, *input_shape] -> [T, B, F]; direct coding's repeated input runs the first layers once."""
-        return run_layers(self, x_seq, join=self.join_layers)
+        return run_layers(self, x_seq)
+
+    def layer_runs(self):
+        """The names of the layers forward runs one after the other (snnexp.fusion)."""
+        return [[str(i) for i in range(len(self))]]
 
     def _materialize(self, input_shape):
         """Shape lazy parameters (NeuNorm's U) with one dry pass, so the optimizer sees them all; in eval

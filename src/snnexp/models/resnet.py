@@ -9,8 +9,8 @@ depth 18 / 34 use basic blocks, 50 bottlenecks (expansion 4). stem="cifar" is a 
 max pool (32x32 inputs), stem="imagenet" the 7x7 stride-2 conv and 3x3 max pool.
 
 The layers run through snnexp.layers.run_layers, as a spec network's do: direct coding's repeated image goes
-through the stem's conv (and BN) once, and each BN-SN of the stem, the bodies and the shortcuts runs as one op
-where the CPU kernels take it (`join_layers`; trainer.join_layers=false runs them apart).
+through the stem's conv (and BN) once. `layer_runs` names the layers that run one after the other, so that
+snnexp.fusion can make each BN-SN of the stem, the bodies and the shortcuts one op (trainer.join_layers).
 """
 
 from typing import Callable, Sequence
@@ -29,8 +29,6 @@ def conv(cin, cout, k, stride=1):
 
 
 class Block(nn.Module):
-    join_layers = True  # set by SpikingResNet.join_layers
-
     def __init__(self, kind, cin, width, stride, neuron, norm, connection):
         super().__init__()
         expansion = 4 if kind == "bottleneck" else 1
@@ -54,11 +52,19 @@ class Block(nn.Module):
         self.out_channels = cout
 
     def forward(self, x):
-        s = run_layers(_layers(self.shortcut), x, self.join_layers)
+        s = run_layers(_layers(self.shortcut), x)
         if self.connection == "spiking":
-            return self.out_neuron(run_layers(self.body, x, self.join_layers) + s)
-        o = run_layers([*self.body, self.out_neuron], x, self.join_layers)  # its last BN joins the neuron
+            return self.out_neuron(run_layers(self.body, x) + s)
+        o = run_layers([*self.body, self.out_neuron], x)
         return o + s if self.connection == "add" else (1.0 - o) * s
+
+    def layer_runs(self):
+        """The names of the layers forward runs one after the other (snnexp.fusion): the body (with the block's
+        neuron, unless the shortcut joins before it) and the shortcut."""
+        body = [f"body.{i}" for i in range(len(self.body))]
+        shortcut = [f"shortcut.{i}" for i in range(len(self.shortcut))] \
+            if isinstance(self.shortcut, nn.Sequential) else []
+        return [body + ([] if self.connection == "spiking" else ["out_neuron"]), shortcut]
 
 
 def _layers(module: nn.Module) -> list:
@@ -67,10 +73,7 @@ def _layers(module: nn.Module) -> list:
 
 
 class SpikingResNet(nn.Sequential):
-    """A spiking ResNet (module docstring). Input [T, B, C, H, W] -> output spikes [T, B, num_outputs].
-
-    join_layers: BN and the neuron after it run as one op where they can (snnexp.layers.run_layers), in the stem
-    and in every block; False runs every layer apart (trainer.join_layers=false)."""
+    """A spiking ResNet (module docstring). Input [T, B, C, H, W] -> output spikes [T, B, num_outputs]."""
 
     def __init__(self, depth: int, input_shape: Sequence[int], num_outputs: int, neuron: Callable, norm: Callable,
                  connection: str = "spiking", stem: str = "cifar", width: int = 64):
@@ -95,19 +98,11 @@ class SpikingResNet(nn.Sequential):
                 cin = block.out_channels
         layers += [SeqToANN(nn.AdaptiveAvgPool2d(1)), SeqFlatten(), SeqToANN(nn.Linear(cin, num_outputs)), neuron()]
         super().__init__(*layers)
-        self.join_layers = True
 
-    @property
-    def join_layers(self) -> bool:
-        return self._join_layers
-
-    @join_layers.setter
-    def join_layers(self, join: bool) -> None:
-        self._join_layers = join
-        for block in self.modules():
-            if isinstance(block, Block):
-                block.join_layers = join
+    def layer_runs(self):
+        """The names of the layers forward runs one after the other (snnexp.fusion); the blocks list their own."""
+        return [[str(i) for i in range(len(self))]]
 
     def forward(self, x_seq):
         """[T, B, C, H, W] -> [T, B, num_outputs]; direct coding's repeated input runs the stem's conv once."""
-        return run_layers(self, x_seq, join=self.join_layers)
+        return run_layers(self, x_seq)

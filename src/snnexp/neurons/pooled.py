@@ -9,11 +9,11 @@ forward has pooled them (only X and one byte per window are kept for backward, a
 two kernels one after the other (neurons/fused.py, pool_cpu.c).
 
 Spikes, pooled values, positions and gradients are those of the neuron followed by `snnexp.pooling.MaxPool2d`
-exactly (tests/test_pooled.py). `snnexp.layers.run_layers` takes this path for a neuron whose next layer is such a
-pool, when both run the CPU kernels and no hook watches either, but the activity counters of a test pass: for them
-the op also counts each neuron's spikes (`count`), so that a test pass with metrics keeps this path
-(tests/test_activity.py checks the counts against the layers run apart). NeuroBench's hooks need the spikes
-themselves: under them the two run apart.
+exactly (tests/test_pooled.py). `snnexp.fusion.FusedBlock` takes this path for a neuron and such a pool that the
+network was built with as one block (SN-MP, BN-SN-MP), when both run the CPU kernels and no hook watches either but
+the activity counters of a test pass: for them the op also counts each neuron's spikes (`count`), so that a test
+pass with metrics keeps this path (tests/test_activity.py checks the counts against the layers run apart).
+NeuroBench's hooks need the spikes themselves: under them the block runs its layers apart.
 """
 
 from typing import Optional, Tuple

@@ -91,7 +91,7 @@ def test_an_analog_input_does_macs():
 
 
 def test_a_layer_run_once_for_a_repeated_input_counts_its_t_steps():
-    """Direct coding: SpecNet runs its first layers once on the repeated input (snnexp.layers.run_layers); the
+    """Direct coding: SpecNet runs its first layers once on the repeated input (snnexp.neurons.repeated); the
     counts are those of the T calls on a materialised copy."""
     torch.manual_seed(0)
     net = SpecNet("c3k3s1-SN-FC4-SN", input_shape=(1, 5, 5), num_outputs=4, neuron=lambda: IF(v_threshold=0.3),

@@ -13,6 +13,7 @@ from conftest import run_snnexp
 from snnexp.errors import ConfigError, ExportError
 from snnexp.neurons import ALIF, LIF, SpikingNeuron
 from snnexp.neurons.adaptive import alif_multistep
+from snnexp.neurons.repeated import Repeated
 from snnexp.surrogate import ATan, FastSigmoid
 
 ALPHA = 2.0  # the ATan surrogate's alpha in (a)
@@ -92,7 +93,7 @@ def test_spikes_traces_and_gradients_follow_the_equations(v_reset, decay_input, 
 
 
 def test_step_loop_and_repeated_input_give_forward():
-    """initial_state + step over T is forward; forward(x, steps=T) is forward of x repeated (direct coding)."""
+    """initial_state + step over T is forward; forward(Repeated(x, T)) is forward of x repeated (direct coding)."""
     torch.manual_seed(1)
     n = ALIF(tau=2.5, tau_adapt=6.0, beta=2.0, v_reset=None).double()
     x = torch.rand(12, 4, 6, dtype=torch.float64) * 2
@@ -104,8 +105,8 @@ def test_step_loop_and_repeated_input_give_forward():
     assert torch.equal(torch.stack(looped), n(x))
     x0 = x[0].clone().requires_grad_()
     xr = x0.detach().clone().requires_grad_()
-    torch.testing.assert_close(n(x0, steps=12), n(xr.unsqueeze(0).expand(12, 4, 6)))
-    n(x0, steps=12).sum().backward()
+    torch.testing.assert_close(n(Repeated(x0, 12)), n(xr.unsqueeze(0).expand(12, 4, 6)))
+    n(Repeated(x0, 12)).sum().backward()
     n(xr.unsqueeze(0).expand(12, 4, 6)).sum().backward()
     torch.testing.assert_close(x0.grad, xr.grad, rtol=1e-12, atol=1e-12)
 

@@ -7,7 +7,7 @@ import torch
 
 from kernel_neurons import NEURONS, SURROGATES, over_a_block
 from snnexp.fusion import fuse_blocks
-from snnexp.layers import BatchNormThroughTime, run_layers
+from snnexp.layers import BatchNormThroughTime, Repeated, run_layers
 from snnexp.models import SpecNet
 from snnexp.neurons import PLIF
 from snnexp.neurons.pooled import _lif_pool_op, lif_max_pool
@@ -26,7 +26,7 @@ def sequence(shape, channels_last, steps, dtype=F64, seed=0):
 
 
 def apart(neuron, pool, x, steps):
-    spikes = neuron(x, steps=steps) if steps else neuron(x)
+    spikes = neuron(Repeated(x, steps)) if steps else neuron(x)
     return pool(spikes.flatten(0, 1)).unflatten(0, spikes.shape[:2])
 
 

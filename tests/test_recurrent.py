@@ -21,7 +21,7 @@ from snnexp.activity import Activity, spiking_layers
 from snnexp.cost import static_metrics
 from snnexp.errors import ModelError, SpecError
 from snnexp.export import chain, describe, to_nir
-from snnexp.layers import BatchNormThroughTime, NoNorm
+from snnexp.layers import BatchNormThroughTime, NoNorm, Repeated
 from snnexp.models import RSNN, SpecNet, format_spec, parse_spec
 from snnexp.models.spec import Layer
 from snnexp.neurons import IF, LIF, PLIF, STBPLIF
@@ -137,11 +137,11 @@ def test_the_recurrent_weights_matter():
 
 
 def test_repeated_input_is_the_sequence_of_copies():
-    """Direct coding: RFC(x, steps=T) == RFC on the T copies, outputs and gradients."""
+    """Direct coding: RFC(Repeated(x, T)) == RFC on the T copies, outputs and gradients."""
     layer = layer_with(PLIF(tau0=2.0))
     x = torch.rand(3, 5, dtype=F64, requires_grad=True)
     copies = x.unsqueeze(0).repeat(6, 1, 1)
-    a, b = layer(x, steps=6), layer(copies)
+    a, b = layer(Repeated(x, 6)), layer(copies)
     assert torch.equal(a, b)
     g = torch.randn_like(a)
     ga = torch.autograd.grad((a * g).sum(), [x, *layer.parameters()])

@@ -29,7 +29,7 @@ that position over the batch) x reach, where reach = the number of non-zero-weig
 (for a convolution: output channels x the output positions its kernel taps reach, padding, stride, dilation and
 groups included), taken once per layer and input shape per test pass as the gradient of sum(layer(x, weight != 0))
 with respect to x. For Linear, reach is the count of non-zero weights in each input's column. Exact integers.
-A layer that runs once for the T steps of a repeated input (direct coding, snnexp.layers.run_layers) counts T times,
+A layer that runs once for the T steps of a repeated input (direct coding, snnexp.neurons.repeated) counts T times,
 as the T calls it stands for.
 A recurrent layer (RecurrentFC, snnexp.recurrent) is counted through its parts: its input weights W_in like an FC
 layer, its recurrent weights W_rec at each of its calls, once per step t >= 1 on the spikes s[t-1] (each spike
@@ -45,7 +45,7 @@ from torch import nn
 
 from snnexp import distributed
 from snnexp.fusion import original_name
-from snnexp.layers import SeqToANN
+from snnexp.layers import Repeated, SeqToANN
 from snnexp.neurons import SpikingNeuron
 from snnexp.recurrent import RecurrentFC
 
@@ -189,7 +189,7 @@ class Activity:
                 if isinstance(module, SOP_LAYERS):
                     self._hooks.append(module.register_forward_hook(self._ops_hook(layer_name(name, module))))
                 if isinstance(module, SeqToANN) and isinstance(module.module, SOP_LAYERS):
-                    self._hooks.append(module.register_forward_pre_hook(self._steps_hook, with_kwargs=True))
+                    self._hooks.append(module.register_forward_pre_hook(self._steps_hook))
         except BaseException:
             self.remove()
             raise
@@ -205,10 +205,9 @@ class Activity:
         self._hooks.clear()
         _SCRATCH.clear()  # the counters' buffer (as large as the largest layer input): not kept between passes
 
-    def _steps_hook(self, wrapper, args, kwargs):
-        """A SeqToANN called with steps=T runs its layer once for T identical steps (snnexp.layers)."""
-        steps = kwargs.get("steps", args[1] if len(args) > 1 else 0)
-        self._repeats[wrapper.module] = max(int(steps), 1)
+    def _steps_hook(self, wrapper, args):
+        """A SeqToANN called on a Repeated runs its layer once for T identical steps (snnexp.neurons.repeated)."""
+        self._repeats[wrapper.module] = args[0].T if isinstance(args[0], Repeated) else 1
 
     def _spike_hook(self, name: str):
         def hook(module, inputs, spikes):

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from snnexp.fusion import original_name
+from snnexp.layers import Repeated
 from snnexp.surrogate import Surrogate
 
 
@@ -36,6 +37,7 @@ def first_nonfinite_layer(model: nn.Module, forward_again: Callable[[], object])
     for name, module in model.named_modules():
         if name and not list(module.children()):
             def check(mod, inputs, out, name=name):
+                out = out.step if isinstance(out, Repeated) else out  # direct coding's one step
                 if not first and isinstance(out, torch.Tensor) and not torch.isfinite(out).all():
                     first.append(f"{original_name(model, name)} ({type(mod).__name__})")
             hooks.append(module.register_forward_hook(check))

@@ -33,7 +33,7 @@ from typing import Dict, List, Optional
 import torch
 from torch import nn
 
-from snnexp.layers import BatchNormThroughTime, SeqToANN, repeat_in_time, run_layers
+from snnexp.layers import BatchNormThroughTime, Repeated, SeqToANN, run_layers
 from snnexp.neurons import SpikingNeuron
 from snnexp.neurons.fused import lif_multistep_fused
 from snnexp.neurons.normalised import batch_norm
@@ -47,7 +47,7 @@ class FusedBlock(nn.Module):
     """BN (optional), a spiking layer and a max pool (optional) run as one op where the kernels take the input
     (module docstring); a BN with a repeated input (direct coding: one step for T) runs apart, on that one step."""
 
-    repeated_input = "sequence"  # gives the spikes of all steps (snnexp.layers.run_layers)
+    takes_repeated = True  # direct coding's Repeated input: gives the spikes of all its steps
 
     def __init__(self, norm: Optional[nn.Module], neuron: SpikingNeuron, pool: Optional[SeqToANN]):
         super().__init__()
@@ -56,14 +56,14 @@ class FusedBlock(nn.Module):
     def parts(self) -> List[nn.Module]:
         return [m for m in (self.norm, self.neuron, self.pool) if m is not None]
 
-    def forward(self, x: torch.Tensor, steps: int = 0) -> torch.Tensor:
-        out = self._joined(x, steps)
-        if out is not None:
-            return out
-        return run_layers(self.parts(), repeat_in_time(x, steps) if steps else x)
+    def forward(self, x) -> torch.Tensor:
+        """Spikes (pooled) [T, B, ...] of x [T, B, ...] or of a Repeated (snnexp.neurons.repeated)."""
+        out = self._joined(x.step, x.T) if isinstance(x, Repeated) else self._joined(x, 0)
+        return out if out is not None else run_layers(self.parts(), x)
 
     def _joined(self, x: torch.Tensor, steps: int) -> Optional[torch.Tensor]:
-        """The block through the joined ops, or None where they do not apply (then it runs apart)."""
+        """The block through the joined ops, or None where they do not apply (then it runs apart). x [T, B, ...], or
+        with `steps` one step [B, ...] fed at each of `steps` steps, as the kernels take them."""
         counters = _spike_counters(self.neuron)
         if counters is None or _watched(*[m for m in (self.norm, self.pool) if m is not None]) \
                 or not cpu_kernel_neuron(self.neuron, x):
@@ -77,7 +77,7 @@ class FusedBlock(nn.Module):
             # and adds the kernels' per-block work (bench/bench_train_step.py, convnet), so only the pool joins
             if pool is None:
                 return None
-            x = self.norm(x, steps=steps)
+            x = self.norm(Repeated(x, steps)).step
         elif self.norm is not None:
             norm = batch_norm(self.norm, x, steps)
             if norm is None:
@@ -107,13 +107,13 @@ class FusedBlock(nn.Module):
 class Joined(nn.Module):
     """The place of a layer that the FusedBlock `into` runs: passes its input on."""
 
-    repeated_input = "one step"
+    takes_repeated = True
 
     def __init__(self, into: str):
         super().__init__()
         self.into = into
 
-    def forward(self, x: torch.Tensor, steps: int = 0) -> torch.Tensor:
+    def forward(self, x):
         return x
 
     def extra_repr(self) -> str:

@@ -1,14 +1,8 @@
 """Layers that work on time-major sequences [T, B, ...]: normalisation, dropout, folding, readouts.
 
-A sequence that is one [B, ...] tensor repeated at every step (direct coding: the encoder gives a view with a
-time stride of 0) need not be copied. A layer whose forward takes `steps` (its class attribute `repeated_input`
-says what it gives) computes from one step's input x [B, ...] what T = steps copies of it would give: the layers
-that treat every step alike and hold no state (conv, linear, pooling, BN, dropout, flatten: "one step") their
-output for one step, computed once; a neuron ("sequence") its spikes [T, B, ...], with x read T times in place.
-`run_layers` runs the leading layers of a network that way.
-Outputs, gradients and BN statistics are those of the T copies (tests/test_layers.py checks it in float64): the
-gradient of the repeated result is summed over its steps, which is what the T copies' gradients add up to, for BN
-too (the batch mean and variance of T equal copies are those of one).
+The layers that treat every time step alike and hold no state (SeqToANN, SeqFlatten, BN through time, NoNorm,
+SeqDropout) also take direct coding's repeated input, `Repeated` (snnexp.neurons.repeated), and run on its one step
+once. `run_layers` runs a network's layers in order and hands them a Repeated while they take it.
 """
 
 import torch
@@ -16,82 +10,43 @@ import torch.nn.functional as F
 from torch import nn
 
 from snnexp.neurons.functional import charge
-from snnexp.neurons.fused import one_block_per_step
+from snnexp.neurons.repeated import Repeated, repeat_in_time, repeated_in_time
+
+__all__ = ["BatchNormThroughTime", "LeakyIntegrator", "MembraneReadout", "NeuNorm", "NoNorm", "RateReadout",
+           "Repeated", "SeqDropout", "SeqFlatten", "SeqToANN", "ThresholdDependentBatchNorm", "VotingReadout", "feed",
+           "repeat_in_time", "repeated_in_time", "run_layers"]
 
 
-def repeated_in_time(x_seq: torch.Tensor) -> bool:
-    """Whether `x_seq` is one tensor seen at every step: a view whose time dimension has stride 0."""
-    return x_seq.dim() > 1 and x_seq.shape[0] > 1 and x_seq.stride(0) == 0
+def run_layers(layers, x_seq) -> torch.Tensor:
+    """Run `layers` in order on x_seq [T, B, ...] (or a Repeated). A view with time stride 0 (direct coding's
+    encoder gives one) goes in as a Repeated: the leading layers that take one run on its one step (`feed`).
+    (The papers' BN-SN-MP blocks run as one op where the network was built with them joined: snnexp.fusion.)"""
+    x = Repeated.of(x_seq) if isinstance(x_seq, torch.Tensor) and repeated_in_time(x_seq) else x_seq
+    for layer in layers:
+        x = feed(layer, x)
+    return x.expand() if isinstance(x, Repeated) else x
 
 
-def repeat_in_time(y: torch.Tensor, T: int) -> torch.Tensor:
-    """[B, ...] -> a [T, B, ...] view of y at every step (no copy)."""
-    return _RepeatInTime.apply(y, T) if y.requires_grad else y.unsqueeze(0).expand(T, *y.shape)
-
-
-class _RepeatInTime(torch.autograd.Function):
-    """expand() whose backward sums the steps' gradients into y's own memory order: autograd's sum of an
-    expand gives a contiguous (NCHW) gradient, and BN and convolution backward on a channels_last y with an
-    NCHW gradient take a slow path that costs more than running them once saved (bench/bench_train_step.py)."""
-
-    @staticmethod
-    def forward(ctx, y, T):
-        ctx.layout = (y.shape, y.stride()) if _dense(y) else None
-        return y.unsqueeze(0).expand(T, *y.shape)
-
-    @staticmethod
-    def backward(ctx, grad):
-        if ctx.layout is None:
-            return grad.sum(0), None
-        out = torch.empty_strided(*ctx.layout, dtype=grad.dtype, device=grad.device)
-        return torch.sum(grad, 0, out=out), None
-
-
-def _dense(y: torch.Tensor) -> bool:
-    """y's elements fill its memory without gaps or overlaps, in some order of its dims."""
-    return one_block_per_step(y.unsqueeze(0))
-
-
-def run_layers(layers, x_seq: torch.Tensor) -> torch.Tensor:
-    """Run `layers` in order on x_seq [T, B, ...]. A repeated x_seq (module docstring) goes through the leading
-    layers that take `steps` as one step, [B, ...], until one of them gives the sequence (a neuron) or one
-    cannot take it (then it gets the step repeated over T). (The papers' BN-SN-MP blocks run as one op when the
-    network is built with them joined: snnexp.fusion.)"""
-    layers = list(layers)
-    if repeated_in_time(x_seq):
-        x_seq, i = _run_repeated(layers, x_seq[0], x_seq.shape[0])
-    else:
-        i = 0
-    for layer in layers[i:]:
-        x_seq = layer(x_seq)
-    return x_seq
-
-
-def _run_repeated(layers, x: torch.Tensor, T: int):
-    """The leading layers on x [B, ...] seen at each of T steps, as one step while they take it (module docstring):
-    (the sequence they give, the next layer's index)."""
-    i = 0
-    while i < len(layers) and getattr(layers[i], "repeated_input", None) == "one step":
-        x = layers[i](x, steps=T)
-        i += 1
-    if i < len(layers) and getattr(layers[i], "repeated_input", None) == "sequence":
-        return layers[i](x, steps=T), i + 1
-    return repeat_in_time(x, T), i
+def feed(layer: nn.Module, x):
+    """layer(x); a Repeated x is expanded to its sequence (a view) first where the layer cannot take it."""
+    if isinstance(x, Repeated) and not getattr(layer, "takes_repeated", False):
+        x = x.expand()
+    return layer(x)
 
 
 class SeqToANN(nn.Module):
     """Run a stateless layer once on the whole sequence by folding time into the batch:
-    [T, B, ...] -> [T*B, ...] -> layer -> [T, B, ...]."""
+    [T, B, ...] -> [T*B, ...] -> layer -> [T, B, ...]; a Repeated's one step through the layer once."""
 
-    repeated_input = "one step"
+    takes_repeated = True
 
     def __init__(self, module: nn.Module):
         super().__init__()
         self.module = module
 
-    def forward(self, x_seq, steps: int = 0):
-        if steps:
-            return self.module(x_seq)
+    def forward(self, x_seq):
+        if isinstance(x_seq, Repeated):
+            return x_seq.map(self.module)
         y = self.module(x_seq.flatten(0, 1))
         return y.unflatten(0, x_seq.shape[:2])
 
@@ -99,25 +54,28 @@ class SeqToANN(nn.Module):
 class SeqFlatten(nn.Module):
     """[T, B, C, H, W] -> [T, B, C*H*W]."""
 
-    repeated_input = "one step"
+    takes_repeated = True
 
-    def forward(self, x_seq, steps: int = 0):
-        return x_seq.flatten(1 if steps else 2)
+    def forward(self, x_seq):
+        if isinstance(x_seq, Repeated):
+            return x_seq.map(lambda x: x.flatten(1))
+        return x_seq.flatten(2)
 
 
 class BatchNormThroughTime(nn.modules.batchnorm._BatchNorm):
     """BN on input currents (Ledinauskas 2020, PLIF): one BN per channel whose statistics are taken
-    over time and batch together (and space, for conv layers). Works for [T, B, C] and [T, B, C, H, W]."""
+    over time and batch together (and space, for conv layers). Works for [T, B, C] and [T, B, C, H, W], and on a
+    Repeated's one step (`_forward_steps`)."""
 
-    repeated_input = "one step"
+    takes_repeated = True
 
     def _check_input_dim(self, x):
         if x.dim() < 2:
             raise ValueError(f"expected at least [T*B, C] input, got shape {tuple(x.shape)}")
 
-    def forward(self, x_seq, steps: int = 0):
-        if steps:
-            return self._forward_steps(x_seq, steps)
+    def forward(self, x_seq):
+        if isinstance(x_seq, Repeated):
+            return Repeated(self._forward_steps(x_seq.step, x_seq.T), x_seq.T)
         return super().forward(x_seq.flatten(0, 1)).unflatten(0, x_seq.shape[:2])
 
     def _forward_steps(self, x: torch.Tensor, T: int) -> torch.Tensor:
@@ -193,12 +151,12 @@ class NeuNorm(nn.Module):
 class NoNorm(nn.Identity):
     """norm=none: accepts the channel count the network builder passes and does nothing."""
 
-    repeated_input = "one step"
+    takes_repeated = True
 
     def __init__(self, num_features=None):
         super().__init__()
 
-    def forward(self, x, steps: int = 0):
+    def forward(self, x):
         return x
 
 
@@ -206,7 +164,7 @@ class SeqDropout(nn.Module):
     """Dropout with one mask per sample, shared by all time steps (as in the PLIF code): dropping a
     different unit at every step would only add noise to the rate."""
 
-    repeated_input = "one step"
+    takes_repeated = True
 
     def __init__(self, p: float = 0.5):
         super().__init__()
@@ -214,11 +172,12 @@ class SeqDropout(nn.Module):
             raise ValueError(f"dropout p must be in [0, 1), got {p}")
         self.p = float(p)
 
-    def forward(self, x_seq, steps: int = 0):
+    def forward(self, x_seq):
         if not self.training or self.p == 0.0:
             return x_seq
-        mask = torch.empty_like(x_seq if steps else x_seq[0]).bernoulli_(1.0 - self.p) / (1.0 - self.p)
-        return x_seq * mask
+        step = x_seq.step if isinstance(x_seq, Repeated) else x_seq[0]
+        mask = torch.empty_like(step).bernoulli_(1.0 - self.p) / (1.0 - self.p)
+        return x_seq.map(lambda x: x * mask) if isinstance(x_seq, Repeated) else x_seq * mask
 
     def extra_repr(self):
         return f"p={self.p}"

@@ -20,6 +20,7 @@ from snnexp import distributed
 from snnexp.activity import spiking_layers
 from snnexp.errors import ConfigError
 from snnexp.fusion import Joined
+from snnexp.layers import Repeated
 
 log = logging.getLogger("snnexp")
 
@@ -47,6 +48,7 @@ def counted_outputs(model: nn.Module, x_seq: torch.Tensor) -> int:
     def count(module, inputs, output):
         nonlocal total
         outputs = output if isinstance(output, (tuple, list)) else (output,)
+        outputs = [t.step if isinstance(t, Repeated) else t for t in outputs]  # a Repeated keeps its one step
         total += sum(t.numel() for t in outputs if isinstance(t, torch.Tensor))
 
     hooks = [m.register_forward_hook(count) for m in counted]

@@ -42,7 +42,7 @@ from typing import Dict, Optional
 import torch
 from torch import nn
 
-from snnexp.layers import NoNorm, SeqToANN, repeat_in_time
+from snnexp.layers import NoNorm, Repeated, SeqToANN, feed
 from snnexp.neurons import SpikingNeuron
 
 
@@ -50,8 +50,7 @@ class RecurrentFC(nn.Module):
     """n = out_features spiking neurons with all-to-all recurrence (module docstring). `neuron`: the neuron module
     (any SpikingNeuron, or one with the same initial_state / step interface); `bias`: W_in's bias."""
 
-    # direct coding: one step's input [B, F] gives the whole spike sequence (see snnexp.layers.run_layers)
-    repeated_input = "sequence"
+    takes_repeated = True  # direct coding's Repeated input [B, F] gives the whole spike sequence (W_in x once)
 
     def __init__(self, in_features: int, out_features: int, neuron: SpikingNeuron, norm: Optional[nn.Module] = None,
                  bias: bool = False):
@@ -61,10 +60,11 @@ class RecurrentFC(nn.Module):
         self.recurrent = nn.Linear(out_features, out_features, bias=False)
         self.neuron = neuron
 
-    def forward(self, x_seq: torch.Tensor, steps: int = 0) -> torch.Tensor:
-        """Spikes [T, B, n] of x_seq [T, B, F]; with `steps`, of x_seq [B, F] fed at each of `steps` steps (W_in x
-        is then computed once)."""
-        currents = self._input_currents(x_seq, steps)
+    def forward(self, x_seq) -> torch.Tensor:
+        """Spikes [T, B, n] of x_seq [T, B, F], or of a Repeated's step [B, F] fed at each of its T steps (W_in x,
+        and a norm that takes it, then run once)."""
+        currents = feed(self.norm, self.input(x_seq))
+        currents = currents.expand() if isinstance(currents, Repeated) else currents
         state = self.neuron.initial_state(currents[0])
         spikes = []
         for t in range(currents.shape[0]):
@@ -72,15 +72,6 @@ class RecurrentFC(nn.Module):
             s, state = self.neuron.step(current, state)
             spikes.append(s)
         return torch.stack(spikes)
-
-    def _input_currents(self, x_seq: torch.Tensor, steps: int) -> torch.Tensor:
-        """BN(W_in x) [T, B, n]; a repeated input (`steps`) goes through W_in, and a norm that takes one step, once."""
-        if not steps:
-            return self.norm(self.input(x_seq))
-        drive = self.input(x_seq, steps=steps)
-        if getattr(self.norm, "repeated_input", None) == "one step":
-            return repeat_in_time(self.norm(drive, steps=steps), steps)
-        return self.norm(repeat_in_time(drive, steps))
 
     def scalars(self) -> Dict[str, float]:
         """What the neuron logs of itself (PLIF's tau), reported under this layer's name."""

@@ -16,6 +16,7 @@ from snnexp.errors import ConfigError
 from snnexp.neurons.adaptive import alif_initial_state, alif_multistep, alif_step
 from snnexp.neurons.functional import lif_multistep_reference, lif_step
 from snnexp.neurons.fused import lif_multistep_fused, prepare_cpu_kernels  # imported here: torch.compile finds the op
+from snnexp.neurons.repeated import Repeated
 from snnexp.surrogate import ATan, Surrogate
 
 __all__ = ["IF", "LIF", "PLIF", "STBPLIF", "SpikingNeuron", "if_multistep", "lif_multistep", "lif_multistep_fused",
@@ -58,7 +59,7 @@ class SpikingNeuron(nn.Module):
     that autograd differentiates op by op; both give the same spikes and gradients."""
 
     decay_input = True  # IF: no leak, so no input decay either (LIF and PLIF set their own)
-    repeated_input = "sequence"  # one step's input gives the spikes of all steps: see snnexp.layers.run_layers
+    takes_repeated = True  # direct coding's Repeated input gives the spikes of all steps (snnexp.neurons.repeated)
 
     def __init__(
         self,
@@ -87,10 +88,12 @@ class SpikingNeuron(nn.Module):
         neuron function takes them (functional.py, fused.py; the joined ops of pooled.py and layers.py)."""
         return self.tau_inv(), self.surrogate, self.v_threshold, self.v_reset, self.decay_input, self.detach_reset
 
-    def forward(self, x_seq, steps: int = 0):
-        """Spikes [T, B, ...] of x_seq [T, B, ...]; with `steps`, of x_seq [B, ...] fed at each of `steps` steps
-        (direct coding: the fused kernel reads it in place and sums its gradient over the steps)."""
-        return lif_multistep(x_seq, *self.dynamics(), backend=self.backend, steps=steps)
+    def forward(self, x_seq: Union[torch.Tensor, Repeated]) -> torch.Tensor:
+        """Spikes [T, B, ...] of x_seq [T, B, ...], or of a Repeated's step fed at each of its T steps (direct
+        coding: the fused kernel reads it in place and sums its gradient over the steps)."""
+        if isinstance(x_seq, Repeated):
+            return lif_multistep(x_seq.step, *self.dynamics(), backend=self.backend, steps=x_seq.T)
+        return lif_multistep(x_seq, *self.dynamics(), backend=self.backend)
 
     def initial_state(self, x: torch.Tensor) -> torch.Tensor:
         """The state at rest for one step's input x [B, ...]: the membrane potential V = V_reset (0 for a soft
@@ -226,9 +229,9 @@ class ALIF(SpikingNeuron):
         return alif_step(x, state, self.tau_inv(), self.tau_adapt_inv(), self.surrogate, self.v_threshold,
                          self.beta, self.v_reset, self.decay_input, self.detach_reset)
 
-    def forward(self, x_seq, steps: int = 0):
-        """Spikes [T, B, ...] of x_seq [T, B, ...] from rest; with `steps`, of x_seq [B, ...] fed at each step."""
-        x_seq = x_seq.unsqueeze(0).expand(steps, *x_seq.shape) if steps else x_seq  # a view: no copy
+    def forward(self, x_seq: Union[torch.Tensor, Repeated]) -> torch.Tensor:
+        """Spikes [T, B, ...] of x_seq [T, B, ...] (or a Repeated's T steps, as a view: no copy) from rest."""
+        x_seq = x_seq.expand() if isinstance(x_seq, Repeated) else x_seq
         return alif_multistep(x_seq, self.tau_inv(), self.tau_adapt_inv(), self.surrogate, self.v_threshold,
                               self.beta, self.v_reset, self.decay_input, self.detach_reset)
 

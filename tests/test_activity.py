@@ -387,16 +387,28 @@ def _cases():
         "-1, 0, 1": signed,
         "counts above 1": spikes * 3,
         "an image": torch.rand(16, 1, 8, 8, generator=g),
+        "a NaN": torch.where(spikes == 1, float("nan"), spikes),
+        "many columns, few rows (threads split rows)": (torch.rand(40, 70000, generator=g) < 0.2).float(),
     }
 
 
+@pytest.mark.parametrize("kernel", [True, False], ids=["count_cpu.c", "torch ops"])
 @pytest.mark.parametrize("case", list(_cases()))
-def test_nonzero_counts_are_the_definitions_for_spikes_and_anything_else(case):
+def test_nonzero_counts_are_the_definitions_for_spikes_and_anything_else(case, kernel, monkeypatch):
     """nonzero_counts against its definition, (x != 0).sum(0) and 'every entry is -1, 0 or 1', on spikes in every
     layout it meets and on inputs that are nearly spikes."""
+    from snnexp import activity
     from snnexp.activity import nonzero_counts
+    from snnexp.neurons.fused import prepare_cpu_kernels
+    prepare_cpu_kernels()
+    if not kernel:
+        monkeypatch.setattr(activity, "kernels_ready", lambda device_type: False)
+    calls = []
+    real = activity.cpu.count_nonzero
+    monkeypatch.setattr(activity.cpu, "count_nonzero", lambda rows: calls.append(rows.shape) or real(rows))
     x = _cases()[case]
     counts, spikes = nonzero_counts(x)
+    assert bool(calls) == (kernel and x.numel() > 0 and x.dtype in (torch.float32, torch.float64)), case
     assert counts.dtype == torch.long and torch.equal(counts, (x != 0).sum(0)), case
     assert spikes == int(((x == 0) | (x.abs() == 1)).all()), case
 

@@ -12,7 +12,8 @@ Forward hooks (removed on exit) accumulate integer SUMS, never means, so that th
 can add theirs before anything is divided. They read the layers' inputs and outputs and change nothing. After the
 first batch (whose spikes make the raster) a spiking layer's hook takes its spike counts from the joined
 neuron-pool kernel where the network runs one (snnexp.fusion.FusedBlock), so that the test pass runs the same
-fast ops as the plain forward: with its metrics it costs 1.2-1.3x the plain forward (bench/bench_test_pass.py).
+fast ops as the plain forward, and the other counts take one pass over each weight layer's input (`nonzero_counts`):
+what that costs beside the plain forward, bench/bench_test_pass.py measures (docs/performance.md).
 
 Synaptic operations are counted as NeuroBench counts them [Yik 2025] (tests/test_neurobench.py checks ours against
 the neurobench package), for every Linear and Conv layer at every call:
@@ -47,6 +48,8 @@ from snnexp import distributed
 from snnexp.fusion import original_name
 from snnexp.layers import Repeated, SeqToANN
 from snnexp.neurons import SpikingNeuron
+from snnexp.neurons.fused import kernels_ready
+from snnexp.neurons.kernels import cpu
 from snnexp.recurrent import RecurrentFC
 
 SOP_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -112,36 +115,16 @@ def layer_reach(layer: nn.Module, in_shape) -> Tuple[torch.Tensor, int]:
 def nonzero_counts(x: torch.Tensor) -> Tuple[torch.Tensor, int]:
     """((x != 0).sum(0) as int64, 1 if every entry of x is -1, 0 or 1 (spikes) else 0), for x [N, ...].
 
-    What the test pass's counters cost (bench/bench_test_pass.py): comparing every entry with 0 and summing the
-    booleans as integers takes several slow passes; spikes are counted instead by a float sum over the N rows of x
-    read in its memory order (channels_last too), exact for 0/1 entries while N < 2**24. That they are 0/1 is checked
-    exactly first, in one pass: x - x*x, computed in floating point, is 0 at 0 and 1, above 0 inside (0, 1) (x*x
-    rounds to at most x, and to x only at 0 and 1), below 0 outside [0, 1], and NaN for NaN, so its minimum and
-    maximum are both 0 exactly for spikes; with the minimum 0 and the maximum above it, every entry lies in [0, 1] and
-    some between (an image, pooled averages): no spikes, counted by ceil(x), 1 for every non-zero. Anything else
-    (event counts, -1 entries) is compared with 0 entry by entry."""
+    What the test pass's counters cost (bench/bench_test_pass.py): in torch ops, comparing every entry with 0, summing
+    the booleans and checking for spikes take several passes over each layer's input and output. On the CPU, where the
+    kernels are built, one pass of count_cpu.c does both, reading x in its memory order (channels_last too) as an
+    [N, F] matrix; elsewhere (CUDA, no C compiler) the torch ops run."""
     rows, back = _rows(x)
-    if rows.numel() and rows.is_floating_point() and rows.shape[0] < 2**24:
-        scratch = _scratch(rows)
-        low, high = torch.aminmax(torch.addcmul(rows, rows, rows, value=-1, out=scratch))
-        if low == 0 and high == 0:
-            return back(rows.sum(0, dtype=torch.float32).long()), 1
-        if low >= 0:  # every entry within [0, 1], some inside (0, 1) (an image): no spikes; ceil(x) is x != 0
-            return back(torch.ceil(rows, out=scratch).sum(0, dtype=torch.float32).long()), 0
+    if rows.numel() and rows.device.type == "cpu" and rows.dtype in (torch.float32, torch.float64) \
+            and kernels_ready("cpu"):
+        counts, spikes = cpu.count_nonzero(rows.contiguous())
+        return back(counts), int(spikes)
     return back((rows != 0).sum(0)), int(((rows == 0) | (rows.abs() == 1)).all())
-
-
-_SCRATCH: Dict[Any, torch.Tensor] = {}
-
-
-def _scratch(like: torch.Tensor) -> torch.Tensor:
-    """A buffer of like's shape for nonzero_counts' check, kept from call to call (per device and dtype) until the
-    test pass ends (Activity.remove): a fresh one each time would pay for the first touch of its memory at every
-    layer of every batch."""
-    key = (like.device, like.dtype)
-    if key not in _SCRATCH or _SCRATCH[key].numel() < like.numel():
-        _SCRATCH[key] = torch.empty(like.numel(), dtype=like.dtype, device=like.device)
-    return _SCRATCH[key][:like.numel()].view(like.shape)
 
 
 def _rows(x: torch.Tensor):
@@ -203,7 +186,6 @@ class Activity:
         for h in self._hooks:
             h.remove()
         self._hooks.clear()
-        _SCRATCH.clear()  # the counters' buffer (as large as the largest layer input): not kept between passes
 
     def _steps_hook(self, wrapper, args):
         """A SeqToANN called on a Repeated runs its layer once for T identical steps (snnexp.neurons.repeated)."""

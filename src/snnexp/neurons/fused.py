@@ -61,6 +61,11 @@ if torch.cuda.is_available():
     kernel_unavailable("cuda")
 
 
+def kernels_ready(device_type: str) -> bool:
+    """Whether the kernels for this kind of device are built and run (without building them now)."""
+    return device_type in _UNAVAILABLE and _UNAVAILABLE[device_type] is None
+
+
 def prepare_cpu_kernels() -> None:
     """Build (or load) the CPU kernels now, if not yet done in this process: called when a module that runs them is
     built, so that the build (once per machine, with its one line of notice) happens there, not at import or

@@ -1,5 +1,6 @@
-"""The CPU kernels of lif_cpu.c (the neurons) and pool_cpu.c (max pooling, for snnexp.pooling): compiled once per
-machine with the system's C compiler into one library, loaded with ctypes.
+"""The CPU kernels of lif_cpu.c (the neurons), pool_cpu.c (max pooling, for snnexp.pooling) and count_cpu.c (the
+activity counters' spike counts): compiled once per machine with the system's C compiler into one library, loaded
+with ctypes.
 
 Plain C through ctypes rather than a torch C++ extension: no torch headers to compile against, and a ctypes call
 releases the GIL, so `torch.get_num_threads()` Python threads each run the kernel on their own slice of the
@@ -24,7 +25,7 @@ import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional, Tuple
 
 import torch
 
@@ -32,12 +33,12 @@ from snnexp import cache_home
 from snnexp.files import atomic_path
 from snnexp.neurons.kernels import buffers
 
-SOURCES = [Path(__file__).with_name(name) for name in ("lif_cpu.c", "pool_cpu.c")]
+SOURCES = [Path(__file__).with_name(name) for name in ("lif_cpu.c", "pool_cpu.c", "count_cpu.c")]
 HEADERS = [Path(__file__).with_name("lif_cpu_body.h")]  # lif_cpu.c's functions, included once per type
 # -ffp-contract=off: no fused multiply-add, so H is computed with PyTorch's rounding and spikes match exactly.
 FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fopenmp-simd", "-fPIC"]
 # the units compiled in parallel, then linked into one library: (source, defines)
-UNITS = [(SOURCES[0], ["-DSNNEXP_ONLY_F32"]), (SOURCES[0], ["-DSNNEXP_ONLY_F64"]), (SOURCES[1], [])]
+UNITS = [(SOURCES[0], ["-DSNNEXP_ONLY_F32"]), (SOURCES[0], ["-DSNNEXP_ONLY_F64"]), (SOURCES[1], []), (SOURCES[2], [])]
 SURROGATE_KINDS = {"atan": 0, "sigmoid": 1, "rect": 2, "triangle": 3, "fast_sigmoid": 4}
 LEAK = {"if": 0, "decay_input": 1, "plain": 2}
 MIN_PER_THREAD = 1 << 15  # below this many neurons per thread, one thread is faster than handing out work
@@ -146,8 +147,8 @@ def _compile(cc: str, out: Path) -> None:
 
 @functools.lru_cache(maxsize=None)
 def library() -> ctypes.CDLL:
-    """The kernels' library with each function's ctypes signature, as lif_cpu.c and pool_cpu.c declare them
-    (tests/test_fused.py checks every one against the C declarations)."""
+    """The kernels' library with each function's ctypes signature, as the C sources declare them (tests/test_fused.py
+    checks every one against the C declarations)."""
     lib = ctypes.CDLL(str(build()))
     for suffix, _ in _C_TYPES.values():
         norm = [_P, _I64, _I64, _I64]  # BN's rows (or NULL), their stride, nc, inner: see lif_cpu.c
@@ -169,6 +170,8 @@ def library() -> ctypes.CDLL:
         pool_fwd, pool_bwd = getattr(lib, f"max_pool_forward_{suffix}"), getattr(lib, f"max_pool_backward_{suffix}")
         pool_fwd.argtypes = pool_bwd.argtypes = [_P, _P, _P] + [_I64] * 7
         pool_fwd.restype = pool_bwd.restype = None
+        count = getattr(lib, f"count_nonzero_{suffix}")
+        count.argtypes, count.restype = [_P, _P, _I64, _I64, _I64], _I
     lib.lif_block.argtypes, lib.lif_block.restype = [], _I64
     return lib
 
@@ -290,6 +293,20 @@ def norm_input_grad(x: torch.Tensor, grad: torch.Tensor, coef: torch.Tensor, inn
     _run_split(lambda lo, hi: fn(x.data_ptr(), grad.data_ptr(), coef.data_ptr(), nc, inner, lo, hi),
                x.numel() // (nc * inner), max(1, MIN_PER_THREAD // (nc * inner)))
     return grad
+
+
+def count_nonzero(rows: torch.Tensor) -> Tuple[torch.Tensor, bool]:
+    """((rows != 0).sum(0) as int64, whether every entry is -1, 0 or 1) of rows [N, F] (contiguous, float32 or
+    float64), in one pass (count_cpu.c): the activity counters of a test pass."""
+    suffix, _ = _C_TYPES[rows.dtype]
+    fn = getattr(library(), f"count_nonzero_{suffix}")
+    N, F = rows.shape
+    per_thread = max(1, MIN_PER_THREAD // max(F, 1))
+    workers, step = _slices(N, per_thread)
+    counts = torch.zeros(workers, F, dtype=torch.int32)  # one row per thread
+    flags = _run_split(lambda lo, hi: fn(rows.data_ptr(), counts[lo // max(step, 1)].data_ptr(), F, lo, hi), N,
+                        per_thread)
+    return counts.sum(0, dtype=torch.int64), all(flags)
 
 
 def pool_forward(x: torch.Tensor, params: LifParams, steps: int, kh: int, kw: int, channels_last: bool,

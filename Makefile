@@ -31,7 +31,7 @@ $(HYDRA_MIN): pyproject.toml | $(INSTALLED)
 
 # -n auto: pytest-xdist, one worker per core (most tests wait on one thread: Python starting, Hydra composing);
 # the CPU kernels are built first, once, rather than by every worker at once (a no-op once built)
-KERNELS := $(PY) -c "from snnexp.neurons.kernels import cpu; cpu.build()"
+KERNELS := $(PY) -c "from snnexp.ops.kernels import cpu; cpu.build()"
 
 test: $(INSTALLED) $(HYDRA_MIN)
 	$(KERNELS)

@@ -74,13 +74,13 @@ def main():
         # 3. data time vs step time, the PLIF paper's N-MNIST network
         from functools import partial
 
-        from snnexp import fusion
-        from snnexp.fusion import fuse_blocks
-        from snnexp.layers import BatchNormThroughTime
-        from snnexp.losses import MSERate
-        from snnexp.models import SpecNet
-        from snnexp.neurons import PLIF
-        from snnexp.surrogate import ATan
+        from snnexp.nn import fusion
+        from snnexp.nn.fusion import fuse_blocks
+        from snnexp.nn.losses import MSERate
+        from snnexp.nn.models import SpecNet
+        from snnexp.nn.neurons import PLIF
+        from snnexp.nn.norms import BatchNormThroughTime
+        from snnexp.nn.surrogate import ATan
 
         torch.manual_seed(0)
         net = fuse_blocks(SpecNet("{c128k3s1-BN-SN-MPk2s2}*2-DP-FC2048-SN-DP-FC100-SN-APk10s10", (2, 34, 34), 10,

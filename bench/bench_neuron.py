@@ -1,7 +1,7 @@
 """Neuron op benchmark (issue 5, benchmark 1): a multi-step LIF or PLIF layer, forward + backward, on
 [T=8, B=32, 128, 16, 16] and on the same elements at T=32 ([32, 8, 128, 16, 16]), on this CPU:
 
-- snnexp fused:      the modules' default (backend=fused): the C kernel of snnexp/neurons/kernels/lif_cpu.c
+- snnexp fused:      the modules' default (backend=fused): the C kernel of snnexp/ops/kernels/lif_cpu.c
 - snnexp reference:  `functional.lif_multistep_reference`, autograd through every step
 - torch.compile:     inductor's code for the same reference loops (what PyTorch offers without our kernel;
                      compile time is left out: the warm-up call compiles)
@@ -41,7 +41,7 @@ import time
 import torch
 
 from common import median_time, write_results
-from snnexp.neurons.kernels import buffers
+from snnexp.ops.kernels import buffers
 
 IMPLS = ["snnexp fused", "snnexp reference", "torch.compile", "SpikingJelly", "snnTorch", "Norse"]
 SHAPES = {8: (8, 32, 128, 16, 16), 32: (32, 8, 128, 16, 16)}
@@ -50,9 +50,9 @@ SHAPES = {8: (8, 32, 128, 16, 16), 32: (32, 8, 128, 16, 16)}
 def make_op(impl: str, kind: str, device: str = "cpu"):
     """A function x_seq -> spikes [T, ...] holding the layer's parameters (PLIF's learnable decay)."""
     if impl.startswith("snnexp") or impl == "torch.compile":
-        from snnexp.neurons import LIF, PLIF
-        from snnexp.neurons.functional import lif_multistep_reference
-        from snnexp.surrogate import ATan
+        from snnexp.nn.neurons import LIF, PLIF
+        from snnexp.nn.neurons.functional import lif_multistep_reference
+        from snnexp.nn.surrogate import ATan
 
         backend = "fused" if impl == "snnexp fused" else "reference"
         common = dict(detach_reset=True, surrogate=ATan(2.0), backend=backend)

@@ -1,5 +1,5 @@
 """What the test pass's metrics cost (issue 29): the default convnet (snnexp train dataset=mnist) over MNIST's 10,000
-test images, `engine.evaluate` (the network with the activity counters: spike counts, synaptic operations, effective
+test images, `evaluate.evaluate` (the network with the activity counters: spike counts, synaptic operations, effective
 ACs, rates, raster) against the plain eval forward of the same network on the same batches (no counters). Target:
 <= 1.3x. The network's weights are trained for a few steps first, so that its neurons fire as a trained net's do.
 Writes bench/results/test_pass.json.
@@ -22,8 +22,10 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from common import median_time, write_results
-from snnexp import conf_dir, engine
-from snnexp.checkpoint import EpochTotals
+from snnexp import conf_dir
+from snnexp.train import build as runs
+from snnexp.train import epoch, evaluate, loop
+from snnexp.train.checkpoint import EpochTotals
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,17 +34,17 @@ def build(data_dir: Path, train_steps: int):
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         cfg = compose(config_name="train", overrides=["dataset=mnist", f"dataset.data_dir={data_dir}",
                                                       "dataset.download=false", "trainer.progress=false"])
-    engine.seed_everything(0)
-    run = engine.build_run(cfg, torch.device("cpu"))
-    state = engine.new_train_state(run)
-    loader = engine.make_loader(run.splits.train, cfg, train=True)
+    runs.seed_everything(0)
+    run = runs.build_run(cfg, torch.device("cpu"))
+    state = loop.new_train_state(run)
+    loader = runs.make_loader(run.splits.train, cfg, train=True)
     state.totals = EpochTotals()
     run.model.train()
     for i, (x, y) in enumerate(loader):
         if i == train_steps:
             break
-        engine._learn(run, state, x, y, 1)
-    return run, engine.make_loader(run.splits.test, cfg)
+        epoch._learn(run, state, x, y, 1)
+    return run, runs.make_loader(run.splits.test, cfg)
 
 
 def main():
@@ -66,10 +68,10 @@ def main():
             run.model.eval()
             with torch.no_grad():
                 for x, _ in batches:
-                    engine.forward(run, x)
+                    epoch.forward(run, x)
 
         def with_metrics():
-            engine.evaluate(run, batches)
+            evaluate.evaluate(run, batches)
 
         plain(), with_metrics()  # warm-up: kernels, reach tables
         results = {"plain eval forward": [], "evaluate (metrics)": []}

@@ -17,7 +17,7 @@ turns, --repeats rounds of --steps steps each after warm-up steps (which also co
 figure is the median round. Prints a table and writes bench/results/train_step.json.
 
 "snnexp default" is what `snnexp train` runs: channels_last, direct coding's input once, each BN-SN-MPkXsX block
-as one op (snnexp.neurons.normalised, snnexp.neurons.pooled) and fused Adam (conf/optim/adam.yaml); "default, torch
+as one op (snnexp.ops.normalised, snnexp.ops.pooled) and fused Adam (conf/optim/adam.yaml); "default, torch
 pool" the same with PyTorch's max pooling (so the pool runs apart); "default, torch Adam" with PyTorch's default
 Adam, the one SpikingJelly's variants use; "default, BN apart" with each BN run as its own layer.
 """
@@ -36,13 +36,14 @@ import torch
 from torch import nn
 
 from common import write_results
-from snnexp import fusion
-from snnexp.fusion import fuse_blocks
-from snnexp.layers import BatchNormThroughTime, SeqDropout, SeqFlatten, SeqToANN
-from snnexp.losses import MSERate
-from snnexp.models import SpecNet
-from snnexp.neurons import PLIF
-from snnexp.surrogate import ATan
+from snnexp.nn import fusion
+from snnexp.nn.fusion import fuse_blocks
+from snnexp.nn.layers import SeqDropout, SeqFlatten, SeqToANN
+from snnexp.nn.losses import MSERate
+from snnexp.nn.models import SpecNet
+from snnexp.nn.neurons import PLIF
+from snnexp.nn.norms import BatchNormThroughTime
+from snnexp.nn.surrogate import ATan
 
 NETS = {
     "convnet": dict(spec="{c32k3s1-BN-SN-MPk2s2}*2-FC100-SN-APk10s10", T=4, batch=64, input=(1, 28, 28),
@@ -87,7 +88,7 @@ def spikingjelly_twin(model: nn.Module) -> nn.Module:
 
 
 def _torch_module(module: nn.Module) -> nn.Module:
-    """A copy of a conv, linear or pooling module, with PyTorch's max pooling for ours (snnexp.pooling)."""
+    """A copy of a conv, linear or pooling module, with PyTorch's max pooling for ours (snnexp.nn.pooling)."""
     if isinstance(module, nn.MaxPool2d):
         return nn.MaxPool2d(module.kernel_size, module.stride, module.padding, module.dilation,
                             ceil_mode=module.ceil_mode)
@@ -106,7 +107,7 @@ def _last_was_conv(model, bn):
 
 
 def torch_pooling(model: nn.Module) -> nn.Module:
-    """model with PyTorch's max pooling in place of ours (snnexp.pooling): what our pooling kernel gains."""
+    """model with PyTorch's max pooling in place of ours (snnexp.nn.pooling): what our pooling kernel gains."""
     for m in model:
         if isinstance(m, SeqToANN) and isinstance(m.module, nn.MaxPool2d):
             m.module = _torch_module(m.module)
@@ -114,15 +115,15 @@ def torch_pooling(model: nn.Module) -> nn.Module:
 
 
 class _BatchNormApart(BatchNormThroughTime):
-    """Our BN through time, run as its own layer: snnexp.fusion joins only BatchNormThroughTime's own forward with the
-    neuron after it."""
+    """Our BN through time, run as its own layer: snnexp.nn.fusion joins only BatchNormThroughTime's own forward with
+    the neuron after it."""
 
     def forward(self, x_seq, steps: int = 0):
         return super().forward(x_seq, steps)
 
 
 def bn_apart(model: nn.Module) -> nn.Module:
-    """model with every BN run apart from the neuron after it: what joining them (snnexp.neurons.normalised) gains."""
+    """model with every BN run apart from the neuron after it: what joining them (snnexp.ops.normalised) gains."""
     for m in model:
         if type(m) is BatchNormThroughTime:
             m.__class__ = _BatchNormApart
@@ -137,8 +138,8 @@ def reset_sj(net):
 
 class Variant:
     """direct: an image input goes in as direct coding gives it, one [B, ...] view repeated over T (stride 0), so
-    the layers before the first neuron run once (snnexp.layers); else as T materialised copies. Our networks are
-    built as `snnexp train` builds them on the CPU, with their BN-SN-MP blocks fused (snnexp.fusion)."""
+    the layers before the first neuron run once (snnexp.nn.layers); else as T materialised copies. Our networks are
+    built as `snnexp train` builds them on the CPU, with their BN-SN-MP blocks fused (snnexp.nn.fusion)."""
 
     def __init__(self, name, net, autocast=False, channels_last=False, compile=False, spikingjelly=False,
                  direct=False, fused_adam=False, device="cpu"):

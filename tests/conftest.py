@@ -109,16 +109,16 @@ def real_mnist(shared_data, tmp_path, monkeypatch):
 
 @pytest.fixture
 def count_joins(monkeypatch):
-    """How often a FusedBlock has handed a BN to the joined ops (snnexp.neurons.normalised)."""
-    import snnexp.fusion
+    """How often a FusedBlock has handed a BN to the joined ops (snnexp.ops.normalised)."""
+    import snnexp.nn.fusion
 
     calls = []
-    real = snnexp.fusion.batch_norm
+    real = snnexp.nn.fusion.batch_norm
 
     def counted(*args, **kwargs):
         norm = real(*args, **kwargs)
         calls.extend([norm] if norm is not None else [])
         return norm
 
-    monkeypatch.setattr(snnexp.fusion, "batch_norm", counted)
+    monkeypatch.setattr(snnexp.nn.fusion, "batch_norm", counted)
     return lambda: len(calls)

@@ -1,4 +1,4 @@
-"""What a test pass measures of the network's activity (snnexp.activity): spike counts, per-neuron rates, synaptic
+"""What a test pass measures of the network's activity (report/activity.py): spike counts, per-neuron rates, synaptic
 operations (effective ACs and MACs, dense), the fixed batch's raster and confusion matrix, and what a run writes of
 them to metrics.json and TensorBoard. The expected numbers are worked out by hand or by brute force, never by the
 code under test; tests/test_neurobench.py checks them against the neurobench package."""
@@ -15,7 +15,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 
 from conftest import run_snnexp
-from snnexp.activity import (
+from snnexp.cli import conf_dir
+from snnexp.nn.layers import SeqToANN
+from snnexp.nn.models import SpecNet
+from snnexp.nn.neurons import IF
+from snnexp.report.activity import (
     Activity,
     confusion_image,
     conv_reach,
@@ -23,12 +27,9 @@ from snnexp.activity import (
     raster_image,
     spiking_layers,
 )
-from snnexp.cli import conf_dir
-from snnexp.engine import build_run, evaluate, evaluate_checkpoint, make_loader
-from snnexp.layers import SeqToANN
-from snnexp.metrics import COST_METRICS
-from snnexp.models import SpecNet
-from snnexp.neurons import IF
+from snnexp.report.metrics import COST_METRICS
+from snnexp.train.build import build_run, make_loader
+from snnexp.train.evaluate import evaluate, evaluate_checkpoint
 
 T = 4
 
@@ -91,7 +92,7 @@ def test_an_analog_input_does_macs():
 
 
 def test_a_layer_run_once_for_a_repeated_input_counts_its_t_steps():
-    """Direct coding: SpecNet runs its first layers once on the repeated input (snnexp.neurons.repeated); the
+    """Direct coding: SpecNet runs its first layers once on the repeated input (snnexp.nn.neurons.repeated); the
     counts are those of the T calls on a materialised copy."""
     torch.manual_seed(0)
     net = SpecNet("c3k3s1-SN-FC4-SN", input_shape=(1, 5, 5), num_outputs=4, neuron=lambda: IF(v_threshold=0.3),
@@ -397,9 +398,9 @@ def _cases():
 def test_nonzero_counts_are_the_definitions_for_spikes_and_anything_else(case, kernel, monkeypatch):
     """nonzero_counts against its definition, (x != 0).sum(0) and 'every entry is -1, 0 or 1', on spikes in every
     layout it meets and on inputs that are nearly spikes."""
-    from snnexp import activity
-    from snnexp.activity import nonzero_counts
-    from snnexp.neurons.fused import prepare_cpu_kernels
+    from snnexp.ops.fused import prepare_cpu_kernels
+    from snnexp.report import activity
+    from snnexp.report.activity import nonzero_counts
     prepare_cpu_kernels()
     if not kernel:
         monkeypatch.setattr(activity, "kernels_ready", lambda device_type: False)
@@ -425,7 +426,7 @@ def test_a_test_pass_on_the_joined_kernels_counts_what_the_layers_apart_count(ca
     """After the first batch (its raster needs the spikes) the counters take each neuron's spike counts from the
     joined neuron-pool kernel, which never hands the spikes out: every metric equals that of the same pass with
     the layers apart (trainer.join_layers=false), where the hooks see every spike."""
-    from snnexp.neurons.kernels import cpu
+    from snnexp.ops.kernels import cpu
     counted = []
     real = cpu.pool_forward
 
@@ -463,11 +464,11 @@ def test_the_joined_kernels_spike_counts_are_the_neurons(channels_last, dtype):
     """lif_max_pool(count=True) against the neuron's own spikes summed over steps and samples, with BN in the
     kernel and direct coding's repeated step, a batch split among threads; a map the windows do not tile is not
     counted (None)."""
-    from snnexp.layers import BatchNormThroughTime
-    from snnexp.neurons import PLIF
-    from snnexp.neurons.normalised import batch_norm
-    from snnexp.neurons.pooled import lif_max_pool
-    from snnexp.pooling import MaxPool2d
+    from snnexp.nn.neurons import PLIF
+    from snnexp.nn.norms import BatchNormThroughTime
+    from snnexp.nn.pooling import MaxPool2d
+    from snnexp.ops.normalised import batch_norm
+    from snnexp.ops.pooled import lif_max_pool
     g = torch.Generator().manual_seed(1)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.randn(3 * 40, 6, 10, 12, generator=g, dtype=dtype).contiguous(memory_format=fmt).unflatten(0, (3, 40))

@@ -11,10 +11,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import run_snnexp
 from snnexp.errors import ConfigError, ExportError
-from snnexp.neurons import ALIF, LIF, SpikingNeuron
-from snnexp.neurons.adaptive import alif_multistep
-from snnexp.neurons.repeated import Repeated
-from snnexp.surrogate import ATan, FastSigmoid
+from snnexp.nn.neurons import ALIF, LIF, SpikingNeuron
+from snnexp.nn.neurons.adaptive import alif_multistep
+from snnexp.nn.neurons.repeated import Repeated
+from snnexp.nn.surrogate import ATan, FastSigmoid
 
 ALPHA = 2.0  # the ATan surrogate's alpha in (a)
 
@@ -194,9 +194,9 @@ def test_parity_with_norse_lsnn(decay_input):
 
 
 def test_in_a_recurrent_layer_its_state_is_carried_step_to_step():
-    """RFCn with ALIF neurons (snnexp.recurrent calls initial_state / step): spikes and gradients equal the
+    """RFCn with ALIF neurons (snnexp.nn.recurrent calls initial_state / step): spikes and gradients equal the
     equations with the recurrent current I[t] = W_in x[t] + W_rec S[t-1] written out here."""
-    from snnexp.recurrent import RecurrentFC
+    from snnexp.nn.recurrent import RecurrentFC
 
     torch.manual_seed(4)
     layer = RecurrentFC(5, 6, ALIF(tau=3.0, tau_adapt=8.0, beta=1.5, v_reset=None, surrogate=ATan(ALPHA))).double()

@@ -1,6 +1,7 @@
 """The shape of the code: imports point one way (no cycle, lazy imports inside functions included), the error tree is
-torch-free, the engine names no neuron, no private torch API is used, and no function grows past what reads at
-once."""
+torch-free, the training loop names no neuron, no private torch API is used, no function or module grows past what
+reads at once, the package's top level stays small (its folders show the architecture: nn/, ops/, data/, train/,
+report/), and the old import paths still work."""
 
 import ast
 import re
@@ -12,7 +13,9 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "snnexp"
-MAX_FUNCTION_LINES = 80
+MAX_FUNCTION_LINES = 60
+MAX_MODULE_LINES = 350
+MAX_TOP_LEVEL_MODULES = 12
 
 
 def module_name(path: Path) -> str:
@@ -76,7 +79,7 @@ def test_the_cycle_finder_finds_a_ring():
 
 def test_no_import_cycle_between_snnexp_modules():
     graph = import_graph()
-    assert "snnexp.neurons.fused" in graph["snnexp.neurons"]  # the graph sees real imports
+    assert "snnexp.ops.fused" in graph["snnexp.nn.neurons"]  # the graph sees real imports
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
 
 
@@ -99,14 +102,72 @@ def test_no_private_torch_api():
     assert not uses, uses
 
 
-def test_the_engine_names_no_neuron_and_no_surrogate():
-    imported = import_graph()["snnexp.engine"]
-    assert not {m for m in imported if m.startswith(("snnexp.neurons", "snnexp.surrogate"))}
-    assert not re.findall(r"\b(PLIF|LIF|STBPLIF|alpha|slope|height)\b", (PACKAGE / "engine.py").read_text())
+@pytest.mark.parametrize("module", ["build", "epoch", "evaluate", "loop"])
+def test_the_training_loop_names_no_neuron_and_no_surrogate(module):
+    imported = import_graph()[f"snnexp.train.{module}"]
+    assert not {m for m in imported if m.startswith(("snnexp.nn.neurons", "snnexp.nn.surrogate"))}
+    text = (PACKAGE / "train" / f"{module}.py").read_text()
+    assert not re.findall(r"\b(PLIF|LIF|STBPLIF|alpha|slope|height)\b", text)
 
 
 @pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
-def test_no_function_over_80_lines(path):
+def test_no_module_over_350_lines(path):
+    assert len(path.read_text().splitlines()) <= MAX_MODULE_LINES
+
+
+def test_a_small_top_level_and_one_exception_root():
+    """At most 12 modules beside the packages; every exception class snnexp defines derives from errors.SnnexpError,
+    but session.StopNow, which is a KeyboardInterrupt by design (the second Ctrl-C: stop at once)."""
+    top = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert len(top) <= MAX_TOP_LEVEL_MODULES, top
+    defined = {(p.relative_to(PACKAGE).as_posix(), node.name, tuple(ast.unparse(b) for b in node.bases))
+               for p in PACKAGE.rglob("*.py") for node in ast.walk(ast.parse(p.read_text()))
+               if isinstance(node, ast.ClassDef) and any(re.search(r"(Error|Exception|Interrupt|Unavailable)$",
+                                                                   ast.unparse(b)) for b in node.bases)}
+    outside = {(path, name) for path, name, bases in defined if path != "errors.py"}
+    assert outside == {("data/archives.py", "_Unsafe"), ("train/session.py", "StopNow")}, outside
+    import snnexp.data.archives
+    import snnexp.errors as errors
+    assert issubclass(snnexp.data.archives._Unsafe, errors.SnnexpError)
+    tree = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, BaseException)]
+    assert all(issubclass(c, errors.SnnexpError) for c in tree)
+
+
+def test_old_import_paths_still_work_and_name_the_new_place():
+    """Scripts written before the move (issue 30) import from snnexp.neurons, snnexp.layers, snnexp.engine: the names
+    are the new modules' own objects, and a FutureWarning names where they live now."""
+    code = ("import warnings\nwarnings.simplefilter('always')\n"
+            "from snnexp.neurons import PLIF\nfrom snnexp.layers import BatchNormThroughTime, VotingReadout\n"
+            "from snnexp.neurons.fused import lif_multistep_fused\nfrom snnexp.engine import build_run\n"
+            "import snnexp.nn.neurons, snnexp.nn.norms, snnexp.ops.fused, snnexp.train.build\n"
+            "print(PLIF is snnexp.nn.neurons.PLIF, BatchNormThroughTime is snnexp.nn.norms.BatchNormThroughTime,\n"
+            "      lif_multistep_fused is snnexp.ops.fused.lif_multistep_fused,\n"
+            "      build_run is snnexp.train.build.build_run)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["True"] * 4, out.stderr
+    for old, new in [("snnexp.neurons", "snnexp.nn.neurons"), ("snnexp.layers", "snnexp.nn.norms"),
+                     ("snnexp.neurons.fused", "snnexp.ops.fused"), ("snnexp.engine", "snnexp.train.build")]:
+        assert f"FutureWarning: {old} moved: import from " in out.stderr and new in out.stderr, (old, out.stderr)
+    out = subprocess.run([sys.executable, "-c", "from snnexp.layers import Nothing"], capture_output=True, text=True,
+                         timeout=120)
+    assert "cannot import name 'Nothing'" in out.stderr
+
+
+def test_targets_stored_before_the_move_map_to_the_new_places():
+    from snnexp.moved import new_targets
+    stored = {"neuron": {"_target_": "snnexp.neurons.PLIF"}, "norm": {"_target_": "snnexp.layers.NeuNorm"},
+              "readout": {"_target_": "snnexp.layers.VotingReadout"}, "model": {"_target_": "snnexp.models.SpecNet"},
+              "loss": {"_target_": "snnexp.losses.MSERate"}, "dataset": {"_target_": "snnexp.data.digits"},
+              "list": [{"_target_": "snnexp.surrogate.ATan"}]}
+    assert new_targets(stored) == {
+        "neuron": {"_target_": "snnexp.nn.neurons.PLIF"}, "norm": {"_target_": "snnexp.nn.norms.NeuNorm"},
+        "readout": {"_target_": "snnexp.nn.readouts.VotingReadout"}, "model": {"_target_": "snnexp.nn.models.SpecNet"},
+        "loss": {"_target_": "snnexp.nn.losses.MSERate"}, "dataset": {"_target_": "snnexp.data.digits"},
+        "list": [{"_target_": "snnexp.nn.surrogate.ATan"}]}
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_function_over_60_lines(path):
     long = [f"{node.name} ({node.end_lineno - node.lineno + 1} lines)" for node in ast.walk(ast.parse(path.read_text()))
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
             and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]

@@ -18,8 +18,8 @@ from audio_writers import make_shd, zip_file
 from conftest import run_snnexp
 from event_writers import make_cifar10dvs, make_gesture, make_nmnist
 from snnexp import data
-from snnexp.data import CorruptFile, cache, events
-from snnexp.data.cache import extracted
+from snnexp.data import CorruptFile, archives, events
+from snnexp.data.archives import extracted
 
 
 def md5(path: Path) -> str:
@@ -90,7 +90,7 @@ def layout(tmp_path):
 @pytest.mark.parametrize("case", TAR_CASES)
 def test_a_hostile_tar_is_refused_and_nothing_is_written_outside(layout, case, python_filter, monkeypatch):
     if not python_filter:  # as on a Python before 3.11.4 (3.10.12), which has no tarfile filter
-        monkeypatch.setattr(cache, "_TAR_FILTER", {})
+        monkeypatch.setattr(archives, "_TAR_FILTER", {})
     archive = layout / "work" / "data" / "DvsGesture.tar.gz"
     entry = hostile_tar(archive, layout / "outside", case)
     before = everything(layout)

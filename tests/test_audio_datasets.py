@@ -322,7 +322,7 @@ def test_shd_trains_with_the_defaults_it_brings(tmp_path, neuron):
     run_snnexp("train", "dataset=shd", "dataset.data_dir=data", "dataset.cache_dir=cache", *swap, "trainer.T=6",
                "trainer.epochs=1", "trainer.max_steps=2", "trainer.batch_size=4", "hydra.run.dir=run", cwd=tmp_path)
     cfg = OmegaConf.load(tmp_path / "run" / ".hydra" / "config.yaml")
-    assert cfg.model._target_ == "snnexp.models.RSNN" and cfg.readout._target_.endswith("MembraneReadout")
+    assert cfg.model._target_ == "snnexp.nn.models.RSNN" and cfg.readout._target_.endswith("MembraneReadout")
     assert cfg.loss._target_.endswith("CERate")
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["step"] == 2 and np.isfinite(metrics["test_loss"])

@@ -234,5 +234,5 @@ def test_a_spec_that_would_eat_memory_or_the_stack_is_one_line_naming_the_limit(
                       check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stdout + proc.stderr
     (line,) = [line for line in proc.stderr.splitlines() if line.startswith("snnexp: error:")]
-    assert line.startswith("snnexp: error: model.spec ") and f"(snnexp.models.spec.{limit})" in line
+    assert line.startswith("snnexp: error: model.spec ") and f"(snnexp.nn.models.spec.{limit})" in line
     assert time.perf_counter() - start < 30

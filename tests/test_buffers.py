@@ -1,10 +1,10 @@
-"""The output blocks the CPU kernels keep (neurons/kernels/buffers.py): reused once no tensor uses them, never while
+"""The output blocks the CPU kernels keep (ops/kernels/buffers.py): reused once no tensor uses them, never while
 one does (a view, an autograd saved tensor), bounded, and bypassed below glibc's mapping threshold."""
 
 import torch
 
-from snnexp.neurons import LIF
-from snnexp.neurons.kernels import buffers
+from snnexp.nn.neurons import LIF
+from snnexp.ops.kernels import buffers
 
 BIG = (9, 1 << 20)  # 36 MiB of float32: above the threshold
 

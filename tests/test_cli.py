@@ -87,7 +87,7 @@ def test_multirun_sweep_leaves_one_named_directory_per_job(tmp_path):
         metrics = json.loads((tmp_path / "sweep" / run / "metrics.json").read_text())
         assert metrics["step"] == 3
     lif_cfg = (tmp_path / "sweep" / runs[0] / ".hydra" / "config.yaml").read_text()
-    assert "snnexp.neurons.LIF" in lif_cfg
+    assert "snnexp.nn.neurons.LIF" in lif_cfg
     # a job's folder, named with '=' and ',' (Hydra's override syntax), given as a path: resume it for one step more
     run_snnexp("train", f"resume=sweep/{runs[0]}", "trainer.max_steps=4", cwd=tmp_path)
     assert json.loads((tmp_path / "sweep" / runs[0] / "metrics.json").read_text())["step"] == 4

@@ -8,7 +8,7 @@ import yaml
 
 from conftest import run_snnexp
 from snnexp.cli import main as cli_main
-from snnexp.compare import main
+from snnexp.report.compare import main
 
 
 def fake_run(path, overrides, epochs, metrics=None):
@@ -85,7 +85,7 @@ def test_compare_bad_input(tmp_path, capsys):
 def test_an_eval_folder_is_shown_as_an_eval(tmp_path):
     """snnexp eval leaves .hydra/ and metrics.json too, with no trainer.epochs: its status is 'eval', not a
     count of epochs out of none."""
-    from snnexp.compare import row
+    from snnexp.report.compare import row
 
     ev = tmp_path / "ev"
     fake_run(ev, ["checkpoint=run/checkpoints/best.pt"], 3, {**metrics(1, 0.9, 0.9, {}), "checkpoint": "best.pt"})

@@ -26,8 +26,8 @@ def test_the_triton_kernel_on_the_gpu():
 def test_neuron_modules_on_cuda_match_the_cpu(kind, params):
     """The fused op on CUDA (Triton) and on the CPU (the C kernel), and ALIF's step by step definition on both: the
     same spikes, the same gradients."""
-    import snnexp.neurons as neurons
-    from snnexp.surrogate import ATan
+    import snnexp.nn.neurons as neurons
+    from snnexp.nn.surrogate import ATan
 
     torch.manual_seed(0)
     x = torch.rand(8, 16, 4, 10, 10, dtype=torch.float64) * 3 - 0.5
@@ -48,10 +48,10 @@ def test_neuron_modules_on_cuda_match_the_cpu(kind, params):
 def _convnet(device):
     from functools import partial
 
-    from snnexp.layers import BatchNormThroughTime
-    from snnexp.models import SpecNet
-    from snnexp.neurons import PLIF
-    from snnexp.surrogate import ATan
+    from snnexp.nn.models import SpecNet
+    from snnexp.nn.neurons import PLIF
+    from snnexp.nn.norms import BatchNormThroughTime
+    from snnexp.nn.surrogate import ATan
 
     torch.manual_seed(0)
     neuron = partial(PLIF, tau0=2.0, surrogate=ATan())

@@ -34,10 +34,12 @@ from image_writers import make_cifar, make_mnist_like
 from snnexp import data
 from snnexp.cli import conf_dir
 from snnexp.data import CorruptFile, DatasetError, events
-from snnexp.data.events import stratified_split
-from snnexp.engine import build_run, evaluate, fit, make_loader
+from snnexp.data.recordings import stratified_split
 from snnexp.errors import CheckpointError
-from snnexp.logging import RunLogger
+from snnexp.report.tensorboard import RunLogger
+from snnexp.train.build import build_run, make_loader
+from snnexp.train.evaluate import evaluate
+from snnexp.train.loop import fit
 
 TRAIN_STEP = ["trainer.T=2", "trainer.epochs=1", "trainer.max_steps=2", "trainer.batch_size=4", "model=mlp",
               "hydra.run.dir=run"]
@@ -460,7 +462,7 @@ def fail_appends_after(monkeypatch, n: int) -> None:
 
 
 def test_a_full_disk_at_a_tensorboard_write_is_our_error_and_the_epoch_is_saved(tmp_path, monkeypatch, capfd):
-    from snnexp import checkpoint
+    from snnexp.train import checkpoint
 
     fail_appends_after(monkeypatch, 1)  # the hparams session start is written; the first epoch's scalars are not
     with pytest.raises(CheckpointError) as err:

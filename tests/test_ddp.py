@@ -115,7 +115,7 @@ def test_bad_data_parallel_settings_are_refused_with_the_fix(tmp_path, args, lau
 
 
 def test_ddp_is_refused_with_launchers_and_sweepers_that_would_run_each_job_once_per_process(monkeypatch):
-    from snnexp import distributed
+    from snnexp.train import distributed
 
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")  # as under torchrun, before the process group is up

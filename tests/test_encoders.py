@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from snnexp.encoders import DirectEncoder, LatencyEncoder, PoissonEncoder
+from snnexp.nn.encoders import DirectEncoder, LatencyEncoder, PoissonEncoder
 
 
 def gen(seed):

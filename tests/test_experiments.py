@@ -16,7 +16,7 @@ from event_writers import make_cifar10dvs, make_gesture, make_nmnist
 from image_writers import make_cifar, make_mnist_like
 from snnexp.cli import conf_dir
 from snnexp.config import validate
-from snnexp.engine import fit
+from snnexp.train.loop import fit
 
 EXPERIMENTS = sorted(p.stem for p in (conf_dir() / "experiment").glob("*.yaml"))
 

@@ -15,15 +15,16 @@ import pytest
 import torch
 
 from conftest import run_snnexp
-from snnexp.checkpoint import load as load_checkpoint
 from snnexp.data import digits
 from snnexp.errors import CheckpointError
-from snnexp.export import ExportError, build_model_from_checkpoint, chain, export_checkpoint, to_nir
-from snnexp.layers import BatchNormThroughTime, NeuNorm, NoNorm
-from snnexp.models import SpecNet, SpikingResNet
-from snnexp.neurons import IF, LIF, PLIF, STBPLIF, SpikingNeuron
-from snnexp.neurons.functional import lif_multistep_reference
-from snnexp.surrogate import ATan
+from snnexp.export import ExportError, chain, export_checkpoint, to_nir
+from snnexp.nn.models import SpecNet, SpikingResNet
+from snnexp.nn.neurons import IF, LIF, PLIF, STBPLIF, SpikingNeuron
+from snnexp.nn.neurons.functional import lif_multistep_reference
+from snnexp.nn.norms import BatchNormThroughTime, NeuNorm, NoNorm
+from snnexp.nn.surrogate import ATan
+from snnexp.train.build import model_from_checkpoint
+from snnexp.train.checkpoint import load as load_checkpoint
 
 DT = 1e-4
 T = 8
@@ -190,7 +191,7 @@ def test_export_writes_the_default_network_as_nir(default_export):
     assert float(graph.metadata["dt"]) == DT and int(graph.metadata["time_steps"]) == 4
     assert "wrote" in stdout and "digits.nir" in stdout and "plif1" in stdout and "SumPool2d" in stdout
     # the PLIF layers' learned tau, in time steps, times dt
-    model, _ = build_model_from_checkpoint(load_checkpoint(cwd / "run" / "checkpoints" / "best.pt"))
+    model, _ = model_from_checkpoint(load_checkpoint(cwd / "run" / "checkpoints" / "best.pt"))
     plifs = [m for m in model if isinstance(m, PLIF)]
     lifs = [graph.nodes[name] for name in neuron_names(graph)]
     for plif, node in zip(plifs, lifs):
@@ -202,7 +203,7 @@ def test_norse_runs_the_default_export_with_the_same_spikes(default_export, tmp_
     """Every spike of every layer, on the test digits as trained (direct input) and as spike trains."""
     cwd, _ = default_export
     graph = nir.read(cwd / "digits.nir")
-    model, _ = build_model_from_checkpoint(load_checkpoint(cwd / "run" / "checkpoints" / "best.pt"))
+    model, _ = model_from_checkpoint(load_checkpoint(cwd / "run" / "checkpoints" / "best.pt"))
     peer = norse_import(graph)
     names = neuron_names(graph)
     for spikes in (False, True):

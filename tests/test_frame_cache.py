@@ -15,7 +15,7 @@ import pytest
 from conftest import run_snnexp
 from event_writers import make_nmnist
 from snnexp.data.cache import FrameCache
-from snnexp.data.events import CorruptFile, DatasetError
+from snnexp.errors import CorruptFile, DatasetError
 
 SHAPE = (2, 2, 3, 3)  # T, polarity, H, W
 

@@ -161,9 +161,9 @@ def cli_slowly(log: str, *args: str) -> None:
     """`snnexp *args`, each N-MNIST recording's conversion logged to `log`, then 0.2 s slower; Ctrl-C as at a
     terminal (a process started in the background would ignore it)."""
     from snnexp import cli
-    from snnexp.data import events
+    from snnexp.data import recordings
 
-    convert = events.ToFrames.__call__
+    convert = recordings.ToFrames.__call__
 
     def slowly(self, source):
         with open(log, "a") as f:
@@ -171,7 +171,7 @@ def cli_slowly(log: str, *args: str) -> None:
         time.sleep(0.2)
         return convert(self, source)
 
-    events.ToFrames.__call__ = slowly
+    recordings.ToFrames.__call__ = slowly
     signal.signal(signal.SIGINT, signal.default_int_handler)
     cli.main(list(args))
 

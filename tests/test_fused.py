@@ -12,9 +12,9 @@ import zlib
 import pytest
 import torch
 
-from snnexp.neurons.functional import lif_multistep_reference as lif_multistep
-from snnexp.neurons.fused import lif_multistep_fused
-from snnexp.surrogate import ATan, FastSigmoid, Rect, Sigmoid, Triangle
+from snnexp.nn.neurons.functional import lif_multistep_reference as lif_multistep
+from snnexp.nn.surrogate import ATan, FastSigmoid, Rect, Sigmoid, Triangle
+from snnexp.ops.fused import lif_multistep_fused
 
 SURROGATES = {"atan": ATan, "sigmoid": Sigmoid, "rect": Rect, "fast_sigmoid": FastSigmoid, "triangle": Triangle}
 CASES = [
@@ -122,13 +122,13 @@ def test_bfloat16_input_widens_to_float32():
 def test_the_custom_op_passes_torch_opcheck():
     """torch.library.opcheck: schema, fake (meta) implementation, autograd registration and AOT dispatch
     agree with the real op, which is what torch.compile relies on."""
-    from snnexp.neurons.fused import _lif_op
+    from snnexp.ops.fused import _lif_op
 
     x = (torch.rand(3, 2, 4, dtype=torch.float64) * 3 - 0.5).requires_grad_()
     tau = torch.tensor(0.4, dtype=torch.float64, requires_grad=True)
     one_step = (torch.rand(2, 4, dtype=torch.float64) * 3 - 0.5).requires_grad_()
     norm = torch.stack([torch.rand(4) + 0.5, torch.randn(4), torch.randn(4), torch.rand(4) + 0.5]).double()
-    norm.requires_grad_()  # a BN before the neurons: weight, bias, mean, invstd of 4 channels (neurons/normalised.py)
+    norm.requires_grad_()  # a BN before the neurons: weight, bias, mean, invstd of 4 channels (ops/normalised.py)
     for args in [(x, tau, None, "decay_input", 1.0, 0.0, False, True, "atan", 2.0, 0.0, 0, 1, False),
                  (x, tau, None, "plain", 1.0, 0.0, True, False, "rect", 1.0, 1.0, 0, 1, False),
                  (one_step, tau, None, "decay_input", 1.0, 0.0, False, True, "atan", 2.0, 0.0, 5, 1, False),  # steps=5
@@ -143,8 +143,8 @@ def out_name_of_the_kernel():
 
 def test_without_a_kernel_the_op_computes_the_reference(monkeypatch):
     """No C compiler: one warning, then the same spikes and gradients through the reference."""
-    from snnexp.neurons import fused
-    from snnexp.neurons.kernels import cpu
+    from snnexp.ops import fused
+    from snnexp.ops.kernels import cpu
 
     kernel_name = out_name_of_the_kernel()
     monkeypatch.setattr(cpu, "available", lambda: "no C compiler found (set CC, or install gcc)")
@@ -158,16 +158,16 @@ def test_without_a_kernel_the_op_computes_the_reference(monkeypatch):
 
 
 def test_a_compiler_that_fails_is_named_with_its_message_and_leaves_nothing(monkeypatch, tmp_path):
-    """The build's three units (kernels/cpu.py UNITS) compile side by side; one failing gives KernelUnavailable with
+    """The build's three units (kernels/build.py UNITS) compile side by side; one failing gives KernelUnavailable with
     the compiler's own message (then the reference runs, as above), and neither objects nor a library are left."""
-    from snnexp.neurons.kernels import cpu
+    from snnexp.ops.kernels import build, cpu
 
     compiler = tmp_path / "cc"
     compiler.write_text("#!/bin/sh\ncase \"$*\" in *ONLY_F64*) echo 'lif_cpu.c:1: error: boom' >&2; exit 1;; esac\n"
                         "for a; do case $last in -o) : > \"$a\";; esac; last=$a; done\n")
     compiler.chmod(0o755)
     monkeypatch.setenv("CC", str(compiler))
-    monkeypatch.setattr(cpu, "cache_dir", lambda: tmp_path / "kernels")
+    monkeypatch.setattr(build, "cache_dir", lambda: tmp_path / "kernels")
     message = "could not build lif_cpu.c, pool_cpu.c, count_cpu.c:\nlif_cpu.c:1: error: boom"
     with pytest.raises(cpu.KernelUnavailable, match=message):
         cpu.build()
@@ -175,7 +175,7 @@ def test_a_compiler_that_fails_is_named_with_its_message_and_leaves_nothing(monk
 
 
 def test_modules_default_to_the_fused_kernel_and_agree_with_the_reference():
-    from snnexp.neurons import PLIF
+    from snnexp.nn.neurons import PLIF
 
     x = (torch.rand(6, 4, 30) * 3 - 0.5).requires_grad_()
     x_ref = x.detach().clone().requires_grad_()
@@ -198,10 +198,10 @@ def test_modules_default_to_the_fused_kernel_and_agree_with_the_reference():
 TRITON_CHECK = """
 import itertools, sys, torch
 torch.set_default_device(sys.argv[1])
-from snnexp.neurons.kernels import cuda
-from snnexp.neurons.kernels.cpu import LifParams
-from snnexp.neurons.functional import lif_multistep_reference
-from snnexp.surrogate import ATan, Rect, Sigmoid, Triangle, FastSigmoid
+from snnexp.ops.kernels import cuda
+from snnexp.ops.kernels.params import LifParams
+from snnexp.nn.neurons.functional import lif_multistep_reference
+from snnexp.nn.surrogate import ATan, Rect, Sigmoid, Triangle, FastSigmoid
 torch.manual_seed(0)
 cases = [("if", False, True, ATan()), ("decay_input", False, False, Rect(1.0, 0.7)), ("plain", True, False, Sigmoid()),
          ("decay_input", True, True, Triangle()), ("plain", False, True, FastSigmoid())]
@@ -280,16 +280,16 @@ RECORDING_CC = "#!/bin/sh\necho \"$*\" >> \"$(dirname \"$0\")/calls.log\"\nexit 
 FIRST_USE = """
 import logging, sys
 logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
-import snnexp, snnexp.neurons, snnexp.models, snnexp.engine
+import snnexp, snnexp.nn.neurons, snnexp.nn.models, snnexp.train.loop
 print("imported")
-from snnexp.neurons import LIF
+from snnexp.nn.neurons import LIF
 LIF()
 print("built a LIF")
 """
 
 
 def test_importing_compiles_nothing_and_the_first_module_says_what_it_builds(tmp_path):
-    """`import snnexp, snnexp.neurons, snnexp.models` with no kernel cache runs no compiler; the first module that
+    """`import snnexp, snnexp.nn.neurons, snnexp.nn.models` with no kernel cache runs no compiler; the first module that
     runs the CPU kernels builds them, saying so in one line (here the compiler fails: the reference runs, warned)."""
     import os
     import subprocess
@@ -330,7 +330,7 @@ def test_every_ctypes_signature_matches_its_c_declaration():
     its argtypes."""
     import ctypes
 
-    from snnexp.neurons.kernels import cpu
+    from snnexp.ops.kernels import cpu
 
     c_types = {"int": ctypes.c_int, "int64_t": ctypes.c_int64, "float": ctypes.c_float, "double": ctypes.c_double,
                "void": None}
@@ -355,7 +355,7 @@ def test_the_parameter_record_matches_its_c_declaration():
     import ctypes
     import re
 
-    from snnexp.neurons.kernels import cpu
+    from snnexp.ops.kernels import cpu
 
     header = next(h for h in cpu.HEADERS if h.name == "lif_cpu_body.h").read_text()
     body = re.search(r"typedef struct \{(.*?)\} NAME\(lif_params\);", header, re.S).group(1)

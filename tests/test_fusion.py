@@ -1,4 +1,4 @@
-"""snnexp.fusion: the build-time pass that makes the papers' BN-SN-MP blocks one module each. What the joined ops
+"""snnexp.nn.fusion: the build-time pass that makes the papers' BN-SN-MP blocks one module each. What the joined ops
 compute is checked against the layers apart in tests/test_normalised.py, test_pooled.py and test_resnet.py; here: the
 pass itself (what it fuses, what it leaves), the names it keeps (state dict, optimizer order, metrics), the network
 summary, and a run folder written before the pass existed."""
@@ -14,12 +14,13 @@ import torch
 from torch import nn
 
 from conftest import run_snnexp
-from snnexp import fusion
-from snnexp.engine import build_run, evaluate_checkpoint
-from snnexp.fusion import FusedBlock, Joined, fuse_blocks, original_name
-from snnexp.layers import BatchNormThroughTime, NoNorm
-from snnexp.models import SpecNet, SpikingResNet
-from snnexp.neurons import ALIF, LIF, PLIF
+from snnexp.nn import fusion
+from snnexp.nn.fusion import FusedBlock, Joined, fuse_blocks, original_name
+from snnexp.nn.models import SpecNet, SpikingResNet
+from snnexp.nn.neurons import ALIF, LIF, PLIF
+from snnexp.nn.norms import BatchNormThroughTime, NoNorm
+from snnexp.train.build import build_run
+from snnexp.train.evaluate import evaluate_checkpoint
 from test_experiments import compose_train
 
 OLD_RUN = Path(__file__).parent / "data" / "run_bc51d88"  # `snnexp train trainer.epochs=1` at bc51d88 (unfused)

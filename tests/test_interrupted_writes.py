@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from conftest import run_snnexp
-from snnexp import checkpoint, files
+from snnexp import files
 from snnexp.errors import ExportError
 from snnexp.export import export_checkpoint
+from snnexp.train import checkpoint
 
 # a checkpoint (last.pt, 300 kB for the default network) after each of two steps, then the run ends
 TRAIN = ["trainer.progress=false", "trainer.epochs=1", "trainer.max_steps=2", "trainer.ckpt_every_steps=1"]
@@ -199,7 +200,8 @@ CTRL_C_TWICE = """
 import builtins, os, signal, sys
 from pathlib import Path
 sys.path.insert(0, TESTS)
-from snnexp import checkpoint, cli
+from snnexp import cli
+from snnexp.train import checkpoint
 from test_interrupted_writes import WrappedFile
 
 class CtrlCTwice(WrappedFile):

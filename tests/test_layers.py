@@ -4,8 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from snnexp.layers import BatchNormThroughTime, RateReadout, SeqDropout, ThresholdDependentBatchNorm, VotingReadout
-from snnexp.losses import MSERate
+from snnexp.nn.layers import SeqDropout
+from snnexp.nn.losses import MSERate
+from snnexp.nn.norms import BatchNormThroughTime, ThresholdDependentBatchNorm
+from snnexp.nn.readouts import RateReadout, VotingReadout
 
 
 def gen(seed):
@@ -174,9 +176,9 @@ def test_a_repeated_input_runs_the_first_layers_once_with_the_numbers_of_t_copie
     import copy
     from functools import partial
 
-    from snnexp.encoders import DirectEncoder
-    from snnexp.models import SpecNet
-    from snnexp.neurons import PLIF
+    from snnexp.nn.encoders import DirectEncoder
+    from snnexp.nn.models import SpecNet
+    from snnexp.nn.neurons import PLIF
 
     torch.manual_seed(0)
     net = SpecNet(spec, (1, 8, 8), 10, partial(PLIF, v_threshold=0.3), partial(norm, momentum=momentum),

@@ -11,10 +11,10 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import run_snnexp
-from snnexp.engine import build_model
 from snnexp.errors import ModelError
 from snnexp.export import to_nir
-from snnexp.layers import LeakyIntegrator, MembraneReadout
+from snnexp.nn.readouts import LeakyIntegrator, MembraneReadout
+from snnexp.train.build import build_model
 
 
 def _explicit(x_seq, tau):
@@ -52,32 +52,32 @@ def test_max_reads_the_largest_potential_over_time():
 
 def _cfg(readout, spec="FC16-BN-SN-FC10-SN"):
     return OmegaConf.create({
-        "model": {"_target_": "snnexp.models.SpecNet", "spec": spec},
+        "model": {"_target_": "snnexp.nn.models.SpecNet", "spec": spec},
         "readout": readout,
-        "neuron": {"_target_": "snnexp.neurons.LIF", "_partial_": True},
-        "surrogate": {"_target_": "snnexp.surrogate.ATan"},
-        "norm": {"_target_": "snnexp.layers.BatchNormThroughTime", "_partial_": True},
+        "neuron": {"_target_": "snnexp.nn.neurons.LIF", "_partial_": True},
+        "surrogate": {"_target_": "snnexp.nn.surrogate.ATan"},
+        "norm": {"_target_": "snnexp.nn.norms.BatchNormThroughTime", "_partial_": True},
     })
 
 
 def test_build_model_puts_the_integrator_in_place_of_the_last_spiking_layer():
-    readout = {"_target_": "snnexp.layers.MembraneReadout", "reduce": "max", "tau": 4.0}
+    readout = {"_target_": "snnexp.nn.readouts.MembraneReadout", "reduce": "max", "tau": 4.0}
     model = build_model(_cfg(readout), [64], 10)
     assert isinstance(model[-1], LeakyIntegrator) and model[-1].tau == 4.0
-    rate_model = build_model(_cfg({"_target_": "snnexp.layers.RateReadout"}), [64], 10)
+    rate_model = build_model(_cfg({"_target_": "snnexp.nn.readouts.RateReadout"}), [64], 10)
     assert type(rate_model[-1]).__name__ == "LIF"  # the rate readout keeps the spiking output
     out = model(torch.rand(5, 2, 64))
     assert out.shape == (5, 2, 10) and not set(out.unique().tolist()) <= {0.0, 1.0}  # potentials, not spikes
 
 
 def test_a_network_that_does_not_end_with_a_spiking_layer_is_refused():
-    readout = {"_target_": "snnexp.layers.MembraneReadout", "reduce": "max"}
+    readout = {"_target_": "snnexp.nn.readouts.MembraneReadout", "reduce": "max"}
     with pytest.raises(ModelError, match=r"ends with SeqToANN: end the network with FC<classes>-SN"):
         build_model(_cfg(readout, "FC16-BN-SN-FC100-SN-APk10s10"), [64], 10)
 
 
 def test_export_writes_the_output_neurons_as_nir_leaky_integrators():
-    readout = {"_target_": "snnexp.layers.MembraneReadout", "reduce": "last", "tau": 5.0}
+    readout = {"_target_": "snnexp.nn.readouts.MembraneReadout", "reduce": "last", "tau": 5.0}
     graph = to_nir(build_model(_cfg(readout), [64], 10), [64], dt=1e-3)
     li = [node for node in graph.nodes.values() if isinstance(node, nir.LI)]
     assert len(li) == 1

@@ -1,5 +1,5 @@
 """A training step's memory is estimated before the first step, and a setting that cannot fit is refused with one line
-(issue 28): snnexp.memory and its call in engine.setup."""
+(issue 28): snnexp.train.memory and its call in engine.setup."""
 
 import logging
 import time
@@ -11,10 +11,10 @@ from hydra.utils import instantiate
 from torch import nn
 
 from conftest import run_snnexp
-from snnexp import memory
-from snnexp.engine import build_model
 from snnexp.errors import ConfigError
-from snnexp.fusion import FusedBlock, fuse_blocks
+from snnexp.nn.fusion import FusedBlock, fuse_blocks
+from snnexp.train import memory
+from snnexp.train.build import build_model
 from test_experiments import EXPERIMENTS, compose_train
 
 GIB = 2**30

@@ -1,4 +1,4 @@
-"""trainer.micro_batch: a batch run in pieces, one optimizer step for all (snnexp.engine._backward_in_pieces). Where
+"""trainer.micro_batch: a batch run in pieces, one optimizer step for all (train/epoch.py, _backward_in_pieces). Where
 no layer mixes samples the step is the whole batch's: each piece's mean loss weighted by its share of the batch,
 so its gradients sum to the batch's mean-loss gradient."""
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import run_snnexp
-from snnexp import engine
+from snnexp.train import build, epoch, loop
 from test_ddp import NET, torchrun, weights
 from test_resume import compose_train
 
@@ -16,13 +16,13 @@ from test_resume import compose_train
 def one_batch_gradients(micro_batch, *overrides):
     """The gradients, scores and loss of the first training batch (64 digits) with trainer.micro_batch."""
     cfg = compose_train(*NET, f"trainer.micro_batch={micro_batch}", *overrides)
-    engine.seed_everything(0)
-    run = engine.build_run(cfg, torch.device("cpu"))
-    state = engine.new_train_state(run)
-    x, y = next(iter(engine.make_loader(run.splits.train, cfg, train=True)))
+    build.seed_everything(0)
+    run = build.build_run(cfg, torch.device("cpu"))
+    state = loop.new_train_state(run)
+    x, y = next(iter(build.make_loader(run.splits.train, cfg, train=True)))
     run.model.train()
     state.optimizer.zero_grad(set_to_none=True)
-    scores, loss, failed = engine._backward_in_pieces(run, state, x, y)
+    scores, loss, failed = epoch._backward_in_pieces(run, state, x, y)
     assert failed is None
     return {n: p.grad.clone() for n, p in run.model.named_parameters()}, scores, loss, (run, x, y)
 
@@ -32,7 +32,7 @@ def test_the_pieces_gradients_sum_to_the_whole_batchs_gradient(micro_batch):
     whole, scores, loss, (run, x, y) = one_batch_gradients("null")
     pieces, piece_scores, piece_loss, _ = one_batch_gradients(micro_batch)
     # against the equation: the batch's mean loss, computed here in one piece, without the engine
-    assert loss == pytest.approx(run.loss_fn(engine.forward(run, x), y).item(), rel=1e-6)
+    assert loss == pytest.approx(run.loss_fn(epoch.forward(run, x), y).item(), rel=1e-6)
     assert piece_loss == pytest.approx(loss, rel=1e-5)
     assert torch.allclose(piece_scores, scores, atol=1e-5)
     assert whole.keys() == pieces.keys()

@@ -9,8 +9,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from conftest import REPO, run_snnexp
-from snnexp.layers import BatchNormThroughTime, NeuNorm
-from snnexp.neurons import PLIF, STBPLIF
+from snnexp.nn.neurons import PLIF, STBPLIF
+from snnexp.nn.norms import BatchNormThroughTime, NeuNorm
 
 
 @pytest.mark.parametrize("name,input_shape,classes,convs,fcs", [

@@ -2,9 +2,9 @@
 
 import torch
 
-from snnexp.layers import NeuNorm
-from snnexp.models import SpecNet
-from snnexp.neurons import LIF
+from snnexp.nn.models import SpecNet
+from snnexp.nn.neurons import LIF
+from snnexp.nn.norms import NeuNorm
 
 
 def test_conv_maps_follow_the_equation():

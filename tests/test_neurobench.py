@@ -1,4 +1,4 @@
-"""Our NeuroBench set (snnexp.activity, snnexp.cost) against the neurobench package's own Benchmark [Yik 2025] on
+"""Our NeuroBench set (report/activity.py, report/cost.py) against the neurobench package's own Benchmark [Yik 2025] on
 the same network and the same encoded inputs: effective ACs and MACs, dense operations, activation sparsity,
 footprint, parameter count and connection sparsity, for direct, Poisson and latency coding, event frames, pruned
 layers and a SEW-ResNet; and the wrapper's duties (batch-first data, errors NeuroBench would turn into 0.0).
@@ -19,14 +19,15 @@ from torch.utils.data import DataLoader, Subset, TensorDataset
 from conftest import run_snnexp
 from event_writers import make_nmnist
 from snnexp.cli import conf_dir
-from snnexp.engine import build_run, evaluate, make_loader, neurobench_results
-from snnexp.fusion import FusedBlock
-from snnexp.layers import RateReadout
-from snnexp.neurons import IF
+from snnexp.nn.fusion import FusedBlock
+from snnexp.nn.neurons import IF
+from snnexp.nn.readouts import RateReadout
+from snnexp.train.build import build_run, make_loader
+from snnexp.train.evaluate import evaluate, neurobench_results
 
 pytest.importorskip("neurobench")
 
-from snnexp.harness import TimeMajorModel, run_benchmark  # noqa: E402  (needs neurobench)
+from snnexp.report.neurobench import TimeMajorModel, run_benchmark  # noqa: E402  (needs neurobench)
 
 SPIKY = ["neuron=if", "neuron.v_threshold=0.2", "trainer.T=4", "trainer.batch_size=16", "trainer.device=cpu"]
 
@@ -68,7 +69,7 @@ def test_direct_coding_the_first_layer_does_macs():
 
 @pytest.mark.parametrize("encoder", ["poisson", "latency"])
 def test_spike_coding_is_all_acs(encoder):
-    """The network as `snnexp train` builds it, with fused blocks (snnexp.fusion): NeuroBench's hooks on the neurons
+    """The network as `snnexp train` builds it, with fused blocks (snnexp.nn.fusion): NeuroBench's hooks on the neurons
     inside them make the blocks run their layers apart, so its counts see every spike."""
     blocks = []
     ours, theirs = ours_and_theirs(f"encoder={encoder}", change=lambda model: blocks.extend(
@@ -125,7 +126,7 @@ def test_sew_resnet(connection):
 
 @pytest.mark.parametrize("encoder", ["direct", "poisson"])
 def test_recurrent_network(encoder):
-    """RFC16 (snnexp.recurrent): NeuroBench hooks its W_in and W_rec like any Linear, once per call (W_rec once per
+    """RFC16 (snnexp.nn.recurrent): NeuroBench hooks its W_in and W_rec like any Linear, once per call (W_rec once per
     step from the second on) and takes the layer as one activation layer; our counts are the same."""
     ours, theirs = ours_and_theirs(f"encoder={encoder}", "model=rsnn", "model.hidden=[16]")
     assert_same(ours, theirs)

@@ -15,8 +15,8 @@ import math
 import pytest
 import torch
 
-from snnexp.neurons import IF, LIF, PLIF, if_multistep, lif_multistep
-from snnexp.surrogate import ATan, Rect
+from snnexp.nn.neurons import IF, LIF, PLIF, if_multistep, lif_multistep
+from snnexp.nn.surrogate import ATan, Rect
 
 F64 = torch.float64
 

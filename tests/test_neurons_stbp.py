@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from snnexp.neurons import STBPLIF
-from snnexp.surrogate import Rect
+from snnexp.nn.neurons import STBPLIF
+from snnexp.nn.surrogate import Rect
 
 
 def stbp_explicit(current, k, v_th, surrogate):

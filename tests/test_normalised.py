@@ -1,4 +1,4 @@
-"""BN through time joined with the spiking layer after it (snnexp.neurons.normalised) against the layers run apart
+"""BN through time joined with the spiking layer after it (snnexp.ops.normalised) against the layers run apart
 (BN's own forward, which tests/test_layers.py checks against PyTorch's BN of the T copies): spikes, every gradient
 (input, BN's weight and bias, the neuron's tau) and BN's running statistics, in training and in eval mode, for each
 neuron, reset, surrogate and layout the kernels take, with and without the max pool after the neuron."""
@@ -8,12 +8,13 @@ import torch
 from torch import nn
 
 from kernel_neurons import NEURONS, SURROGATES, over_a_block
-from snnexp.fusion import FusedBlock, fuse_blocks
-from snnexp.layers import BatchNormThroughTime, SeqToANN, ThresholdDependentBatchNorm, run_layers
-from snnexp.models import SpecNet
-from snnexp.neurons import PLIF
-from snnexp.pooling import MaxPool2d
-from snnexp.surrogate import ATan
+from snnexp.nn.fusion import FusedBlock, fuse_blocks
+from snnexp.nn.layers import SeqToANN, run_layers
+from snnexp.nn.models import SpecNet
+from snnexp.nn.neurons import PLIF
+from snnexp.nn.norms import BatchNormThroughTime, ThresholdDependentBatchNorm
+from snnexp.nn.pooling import MaxPool2d
+from snnexp.nn.surrogate import ATan
 
 F64 = torch.float64
 
@@ -163,7 +164,7 @@ def test_a_network_joins_every_bn_and_trains_alike(count_joins):
 
 
 def test_an_unfused_network_runs_every_layer_apart(count_joins):
-    """trainer.join_layers=false (snnexp.engine then leaves fuse_blocks out): no BN joins, the same output."""
+    """trainer.join_layers=false (snnexp.train.loop then leaves fuse_blocks out): no BN joins, the same output."""
     joined, apart_net = fuse_blocks(net()), net()
     x = (torch.rand(4, 3, 2, 8, 8, dtype=F64, generator=torch.Generator().manual_seed(2)) < 0.3).to(F64)
     before = count_joins()
@@ -172,7 +173,7 @@ def test_an_unfused_network_runs_every_layer_apart(count_joins):
 
 
 def test_direct_coding_runs_the_first_bn_apart(count_joins):
-    """With one image repeated over T (direct coding) the first BN runs once on [B, ...] (snnexp.layers): there the
+    """With one image repeated over T (direct coding) the first BN runs once on [B, ...] (snnexp.nn.layers): there the
     join gains nothing (bench/bench_train_step.py), so only the later blocks' BNs join."""
     model = fuse_blocks(net())
     image = torch.rand(3, 2, 8, 8, dtype=F64)
@@ -204,8 +205,8 @@ def test_one_value_per_channel_is_bns_own_error(count_joins):
 def test_without_the_cpu_kernels_bn_runs_apart_and_the_op_refuses_a_bn(monkeypatch, count_joins):
     """No C compiler: the network runs BN as its own layer (the reference neurons cannot take it), and handing the op
     a BN anyway is an error rather than a BN silently left out."""
-    from snnexp.neurons import fused
-    from snnexp.neurons.normalised import batch_norm
+    from snnexp.ops import fused
+    from snnexp.ops.normalised import batch_norm
 
     layers = block(PLIF(), 4)
     x = sequence((3, 2, 4, 6, 6))

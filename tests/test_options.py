@@ -7,7 +7,7 @@ from hydra import compose, initialize_config_dir
 
 from snnexp.cli import conf_dir
 from snnexp.config import validate
-from snnexp.engine import fit
+from snnexp.train.loop import fit
 
 OPTIONS = [
     "model=mlp", "model=fc", "neuron=if", "neuron=lif", "neuron=stbp", "norm=tdbn", "norm=none", "norm=neunorm",

@@ -11,8 +11,8 @@ sj = pytest.importorskip("spikingjelly.activation_based", reason="SpikingJelly (
 from spikingjelly.activation_based import neuron as sj_neuron  # noqa: E402
 from spikingjelly.activation_based import surrogate as sj_surrogate  # noqa: E402
 
-from snnexp import surrogate as ours_surrogate  # noqa: E402
-from snnexp.neurons import IF, LIF, PLIF  # noqa: E402
+from snnexp.nn import surrogate as ours_surrogate  # noqa: E402
+from snnexp.nn.neurons import IF, LIF, PLIF  # noqa: E402
 
 SURROGATES = {  # ours, SpikingJelly's: the same function (docs/science.md, section 2)
     "atan": (lambda: ours_surrogate.ATan(2.0), lambda: sj_surrogate.ATan(alpha=2.0)),

@@ -1,4 +1,4 @@
-"""A spiking layer and the tiling max pool after it as one op (snnexp.neurons.pooled) against the two layers run
+"""A spiking layer and the tiling max pool after it as one op (snnexp.ops.pooled) against the two layers run
 apart: pooled spikes and every gradient equal, for each neuron, reset, surrogate and layout the fused kernel takes;
 the network runs it where it applies and runs the layers apart where a hook watches them."""
 
@@ -6,12 +6,13 @@ import pytest
 import torch
 
 from kernel_neurons import NEURONS, SURROGATES, over_a_block
-from snnexp.fusion import fuse_blocks
-from snnexp.layers import BatchNormThroughTime, Repeated, run_layers
-from snnexp.models import SpecNet
-from snnexp.neurons import PLIF
-from snnexp.neurons.pooled import _lif_pool_op, lif_max_pool
-from snnexp.pooling import MaxPool2d
+from snnexp.nn.fusion import fuse_blocks
+from snnexp.nn.layers import Repeated, run_layers
+from snnexp.nn.models import SpecNet
+from snnexp.nn.neurons import PLIF
+from snnexp.nn.norms import BatchNormThroughTime
+from snnexp.nn.pooling import MaxPool2d
+from snnexp.ops.pooled import _lif_pool_op, lif_max_pool
 
 F64 = torch.float64
 
@@ -93,7 +94,7 @@ def test_the_custom_op_checks():
 
 
 def net():
-    """The PLIF paper's blocks, fused (snnexp.fusion)."""
+    """The PLIF paper's blocks, fused (snnexp.nn.fusion)."""
     torch.manual_seed(0)
     return fuse_blocks(SpecNet("{c8k3s1-BN-SN-MPk2s2}*2-FC10-SN", (1, 8, 8), 10, PLIF, BatchNormThroughTime).double())
 

@@ -1,13 +1,13 @@
-"""snnexp.pooling.MaxPool2d against PyTorch's max_pool2d: the same maxima, the same tie-breaking and NaN rule,
+"""snnexp.nn.pooling.MaxPool2d against PyTorch's max_pool2d: the same maxima, the same tie-breaking and NaN rule,
 the same gradients, in both memory orders; settings the kernel does not take fall back to PyTorch's."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from snnexp.models import SpecNet
-from snnexp.neurons import LIF
-from snnexp.pooling import MaxPool2d, _pool_op, max_pool_tiled
+from snnexp.nn.models import SpecNet
+from snnexp.nn.neurons import LIF
+from snnexp.nn.pooling import MaxPool2d, _pool_op, max_pool_tiled
 
 ORDERS = [torch.channels_last, torch.contiguous_format]
 

@@ -1,4 +1,4 @@
-"""The recurrent spiking layer RFCn (snnexp.recurrent) against its equations written out here, in float64:
+"""The recurrent spiking layer RFCn (snnexp.nn.recurrent) against its equations written out here, in float64:
 
     I[t] = BN(W_in x)[t] + W_rec s[t-1],  s[-1] = 0        (BN: the configured norm; none in most tests)
     H[t] = charge(V[t-1], I[t]);  s[t] = Heaviside(H[t] - V_th);  V[t] = reset(H[t], s[t])     (docs/science.md, 1)
@@ -17,15 +17,16 @@ import pytest
 import torch
 
 from conftest import run_snnexp
-from snnexp.activity import Activity, spiking_layers
-from snnexp.cost import static_metrics
 from snnexp.errors import ModelError, SpecError
 from snnexp.export import chain, describe, to_nir
-from snnexp.layers import BatchNormThroughTime, NoNorm, Repeated
-from snnexp.models import RSNN, SpecNet, format_spec, parse_spec
-from snnexp.models.spec import Layer
-from snnexp.neurons import IF, LIF, PLIF, STBPLIF
-from snnexp.recurrent import RecurrentFC
+from snnexp.nn.layers import Repeated
+from snnexp.nn.models import RSNN, SpecNet, format_spec, parse_spec
+from snnexp.nn.models.spec import Layer
+from snnexp.nn.neurons import IF, LIF, PLIF, STBPLIF
+from snnexp.nn.norms import BatchNormThroughTime, NoNorm
+from snnexp.nn.recurrent import RecurrentFC
+from snnexp.report.activity import Activity, spiking_layers
+from snnexp.report.cost import static_metrics
 
 F64 = torch.float64
 ALPHA = 2.0
@@ -33,7 +34,7 @@ ALPHA = 2.0
 
 def spike(u):
     """Heaviside(u) forward (1 at u = 0), the derivative of atan(pi/2 alpha u) / pi backward: written here, not
-    taken from snnexp.surrogate."""
+    taken from snnexp.nn.surrogate."""
     smooth = torch.atan(math.pi / 2 * ALPHA * u) / math.pi
     return (u >= 0).to(u.dtype) + (smooth - smooth.detach())  # exactly 0 forward
 

@@ -9,11 +9,11 @@ import torch
 import torchvision
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from snnexp import fusion
-from snnexp.layers import BatchNormThroughTime, NoNorm
-from snnexp.models import ModelError, SpikingResNet
-from snnexp.models.resnet import CONNECTIONS, Block
-from snnexp.neurons import IF, PLIF
+from snnexp.nn import fusion
+from snnexp.nn.models import ModelError, SpikingResNet
+from snnexp.nn.models.resnet import CONNECTIONS, Block
+from snnexp.nn.neurons import IF, PLIF
+from snnexp.nn.norms import BatchNormThroughTime, NoNorm
 
 PLIF_ = partial(PLIF, detach_reset=True)
 
@@ -79,7 +79,7 @@ def assert_same_run(a, b, x, input_a=lambda x: x, input_b=lambda x: x):
 
 @pytest.mark.parametrize("connection", CONNECTIONS)
 def test_joined_layers_equal_the_layers_apart(connection, count_joins):
-    """Each BN-SN of the stem, the bodies and the shortcuts runs as one op (snnexp.neurons.normalised), with the same
+    """Each BN-SN of the stem, the bodies and the shortcuts runs as one op (snnexp.ops.normalised), with the same
     spikes, gradients and BN statistics as every layer apart (unfused, what trainer.join_layers=false builds), in
     float64. ResNet-18: the stem's, one in each of the 8 bodies, and with SEW connections (add, iand) the last one of
     each body (its own neuron) and the 3 downsampling shortcuts'."""
@@ -92,7 +92,7 @@ def test_joined_layers_equal_the_layers_apart(connection, count_joins):
 
 def test_direct_coding_runs_the_stem_once():
     """One image repeated over T (the direct encoder's view, time stride 0): the stem's conv and BN run once on
-    [B, ...] (snnexp.layers.run_layers), with the spikes, gradients and BN statistics of T materialised copies."""
+    [B, ...] (snnexp.nn.layers.run_layers), with the spikes, gradients and BN statistics of T materialised copies."""
     once = resnet("add")
     copies = copy.deepcopy(once)
     seen = []
@@ -113,7 +113,7 @@ def test_resnet_trains_and_logs_gradient_norms_per_layer(tmp_path):
     from hydra import compose, initialize_config_dir
 
     from snnexp.cli import conf_dir
-    from snnexp.engine import fit
+    from snnexp.train.loop import fit
 
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[

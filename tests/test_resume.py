@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from conftest import run_snnexp
 from snnexp.cli import conf_dir
-from snnexp.engine import fit
+from snnexp.train.loop import fit
 
 # Poisson input and a 2-epoch run: the RNG state and the data order both matter for the result
 ARGS = ["trainer.epochs=2", "trainer.ckpt_every_steps=5", "trainer.progress=false", "encoder=poisson", "trainer.T=8"]
@@ -173,7 +173,7 @@ def test_deterministic_switch_trains(tmp_path):
 
 
 def test_a_full_disk_at_a_checkpoint_is_reported_and_keeps_the_previous_one(tmp_path, monkeypatch):
-    from snnexp import checkpoint
+    from snnexp.train import checkpoint
 
     cfg = compose_train("trainer.epochs=2")
     fit(cfg, tmp_path, hparams={})

@@ -12,9 +12,11 @@ import torch
 from torch.utils.data import Subset
 
 from conftest import run_snnexp
-from snnexp import checkpoint, data
-from snnexp.engine import evaluate_checkpoint, fit
+from snnexp import data
 from snnexp.errors import CheckpointError
+from snnexp.train import checkpoint
+from snnexp.train.evaluate import evaluate_checkpoint
+from snnexp.train.loop import fit
 from test_resume import compose_train, scalar_steps, start
 
 SMALL = ["model=mlp", "trainer.T=2", "trainer.progress=false"]  # learns within 2 epochs: 0.4 s each

@@ -7,11 +7,12 @@ import pytest
 import torch
 from torch import nn
 
-import snnexp.models
-from snnexp.layers import BatchNormThroughTime, SeqDropout
-from snnexp.models import MLP, SpecNet
-from snnexp.models.spec import Layer, Repeat, SpecError, expand, format_spec, parse_spec
-from snnexp.neurons import LIF
+import snnexp.nn.models
+from snnexp.nn.layers import SeqDropout
+from snnexp.nn.models import MLP, SpecNet
+from snnexp.nn.models.spec import Layer, Repeat, SpecError, expand, format_spec, parse_spec
+from snnexp.nn.neurons import LIF
+from snnexp.nn.norms import BatchNormThroughTime
 
 # (canonical spec, number of layers after expanding the repeats)
 PAPER_SPECS = [
@@ -170,12 +171,12 @@ def test_specnet_voting_layer_averages_groups_of_ten():
 
 @pytest.mark.parametrize("num_outputs", [100, 9, 1])
 def test_specnet_wrong_num_outputs_raises_model_error(num_outputs):
-    with pytest.raises(snnexp.models.ModelError):
+    with pytest.raises(snnexp.nn.models.ModelError):
         SpecNet(MNIST_SPEC, (1, 28, 28), num_outputs, neuron=NEURON, norm=NORM)
 
 
 def test_specnet_conv_on_flat_input_raises_model_error():
-    with pytest.raises(snnexp.models.ModelError):
+    with pytest.raises(snnexp.nn.models.ModelError):
         SpecNet("c8k3-FC10-SN", (784,), 10, neuron=NEURON, norm=NORM)
 
 
@@ -213,13 +214,13 @@ def test_mlp_hidden_layers_spec():
 # a typing slip that would build (or expand) gigabytes of layers, or overflow Python's stack (issue 28)
 BEYOND_THE_LIMITS = [
     ("{FC10-SN}*999999999999", "model.spec repeats a group 999999999999 times (at position 9), more than the limit "
-                               "of 10000 (snnexp.models.spec.MAX_REPEAT): lower the count"),
+                               "of 10000 (snnexp.nn.models.spec.MAX_REPEAT): lower the count"),
     ("{{{FC10-SN}*100}*100}*100", "model.spec expands to 2000000 layers, more than the limit of 10000 "
-                                  "(snnexp.models.spec.MAX_LAYERS): lower the repeat counts '{...}*n'"),
+                                  "(snnexp.nn.models.spec.MAX_LAYERS): lower the repeat counts '{...}*n'"),
     ("{" * 200 + "FC10-SN" + "}*1" * 200, "model.spec nests groups '{...}' deeper than the limit of 32 levels "
-                                          "(snnexp.models.spec.MAX_NESTING), at position 32: nest fewer groups"),
+                                          "(snnexp.nn.models.spec.MAX_NESTING), at position 32: nest fewer groups"),
     ("{FC10-SN}*" + "9" * 5000, "model.spec repeats a group 99999999999999999999... (5000 digits) times (at "
-                                "position 9), more than the limit of 10000 (snnexp.models.spec.MAX_REPEAT): lower "
+                                "position 9), more than the limit of 10000 (snnexp.nn.models.spec.MAX_REPEAT): lower "
                                 "the count"),
 ]
 
@@ -235,7 +236,7 @@ def test_a_spec_beyond_the_limits_is_refused_at_once_naming_the_limit(spec, mess
 
 def test_the_limits_are_far_above_the_papers_networks_and_exact():
     """The deepest spec in conf/ has 27 layers and groups 2 deep; a spec at each limit is taken, one beyond refused."""
-    limits = snnexp.models.spec
+    limits = snnexp.nn.models.spec
     MAX_LAYERS, MAX_REPEAT, MAX_NESTING = limits.MAX_LAYERS, limits.MAX_REPEAT, limits.MAX_NESTING
     assert (MAX_LAYERS, MAX_REPEAT, MAX_NESTING) == (10_000, 10_000, 32)
     assert len(expand(parse_spec(f"{{FC10-SN}}*{MAX_LAYERS // 2}"))) == MAX_LAYERS

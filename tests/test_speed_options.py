@@ -7,7 +7,9 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from snnexp.cli import conf_dir
-from snnexp.engine import build_run, fit, forward, seed_everything
+from snnexp.train.build import build_run, seed_everything
+from snnexp.train.epoch import forward
+from snnexp.train.loop import fit
 
 COMMON = ["trainer.progress=false", "trainer.batch_size=64"]
 

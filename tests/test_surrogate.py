@@ -1,7 +1,7 @@
 """Surrogate spike functions against docs/science.md, section 2.
 
 Forward: Heaviside, H(x) = 1 for x >= 0.  Backward: the table's derivative, written out here with
-`math` (independently of snnexp.surrogate) and evaluated at several points, for default and other
+`math` (independently of snnexp.nn.surrogate) and evaluated at several points, for default and other
 parameter values.
 """
 
@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from snnexp.surrogate import ATan, FastSigmoid, Rect, Sigmoid, Surrogate, Triangle
+from snnexp.nn.surrogate import ATan, FastSigmoid, Rect, Sigmoid, Surrogate, Triangle
 
 F64 = torch.float64
 POINTS = [-2.0, -0.6, -0.5, -0.3, -0.25, -0.1, -1e-3, 0.0, 1e-3, 0.05, 0.2, 0.25, 0.3, 0.5, 0.7, 1.0, 3.0]

@@ -20,8 +20,8 @@ import yaml
 
 from conftest import run_snnexp
 from snnexp import conf_dir
-from snnexp.checkpoint import stored_config
 from snnexp.errors import CheckpointError
+from snnexp.train.checkpoint import stored_config
 from snnexp.trust import check_replayed, check_stored_config
 
 OLD_RUN = Path(__file__).parent / "data" / "run_d4fc93f"

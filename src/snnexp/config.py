@@ -44,8 +44,9 @@ ConfigStore.instance().store(name="trainer_schema", node=TrainerConfig)
 
 @dataclass
 class EnergyConfig:
-    """Energy per synaptic operation, in picojoules, for the energy estimate (snnexp.cost): the 45 nm CMOS figures
-    of [Horowitz 2014] for 32-bit floats, the ones SNN papers commonly use (conf/energy/45nm.yaml cites them)."""
+    """Energy per synaptic operation, in picojoules, for the energy estimate (snnexp.report.cost): the 45 nm CMOS
+    figures of [Horowitz 2014] for 32-bit floats, the ones SNN papers commonly use (conf/energy/45nm.yaml cites
+    them)."""
 
     ac_pj: float = 0.9   # an accumulate: one add
     mac_pj: float = 4.6  # a multiply-accumulate: one multiply (3.7) and one add (0.9)
@@ -55,7 +56,8 @@ class EnergyConfig:
 ConfigStore.instance().store(name="energy_schema", node=EnergyConfig)
 
 
-START_TIME: Optional[float] = None  # set by snnexp.distributed.setup: the start time all torchrun processes agree on
+# set by snnexp.train.distributed.setup: the start time all torchrun processes agree on
+START_TIME: Optional[float] = None
 
 
 def _start_time(pattern: str) -> str:

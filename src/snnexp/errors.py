@@ -65,6 +65,11 @@ class CompareError(SnnexpError, ValueError):
     """Nothing to compare under the given folders, or an unknown column."""
 
 
+class KernelUnavailable(SnnexpError, RuntimeError):
+    """The CPU kernels cannot be built or loaded here (no C compiler, a failed build): the neurons then run their
+    reference definition, with one warning."""
+
+
 class NonFiniteError(SnnexpError, FloatingPointError):
     """A NaN or inf loss or gradient; the message names the step, the layer and likely causes."""
 

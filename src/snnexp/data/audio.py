@@ -26,9 +26,10 @@ from typing import Dict, Optional
 
 import numpy as np
 
-from snnexp.data.cache import FrameCache, extracted
-from snnexp.data.events import CacheOptions, FrameDataset, _digest, _missing, event_options
+from snnexp.data.archives import extracted
+from snnexp.data.cache import FrameCache
 from snnexp.data.frames import channel_frames
+from snnexp.data.recordings import CacheOptions, FrameDataset, event_options, missing_error, source_digest
 from snnexp.data.static import Splits
 from snnexp.errors import ConfigError, CorruptFile
 
@@ -110,7 +111,8 @@ def _load(release: Release, data_dir, download, roles: Dict[str, str], options) 
         labels = _labels(path)
         # the cache's key: keep this dict as it is, or every cache already built is orphaned and built again
         key = {"dataset": release.name, "split": split, "T": frames.T, "bin_ms": frames.bin_ms,
-               "channels": frames.channels, "on_corrupt": cache.on_corrupt, "files": _digest([str(path)], data_dir)}
+               "channels": frames.channels, "on_corrupt": cache.on_corrupt,
+               "files": source_digest([str(path)], data_dir)}
         built = FrameCache(cache.root(), key)
         built.get_or_build([(str(path), i) for i in range(len(labels))], labels, convert, frames.shape(),
                            cache.workers, cache.on_corrupt, desc=f"{release.name} {split}: spikes -> {frames.T} frames",
@@ -170,7 +172,7 @@ def _not_found(release: Release, root: Path, splits, err: Optional[Exception] = 
         md5 = getattr(cls, f"{split}_md5")
         lines.append(f"  {name:14s} {status};  or its archive {name}.gz (the authors' site) or {name}.zip md5 {md5} "
                      "(tonic's mirror)")
-    return _missing(
+    return missing_error(
         release.folder, root, "\n".join(f"  {root}/{release.file(split)}" for split in splits), "\n".join(lines),
         f"{cls.base_url} (https://zenkelab.org/resources/spiking-heidelberg-datasets-shd/)", err, download)
 

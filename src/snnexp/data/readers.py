@@ -33,77 +33,18 @@ from typing import Tuple
 
 import numpy as np
 
+from snnexp.data.event_checks import (  # noqa: F401
+    MIN_COVERED_LINES,
+    MIN_EVENTS_JUDGED,
+    SIGNATURES,
+    check_events,
+    corrupt,
+    expect_format,
+    what_is,
+)
 from snnexp.errors import CorruptFile, DatasetError
 
 Events = Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # x, y, t (us), p
-
-SIGNATURES = ((b"#!AER-DAT4", "an AEDAT 4.0 file"), (b"#!AER-DAT3", "an AEDAT 3.x file"),
-              (b"#!AER-DAT2", "an AEDAT 2.0 file"), (b"#!AER-DAT1", "an AEDAT 1.0 file"),
-              (b"\x93NUMPY", "a NumPy .npy file"), (b"PK\x03\x04", "a zip archive"), (b"\x1f\x8b", "a gzip archive"))
-
-
-def _corrupt(path, why: str) -> CorruptFile:
-    return CorruptFile(f"{path}: {why}", path=path)
-
-
-def what_is(path) -> str:
-    """What the first bytes of `path` say it is: 'an empty file (0 bytes)', a format from SIGNATURES, or ''
-    (no known signature: N-MNIST's headerless records, or something else)."""
-    with open(path, "rb") as f:
-        head = f.read(16)
-    if not head:
-        return "an empty file (0 bytes)"
-    return next((name for magic, name in SIGNATURES if head.startswith(magic)), "")
-
-
-def _expect(path, expected: str, reader: str) -> None:
-    """Refuse a file whose signature is not `expected` ('' for N-MNIST, which has none)."""
-    found = what_is(path)
-    if found != expected:
-        magic = next((m for m, name in SIGNATURES if name == expected), b"")
-        raise _corrupt(path, f"is {found}, not {reader}" if found else f"does not start with {magic!r}: not {reader}")
-
-
-def _check(path, x, y, t, width, height) -> None:
-    """Refuse no events, an event outside the width x height sensor, a negative or decreasing timestamp, events in
-    a handful of the sensor's columns or rows."""
-    if not len(t):
-        raise _corrupt(path, "holds no events (an empty recording)")
-    outside = np.flatnonzero((x < 0) | (y < 0) | (x >= width) | (y >= height))
-    if len(outside):
-        i = outside[0]
-        raise _corrupt(path, f"event {i} at x={int(x[i])}, y={int(y[i])} lies outside the {width}x{height} sensor "
-                             f"(another sensor's recording, or a damaged file)")
-    negative = np.flatnonzero(t < 0)
-    if len(negative):
-        raise _corrupt(path, f"negative timestamp {int(t[negative[0]])} us at event {negative[0]} (damaged file)")
-    back = np.flatnonzero(np.diff(t) < 0)
-    if len(back):
-        i = back[0] + 1
-        raise _corrupt(path, f"timestamps go backwards at event {i} ({int(t[i - 1])} -> {int(t[i])} us; damaged file)")
-    _check_coverage(path, x, y, width, height)
-
-
-# A camera recording's events spread over its sensor: the 1,000 real N-MNIST recordings in ../shared/data each
-# cover at least 32 of the 34 columns and 31 of the 34 rows, and a CIFAR10-DVS image or a DVS Gesture body fills
-# most of the 128x128, with background-activity events everywhere else. A silicon cochlea's addresses (0-1023) read
-# as DVS128 events fill 4 columns (x = address bits 8-9). 8, twice that, refuses such files and no camera recording.
-MIN_COVERED_LINES = 8
-# Fewer events than this may lie in a few rows by chance, and say too little to judge: a real recording has
-# thousands (N-MNIST's fewest: 1,112), hand-made ones a few.
-MIN_EVENTS_JUDGED = 100
-
-
-def _check_coverage(path, x, y, width, height) -> None:
-    """Refuse events that fill only a handful of the sensor's columns or rows: not a camera's recording."""
-    if len(x) < MIN_EVENTS_JUDGED:
-        return
-    columns, rows = len(np.unique(x)), len(np.unique(y))
-    if min(columns, rows) < MIN_COVERED_LINES:
-        raise _corrupt(path, f"its {len(x)} events lie in {columns} of the {width} columns and {rows} of the "
-                             f"{height} rows of the {width}x{height} sensor: not a recording of the sensor (a "
-                             f"silicon cochlea's or another device's events)")
-
 
 # ----------------------------------------------------------------------------------------------------- N-MNIST
 
@@ -114,13 +55,13 @@ def read_nmnist(path) -> Events:
     from tonic.datasets import NMNIST
     from tonic.io import read_mnist_file
 
-    _expect(path, "", "an N-MNIST recording (5-byte events, no header)")
+    expect_format(path, "", "an N-MNIST recording (5-byte events, no header)")
     size = os.path.getsize(path)
     if size % 5:
-        raise _corrupt(path, f"{size} bytes is not a whole number of 5-byte N-MNIST events (truncated?)")
+        raise corrupt(path, f"{size} bytes is not a whole number of 5-byte N-MNIST events (truncated?)")
     ev = read_mnist_file(str(path), dtype=NMNIST.dtype)
     x, y, t, p = (ev[k].astype(np.int64) for k in ("x", "y", "t", "p"))
-    _check(path, x, y, t, 34, 34)
+    check_events(path, x, y, t, 34, 34)
     return x, y, t, p
 
 
@@ -132,7 +73,7 @@ def _aedat_header(path, expected: str, reader: str) -> Tuple[str, int]:
     '#', up to AEDAT 3.1's '#!END-HEADER' or jAER's '# End Of ASCII Header' line where there is one (after it the
     data may start with a '#' byte). Read here: tonic's read_aedat_header_from_file puts the data one byte before
     the end of a file that holds only a header."""
-    _expect(path, expected, reader)
+    expect_format(path, expected, reader)
     lines = []
     with open(path, "rb") as f:
         for line in f:
@@ -171,20 +112,20 @@ def read_aedat2_dvs128(path) -> Events:
     header, start = _aedat_header(path, "an AEDAT 2.0 file", "an AEDAT 2.0 DVS128 recording")
     chip = _jaer_chip(header)
     if chip and chip.rsplit(".", 1)[-1] not in DVS128_CHIPS:
-        raise _corrupt(path, f"a recording of {_sensor_kind(chip)}, not of a 128x128 DVS128")
+        raise corrupt(path, f"a recording of {_sensor_kind(chip)}, not of a 128x128 DVS128")
     if (os.path.getsize(path) - start) % 8:
-        raise _corrupt(path, "data is not a whole number of 8-byte events (truncated, or not AEDAT 2.0 records)")
+        raise corrupt(path, "data is not a whole number of 8-byte events (truncated, or not AEDAT 2.0 records)")
     ev = get_aer_events_from_file(str(path), 2.0, start)
     addr, t = ev["address"], ev["timeStamp"].astype(np.int64)
     foreign = np.flatnonzero(addr & ~np.uint32(DVS128_ADDRESS_BITS))
     if len(foreign):
         i = foreign[0]
-        raise _corrupt(path, f"event {i} has address 0x{int(addr[i]):08x}, with bits above the DVS128's 16: not a "
+        raise corrupt(path, f"event {i} has address 0x{int(addr[i]):08x}, with bits above the DVS128's 16: not a "
                              f"DVS128 recording (a DAVIS camera's, or a damaged file)")
     pixel = (addr & 0x8000) == 0
     addr, t = addr[pixel], t[pixel]
     x, y, p = (addr >> 8) & 0x7F, (addr >> 1) & 0x7F, addr & 0x1
-    _check(path, x, y, t, 128, 128)
+    check_events(path, x, y, t, 128, 128)
     return x.astype(np.int64), y.astype(np.int64), t, p.astype(np.int64)
 
 
@@ -202,7 +143,7 @@ def _aedat31_sources(path, header: str) -> set:
     other = {i: name for i, name in sources.items() if name.strip() != "DVS128"}
     if other:
         i, name = next(iter(other.items()))
-        raise _corrupt(path, f"its header names source {i}: {name.strip()}, not a 128x128 DVS128")
+        raise corrupt(path, f"its header names source {i}: {name.strip()}, not a 128x128 DVS128")
     return {int(i) for i in sources}
 
 
@@ -213,19 +154,19 @@ def _aedat31_polarity_packets(path, data: np.ndarray, start: int, sources: set):
     while pos < len(data):
         at = start + pos
         if pos + 28 > len(data):
-            raise _corrupt(path, f"truncated packet header at byte {at}")
+            raise corrupt(path, f"truncated packet header at byte {at}")
         h = data[pos:pos + 28].view(AEDAT31_PACKET)[0]
         kind, size, capacity, number = int(h["type"]), int(h["size"]), int(h["capacity"]), int(h["number"])
         if 1 < kind < len(AEDAT31_TYPES):
-            raise _corrupt(path, f"holds {AEDAT31_TYPES[kind]} events (packet at byte {at}): not a DVS128 polarity "
+            raise corrupt(path, f"holds {AEDAT31_TYPES[kind]} events (packet at byte {at}): not a DVS128 polarity "
                                  f"recording")
         if kind not in (0, 1) or size != 8 or h["ts_offset"] != 4 or not 0 <= number <= capacity \
                 or (sources and int(h["source"]) not in sources):
-            raise _corrupt(path, f"corrupt packet header at byte {at} (type {kind}, source {int(h['source'])}, "
+            raise corrupt(path, f"corrupt packet header at byte {at} (type {kind}, source {int(h['source'])}, "
                                  f"event size {size}, {number} of {capacity} events)")
         end = pos + 28 + capacity * size
         if end > len(data):
-            raise _corrupt(path, f"truncated packet at byte {at}")
+            raise corrupt(path, f"truncated packet at byte {at}")
         if kind == 1:
             yield data[pos + 28:pos + 28 + number * 8].view(AEDAT31_POLARITY), int(h["ts_overflow"])
         pos = end
@@ -248,7 +189,7 @@ def read_aedat31_polarity(path) -> Events:
     d = np.concatenate([c[0] for c in chunks]) if chunks else np.zeros(0, np.uint32)
     t = np.concatenate([c[1] for c in chunks]) if chunks else np.zeros(0, np.int64)
     x, y, p = (d >> 17).astype(np.int64), ((d >> 2) & 0x7FFF).astype(np.int64), ((d >> 1) & 0x1).astype(np.int64)
-    _check(path, x, y, t, 128, 128)
+    check_events(path, x, y, t, 128, 128)
     return x, y, t, p
 
 
@@ -259,7 +200,7 @@ def read_gesture_slice(source) -> Events:
     x, y, t, p = read_aedat31_polarity(path)
     keep = (t >= start) & (t < end)
     if not keep.any():
-        raise _corrupt(path, f"no events between t={start} and t={end} us, where its labels put a gesture (the "
+        raise corrupt(path, f"no events between t={start} and t={end} us, where its labels put a gesture (the "
                              f"recording spans {int(t[0])}-{int(t[-1])} us)")
     return x[keep], y[keep], t[keep], p[keep]
 
@@ -279,11 +220,11 @@ def _aedat4_header(path) -> None:
         block = f.read(size) if 0 < size < 1 << 24 else b""
     begin, end = block.find(b"<dv"), block.rfind(b"</dv>")
     if len(block) != size or begin < 0 or end < begin:
-        raise _corrupt(path, "truncated or damaged AEDAT4 header (its stream description is not whole)")
+        raise corrupt(path, "truncated or damaged AEDAT4 header (its stream description is not whole)")
     try:
         ElementTree.fromstring(block[begin:end + 5].decode("utf-8"))
     except (UnicodeDecodeError, ElementTree.ParseError) as e:
-        raise _corrupt(path, f"damaged AEDAT4 header: its stream description is not valid XML ({e})") from None
+        raise corrupt(path, f"damaged AEDAT4 header: its stream description is not valid XML ({e})") from None
 
 
 def _is_panic(e: BaseException) -> bool:
@@ -295,7 +236,7 @@ def read_aedat4_events(path) -> Events:
     """AEDAT4 (CIFAR10-DVS as tonic downloads it) with the `aedat` package that tonic's read_aedat4 wraps, called
     here because tonic's wrapper drops the event stream's size, which must be 128x128. The first event stream is
     read (as tonic does); other streams (frames, IMU, triggers) are not."""
-    _expect(path, "an AEDAT 4.0 file", "an AEDAT4 recording")
+    expect_format(path, "an AEDAT 4.0 file", "an AEDAT4 recording")
     _aedat4_header(path)
     try:
         import aedat
@@ -306,10 +247,10 @@ def read_aedat4_events(path) -> Events:
         streams = decoder.id_to_stream()
         ids = sorted(i for i, s in streams.items() if s["type"] == "events")
         if not ids:
-            raise _corrupt(path, f"has no event stream (its streams: {sorted(s['type'] for s in streams.values())})")
+            raise corrupt(path, f"has no event stream (its streams: {sorted(s['type'] for s in streams.values())})")
         size = (streams[ids[0]]["width"], streams[ids[0]]["height"])
         if size != (128, 128):
-            raise _corrupt(path, f"its event stream is {size[0]}x{size[1]}, not 128x128: a recording of another "
+            raise corrupt(path, f"its event stream is {size[0]}x{size[1]}, not 128x128: a recording of another "
                                  f"sensor (a DAVIS240 is 240x180, a DAVIS346 346x260, a DVXplorer Lite 320x240)")
         packets = [packet["events"] for packet in decoder if packet["stream_id"] == ids[0]]
     except CorruptFile:
@@ -317,31 +258,31 @@ def read_aedat4_events(path) -> Events:
     except BaseException as e:  # the decoder's RuntimeErrors, and its Rust code's panics
         if not (isinstance(e, Exception) or _is_panic(e)):
             raise
-        raise _corrupt(path, f"cannot read as AEDAT4 ({type(e).__name__}: {e})") from None
+        raise corrupt(path, f"cannot read as AEDAT4 ({type(e).__name__}: {e})") from None
     ev = np.concatenate(packets) if packets else np.zeros(0, [("t", "<i8"), ("x", "<u2"), ("y", "<u2"), ("on", "?")])
     x, y, t, p = (ev[k].astype(np.int64) for k in ("x", "y", "t", ev.dtype.names[3]))  # 'on' in aedat's dtype
-    _check(path, x, y, t, 128, 128)
+    check_events(path, x, y, t, 128, 128)
     return x, y, t, p
 
 
 def read_tonic_gesture_npy(path) -> Events:
     """tonic's DVSGesture download: one .npy per gesture, an [N, 4] array with columns x, y, p, t (ms). Refuses
     another array, values that are not finite or (x, y, p) not whole, and a polarity other than 0 or 1."""
-    _expect(path, "a NumPy .npy file", "tonic's DVSGesture .npy")
+    expect_format(path, "a NumPy .npy file", "tonic's DVSGesture .npy")
     try:
         ev = np.load(path, allow_pickle=False)
     except Exception as e:
-        raise _corrupt(path, f"cannot read as .npy ({type(e).__name__}: {e})") from None
+        raise corrupt(path, f"cannot read as .npy ({type(e).__name__}: {e})") from None
     if ev.ndim != 2 or ev.shape[1] != 4 or ev.dtype.kind not in "iuf":
-        raise _corrupt(path, f"holds a {ev.dtype} array of shape {ev.shape}, not tonic's [N, 4] events (x, y, p, t)")
+        raise corrupt(path, f"holds a {ev.dtype} array of shape {ev.shape}, not tonic's [N, 4] events (x, y, p, t)")
     if not np.isfinite(ev).all() or np.abs(ev).max(initial=0) >= 2**40 or np.any(ev[:, :3] != np.round(ev[:, :3])):
-        raise _corrupt(path, "holds values that are not finite or beyond any event's, or an x, y or p that is not "
+        raise corrupt(path, "holds values that are not finite or beyond any event's, or an x, y or p that is not "
                              "a whole number")
     x, y, p = (ev[:, i].astype(np.int64) for i in range(3))
     if np.any((p != 0) & (p != 1)):
-        raise _corrupt(path, f"polarity {int(p[(p != 0) & (p != 1)][0])} is not 0 or 1")
+        raise corrupt(path, f"polarity {int(p[(p != 0) & (p != 1)][0])} is not 0 or 1")
     t = np.round(ev[:, 3] * 1000).astype(np.int64)
-    _check(path, x, y, t, 128, 128)
+    check_events(path, x, y, t, 128, 128)
     return x, y, t, p
 
 

@@ -11,7 +11,8 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 
 from snnexp import cache_home
-from snnexp.data.cache import default_cache_dir, extracted
+from snnexp.data.archives import extracted
+from snnexp.data.cache import default_cache_dir
 from snnexp.errors import DatasetError
 from snnexp.files import atomic_path
 

@@ -1,1 +1,0 @@
-"""Fused multi-step LIF kernels: `cpu` (C, lif_cpu.c) and `cuda` (Triton). snnexp/neurons/fused.py dispatches."""

@@ -1,0 +1,88 @@
+"""The readout config group: from the output layer's spikes (or potentials) [T, B, ...] to class scores [B, K]:
+rates, a voting population per class, or the membrane potential of non-spiking output neurons."""
+
+import torch
+from torch import nn
+
+from snnexp.nn.neurons.functional import charge
+
+__all__ = ["LeakyIntegrator", "MembraneReadout", "RateReadout", "VotingReadout"]
+
+
+class RateReadout(nn.Module):
+    """[T, B, K] output spikes -> [B, K] firing rates (mean over time)."""
+
+    population = 1
+
+    def forward(self, spikes):
+        return spikes.mean(0)
+
+class VotingReadout(RateReadout):
+    """Voting layer (Wu 2019, PLIF): `population` output neurons per class; the class score is the mean
+    firing rate of its population. [T, B, K * population] -> [B, K]."""
+
+    def __init__(self, population: int = 10):
+        super().__init__()
+        if population < 1:
+            raise ValueError(f"readout.population must be >= 1, got {population}")
+        self.population = int(population)
+
+    def forward(self, spikes):
+        rate = spikes.mean(0)
+        return rate.unflatten(-1, (-1, self.population)).mean(-1)
+
+    def extra_repr(self):
+        return f"population={self.population}"
+
+class LeakyIntegrator(nn.Module):
+    """Non-spiking output neurons (the readout layer of the temporal papers [Cramer 2022; Yin 2021]): a LIF
+    membrane without threshold or reset, from rest V[-1] = 0,
+
+        V[t] = V[t-1] + (X[t] - V[t-1]) / tau
+
+    (the LIF charge of docs/science.md section 1 with V_reset = 0). [T, B, K] input currents -> [T, B, K]
+    membrane potentials. A membrane readout puts it in place of the network's last spiking layer."""
+
+    def __init__(self, tau: float = 2.0):
+        super().__init__()
+        if not tau >= 1:
+            raise ValueError(f"readout.tau must be >= 1 (time steps; 1 passes the input through), got {tau}")
+        self.tau = float(tau)
+
+    def forward(self, x_seq):
+        v = torch.zeros_like(x_seq[0])
+        out = []
+        for x in x_seq:
+            v = charge(v, x, 1.0 / self.tau, 0.0, True)
+            out.append(v)
+        return torch.stack(out)
+
+    def extra_repr(self):
+        return f"tau={self.tau}"
+
+class MembraneReadout(nn.Module):
+    """Class scores from the membrane potential of non-spiking output neurons (`LeakyIntegrator`): its maximum
+    over time (`max`, [Cramer 2022]), its mean (`mean`) or its value at the last step (`last`). The network's
+    last spiking layer is replaced by LeakyIntegrator(tau) when the model is built (`output_layer`); the scores
+    are potentials, not rates, so they go to cross-entropy (loss=ce_rate). [T, B, K] -> [B, K]."""
+
+    population = 1
+    REDUCTIONS = ("max", "mean", "last")
+
+    def __init__(self, reduce: str = "max", tau: float = 2.0):
+        super().__init__()
+        if reduce not in self.REDUCTIONS:
+            raise ValueError(f"readout.reduce must be one of {', '.join(self.REDUCTIONS)}, got {reduce!r}")
+        LeakyIntegrator(tau)  # checks tau
+        self.reduce, self.tau = reduce, float(tau)
+
+    def output_layer(self) -> LeakyIntegrator:
+        return LeakyIntegrator(self.tau)
+
+    def forward(self, v_seq):
+        if self.reduce == "max":
+            return v_seq.amax(0)
+        return v_seq.mean(0) if self.reduce == "mean" else v_seq[-1]
+
+    def extra_repr(self):
+        return f"reduce={self.reduce}, tau={self.tau}"

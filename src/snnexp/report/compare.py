@@ -1,0 +1,264 @@
+"""`snnexp compare PATH...`: one table of the runs under the given folders, as text, CSV and Markdown.
+
+A run is any folder with `.hydra/overrides.yaml` (what `snnexp train` leaves). Finished and unfinished
+runs alike: a run still training (or stopped) shows the epochs it has done, so the table works on a sweep
+in progress.
+"""
+
+import argparse
+import csv
+import io
+import json
+import reprlib
+import sys
+from pathlib import Path
+from statistics import mean
+from typing import Any, Callable, Dict, List, Optional
+
+import yaml  # PyYAML, which omegaconf and Hydra require
+
+from snnexp.errors import CheckpointError, CompareError
+
+# NeuroBench's set and the energy estimate, per test sample (report/activity.py, report/cost.py): metrics.json keys;
+# runs written before they existed leave them empty
+COST = ["activation_sparsity", "effective_acs_per_sample", "effective_macs_per_sample", "dense_ops_per_sample",
+        "energy_per_sample_pj", "parameter_count", "footprint_bytes", "connection_sparsity"]
+COLUMNS = ["run", "overrides", "status", "epoch", "best_test_acc", "test_acc", "wall_s", "samples_per_s",
+           "firing_rate", "spikes_per_sample", *COST]
+NUMERIC = {"epoch", "best_test_acc", "test_acc", "wall_s", "samples_per_s", "firing_rate", "spikes_per_sample", *COST}
+# the numbers the table reads from metrics.json (firing_rate, one per layer, is checked on its own)
+NUMBERS_READ = ["epoch", "best_test_acc", "test_acc", "wall_s", "train_samples_per_s", "spikes_per_sample", *COST]
+
+
+def find_runs(paths: List[Path]) -> Dict[Path, Path]:
+    """Every run under the given folders -> the folder it was found under."""
+    runs = {}
+    for root in paths:
+        if not root.exists():
+            raise CompareError(f"{root} does not exist")
+        for marker in [root / ".hydra" / "overrides.yaml", *root.rglob(".hydra/overrides.yaml")]:
+            if _present(marker):  # a folder of that name too: a damaged run, which row() reports
+                runs.setdefault(marker.parent.parent.resolve(), root.resolve())
+    return dict(sorted(runs.items()))
+
+
+def _present(path: Path) -> bool:
+    return path.exists() or path.is_symlink()  # a broken link is a damaged file, not a missing one
+
+
+def _read(path: Path, parse: Callable[[str], Any]) -> Any:
+    """A run file, parsed; a CheckpointError that names the file and what is wrong with it."""
+    try:
+        return parse(path.read_text())
+    except IsADirectoryError:
+        raise CheckpointError(f"{path} is a folder, not a file") from None
+    except OSError as e:
+        raise CheckpointError(f"{path} cannot be read: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{path} is not text: damaged, or not written by snnexp") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise CheckpointError(f"{path} is not valid YAML: {getattr(e, 'problem', None) or e}{where}") from None
+    except ValueError as e:  # json's errors, and its refusal of an integer of over 4300 digits
+        raise CheckpointError(f"{path} is not valid JSON (truncated or damaged): {e}") from None
+
+
+def _is_number(value) -> bool:
+    """A finite JSON number. json reads NaN and Infinity too, which would sort anywhere, and integers too large for a
+    float, which the formatting cannot print: the comparison with the largest float is False for all three."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) <= sys.float_info.max
+
+
+def _metrics(run: Path) -> Dict:
+    """metrics.json, checked: an object whose numbers the table reads are numbers or absent (null counts as absent)."""
+    path = run / "metrics.json"
+    if not _present(path):
+        return {}  # a run still in its first epoch
+    metrics = _read(path, json.loads)
+    if not isinstance(metrics, dict):
+        raise CheckpointError(f"{path} holds {reprlib.repr(metrics)}, not an object of metrics (name: value)")
+    for key in NUMBERS_READ:
+        if metrics.get(key) is not None and not _is_number(metrics[key]):
+            raise CheckpointError(f"{path}: {key} is {reprlib.repr(metrics[key])}, not a number")
+    rates = metrics.get("firing_rate") or {}
+    if not isinstance(rates, dict) or not all(_is_number(v) for v in rates.values()):
+        raise CheckpointError(f"{path}: firing_rate is {reprlib.repr(rates)}, not a number per layer")
+    return metrics
+
+
+def _epochs(run: Path) -> Optional[int]:
+    """trainer.epochs in the run's .hydra/config.yaml; None without it (an eval folder has none)."""
+    path = run / ".hydra" / "config.yaml"
+    if not _present(path):
+        return None
+    cfg = _read(path, yaml.safe_load)
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{path} holds {reprlib.repr(cfg)}, not a mapping of settings")
+    trainer = cfg.get("trainer") or {}
+    if not isinstance(trainer, dict):
+        raise CheckpointError(f"{path}: trainer is {reprlib.repr(trainer)}, not a group of settings")
+    epochs = trainer.get("epochs")
+    if epochs is not None and (not isinstance(epochs, int) or isinstance(epochs, bool)):
+        raise CheckpointError(f"{path}: trainer.epochs is {reprlib.repr(epochs)}, not a whole number")
+    return epochs
+
+
+def _overrides(run: Path) -> str:
+    path = run / ".hydra" / "overrides.yaml"
+    items = _read(path, yaml.safe_load) or []  # Hydra writes [] for none; an empty file means none too
+    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+        raise CheckpointError(f"{path} holds {reprlib.repr(items)}, not a list of overrides (key=value)")
+    return " ".join(sorted(i for i in items if not i.startswith(("resume=", "hydra.", "trainer.progress"))))
+
+
+def row(run: Path, base: Optional[Path] = None) -> Dict:
+    """One run's line: what metrics.json says so far (nothing yet for a run still in its first epoch). A run file
+    that cannot be read, or holds what snnexp does not write, raises CheckpointError naming it."""
+    metrics, epochs = _metrics(run), _epochs(run)
+    rates = metrics.get("firing_rate") or {}
+    if not metrics:
+        status = "started"
+    elif "checkpoint" in metrics:  # snnexp eval's folder: one test pass of a checkpoint
+        status = "eval"
+    elif epochs is not None and (metrics.get("epoch") or 0) >= epochs:  # null: no epoch done
+        status = "done"
+    else:
+        status = f"{metrics.get('epoch') or 0}/{epochs} epochs"
+    name = str(run.relative_to(base)) if base is not None and run != base and run.is_relative_to(base) else str(run)
+    return {
+        "run": name,
+        "overrides": _overrides(run),
+        "status": status,
+        "epoch": metrics.get("epoch"),
+        "best_test_acc": metrics.get("best_test_acc"),
+        "test_acc": metrics.get("test_acc"),
+        "wall_s": metrics.get("wall_s"),
+        "samples_per_s": metrics.get("train_samples_per_s"),
+        "firing_rate": mean(rates.values()) if rates else None,
+        "spikes_per_sample": metrics.get("spikes_per_sample"),  # per test sample
+        **{key: metrics.get(key) for key in COST},
+    }
+
+
+def table(paths: List[Path], sort: str = "best_test_acc", ascending: bool = False) -> List[Dict]:
+    if sort not in COLUMNS:
+        raise CompareError(f"cannot sort by '{sort}': use one of {', '.join(COLUMNS)}")
+    where = ", ".join(map(str, paths))
+    runs = find_runs(paths)
+    if not runs:
+        raise CompareError(f"no snnexp runs under {where} (a run has .hydra/overrides.yaml)")
+    rows, skipped = _rows(runs, several=len(paths) > 1)
+    if not rows:
+        more = f"; and {len(skipped) - 1} more, in the warnings above" if len(skipped) > 1 else ""
+        raise CompareError(f"no runs to compare under {where}: {len(skipped)} found, skipped for a damaged file "
+                           f"({skipped[0]}{more})")
+    present = [r for r in rows if r[sort] is not None]
+    missing = [r for r in rows if r[sort] is None]
+    present.sort(key=lambda r: r[sort], reverse=not ascending)
+    return present + missing  # runs without the value (not started) go last either way
+
+
+def _rows(runs: Dict[Path, Path], several: bool):
+    """The runs' lines, and what was wrong with each run skipped: a damaged run is reported on stderr and left out,
+    so that one bad folder in a sweep does not hide the others."""
+    rows, skipped = [], []
+    for run, base in runs.items():
+        try:
+            r = row(run, base)  # named relative to the folder given
+        except CheckpointError as e:
+            print(f"snnexp: warning: skipping a run: {e}", file=sys.stderr)
+            skipped.append(str(e))
+            continue
+        if several and not Path(r["run"]).is_absolute():  # and which of the folders
+            r["run"] = f"{base.name}/{r['run']}"
+        rows.append(r)
+    return rows, skipped
+
+
+def _fmt(key, value) -> str:
+    if value is None:
+        return ""
+    if key in ("best_test_acc", "test_acc"):
+        return f"{100 * value:.2f}"
+    if key == "firing_rate":
+        return f"{value:.4f}"
+    if key in ("wall_s", "samples_per_s"):
+        return f"{value:.1f}"
+    if key in ("spikes_per_sample", "effective_acs_per_sample", "effective_macs_per_sample", "dense_ops_per_sample",
+               "parameter_count", "footprint_bytes"):
+        return f"{value:.0f}"
+    if key == "energy_per_sample_pj":
+        return f"{value / 1e6:.4g}"  # microjoules
+    if key in ("activation_sparsity", "connection_sparsity"):
+        return f"{value:.4f}"
+    return str(value)
+
+
+HEADERS = {"best_test_acc": "best acc %", "test_acc": "final acc %", "wall_s": "wall s", "samples_per_s": "samples/s",
+           "firing_rate": "mean rate", "spikes_per_sample": "spikes/sample", "activation_sparsity": "act. sparsity",
+           "effective_acs_per_sample": "ACs/sample", "effective_macs_per_sample": "MACs/sample",
+           "dense_ops_per_sample": "dense ops/sample", "energy_per_sample_pj": "energy uJ/sample",
+           "parameter_count": "params", "footprint_bytes": "footprint B", "connection_sparsity": "conn. sparsity"}
+
+
+def as_text(rows: List[Dict]) -> str:
+    cells = [[HEADERS.get(c, c) for c in COLUMNS]] + [[_fmt(c, r[c]) for c in COLUMNS] for r in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
+    return "\n".join("  ".join(v.rjust(w) if COLUMNS[i] in NUMERIC else v.ljust(w)
+                               for i, (v, w) in enumerate(zip(line, widths))).rstrip() for line in cells)
+
+
+def as_markdown(rows: List[Dict]) -> str:
+    lines = ["| " + " | ".join(HEADERS.get(c, c) for c in COLUMNS) + " |",
+             "|" + "|".join("---:" if c in NUMERIC else "---" for c in COLUMNS) + "|"]
+    lines += ["| " + " | ".join(_fmt(c, r[c]).replace("|", "\\|") for c in COLUMNS) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+# A spreadsheet takes a cell that begins with one of these as a formula (tab and carriage return: some strip them
+# first), so an override or folder name such as `+cmd|' /C calc'!A0` or `=HYPERLINK(...)` would run when compare.csv
+# is opened. OWASP's advice on CSV injection: a quote in front makes the cell text.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_cell(value):
+    """Text cells escaped; numbers left as they are: a number (a value of -0.5) is never a formula, and the numeric
+    columns hold numbers only (_metrics checks them), so they stay numbers in the spreadsheet. A real override that
+    begins with + (`+trainer.x=1`) shows its quote, the price of never running one."""
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_START) else value
+
+
+def as_csv(rows: List[Dict]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows({key: _csv_cell(value) for key, value in r.items()} for r in rows)
+    return out.getvalue()
+
+
+def write(rows: List[Dict], out: Path) -> None:
+    """compare.csv and compare.md into `out`; a CompareError if the folder cannot take them."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "compare.csv").write_text(as_csv(rows))
+        (out / "compare.md").write_text(as_markdown(rows) + "\n")
+    except OSError as e:
+        reason = e.strerror or e
+        raise CompareError(f"cannot write the table into {out}: {reason} (choose another folder with --out)") from None
+
+
+def main(argv: List[str]) -> int:
+    ap = argparse.ArgumentParser(prog="snnexp compare", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("paths", nargs="+", type=Path, help="run or sweep folders (e.g. outputs/multirun/2026-...)")
+    ap.add_argument("--sort", default="best_test_acc", help=f"column to sort by: {', '.join(COLUMNS)}")
+    ap.add_argument("--ascending", action="store_true", help="smallest first (default: largest first)")
+    ap.add_argument("--out", type=Path, help="write compare.csv and compare.md here (default: the first path)")
+    args = ap.parse_args(argv)
+    rows = table(args.paths, args.sort, args.ascending)  # CompareError: reported by the CLI
+    out = args.out or (args.paths[0] if args.paths[0].is_dir() else Path("."))
+    write(rows, out)
+    print(as_text(rows))
+    print(f"\n{len(rows)} runs; wrote {out / 'compare.csv'} and {out / 'compare.md'}")
+    return 0

@@ -1,0 +1,111 @@
+"""What a run writes for TensorBoard: per-epoch scalars, images and histograms and an hparams session, so that
+`tensorboard --logdir outputs` compares runs in the SCALARS, IMAGES, HISTOGRAMS and HPARAMS tabs.
+
+A write that fails (a full disk, a folder that became read-only) is a CheckpointError naming the run directory and
+the reason, raised at the write (each method flushes) or at close, as for checkpoints and metrics.json."""
+
+import logging
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Dict
+
+import numpy as np
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams
+
+from snnexp.errors import CheckpointError
+from snnexp.report.activity import confusion_image, raster_image
+from snnexp.train.checkpoint import WRITE_ADVICE
+
+log = logging.getLogger("snnexp")
+
+
+class RunLogger:
+    """Used as a context manager, it closes the writer at the end and marks the hparams session finished when the
+    block ended without an error."""
+
+    def __init__(self, run_dir: Path, purge_step=None):
+        """purge_step: a resumed run's first epoch; points from that epoch on, written before the run
+        stopped, are hidden, so the curves continue without duplicates."""
+        self.run_dir = Path(run_dir)
+        started = set(threading.enumerate())
+        with self._reported():
+            self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
+        # the writer's own thread writes the file and keeps its OSError for the next call to raise (which
+        # _reported turns into ours); the thread's default hook would also print it as a traceback
+        self._threads = set(threading.enumerate()) - started
+        self._hook = threading.excepthook
+        threading.excepthook = self._quiet_writer_thread
+
+    def _quiet_writer_thread(self, args) -> None:
+        if not (args.thread in self._threads and issubclass(args.exc_type, OSError)):
+            self._hook(args)
+
+    @contextmanager
+    def _reported(self):
+        try:
+            yield
+        except OSError as e:
+            raise CheckpointError(f"cannot write TensorBoard events in {self.run_dir}: {e.strerror or e} "
+                                  f"{WRITE_ADVICE}") from None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *exc):
+        self.close(success=exc_type is None)
+        return False
+
+    def start(self, hparam_dict: Dict) -> None:
+        """Open the run's hparams session. Only the session start info is written (no experiment summary):
+        TensorBoard then builds the HPARAMS table from all runs' sessions, with every scalar tag as a
+        metric, so runs that differ in different keys still line up."""
+        _, session_start, self._session_end = hparams(hparam_dict, {})
+        with self._reported():
+            self.writer.file_writer.add_summary(session_start)
+
+    def scalars(self, values: Dict[str, float], step: int) -> None:
+        with self._reported():
+            for tag, value in values.items():
+                self.writer.add_scalar(tag, value, step)
+            self.writer.flush()
+
+    def images(self, values: Dict[str, np.ndarray], step: int) -> None:
+        """uint8 images: [H, W] grayscale or [H, W, 3] RGB."""
+        with self._reported():
+            for tag, img in values.items():
+                self.writer.add_image(tag, img, step, dataformats="HW" if img.ndim == 2 else "HWC")
+            self.writer.flush()
+
+    def histograms(self, values: Dict[str, np.ndarray], step: int) -> None:
+        with self._reported():
+            for tag, array in values.items():
+                self.writer.add_histogram(tag, array, step)
+            self.writer.flush()
+
+    def activity(self, test_m: Dict[str, Any], epoch: int) -> None:
+        """Images and histograms of a test pass (snnexp.report.activity): the spike raster of the fixed test batch's
+        first sample per spiking layer, that batch's confusion matrix, the per-neuron firing rates per layer."""
+        images = {f"spike_raster/{k}": raster_image(v) for k, v in test_m["raster"].items()}
+        if test_m["confusion"] is not None:
+            images["confusion/test_batch"] = confusion_image(test_m["confusion"])
+        self.images(images, epoch)
+        self.histograms({f"firing_rate_hist/{k}": v for k, v in test_m["neuron_rates"].items()}, epoch)
+
+    def close(self, success: bool) -> None:
+        """Mark the hparams session finished (TensorBoard shows a run that died as unfinished). A write that
+        fails here is raised after a run that succeeded; after one that failed it is only logged, so that the
+        run's own error is the one reported."""
+        try:
+            with self._reported():
+                if success:
+                    self.writer.file_writer.add_summary(self._session_end)
+                self.writer.close()
+        except CheckpointError as e:
+            if success:
+                raise
+            log.warning("%s", e)
+        finally:
+            if threading.excepthook == self._quiet_writer_thread:
+                threading.excepthook = self._hook

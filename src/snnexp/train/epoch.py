@@ -1,0 +1,136 @@
+"""One training epoch: forward (encode, network, readout), the loss, the backward (in micro-batches where asked),
+the optimizer step, and what the epoch adds up (metrics.train_summary)."""
+import logging
+import time
+from contextlib import nullcontext
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import torch
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from snnexp.errors import NonFiniteError
+from snnexp.report.metrics import train_summary
+from snnexp.train import distributed
+from snnexp.train.build import Run
+from snnexp.train.checkpoint import EpochTotals, TrainState
+from snnexp.train.diagnose import all_finite, diagnose_nonfinite, layer_grad_norms
+
+log = logging.getLogger("snnexp")
+
+
+def autocast(run: Run):
+    if not run.cfg.trainer.amp:
+        return nullcontext()
+    dtype = torch.float16 if run.device.type == "cuda" else torch.bfloat16
+    return torch.autocast(run.device.type, dtype=dtype)
+
+def forward(run: Run, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """[B, ...] batch -> [B, classes] scores: encode over T steps (event data arrives as frames
+    [B, T, ...]), run the network, read out."""
+    if run.splits.sequence:
+        x_seq = x.transpose(0, 1)
+    else:
+        x_seq = run.encoder(x, run.cfg.trainer.T, generator=generator)
+    with autocast(run):
+        spikes = (run.net if run.model.training else run.eval_net)(x_seq)
+    return run.readout(spikes.float())
+
+def train_epoch(run: Run, loader: DataLoader, state: TrainState, epoch: int,
+                after_step: Optional[Callable[[bool], None]] = None) -> Dict[str, Any]:
+    """One pass over the training set, from where `state.totals` left it (a resumed epoch). Updates state.step
+    and state.totals; at the end of a whole epoch, state.epoch = epoch and state.totals = None. Returns train_m
+    (metrics.train_summary). after_step(last_batch) runs after every batch: checkpoints and stops happen there."""
+    run.model.train()
+    totals = state.totals = state.totals or EpochTotals()
+    loader.sampler.set_epoch(epoch, totals.batches * loader.batch_size)
+    epoch_batches = totals.batches + len(loader)
+    bar = tqdm(loader, desc=f"epoch {epoch}/{run.cfg.trainer.epochs}", leave=False, initial=totals.batches,
+               total=epoch_batches, disable=None if run.cfg.trainer.progress and distributed.is_main() else True,
+               dynamic_ncols=True)
+    start, timed = time.perf_counter(), 0  # timed: the samples counted in samples/s
+    for i, (x, y) in enumerate(bar):
+        if i == 1 and run.cfg.trainer.compile:  # the first step compiles: left out of samples/s
+            start, timed = time.perf_counter(), 0
+        x, y = x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
+        totals.batches += 1
+        learned = _learn(run, state, x, y, epoch)
+        if learned is not None:
+            scores, loss = learned
+            state.step += 1
+            totals.steps += 1
+            totals.loss += loss * y.numel()
+            totals.correct += (scores.argmax(1) == y).sum().item()
+            totals.seen += y.numel()
+            timed += y.numel()
+            bar.set_postfix(loss=f"{totals.loss / totals.seen:.4f}", acc=f"{100 * totals.correct / totals.seen:.2f}%")
+        if after_step is not None:
+            after_step(totals.batches == epoch_batches)
+        if run.cfg.trainer.max_steps is not None and state.step >= run.cfg.trainer.max_steps:
+            break
+    elapsed = distributed.max_all(time.perf_counter() - start)
+    loss_sum, correct, seen, timed = distributed.sum_all([totals.loss, totals.correct, totals.seen, timed])
+    if totals.batches == epoch_batches:
+        state.epoch, state.totals = epoch, None
+    return train_summary(loss_sum, correct, seen, timed, elapsed, totals.skipped, totals.grad_norm, totals.steps)
+
+def _learn(run: Run, state: TrainState, x: torch.Tensor, y: torch.Tensor,
+           epoch: int) -> Optional[Tuple[torch.Tensor, float]]:
+    """Forward, backward and optimizer step for one batch: its (scores, mean loss). A non-finite loss or gradient
+    stops the run with a diagnosis (NonFiniteError) or, with trainer.on_nonfinite=skip, leaves the batch out: None.
+    With trainer.micro_batch the batch runs in pieces (_backward_in_pieces), one optimizer step for all."""
+    optimizer, scaler, totals = state.optimizer, state.scaler, state.totals
+    optimizer.zero_grad(set_to_none=True)
+    scores, loss, failed = _backward_in_pieces(run, state, x, y)
+    norms = None
+    if failed is None:
+        scaler.unscale_(optimizer)  # true gradients for the norms below (a no-op without AMP on CUDA)
+        norms = layer_grad_norms(run.model)
+    # with float16 loss scaling an inf gradient is the scaler's business: it skips the step itself
+    if norms is None or (not scaler.is_enabled() and not all_finite(norms)):
+        position = f"step {state.step + 1} (epoch {epoch}, batch {totals.batches})"
+        if run.cfg.trainer.on_nonfinite == "stop":
+            xp, piece_loss = failed or (x, torch.tensor(loss))  # the piece whose loss failed, else the whole batch
+            raise NonFiniteError(diagnose_nonfinite(run.model, lambda: forward(run, xp), xp, piece_loss, position,
+                                                    OmegaConf.select(run.cfg, "optim.lr")))
+        optimizer.zero_grad(set_to_none=True)
+        totals.skipped += 1
+        log.warning("step %d: non-finite %s, batch skipped (%d so far this epoch)", state.step + 1,
+                    "loss" if norms is None else "gradient", totals.skipped)
+        return None
+    for layer, norm in norms.items():
+        totals.grad_norm[layer] = totals.grad_norm.get(layer, 0.0) + norm.item()
+    try:
+        scaler.step(optimizer)
+    except RuntimeError as e:  # e.g. Adam: "value cannot be converted to type float without overflow"
+        if "overflow" not in str(e):
+            raise
+        raise NonFiniteError(f"the optimizer step {state.step + 1} (epoch {epoch}, batch {totals.batches}) "
+                             f"overflows: {e}. Likely cause: a learning rate too high (optim.lr="
+                             f"{OmegaConf.select(run.cfg, 'optim.lr')})") from None
+    scaler.update()
+    return scores, loss
+
+def _backward_in_pieces(run: Run, state: TrainState, x: torch.Tensor, y: torch.Tensor):
+    """Forward and backward of a batch in pieces of at most trainer.micro_batch samples (one piece without it), each
+    piece's mean loss weighted by its share of the batch, so that the gradients add up to the whole batch's: the
+    same step with a piece's activation memory. Exact where no layer mixes samples; BatchNorm normalises each piece
+    by its own statistics. Returns (scores, the batch's mean loss, None), or, at the first piece whose loss is not
+    finite (on any process of a data-parallel run, which all stop there), (None, nan, (that piece, its loss))."""
+    size = run.cfg.trainer.micro_batch or len(y)
+    pieces = list(zip(x.split(size), y.split(size)))
+    scores, total = [], 0.0
+    for i, (xp, yp) in enumerate(pieces):
+        # data parallel: the processes average their gradients once, at the last piece's backward
+        syncing = i == len(pieces) - 1 or not hasattr(run.net, "no_sync")
+        with nullcontext() if syncing else run.net.no_sync():
+            out = forward(run, xp)
+            loss = run.loss_fn(out, yp) * (len(yp) / len(y))
+            # data parallel: all processes skip (or stop at) a batch that is non-finite on any, or backward would hang
+            if distributed.any_true(not torch.isfinite(loss).item()):
+                return None, float("nan"), (xp, loss)
+            state.scaler.scale(loss).backward()
+        scores.append(out.detach())
+        total += loss.item()
+    return torch.cat(scores), total, None

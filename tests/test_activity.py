@@ -19,15 +19,9 @@ from snnexp.cli import conf_dir
 from snnexp.nn.layers import SeqToANN
 from snnexp.nn.models import SpecNet
 from snnexp.nn.neurons import IF
-from snnexp.report.activity import (
-    Activity,
-    confusion_image,
-    conv_reach,
-    evenly_spaced,
-    raster_image,
-    spiking_layers,
-)
+from snnexp.report.activity import Activity, conv_reach, evenly_spaced, spiking_layers
 from snnexp.report.metrics import COST_METRICS
+from snnexp.report.tensorboard import confusion_image, raster_image
 from snnexp.train.build import build_run, make_loader
 from snnexp.train.evaluate import evaluate, evaluate_checkpoint
 
@@ -65,30 +59,30 @@ def run_tiny(batches=1, x=TINY_X):
 
 def test_spike_counts_rates_and_operations_of_a_known_spike_pattern():
     s, _, _ = run_tiny()
-    assert s["layer_spikes_per_sample"] == {"01_IF": pytest.approx(11 / 2)}
-    assert s["spikes_per_sample"] == pytest.approx(5.5)
+    assert s.layer_spikes_per_sample == {"01_IF": pytest.approx(11 / 2)}
+    assert s.spikes_per_sample == pytest.approx(5.5)
     # per neuron: count / (T * samples)
-    np.testing.assert_allclose(s["neuron_rates"]["01_IF"], np.array(TINY_COUNTS) / (T * 2))
-    assert s["firing_rate"]["01_IF"] == pytest.approx(11 / (T * 2 * 3))
-    assert s["activation_sparsity"] == pytest.approx(1 - 11 / (T * 2 * 3))
+    np.testing.assert_allclose(s.neuron_rates["01_IF"], np.array(TINY_COUNTS) / (T * 2))
+    assert s.firing_rate["01_IF"] == pytest.approx(11 / (T * 2 * 3))
+    assert s.activation_sparsity == pytest.approx(1 - 11 / (T * 2 * 3))
     # the first Linear's input is 0/1, so it does ACs: each input column has 2 non-zero weights (the zeros are
     # pruned synapses, not counted); sample 0 drives 2 + 2, sample 1 drives 2, at each of the 4 steps
     # the second Linear: every spike drives its 4 synapses
-    assert s["layer_acs_per_sample"] == {"00_Linear": pytest.approx((4 + 2) * T / 2),
+    assert s.layer_acs_per_sample == {"00_Linear": pytest.approx((4 + 2) * T / 2),
                                          "02_Linear": pytest.approx(11 * 4 / 2)}
-    assert s["layer_macs_per_sample"] == {"00_Linear": 0, "02_Linear": 0}
-    assert s["effective_acs_per_sample"] == pytest.approx(12 + 22) and s["effective_macs_per_sample"] == 0
+    assert s.layer_macs_per_sample == {"00_Linear": 0, "02_Linear": 0}
+    assert s.effective_acs_per_sample == pytest.approx(12 + 22) and s.effective_macs_per_sample == 0
     # dense: every synapse at every step, zero weights included: T x (2 x 3 + 3 x 4)
-    assert s["dense_ops_per_sample"] == pytest.approx(T * (2 * 3 + 3 * 4))
-    np.testing.assert_array_equal(s["raster"]["01_IF"], TINY_RASTER_0)
+    assert s.dense_ops_per_sample == pytest.approx(T * (2 * 3 + 3 * 4))
+    np.testing.assert_array_equal(s.raster["01_IF"], TINY_RASTER_0)
 
 
 def test_an_analog_input_does_macs():
     s, _, _ = run_tiny(x=torch.tensor([[0.5, 1.0], [0.0, 1.0]]))  # the same non-zero pattern, one value not 0/1
-    assert s["layer_macs_per_sample"]["00_Linear"] == pytest.approx((4 + 2) * T / 2)
-    assert s["layer_acs_per_sample"]["00_Linear"] == 0
-    assert s["layer_macs_per_sample"]["02_Linear"] == 0  # spikes in: ACs
-    assert s["effective_macs_per_sample"] == pytest.approx(12)
+    assert s.layer_macs_per_sample["00_Linear"] == pytest.approx((4 + 2) * T / 2)
+    assert s.layer_acs_per_sample["00_Linear"] == 0
+    assert s.layer_macs_per_sample["02_Linear"] == 0  # spikes in: ACs
+    assert s.effective_macs_per_sample == pytest.approx(12)
 
 
 def test_a_layer_run_once_for_a_repeated_input_counts_its_t_steps():
@@ -104,18 +98,18 @@ def test_a_layer_run_once_for_a_repeated_input_counts_its_t_steps():
             activity.batch(net(x_seq).mean(0), torch.zeros(2, dtype=torch.long))
         summaries.append(activity.summary())
     repeated, copied = summaries
-    assert copied["layer_macs_per_sample"]["00_Conv2d"] > 0 and copied["effective_acs_per_sample"] > 0
+    assert copied.layer_macs_per_sample["00_Conv2d"] > 0 and copied.effective_acs_per_sample > 0
     for key in ("layer_acs_per_sample", "layer_macs_per_sample", "dense_ops_per_sample", "spikes_per_sample"):
-        assert repeated[key] == copied[key]
+        assert getattr(repeated, key) == getattr(copied, key)
     conv = net[0].module  # every pixel is non-zero: all taps of all 3 x 3 x 3 weights, at T steps
-    assert copied["layer_macs_per_sample"]["00_Conv2d"] == T * conv_reach(conv, (1, 5, 5)).sum().item()
+    assert copied.layer_macs_per_sample["00_Conv2d"] == T * conv_reach(conv, (1, 5, 5)).sum().item()
 
 
 def test_sums_over_batches_and_the_fixed_batch_is_the_first():
     s, _, _ = run_tiny(batches=3)
-    assert s["spikes_per_sample"] == pytest.approx(5.5)  # the same batch 3 times: same per-sample numbers
-    np.testing.assert_allclose(s["neuron_rates"]["01_IF"], np.array(TINY_COUNTS) / (T * 2))
-    assert s["confusion"].sum() == 2  # only the first batch
+    assert s.spikes_per_sample == pytest.approx(5.5)  # the same batch 3 times: same per-sample numbers
+    np.testing.assert_allclose(s.neuron_rates["01_IF"], np.array(TINY_COUNTS) / (T * 2))
+    assert s.confusion.sum() == 2  # only the first batch
 
 
 def test_hooks_change_nothing_and_are_removed():
@@ -176,9 +170,9 @@ def test_conv_sops_match_a_brute_force_count(kwargs):
     expected = brute_force_conv_sops(x_seq.flatten(0, 1), conv)
     assert expected > 0
     s = activity.summary()
-    assert s["layer_acs_per_sample"] == {"00_Conv2d": pytest.approx(expected / B)}
+    assert s.layer_acs_per_sample == {"00_Conv2d": pytest.approx(expected / B)}
     # dense: the same count with every input entry non-zero
-    assert s["dense_ops_per_sample"] == pytest.approx(brute_force_conv_sops(torch.ones_like(x_seq[:, 0]), conv))
+    assert s.dense_ops_per_sample == pytest.approx(brute_force_conv_sops(torch.ones_like(x_seq[:, 0]), conv))
     # the same as the design's definition: the op with all-ones weights on (input != 0), summed
     ones = nn.functional.conv2d(x_seq.flatten(0, 1), torch.ones_like(conv.weight), None, conv.stride, conv.padding,
                                 conv.dilation, conv.groups).sum().item()
@@ -208,8 +202,8 @@ def test_pruned_synapses_are_not_counted():
     x = x_seq.flatten(0, 1)
     expected = brute_force_conv_sops(x[:, :1], single) + 2 * brute_force_conv_sops(x[:, 1:], single)
     s = activity.summary()
-    assert s["layer_acs_per_sample"]["00_Conv2d"] == pytest.approx(expected / 2)
-    assert s["dense_ops_per_sample"] == pytest.approx(3 * brute_force_conv_sops(torch.ones_like(x), single) / 2)
+    assert s.layer_acs_per_sample["00_Conv2d"] == pytest.approx(expected / 2)
+    assert s.dense_ops_per_sample == pytest.approx(3 * brute_force_conv_sops(torch.ones_like(x), single) / 2)
 
 
 def compose_train(*overrides):
@@ -230,18 +224,18 @@ def test_direct_coding_makes_the_first_layer_do_macs_and_spike_codings_acs():
     images = torch.stack([x for x, _ in run.splits.test])
     # the analog image at every step: each non-zero pixel into 10 synapses, at 4 steps, as MACs
     nonzero_pixels = (images != 0).sum((1, 2, 3)).double().mean().item()
-    assert direct["layer_macs_per_sample"] == {"01_Linear": pytest.approx(nonzero_pixels * 4 * 10)}
-    assert direct["layer_acs_per_sample"] == {"01_Linear": 0}
+    assert direct.layer_macs_per_sample == {"01_Linear": pytest.approx(nonzero_pixels * 4 * 10)}
+    assert direct.layer_acs_per_sample == {"01_Linear": 0}
     # latency coding with threshold 0: every one of the 64 pixels spikes exactly once, into 10 synapses
     _, latency = eval_fc("latency")
-    assert latency["layer_acs_per_sample"] == {"01_Linear": pytest.approx(64 * 10)}
-    assert latency["effective_macs_per_sample"] == 0
+    assert latency.layer_acs_per_sample == {"01_Linear": pytest.approx(64 * 10)}
+    assert latency.effective_macs_per_sample == 0
     # Poisson: a pixel of intensity p spikes about p * T times
     _, poisson = eval_fc("poisson")
     mean_intensity_sum = images.sum((1, 2, 3)).mean().item()
-    assert poisson["layer_acs_per_sample"]["01_Linear"] == pytest.approx(mean_intensity_sum * 4 * 10, rel=0.03)
+    assert poisson.layer_acs_per_sample["01_Linear"] == pytest.approx(mean_intensity_sum * 4 * 10, rel=0.03)
     for s in (direct, latency, poisson):  # every synapse at every step
-        assert s["dense_ops_per_sample"] == 4 * 64 * 10
+        assert s.dense_ops_per_sample == 4 * 64 * 10
 
 
 def test_confusion_matrix_of_a_known_batch():
@@ -252,7 +246,7 @@ def test_confusion_matrix_of_a_known_batch():
     activity.batch(scores, labels)
     activity.batch(scores, torch.tensor([1, 1, 1, 1, 1]))  # not the fixed batch: not counted
     # rows true, columns predicted: true 0 -> 0 and 1; true 1 -> 1; true 2 -> 2 and 0
-    np.testing.assert_array_equal(activity.summary()["confusion"], [[1, 1, 0], [0, 1, 0], [1, 0, 1]])
+    np.testing.assert_array_equal(activity.summary().confusion, [[1, 1, 0], [0, 1, 0], [1, 0, 1]])
     assert activity.samples == 10
 
 
@@ -281,7 +275,7 @@ def test_raster_keeps_at_most_256_evenly_spaced_neurons():
     x_seq[:, 0, ::4] = 2.0  # sample 0: neurons 0, 4, 8, ... spike at every step
     with torch.no_grad(), Activity(model, spiking_layers(model)) as activity:
         activity.batch(model(x_seq).mean(0), torch.zeros(2, dtype=torch.long))
-    raster = activity.summary()["raster"]["00_IF"]
+    raster = activity.summary().raster["00_IF"]
     kept = torch.arange(256) * 1000 // 256
     assert raster.shape == (256, T)
     np.testing.assert_array_equal(raster[:, 0], (kept % 4 == 0).numpy())
@@ -297,8 +291,8 @@ def _ddp_worker(rank, init_file, out_dir):
             activity.batch(out.mean(0), torch.tensor([rank]))
         activity.all_reduce()
         s = activity.summary()
-        torch.save({"samples": activity.samples, "spikes": s["spikes_per_sample"], "acs": s["effective_acs_per_sample"],
-                    "dense": s["dense_ops_per_sample"], "rates": s["neuron_rates"]["01_IF"]}, f"{out_dir}/{rank}.pt")
+        torch.save({"samples": activity.samples, "spikes": s.spikes_per_sample, "acs": s.effective_acs_per_sample,
+                    "dense": s.dense_ops_per_sample, "rates": s.neuron_rates["01_IF"]}, f"{out_dir}/{rank}.pt")
         torch.distributed.barrier()  # neither rank tears the group down while the other still uses it
     finally:
         torch.distributed.destroy_process_group()
@@ -446,16 +440,16 @@ def test_a_test_pass_on_the_joined_kernels_counts_what_the_layers_apart_count(ca
         summaries[join] = evaluate(run, make_loader(run.splits.test, cfg, train=False))
     joined, apart = summaries["true"], summaries["false"]
     assert counted.count(True) >= 2 * (len(run.splits.test) // 50 - 1)  # two blocks a batch, after the first
-    assert sum(rate > 0.01 for rate in joined["firing_rate"].values()) >= 2  # the joined blocks' neurons fire
-    for key, value in apart.items():
+    assert sum(rate > 0.01 for rate in joined.firing_rate.values()) >= 2  # the joined blocks' neurons fire
+    for key, value in vars(apart).items():
         if isinstance(value, dict):
-            assert value.keys() == joined[key].keys(), key
+            assert value.keys() == getattr(joined, key).keys(), key
             for layer, v in value.items():
-                np.testing.assert_array_equal(joined[key][layer], v, err_msg=f"{key} {layer}")
+                np.testing.assert_array_equal(getattr(joined, key)[layer], v, err_msg=f"{key} {layer}")
         elif isinstance(value, np.ndarray):
-            np.testing.assert_array_equal(joined[key], value, err_msg=key)
+            np.testing.assert_array_equal(getattr(joined, key), value, err_msg=key)
         elif key != "energy_per_sample_pj" or value:
-            assert joined[key] == value, key
+            assert getattr(joined, key) == value, key
 
 
 @pytest.mark.parametrize("channels_last", [False, True])

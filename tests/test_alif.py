@@ -237,11 +237,12 @@ def test_learned_time_constants_start_where_configured_and_are_logged():
 
 
 def test_bad_arguments_are_refused():
+    """From Python as from the command line, with the line `snnexp train` prints (config.RULES, the one place)."""
     with pytest.raises(ConfigError, match="ALIF has no fused kernel.*neuron.backend=reference"):
         ALIF(backend="fused")
-    with pytest.raises(ConfigError, match="tau_adapt=0.5: must be > 1"):
+    with pytest.raises(ConfigError, match=r"neuron.tau_adapt=0.5 is out of range: must be > 1"):
         ALIF(tau_adapt=0.5)
-    with pytest.raises(ConfigError, match="beta=-1.0: must be >= 0"):
+    with pytest.raises(ConfigError, match=r"neuron.beta=-1.0 is out of range: must be >= 0"):
         ALIF(beta=-1.0)
 
 

@@ -49,22 +49,22 @@ def ours_and_theirs(*overrides, samples=48, change=None):
 def assert_same(ours, theirs):
     """Exact for the integer-valued counts per sample (both divide the same integer sums by the same sample
     count); connection sparsity to NeuroBench's 4 decimals."""
-    assert theirs["Effective_ACs"] == ours["effective_acs_per_sample"]
-    assert theirs["Effective_MACs"] == ours["effective_macs_per_sample"]
-    assert theirs["Dense"] == ours["dense_ops_per_sample"]
-    assert theirs["ActivationSparsity"] == pytest.approx(ours["activation_sparsity"], abs=1e-12)
-    assert theirs["Footprint"] == ours["footprint_bytes"]
-    assert theirs["ParameterCount"] == ours["parameter_count"]
-    assert theirs["ConnectionSparsity"] == round(ours["connection_sparsity"], 4)
-    assert theirs["ClassificationAccuracy"] == pytest.approx(ours["acc"], abs=1e-6)
-    assert list(ours["layer_spikes_per_sample"].values())[-1] > 0  # spikes reach the output: no trivial zeros
+    assert theirs["Effective_ACs"] == ours.effective_acs_per_sample
+    assert theirs["Effective_MACs"] == ours.effective_macs_per_sample
+    assert theirs["Dense"] == ours.dense_ops_per_sample
+    assert theirs["ActivationSparsity"] == pytest.approx(ours.activation_sparsity, abs=1e-12)
+    assert theirs["Footprint"] == ours.footprint_bytes
+    assert theirs["ParameterCount"] == ours.parameter_count
+    assert theirs["ConnectionSparsity"] == round(ours.connection_sparsity, 4)
+    assert theirs["ClassificationAccuracy"] == pytest.approx(ours.acc, abs=1e-6)
+    assert list(ours.layer_spikes_per_sample.values())[-1] > 0  # spikes reach the output: no trivial zeros
 
 
 def test_direct_coding_the_first_layer_does_macs():
     ours, theirs = ours_and_theirs("encoder=direct")
     assert_same(ours, theirs)
-    assert ours["layer_macs_per_sample"]["00_Conv2d"] == ours["effective_macs_per_sample"] > 0
-    assert ours["layer_acs_per_sample"]["00_Conv2d"] == 0 and ours["effective_acs_per_sample"] > 0
+    assert ours.layer_macs_per_sample["00_Conv2d"] == ours.effective_macs_per_sample > 0
+    assert ours.layer_acs_per_sample["00_Conv2d"] == 0 and ours.effective_acs_per_sample > 0
 
 
 @pytest.mark.parametrize("encoder", ["poisson", "latency"])
@@ -76,7 +76,7 @@ def test_spike_coding_is_all_acs(encoder):
         m for m in model.modules() if isinstance(m, FusedBlock)))
     assert len(blocks) == 2
     assert_same(ours, theirs)
-    assert ours["effective_macs_per_sample"] == 0 and ours["layer_acs_per_sample"]["00_Conv2d"] > 0
+    assert ours.effective_macs_per_sample == 0 and ours.layer_acs_per_sample["00_Conv2d"] > 0
 
 
 def test_event_frames(tmp_path):
@@ -87,7 +87,7 @@ def test_event_frames(tmp_path):
                                    f"dataset.cache_dir={tmp_path / 'cache'}", "dataset.workers=1",
                                    "model.spec=c8k3s2-BN-SN-FC10-SN", "trainer.batch_size=4")
     assert_same(ours, theirs)
-    assert ours["layer_acs_per_sample"]["00_Conv2d"] + ours["layer_macs_per_sample"]["00_Conv2d"] > 0
+    assert ours.layer_acs_per_sample["00_Conv2d"] + ours.layer_macs_per_sample["00_Conv2d"] > 0
 
 
 def prune(model):
@@ -104,10 +104,10 @@ def test_pruned_synapses_are_left_out_as_neurobench_does(encoder):
     ours, theirs = ours_and_theirs(f"encoder={encoder}", change=prune)
     assert_same(ours, theirs)
     dense_ours, _ = ours_and_theirs(f"encoder={encoder}")
-    assert ours["dense_ops_per_sample"] == dense_ours["dense_ops_per_sample"]  # dense counts every synapse
+    assert ours.dense_ops_per_sample == dense_ours.dense_ops_per_sample  # dense counts every synapse
     # the zeros by hand: conv 32 x 1 x 3 x 3 (144 of 288 set to 0), conv 32 x 32 x 3 x 3, FC 100 x 128 (30 rows)
     total = 288 + 32 * 32 * 9 + 100 * 128
-    assert ours["connection_sparsity"] == pytest.approx((144 + 30 * 128) / total)
+    assert ours.connection_sparsity == pytest.approx((144 + 30 * 128) / total)
 
 
 @pytest.mark.parametrize("connection", ["add", "iand"])
@@ -119,9 +119,9 @@ def test_sew_resnet(connection):
                                    "model.width=4", samples=32)
     assert_same(ours, theirs)
     if connection == "add":
-        assert ours["effective_macs_per_sample"] > 0
+        assert ours.effective_macs_per_sample > 0
     else:
-        assert ours["effective_macs_per_sample"] == 0
+        assert ours.effective_macs_per_sample == 0
 
 
 @pytest.mark.parametrize("encoder", ["direct", "poisson"])
@@ -130,8 +130,8 @@ def test_recurrent_network(encoder):
     step from the second on) and takes the layer as one activation layer; our counts are the same."""
     ours, theirs = ours_and_theirs(f"encoder={encoder}", "model=rsnn", "model.hidden=[16]")
     assert_same(ours, theirs)
-    assert ours["layer_acs_per_sample"]["01.recurrent_Linear"] > 0
-    assert ours["layer_spikes_per_sample"]["01_RecurrentFC"] > 0
+    assert ours.layer_acs_per_sample["01.recurrent_Linear"] > 0
+    assert ours.layer_spikes_per_sample["01_RecurrentFC"] > 0
 
 
 def test_the_wrapper_is_batch_first():

@@ -38,5 +38,5 @@ def test_same_spikes_and_gradients_as_the_explicit_formula(k, v_th, width):
 
 
 def test_k_outside_0_1_is_refused():
-    with pytest.raises(ValueError, match="k must be in"):
+    with pytest.raises(ValueError, match=r"neuron.k=1.0 is out of range: must be in \(0, 1\)"):
         STBPLIF(k=1.0)

@@ -248,13 +248,13 @@ def test_activity_counts_by_hand(repeated):
         activity.batch(out.mean(0), torch.tensor([0]))
     s = activity.summary()
     assert out[:, 0].tolist() == [[1, 0], [1, 1], [1, 1]]
-    assert s["layer_spikes_per_sample"] == {"00_RecurrentFC": 5}
-    assert s["firing_rate"] == {"00_RecurrentFC": pytest.approx(5 / 6)}
-    np.testing.assert_allclose(s["neuron_rates"]["00_RecurrentFC"], [3 / 3, 2 / 3])
-    assert s["raster"]["00_RecurrentFC"].tolist() == [[1, 1, 1], [0, 1, 1]]
-    assert s["layer_acs_per_sample"] == {"00.input_Linear": 6, "00.recurrent_Linear": 2}
-    assert s["effective_macs_per_sample"] == 0 and s["effective_acs_per_sample"] == 8
-    assert s["dense_ops_per_sample"] == 3 * 4 + 2 * 4
+    assert s.layer_spikes_per_sample == {"00_RecurrentFC": 5}
+    assert s.firing_rate == {"00_RecurrentFC": pytest.approx(5 / 6)}
+    np.testing.assert_allclose(s.neuron_rates["00_RecurrentFC"], [3 / 3, 2 / 3])
+    assert s.raster["00_RecurrentFC"].tolist() == [[1, 1, 1], [0, 1, 1]]
+    assert s.layer_acs_per_sample == {"00.input_Linear": 6, "00.recurrent_Linear": 2}
+    assert s.effective_macs_per_sample == 0 and s.effective_acs_per_sample == 8
+    assert s.dense_ops_per_sample == 3 * 4 + 2 * 4
 
 
 def test_cost_includes_the_recurrent_weights():

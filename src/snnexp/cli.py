@@ -112,6 +112,10 @@ def torch_threads(cfg: DictConfig) -> int:
 @_guarded
 def train(cfg: DictConfig):
     validate(cfg)
+    from snnexp.train.build import part_problems  # imports torch: after the checks that need none
+
+    if part_problems(cfg):
+        raise ConfigError("invalid config:\n  " + "\n  ".join(part_problems(cfg)))
     hc = HydraConfig.get()
     problem = distributed.check(cfg.trainer.strategy, cfg.trainer.batch_size, hc.launcher.get("_target_", ""),
                                 hc.sweeper.get("_target_", ""))

@@ -18,23 +18,30 @@ from snnexp.errors import ConfigError
 
 @dataclass
 class TrainerConfig:
+    """The trainer group: its keys, types and defaults in this one place (conf/trainer/default.yaml composes it;
+    the value ranges are RULES' "trainer.*" below)."""
+
     epochs: int = 15
     batch_size: int = 64
-    micro_batch: Optional[int] = None  # run each batch in pieces of at most this many samples (one optimizer step)
-    T: int = 4
+    # run each batch in pieces of at most this many samples, one optimizer step: a batch's gradients with a piece's
+    # memory (BatchNorm then normalises each piece by its own statistics)
+    micro_batch: Optional[int] = None
+    T: int = 4  # time steps per sample
     seed: int = 0
-    device: str = "auto"
-    amp: bool = False
-    channels_last: bool = True  # the faster convolutions on CPUs and GPUs (docs/performance.md); same results
-    join_layers: bool = True  # BN-SN-MP blocks as one op on the CPU kernels (docs/performance.md); same results
-    compile: bool = False
-    num_workers: int = 0
-    max_steps: Optional[int] = None
-    progress: bool = True
-    ckpt_every_steps: Optional[int] = None
-    on_nonfinite: str = "stop"
-    deterministic: bool = False
-    threads: Optional[int] = None
+    device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:N, mps
+    amp: bool = False  # mixed precision: float16 + loss scaling on CUDA, bfloat16 on CPU
+    channels_last: bool = True  # conv weights and activations in NHWC order: the faster convolutions; same results
+    join_layers: bool = True  # BN, neuron and max pool of a block as one op on the CPU kernels (nn/fusion.py)
+    compile: bool = False  # torch.compile the network; the first step compiles and is left out of samples/s
+    num_workers: int = 0  # DataLoader worker processes
+    max_steps: Optional[int] = None  # stop after this many optimizer steps (smoke tests)
+    progress: bool = True  # progress bar on a terminal
+    ckpt_every_steps: Optional[int] = None  # also save checkpoints/last.pt every this many steps (resume mid-epoch)
+    on_nonfinite: str = "stop"  # a NaN/inf loss or gradient: stop with a diagnosis, or skip the batch (counted)
+    deterministic: bool = False  # torch.use_deterministic_algorithms (identical CUDA runs; CPU runs always are)
+    threads: Optional[int] = None  # CPU threads; null: all cores, or cores / n_jobs under hydra/launcher=joblib
+    # ddp: data parallel over the processes of torchrun --nproc_per_node=N -m snnexp train ... (batch_size is the
+    # global batch, split among them; only rank 0 writes the run directory)
     strategy: str = "single"
 
 
@@ -116,6 +123,7 @@ RULES = {
     "norm.alpha": (_positive, "> 0"),
     "norm.eps": (_positive, "> 0"),
     "norm.momentum": (lambda v: v is None or 0 <= v <= 1, "in [0, 1]"),
+    "norm.k_tau2": (lambda v: 0 < v < 1, "in (0, 1) (NeuNorm's decay of the activity it tracks)"),
     "encoder.threshold": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "model.dropout": (_probability, "in [0, 1)"),
     "model.hidden": (lambda v: all(isinstance(h, int) and h >= 1 for h in v), "a list of integers >= 1"),
@@ -156,46 +164,49 @@ def validate(cfg: DictConfig) -> None:
 def _range_problems(cfg: DictConfig) -> list:
     """One line for each value outside its RULES range."""
     problems = []
-    for key, (check, allowed) in RULES.items():
+    for key in RULES:
         value = OmegaConf.select(cfg, key, default="<absent>")
         if isinstance(value, str) and value == "<absent>":
             continue
         if hasattr(value, "_content"):  # ListConfig / DictConfig
             value = OmegaConf.to_object(value)
-        try:
-            ok = check(value)
-        except TypeError:
-            ok = False
-        if not ok:
-            problems.append(f"{key}={value!r} is out of range: must be {allowed}")
+        problem = range_problem(key, value)
+        if problem:
+            problems.append(problem)
     return problems
 
 
+def range_problem(key: str, value) -> Optional[str]:
+    """The line `validate` prints for a value outside its RULES range, or None."""
+    check, allowed = RULES[key]
+    try:
+        ok = check(value)
+    except TypeError:
+        ok = False
+    return None if ok else f"{key}={value!r} is out of range: must be {allowed}"
+
+
+def require(key: str, value) -> None:
+    """The RULES check of one value, for the code that takes it (a constructor, also called from Python): the one
+    place each range is written. ConfigError with the line `validate` prints."""
+    problem = range_problem(key, value)
+    if problem:
+        raise ConfigError(problem)
+
+
 def _combination_problems(cfg: DictConfig) -> list:
-    """One line for each pair of settings that do not go together."""
+    """One line for each pair of values that do not go together. (What the configured classes can do, their
+    capabilities, is checked where they are imported: snnexp.train.build.part_problems.)"""
     problems = []
     v_reset, v_th = OmegaConf.select(cfg, "neuron.v_reset"), OmegaConf.select(cfg, "neuron.v_threshold")
     if v_reset is not None and v_th is not None and not v_reset < v_th:
         problems.append(f"neuron.v_reset={v_reset} must be below neuron.v_threshold={v_th} (or null for soft reset)")
-    backend = OmegaConf.select(cfg, "neuron.backend")
-    if str(OmegaConf.select(cfg, "neuron._target_", default="")).endswith(".ALIF") and backend != "reference":
-        problems.append(f"neuron.backend={backend}: ALIF has no fused kernel, only the step-by-step definition: "
-                        f"set neuron.backend=reference")
     frames_t = OmegaConf.select(cfg, "dataset.T")
     if frames_t is not None and frames_t != OmegaConf.select(cfg, "trainer.T"):
         problems.append(f"dataset.T={frames_t} differs from trainer.T={OmegaConf.select(cfg, 'trainer.T')}: "
                         f"set trainer.T (the frames per sample follow it)")
-    encoder = str(OmegaConf.select(cfg, "encoder._target_", default=None) or "")
-    if frames_t is not None and encoder and not encoder.endswith(".DirectEncoder"):  # dataset.T: event frames
-        problems.append(f"this dataset gives event frames, which are fed as they are: use encoder=direct, not "
-                        f"{encoder.rsplit('.', 1)[-1]}")
     split_by = OmegaConf.select(cfg, "dataset.split_by", default="time")  # spike trains (SHD, SSC): by time only
     if OmegaConf.select(cfg, "dataset.bin_ms") is not None and split_by != "time":
         problems.append("dataset.bin_ms is set but dataset.split_by is not time: set dataset.split_by=time, "
                         "or dataset.bin_ms=null")
-    readout = str(OmegaConf.select(cfg, "readout._target_", default=None) or "")
-    loss = str(OmegaConf.select(cfg, "loss._target_", default=None) or "")
-    if readout.endswith(".MembraneReadout") and loss.endswith(".MSERate"):
-        problems.append("a membrane readout gives membrane potentials, not firing rates, and loss=mse_rate compares "
-                        "rates with one-hot labels: use loss=ce_rate (cross-entropy), or readout=rate")
     return problems

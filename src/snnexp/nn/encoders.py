@@ -9,6 +9,8 @@ class DirectEncoder:
     """Direct coding (Wu 2019, PLIF): the real-valued input is fed at every step; the first
     conv/FC + norm + neuron layer of the network acts as the encoder."""
 
+    passes_frames = True  # a dataset of event frames is fed as it is: the one encoder that goes with it
+
     def __call__(self, x, T: int, generator: Optional[torch.Generator] = None):
         return x.unsqueeze(0).expand(T, *x.shape)
 

@@ -9,6 +9,7 @@ once. `run_layers` hands them a Repeated while they take it.
 import torch
 from torch import nn
 
+from snnexp.config import require
 from snnexp.nn.neurons.repeated import Repeated, repeat_in_time, repeated_in_time
 
 __all__ = ["Repeated", "SeqDropout", "SeqFlatten", "SeqToANN", "feed", "repeat_in_time", "repeated_in_time",
@@ -64,8 +65,7 @@ class SeqDropout(nn.Module):
 
     def __init__(self, p: float = 0.5):
         super().__init__()
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"dropout p must be in [0, 1), got {p}")
+        require("model.dropout", p)
         self.p = float(p)
 
     def forward(self, x_seq):

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from snnexp.config import require
 from snnexp.nn.neurons.repeated import Repeated, repeat_in_time
 
 __all__ = ["BatchNormThroughTime", "NeuNorm", "NoNorm", "ThresholdDependentBatchNorm"]
@@ -74,8 +75,7 @@ class NeuNorm(nn.Module):
 
     def __init__(self, num_features: int, k_tau2: float = 0.9):
         super().__init__()
-        if not 0 < k_tau2 < 1:
-            raise ValueError(f"NeuNorm k_tau2 must be in (0, 1), got {k_tau2}")
+        require("norm.k_tau2", k_tau2)
         self.num_features, self.k_tau2 = int(num_features), float(k_tau2)
         self.u = nn.UninitializedParameter()
 

@@ -4,6 +4,7 @@ rates, a voting population per class, or the membrane potential of non-spiking o
 import torch
 from torch import nn
 
+from snnexp.config import require
 from snnexp.nn.neurons.functional import charge
 
 __all__ = ["LeakyIntegrator", "MembraneReadout", "RateReadout", "VotingReadout"]
@@ -11,6 +12,8 @@ __all__ = ["LeakyIntegrator", "MembraneReadout", "RateReadout", "VotingReadout"]
 
 class RateReadout(nn.Module):
     """[T, B, K] output spikes -> [B, K] firing rates (mean over time)."""
+
+    scores = "rates"  # what its class scores are (a loss may need rates: snnexp.train.build.part_problems)
 
     population = 1
 
@@ -23,8 +26,7 @@ class VotingReadout(RateReadout):
 
     def __init__(self, population: int = 10):
         super().__init__()
-        if population < 1:
-            raise ValueError(f"readout.population must be >= 1, got {population}")
+        require("readout.population", population)
         self.population = int(population)
 
     def forward(self, spikes):
@@ -45,8 +47,7 @@ class LeakyIntegrator(nn.Module):
 
     def __init__(self, tau: float = 2.0):
         super().__init__()
-        if not tau >= 1:
-            raise ValueError(f"readout.tau must be >= 1 (time steps; 1 passes the input through), got {tau}")
+        require("readout.tau", tau)
         self.tau = float(tau)
 
     def forward(self, x_seq):
@@ -67,12 +68,11 @@ class MembraneReadout(nn.Module):
     are potentials, not rates, so they go to cross-entropy (loss=ce_rate). [T, B, K] -> [B, K]."""
 
     population = 1
-    REDUCTIONS = ("max", "mean", "last")
+    scores = "potentials"
 
     def __init__(self, reduce: str = "max", tau: float = 2.0):
         super().__init__()
-        if reduce not in self.REDUCTIONS:
-            raise ValueError(f"readout.reduce must be one of {', '.join(self.REDUCTIONS)}, got {reduce!r}")
+        require("readout.reduce", reduce)
         LeakyIntegrator(tau)  # checks tau
         self.reduce, self.tau = reduce, float(tau)
 

@@ -37,6 +37,7 @@ layer, its recurrent weights W_rec at each of its calls, once per step t >= 1 on
 drives the non-zero weights of its column: up to n synapses); its output spikes are those of a spiking layer.
 """
 
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Dict, Optional, Tuple
 
@@ -138,6 +139,27 @@ def _rows(x: torch.Tensor):
         return x.reshape(x.shape[0], -1), lambda v: v.view(x.shape[1:])
     inverse = [order.index(d) for d in range(1, x.dim())]
     return p.reshape(x.shape[0], -1), lambda v: v.view(p.shape[1:]).permute(inverse)
+
+
+@dataclass
+class ActivitySummary:
+    """A test pass's activity (Activity.summary): per sample (summed over the T steps of a sample) and per layer;
+    numbers for metrics.json, arrays for TensorBoard images and histograms."""
+
+    spikes_per_sample: float  # spikes of all spiking layers
+    layer_spikes_per_sample: Dict[str, float]  # per spiking layer
+    # the share of zeros among all spiking layers' outputs (neurons x T x samples), as NeuroBench's
+    # ActivationSparsity (0.0 for a network without spiking layers, as there)
+    activation_sparsity: float
+    effective_acs_per_sample: float  # synaptic operations (module docstring)
+    effective_macs_per_sample: float
+    dense_ops_per_sample: float
+    layer_acs_per_sample: Dict[str, float]  # per weight layer
+    layer_macs_per_sample: Dict[str, float]
+    firing_rate: Dict[str, float]  # per spiking layer: the mean over time steps, samples and neurons
+    neuron_rates: Dict[str, np.ndarray]  # per spiking layer: every neuron's rate (count / (T * samples)), float64
+    raster: Dict[str, np.ndarray]  # per spiking layer: [neurons, T] 0/1 uint8 of the fixed batch's first sample
+    confusion: Optional[np.ndarray]  # [classes, classes] counts of the fixed batch: rows true, columns predicted
 
 
 class Activity:
@@ -262,60 +284,25 @@ class Activity:
             store[n] = flat[pos:pos + size].view(store[n].shape)
             pos += size
 
-    def summary(self) -> Dict[str, Any]:
-        """Per sample (summed over the T steps of a sample) and per layer; numbers for metrics.json, arrays for
-        TensorBoard images and histograms:
-
-        spikes_per_sample: spikes of all spiking layers; layer_spikes_per_sample: per layer
-        activation_sparsity: the share of zeros among all spiking layers' outputs (neurons x T x samples), as
-            NeuroBench's ActivationSparsity (0.0 for a network without spiking layers, as there)
-        effective_acs_per_sample, effective_macs_per_sample, dense_ops_per_sample: synaptic operations (module
-            docstring); layer_acs_per_sample, layer_macs_per_sample: per weight layer
-        firing_rate: per spiking layer, the mean over time steps, samples and neurons
-        neuron_rates: per spiking layer, every neuron's rate (count / (T * samples)), flat float64 array
-        raster: per spiking layer, [neurons, T] 0/1 uint8 of the fixed batch's first sample
-        confusion: [classes, classes] counts of the fixed batch, rows the true class, columns the predicted"""
+    def summary(self) -> ActivitySummary:
+        """The sums turned into the per-sample and per-layer numbers of ActivitySummary."""
         n = max(self.samples, 1)
         counts = {k: int(v.sum()) for k, v in self.neuron_counts.items()}
         outputs = sum(self.steps[k] * self.samples * v.numel() for k, v in self.neuron_counts.items())
         ops = {k: v.tolist() for k, v in self.ops.items()}  # exact integers: summed before dividing
         total = [sum(v[i] for v in ops.values()) / n for i in range(3)]
-        return {
-            "spikes_per_sample": sum(counts.values()) / n,
-            "layer_spikes_per_sample": {k: c / n for k, c in counts.items()},
-            "activation_sparsity": 1 - sum(counts.values()) / outputs if outputs else 0.0,
-            "effective_acs_per_sample": total[0],
-            "effective_macs_per_sample": total[1],
-            "dense_ops_per_sample": total[2],
-            "layer_acs_per_sample": {k: v[0] / n for k, v in ops.items()},
-            "layer_macs_per_sample": {k: v[1] / n for k, v in ops.items()},
-            "firing_rate": {k: counts[k] / (self.steps[k] * n * v.numel()) for k, v in self.neuron_counts.items()},
-            "neuron_rates": {k: v.cpu().double().flatten().numpy() / (self.steps[k] * n)
-                             for k, v in self.neuron_counts.items()},
-            "raster": dict(self.raster),
-            "confusion": self.confusion,
-        }
-
-
-# -- images, made with numpy alone (matplotlib is no runtime dependency) ----------------------------------------
-
-def raster_image(raster: np.ndarray, height: int = 512, width: int = 256) -> np.ndarray:
-    """[neurons, T] 0/1 -> an [H, W] uint8 image: a black cell for a spike on white, a row per neuron, a column
-    per time step, each cell scaled up to about height x width pixels in all (cells 1 to 8 pixels high, 2 to 32
-    wide)."""
-    neurons, steps = raster.shape
-    h = int(np.clip(height // max(neurons, 1), 1, 8))
-    w = int(np.clip(width // max(steps, 1), 2, 32))
-    img = np.where(raster > 0, 0, 255).astype(np.uint8)
-    return np.repeat(np.repeat(img, h, axis=0), w, axis=1)
-
-
-def confusion_image(confusion: np.ndarray, size: int = 320) -> np.ndarray:
-    """[classes, classes] counts -> an [H, W] uint8 grayscale image of the row-normalised matrix (rows the true
-    class, columns the predicted): the darker, the larger the share of the row; a class absent from the batch is a
-    white row. Cells scaled up to about `size` pixels (4 to 32 each)."""
-    cm = np.asarray(confusion, dtype=np.float64)
-    share = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-    cell = int(np.clip(size // max(cm.shape[0], 1), 4, 32))
-    img = np.round(255 * (1 - share)).astype(np.uint8)
-    return np.repeat(np.repeat(img, cell, axis=0), cell, axis=1)
+        return ActivitySummary(
+            spikes_per_sample=sum(counts.values()) / n,
+            layer_spikes_per_sample={k: c / n for k, c in counts.items()},
+            activation_sparsity=1 - sum(counts.values()) / outputs if outputs else 0.0,
+            effective_acs_per_sample=total[0],
+            effective_macs_per_sample=total[1],
+            dense_ops_per_sample=total[2],
+            layer_acs_per_sample={k: v[0] / n for k, v in ops.items()},
+            layer_macs_per_sample={k: v[1] / n for k, v in ops.items()},
+            firing_rate={k: counts[k] / (self.steps[k] * n * v.numel()) for k, v in self.neuron_counts.items()},
+            neuron_rates={k: v.cpu().double().flatten().numpy() / (self.steps[k] * n)
+                          for k, v in self.neuron_counts.items()},
+            raster=dict(self.raster),
+            confusion=self.confusion,
+        )

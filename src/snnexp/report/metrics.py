@@ -1,16 +1,18 @@
 """An epoch's numbers, made from what `train.epoch.train_epoch` and `train.evaluate.evaluate` returned: the record
-that goes into metrics.json and the scalars that go to TensorBoard. Plain functions of plain dicts, no I/O.
+that goes into metrics.json (a plain dict: a file format) and the scalars that go to TensorBoard. Plain functions
+of the typed summaries, no I/O.
 
-    train_m  loss, acc, samples_per_s, skipped, grad_norm {layer: mean norm}
-    test_m   loss, acc, the activity summary (report.activity.Activity.summary), the static metrics and the energy
-             per sample (report.cost)
+    train_m  TrainSummary: loss, acc, samples_per_s, skipped, grad_norm {layer: mean norm}
+    test_m   TestSummary: loss, acc, the activity summary (report.activity.ActivitySummary), the static metrics and
+             the energy per sample (report.cost)
 """
 
+from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
 from torch import nn
 
-from snnexp.report.activity import spiking_layers
+from snnexp.report.activity import ActivitySummary, spiking_layers
 
 # what a test pass measures of the network's activity that goes into metrics.json (the arrays go to TensorBoard)
 ACTIVITY_METRICS = ("spikes_per_sample", "layer_spikes_per_sample", "effective_acs_per_sample",
@@ -27,41 +29,65 @@ COST_METRICS = {"footprint_bytes": "static/footprint_bytes", "parameter_count": 
                 "energy_per_sample_pj": "activity/energy_per_sample_pj"}
 
 
+@dataclass
+class TrainSummary:
+    """What a training epoch adds up (train.epoch.train_epoch, from metrics.train_summary)."""
+
+    loss: float  # mean over the samples trained on
+    acc: float
+    samples_per_s: float
+    skipped: int  # batches left out for a non-finite loss or gradient (trainer.on_nonfinite=skip)
+    grad_norm: Dict[str, float]  # each layer's gradient norm, averaged over the epoch's steps
+
+
+@dataclass
+class TestSummary(ActivitySummary):
+    """What a test pass measures (train.evaluate.evaluate): loss and accuracy, the network's activity
+    (ActivitySummary's fields), its static metrics (report.cost) and the energy per sample."""
+
+    loss: float
+    acc: float
+    footprint_bytes: int
+    parameter_count: int
+    connection_sparsity: float
+    energy_per_sample_pj: float
+
+
 def train_summary(loss_sum: float, correct: float, seen: float, timed: float, elapsed: float, skipped: int,
-                  grad_norm_sums: Dict[str, float], steps: int) -> Dict[str, Any]:
+                  grad_norm_sums: Dict[str, float], steps: int) -> TrainSummary:
     """train_m from an epoch's sums: mean loss and accuracy over the samples trained on, samples/s (of the
     `timed` samples over `elapsed` seconds), skipped batches, and each layer's gradient norm averaged over steps."""
-    return {"loss": loss_sum / seen if seen else float("nan"), "acc": correct / max(seen, 1),
-            "samples_per_s": timed / elapsed if elapsed > 0 else 0.0, "skipped": skipped,
-            "grad_norm": {k: v / max(steps, 1) for k, v in grad_norm_sums.items()}}
+    return TrainSummary(loss=loss_sum / seen if seen else float("nan"), acc=correct / max(seen, 1),
+                        samples_per_s=timed / elapsed if elapsed > 0 else 0.0, skipped=skipped,
+                        grad_norm={k: v / max(steps, 1) for k, v in grad_norm_sums.items()})
 
 
-def test_metrics(test_m: Dict[str, Any], paper_acc: Optional[float]) -> Dict[str, Any]:
+def test_metrics(test_m: TestSummary, paper_acc: Optional[float]) -> Dict[str, Any]:
     """What a test pass puts in metrics.json, in a run and in `snnexp eval`; a reproduction's published accuracy
     (paper.test_acc) beside it."""
-    metrics = {"test_acc": test_m["acc"], "test_loss": test_m["loss"], "firing_rate": test_m["firing_rate"],
-               **{k: test_m[k] for k in (*ACTIVITY_METRICS, *COST_METRICS)}}
+    metrics = {"test_acc": test_m.acc, "test_loss": test_m.loss, "firing_rate": test_m.firing_rate,
+               **{k: getattr(test_m, k) for k in (*ACTIVITY_METRICS, *COST_METRICS)}}
     if paper_acc is not None:
         metrics["paper_test_acc"] = paper_acc
     return metrics
 
 
-def epoch_metrics(previous: Dict[str, Any], epoch: int, step: int, train_m: Dict[str, Any], test_m: Dict[str, Any],
+def epoch_metrics(previous: Dict[str, Any], epoch: int, step: int, train_m: TrainSummary, test_m: TestSummary,
                   wall_s: float, paper_acc: Optional[float]) -> Dict[str, Any]:
     """metrics.json after `epoch`: this epoch's numbers, the best test accuracy so far and its epoch, and the
     batches skipped so far, carried over from `previous` (the record after the epoch before)."""
-    is_best = test_m["acc"] > previous["best_test_acc"]
+    is_best = test_m.acc > previous["best_test_acc"]
     return {
-        "test_acc": test_m["acc"],  # first in the file, as it always was; **test_metrics below keeps the place
-        "test_loss": test_m["loss"],
-        "best_test_acc": max(test_m["acc"], previous["best_test_acc"]),
+        "test_acc": test_m.acc,  # first in the file, as it always was; **test_metrics below keeps the place
+        "test_loss": test_m.loss,
+        "best_test_acc": max(test_m.acc, previous["best_test_acc"]),
         "best_epoch": epoch if is_best else previous.get("best_epoch", epoch),
-        "train_acc": train_m["acc"],
-        "train_loss": train_m["loss"],
+        "train_acc": train_m.acc,
+        "train_loss": train_m.loss,
         "epoch": epoch,
         "step": step,
-        "skipped_batches": previous.get("skipped_batches", 0) + train_m["skipped"],
-        "train_samples_per_s": train_m["samples_per_s"],
+        "skipped_batches": previous.get("skipped_batches", 0) + train_m.skipped,
+        "train_samples_per_s": train_m.samples_per_s,
         "wall_s": wall_s,
         **test_metrics(test_m, paper_acc),
     }
@@ -73,22 +99,22 @@ def layer_scalars(model: nn.Module) -> Dict[str, float]:
             for key, value in layer.scalars().items()}
 
 
-def epoch_scalars(metrics: Dict[str, Any], train_m: Dict[str, Any], test_m: Dict[str, Any], lr: float,
+def epoch_scalars(metrics: Dict[str, Any], train_m: TrainSummary, test_m: TestSummary, lr: float,
                   model: nn.Module) -> Dict[str, float]:
     """TensorBoard's scalars of an epoch, by tag. paper/test_acc (a reproduction's) draws a flat line on the
     axis of test/acc."""
     scalars = {
-        "train/loss": train_m["loss"], "train/acc": train_m["acc"],
-        "test/loss": test_m["loss"], "test/acc": test_m["acc"], "test/best_acc": metrics["best_test_acc"],
-        "lr": lr, "train/samples_per_s": train_m["samples_per_s"], "train/skipped_batches": train_m["skipped"],
+        "train/loss": train_m.loss, "train/acc": train_m.acc,
+        "test/loss": test_m.loss, "test/acc": test_m.acc, "test/best_acc": metrics["best_test_acc"],
+        "lr": lr, "train/samples_per_s": train_m.samples_per_s, "train/skipped_batches": train_m.skipped,
     }
     if "paper_test_acc" in metrics:
         scalars["paper/test_acc"] = metrics["paper_test_acc"]
-    scalars.update({f"firing_rate/{k}": v for k, v in test_m["firing_rate"].items()})
-    scalars.update({f"grad_norm/{k}": v for k, v in train_m["grad_norm"].items()})
+    scalars.update({f"firing_rate/{k}": v for k, v in test_m.firing_rate.items()})
+    scalars.update({f"grad_norm/{k}": v for k, v in train_m.grad_norm.items()})
     scalars.update(layer_scalars(model))
-    scalars["activity/spikes_per_sample"] = test_m["spikes_per_sample"]
-    scalars.update({tag: test_m[key] for key, tag in COST_METRICS.items()})
+    scalars["activity/spikes_per_sample"] = test_m.spikes_per_sample
+    scalars.update({tag: getattr(test_m, key) for key, tag in COST_METRICS.items()})
     return scalars
 
 

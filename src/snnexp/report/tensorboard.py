@@ -15,7 +15,6 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
 from snnexp.errors import CheckpointError
-from snnexp.report.activity import confusion_image, raster_image
 from snnexp.train.checkpoint import WRITE_ADVICE
 
 log = logging.getLogger("snnexp")
@@ -87,11 +86,11 @@ class RunLogger:
     def activity(self, test_m: Dict[str, Any], epoch: int) -> None:
         """Images and histograms of a test pass (snnexp.report.activity): the spike raster of the fixed test batch's
         first sample per spiking layer, that batch's confusion matrix, the per-neuron firing rates per layer."""
-        images = {f"spike_raster/{k}": raster_image(v) for k, v in test_m["raster"].items()}
-        if test_m["confusion"] is not None:
-            images["confusion/test_batch"] = confusion_image(test_m["confusion"])
+        images = {f"spike_raster/{k}": raster_image(v) for k, v in test_m.raster.items()}
+        if test_m.confusion is not None:
+            images["confusion/test_batch"] = confusion_image(test_m.confusion)
         self.images(images, epoch)
-        self.histograms({f"firing_rate_hist/{k}": v for k, v in test_m["neuron_rates"].items()}, epoch)
+        self.histograms({f"firing_rate_hist/{k}": v for k, v in test_m.neuron_rates.items()}, epoch)
 
     def close(self, success: bool) -> None:
         """Mark the hparams session finished (TensorBoard shows a run that died as unfinished). A write that
@@ -109,3 +108,27 @@ class RunLogger:
         finally:
             if threading.excepthook == self._quiet_writer_thread:
                 threading.excepthook = self._hook
+
+
+# -- images, made with numpy alone (matplotlib is no runtime dependency) ----------------------------------------
+
+def raster_image(raster: np.ndarray, height: int = 512, width: int = 256) -> np.ndarray:
+    """[neurons, T] 0/1 -> an [H, W] uint8 image: a black cell for a spike on white, a row per neuron, a column
+    per time step, each cell scaled up to about height x width pixels in all (cells 1 to 8 pixels high, 2 to 32
+    wide)."""
+    neurons, steps = raster.shape
+    h = int(np.clip(height // max(neurons, 1), 1, 8))
+    w = int(np.clip(width // max(steps, 1), 2, 32))
+    img = np.where(raster > 0, 0, 255).astype(np.uint8)
+    return np.repeat(np.repeat(img, h, axis=0), w, axis=1)
+
+
+def confusion_image(confusion: np.ndarray, size: int = 320) -> np.ndarray:
+    """[classes, classes] counts -> an [H, W] uint8 grayscale image of the row-normalised matrix (rows the true
+    class, columns the predicted): the darker, the larger the share of the row; a class absent from the batch is a
+    white row. Cells scaled up to about `size` pixels (4 to 32 each)."""
+    cm = np.asarray(confusion, dtype=np.float64)
+    share = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    cell = int(np.clip(size // max(cm.shape[0], 1), 4, 32))
+    img = np.round(255 * (1 - share)).astype(np.uint8)
+    return np.repeat(np.repeat(img, cell, axis=0), cell, axis=1)

@@ -6,11 +6,11 @@ import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader
@@ -186,3 +186,31 @@ def model_from_checkpoint(state: Dict[str, Any], source="the checkpoint",
         input_shape, classes = list(splits.input_shape), splits.num_classes
     model = load_weights(build_model(cfg, input_shape, classes), state, source)
     return model.eval(), {"cfg": cfg, "input_shape": list(input_shape), "num_classes": int(classes)}
+
+
+def part_problems(cfg: DictConfig) -> List[str]:
+    """The configured parts that do not go together, by what their classes say they can do (their attributes, not
+    their names): a neuron's backends, the encoder that passes a dataset's event frames on as they are, the scores
+    a readout gives and those a loss needs. One line each, as config.validate words them."""
+    neuron, encoder, readout, loss = (_configured_class(cfg, g) for g in ("neuron", "encoder", "readout", "loss"))
+    problems = []
+    backend = OmegaConf.select(cfg, "neuron.backend")
+    if backend is not None and hasattr(neuron, "unsupported_backend") and neuron.unsupported_backend(backend):
+        problems.append(neuron.unsupported_backend(backend))
+    frames = OmegaConf.select(cfg, "dataset.T") is not None  # dataset.T: a dataset of event frames
+    if frames and encoder is not None and not getattr(encoder, "passes_frames", False):
+        problems.append(f"this dataset gives event frames, which are fed as they are: use encoder=direct, not "
+                        f"{encoder.__name__}")
+    if getattr(loss, "needs", None) == "rates" and getattr(readout, "scores", "rates") == "potentials":
+        problems.append("a membrane readout gives membrane potentials, not firing rates, and loss=mse_rate compares "
+                        "rates with one-hot labels: use loss=ce_rate (cross-entropy), or readout=rate")
+    return problems
+
+
+def _configured_class(cfg: DictConfig, group: str):
+    """The class a config group's _target_ names (imported, not built), or None where there is none."""
+    target = OmegaConf.select(cfg, f"{group}._target_")
+    try:
+        return get_class(target) if target else None
+    except Exception:  # a target that does not import: instantiate says so when the run is built
+        return None

@@ -3,7 +3,7 @@ the optimizer step, and what the epoch adds up (metrics.train_summary)."""
 import logging
 import time
 from contextlib import nullcontext
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 from omegaconf import OmegaConf
@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from snnexp.errors import NonFiniteError
-from snnexp.report.metrics import train_summary
+from snnexp.report.metrics import TrainSummary, train_summary
 from snnexp.train import distributed
 from snnexp.train.build import Run
 from snnexp.train.checkpoint import EpochTotals, TrainState
@@ -38,7 +38,7 @@ def forward(run: Run, x: torch.Tensor, generator: Optional[torch.Generator] = No
     return run.readout(spikes.float())
 
 def train_epoch(run: Run, loader: DataLoader, state: TrainState, epoch: int,
-                after_step: Optional[Callable[[bool], None]] = None) -> Dict[str, Any]:
+                after_step: Optional[Callable[[bool], None]] = None) -> TrainSummary:
     """One pass over the training set, from where `state.totals` left it (a resumed epoch). Updates state.step
     and state.totals; at the end of a whole epoch, state.epoch = epoch and state.totals = None. Returns train_m
     (metrics.train_summary). after_step(last_batch) runs after every batch: checkpoints and stops happen there."""

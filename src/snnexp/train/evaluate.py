@@ -11,7 +11,7 @@ from snnexp.config import EnergyConfig
 from snnexp.errors import CheckpointError, ConfigError, DatasetError
 from snnexp.report.activity import Activity, spiking_layers
 from snnexp.report.cost import energy_pj, static_metrics
-from snnexp.report.metrics import test_metrics
+from snnexp.report.metrics import TestSummary, test_metrics
 from snnexp.train import checkpoint, distributed
 from snnexp.train.build import EVAL_SEED, Run, build_run, checkpoint_config, load_weights, make_loader, resolve_device
 from snnexp.train.epoch import forward
@@ -20,11 +20,11 @@ log = logging.getLogger("snnexp")
 
 
 @torch.no_grad()
-def evaluate(run: Run, loader) -> Dict[str, Any]:
-    """Test loss, accuracy and the network's activity (snnexp.report.activity.Activity.summary): the mean firing rate of
+def evaluate(run: Run, loader) -> TestSummary:
+    """Test loss, accuracy and the network's activity (report.activity.ActivitySummary): the mean firing rate of
     every spiking layer, spikes, activation sparsity and synaptic operations per sample, per-neuron rates, and the
     spike raster and confusion matrix of the first (fixed) test batch; beside them the static metrics and the
-    energy per sample (snnexp.report.cost)."""
+    energy per sample (report.cost)."""
     run.model.eval()
     generator = torch.Generator(run.device).manual_seed(EVAL_SEED)
     total_loss, correct, seen = 0.0, 0, 0
@@ -43,9 +43,10 @@ def evaluate(run: Run, loader) -> Dict[str, Any]:
         raise DatasetError("the test set is empty: there is nothing to test (check dataset.data_dir)")
     summary = activity.summary()
     energy = OmegaConf.merge(OmegaConf.structured(EnergyConfig), run.cfg.get("energy") or {})
-    return {"loss": total_loss / seen, "acc": correct / seen, **summary, **static_metrics(run.model),
-            "energy_per_sample_pj": energy_pj(summary["effective_acs_per_sample"],
-                                              summary["effective_macs_per_sample"], energy.ac_pj, energy.mac_pj)}
+    return TestSummary(**vars(summary), loss=total_loss / seen, acc=correct / seen, **static_metrics(run.model),
+                       energy_per_sample_pj=energy_pj(summary.effective_acs_per_sample,
+                                                      summary.effective_macs_per_sample, energy.ac_pj, energy.mac_pj))
+
 
 def evaluate_checkpoint(path, device_name: str = "auto", data_dir: Optional[str] = None,
                         batch_size: Optional[int] = None, neurobench: bool = False,

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from snnexp.errors import CheckpointError, ConfigError, NonFiniteError
 from snnexp.nn import fusion
-from snnexp.report.metrics import epoch_metrics, epoch_scalars, metrics_scalars
+from snnexp.report.metrics import TestSummary, TrainSummary, epoch_metrics, epoch_scalars, metrics_scalars
 from snnexp.report.tensorboard import RunLogger
 from snnexp.train import checkpoint, distributed
 from snnexp.train.build import Run, build_run, make_loader, resolve_device, seed_everything
@@ -108,7 +108,7 @@ def _fit(cfg: DictConfig, run_dir: Path, hparams: Dict[str, Any], resume: Option
             lr = state.optimizer.param_groups[0]["lr"]
             if state.totals is None:  # a whole epoch (not one cut by trainer.max_steps): the schedule moves on
                 state.scheduler.step()
-            is_best = test_m["acc"] > state.metrics["best_test_acc"]
+            is_best = test_m.acc > state.metrics["best_test_acc"]
             state.metrics = epoch_metrics(state.metrics, epoch, state.step, train_m, test_m, time.perf_counter() - t0,
                                           paper_acc)
             checkpoint.save(last, state, meta)
@@ -142,7 +142,7 @@ def _save_best(best: Path, last: Path, state: TrainState, meta: Dict[str, Any], 
                               f"resume={last.parent.parent}) writes {best.name} from it") from None
 
 def _train_saving(run: Run, loader, state: TrainState, epoch: int, signals: StopSignals, last: Path,
-                  meta: Dict[str, Any]) -> Dict[str, Any]:
+                  meta: Dict[str, Any]) -> TrainSummary:
     """train_epoch, saving `last` every trainer.ckpt_every_steps steps and when a stop is asked for (then
     Interrupted); a non-finite loss or gradient says which checkpoint is kept."""
     every = run.cfg.trainer.ckpt_every_steps
@@ -161,9 +161,9 @@ def _train_saving(run: Run, loader, state: TrainState, epoch: int, signals: Stop
         kept = f"the last good checkpoint is kept: {last}" if last.is_file() else "no checkpoint had been written yet"
         raise NonFiniteError(f"{e}; {kept}") from None
 
-def _log_epoch(epoch: int, epochs: int, train_m: Dict[str, Any], test_m: Dict[str, Any], metrics: Dict[str, Any]):
+def _log_epoch(epoch: int, epochs: int, train_m: TrainSummary, test_m: TestSummary, metrics: Dict[str, Any]):
     log.info("epoch %d/%d  train loss %.4f acc %.2f%%  test loss %.4f acc %.2f%% (best %.2f%%)  %.0f samples/s",
-             epoch, epochs, train_m["loss"], 100 * train_m["acc"], test_m["loss"], 100 * test_m["acc"],
-             100 * metrics["best_test_acc"], train_m["samples_per_s"])
-    if train_m["skipped"]:
-        log.warning("epoch %d: %d batches with a non-finite loss or gradient were skipped", epoch, train_m["skipped"])
+             epoch, epochs, train_m.loss, 100 * train_m.acc, test_m.loss, 100 * test_m.acc,
+             100 * metrics["best_test_acc"], train_m.samples_per_s)
+    if train_m.skipped:
+        log.warning("epoch %d: %d batches with a non-finite loss or gradient were skipped", epoch, train_m.skipped)

@@ -12,6 +12,7 @@ from typing import Callable, Dict, Optional, Union
 import torch
 from torch import nn
 
+from snnexp.config import require
 from snnexp.errors import ConfigError
 from snnexp.nn.neurons.adaptive import alif_initial_state, alif_multistep, alif_step
 from snnexp.nn.neurons.functional import lif_multistep_reference, lif_step
@@ -26,8 +27,7 @@ BACKENDS = ("fused", "reference")
 
 
 def check_backend(backend: str) -> None:
-    if backend not in BACKENDS:
-        raise ValueError(f"neuron backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    require("neuron.backend", backend)
 
 
 def lif_multistep(x_seq: torch.Tensor, tau_inv: Union[float, torch.Tensor, None], surrogate: Callable,
@@ -59,6 +59,7 @@ class SpikingNeuron(nn.Module):
     that autograd differentiates op by op; both give the same spikes and gradients."""
 
     decay_input = True  # IF: no leak, so no input decay either (LIF and PLIF set their own)
+    backends = BACKENDS  # the ways it can run (ALIF: the reference only)
     takes_repeated = True  # direct coding's Repeated input gives the spikes of all steps (snnexp.nn.neurons.repeated)
 
     def __init__(
@@ -71,6 +72,8 @@ class SpikingNeuron(nn.Module):
     ):
         super().__init__()
         check_backend(backend)
+        if self.unsupported_backend(backend):
+            raise ConfigError(self.unsupported_backend(backend))
         self.v_threshold = float(v_threshold)
         self.v_reset = None if v_reset is None else float(v_reset)
         self.detach_reset = bool(detach_reset)
@@ -78,6 +81,14 @@ class SpikingNeuron(nn.Module):
         self.backend = backend
         if backend == "fused":
             prepare_cpu_kernels()
+
+    @classmethod
+    def unsupported_backend(cls, backend: str) -> Optional[str]:
+        """Why this neuron cannot run on `backend` (one of BACKENDS), or None."""
+        if backend in cls.backends:
+            return None
+        return (f"neuron.backend={backend}: {cls.__name__} has no {backend} kernel, only the step-by-step definition: "
+                f"set neuron.backend={cls.backends[0]}")
 
     def tau_inv(self):
         """1/tau as the neuron functions take it: a float, a tensor (learned), or None for IF."""
@@ -170,8 +181,7 @@ class STBPLIF(LIF):
 
     def __init__(self, k: float = 0.2, v_threshold: float = 0.5, surrogate: Optional[Surrogate] = None,
                  backend: str = "fused"):
-        if not 0 < k < 1:
-            raise ValueError(f"STBP decay factor k must be in (0, 1), got {k}")
+        require("neuron.k", k)
         super().__init__(tau=1.0 / (1.0 - k), decay_input=False, v_threshold=v_threshold, v_reset=0.0,
                          detach_reset=False, surrogate=surrogate, backend=backend)
         self.k = float(k)
@@ -190,16 +200,12 @@ class ALIF(SpikingNeuron):
     fixed). The state is a tuple (V, a); `forward` runs `step` over the sequence (backend "reference" only: there
     is no fused kernel for ALIF)."""
 
+    backends = ("reference",)
+
     def __init__(self, tau: float = 20.0, tau_adapt: float = 200.0, beta: float = 1.8, learn_tau: bool = True,
                  learn_tau_adapt: bool = True, decay_input: bool = True, backend: str = "reference", **kwargs):
-        if backend != "reference":
-            raise ConfigError(f"neuron backend {backend!r}: ALIF has no fused kernel, only the step-by-step "
-                              f"definition: set neuron.backend=reference")
-        for name, value in (("tau", tau), ("tau_adapt", tau_adapt)):
-            if not value > 1:
-                raise ConfigError(f"ALIF {name}={value}: must be > 1 (1/{name} = sigmoid(w) < 1)")
-        if not beta >= 0:
-            raise ConfigError(f"ALIF beta={beta}: must be >= 0 (0 is a LIF)")
+        for key, value in (("neuron.tau", tau), ("neuron.tau_adapt", tau_adapt), ("neuron.beta", beta)):
+            require(key, value)
         super().__init__(backend=backend, **kwargs)
         self.decay_input, self.beta = bool(decay_input), float(beta)
         self.w = _tau_parameter(float(tau)) if learn_tau else None

@@ -458,11 +458,11 @@ def test_the_joined_kernels_spike_counts_are_the_neurons(channels_last, dtype):
     """lif_max_pool(count=True) against the neuron's own spikes summed over steps and samples, with BN in the
     kernel and direct coding's repeated step, a batch split among threads; a map the windows do not tile is not
     counted (None)."""
+    from snnexp.nn.fusion import lif_max_pool
     from snnexp.nn.neurons import PLIF
     from snnexp.nn.norms import BatchNormThroughTime
     from snnexp.nn.pooling import MaxPool2d
     from snnexp.ops.normalised import batch_norm
-    from snnexp.ops.pooled import lif_max_pool
     g = torch.Generator().manual_seed(1)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.randn(3 * 40, 6, 10, 12, generator=g, dtype=dtype).contiguous(memory_format=fmt).unflatten(0, (3, 40))

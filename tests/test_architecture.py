@@ -83,6 +83,21 @@ def test_no_import_cycle_between_snnexp_modules():
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
 
 
+# the packages' order: a module imports only from its own rank or a lower one (docs/architecture.md)
+RANKS = {"snnexp": 0, "moved": 0, "errors": 0, "config": 0, "files": 0, "trust": 0, "ops": 1, "nn": 2, "data": 2,
+         "report": 3, "train": 4, "export": 5, "arguments": 6, "cli": 6, "__main__": 6}
+
+
+def test_the_packages_depend_one_way():
+    """ops (the kernels) know nothing of nn (the modules), nn nothing of data, train or report, report nothing of
+    train: from conf/'s parts up to the command."""
+    def rank(module):
+        return RANKS[module.split(".")[1] if "." in module else "snnexp"]
+
+    upward = sorted(f"{a} -> {b}" for a, imported in import_graph().items() for b in imported if rank(b) > rank(a))
+    assert not upward, upward
+
+
 def test_the_error_tree_imports_nothing():
     tree = ast.parse((PACKAGE / "errors.py").read_text())
     assert not [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]

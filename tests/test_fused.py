@@ -25,7 +25,7 @@ CASES = [
 ]
 
 
-def run_both(kind, v_reset, detach, decay, sg, T, dtype, shape=(3, 2, 5)):
+def run_both(kind, v_reset, detach, decay, sg, T, dtype, shape=(3, 2, 5), ours_fn=None):
     torch.manual_seed(zlib.crc32(repr((kind, v_reset, detach, decay, sg, T)).encode()))
     x = (torch.rand(T, *shape, dtype=dtype) * 4.0 - 0.5).requires_grad_()
     x_ref = x.detach().clone().requires_grad_()
@@ -35,7 +35,7 @@ def run_both(kind, v_reset, detach, decay, sg, T, dtype, shape=(3, 2, 5)):
     w_ref = w.detach().clone().requires_grad_()
     tau_inv = {"if": (None, None), "lif": (0.4, 0.4), "plif": (torch.sigmoid(w), torch.sigmoid(w_ref))}[kind]
     common = dict(v_threshold=1.0, v_reset=v_reset, decay_input=decay, detach_reset=detach)
-    ours = lif_multistep_fused(x, tau_inv[0], surrogate, **common)
+    ours = (ours_fn or lif_multistep_fused)(x, tau_inv[0], surrogate, **common)
     ref = lif_multistep(x_ref, tau_inv[1], surrogate, **common)
     (ours * weights).sum().backward()
     (ref * weights).sum().backward()
@@ -141,8 +141,10 @@ def out_name_of_the_kernel():
     return lif_multistep_fused(torch.rand(2, 3, requires_grad=True), 0.5, ATan()).grad_fn.name()
 
 
-def test_without_a_kernel_the_op_computes_the_reference(monkeypatch):
-    """No C compiler: one warning, then the same spikes and gradients through the reference."""
+def test_without_a_kernel_the_neurons_compute_the_reference(monkeypatch):
+    """No C compiler: one warning, then the same spikes and gradients through the reference (nn.neurons.lif_multistep,
+    what the neuron modules run); the op itself says that it has no kernel here and what runs instead."""
+    from snnexp.nn import neurons
     from snnexp.ops import fused
     from snnexp.ops.kernels import cpu
 
@@ -150,8 +152,11 @@ def test_without_a_kernel_the_op_computes_the_reference(monkeypatch):
     monkeypatch.setattr(cpu, "available", lambda: "no C compiler found (set CC, or install gcc)")
     monkeypatch.setattr(fused, "_UNAVAILABLE", {})
     with pytest.warns(RuntimeWarning, match="no C compiler found"):
-        ours, ref, (gx, gx_ref), (gw, gw_ref) = run_both("plif", 0.0, False, True, "atan", 4, torch.float64)
+        ours, ref, (gx, gx_ref), (gw, gw_ref) = run_both("plif", 0.0, False, True, "atan", 4, torch.float64,
+                                                         ours_fn=neurons.lif_multistep)
     assert ours.grad_fn.name() != kernel_name
+    with pytest.raises(ValueError, match="no fused kernel here .no C compiler found.*runs the reference"):
+        lif_multistep_fused(torch.rand(2, 3), 0.5, ATan())
     assert torch.equal(ours, ref)
     torch.testing.assert_close(gx, gx_ref)
     torch.testing.assert_close(gw, gw_ref)

@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from kernel_neurons import NEURONS, SURROGATES, over_a_block
-from snnexp.nn.fusion import fuse_blocks
+from snnexp.nn.fusion import fuse_blocks, lif_max_pool
 from snnexp.nn.layers import Repeated, run_layers
 from snnexp.nn.models import SpecNet
 from snnexp.nn.neurons import PLIF
 from snnexp.nn.norms import BatchNormThroughTime
 from snnexp.nn.pooling import MaxPool2d
-from snnexp.ops.pooled import _lif_pool_op, lif_max_pool
+from snnexp.ops.pooled import _lif_pool_op
 
 F64 = torch.float64
 

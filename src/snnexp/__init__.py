@@ -7,10 +7,10 @@ from snnexp import moved
 
 __version__ = "0.1.0"
 
-# The CPU kernels (snnexp/nn/neurons/kernels) run on Python threads beside PyTorch's OpenMP threads. Left to its default
+# The CPU kernels (snnexp/ops/kernels) run on Python threads beside PyTorch's OpenMP threads. Left to its default
 # wait policy, an OpenMP thread spins for a while after each parallel region (a convolution, a BN) and holds a core
-# the kernels need: on 2 cores the default convnet training step took 55.8 ms with spinning threads and 41.7 ms with
-# the passive policy, and SpikingJelly's step in the same process did not change (bench/bench_train_step.py). The
+# the kernels need: the passive policy makes the default convnet's training step faster, and SpikingJelly's no
+# slower (bench/bench_train_step.py; docs/performance.md, "Figures behind the code"). The
 # OpenMP runtime reads the variable when torch loads it, so this works where snnexp is imported before torch (the
 # `snnexp` command does; a script can `import snnexp` first). A policy the user set is kept.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -45,3 +45,7 @@ def write_atomic(path, data) -> None:
     """`data` (bytes, or a buffer such as BytesIO.getbuffer()) to `path`, atomically; OSError goes to the caller."""
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         f.write(data)
+
+
+# what to do when a run's folder cannot be written (a full disk): said by every write of a run
+WRITE_ADVICE = "(free disk space, or give hydra.run.dir=... elsewhere)"

@@ -37,9 +37,9 @@ from snnexp.nn.layers import Repeated, SeqToANN, run_layers
 from snnexp.nn.neurons import SpikingNeuron
 from snnexp.nn.norms import BatchNormThroughTime
 from snnexp.nn.pooling import MaxPool2d
-from snnexp.ops.fused import lif_multistep_fused
+from snnexp.ops.fused import kernel_unavailable, lif_multistep_fused
 from snnexp.ops.normalised import batch_norm
-from snnexp.ops.pooled import cpu_kernel_neuron, lif_max_pool, pool_joins
+from snnexp.ops.pooled import joinable_input, lif_pool
 
 __all__ = ["FusedBlock", "Joined", "fuse_blocks", "original_name", "parameters"]
 
@@ -136,6 +136,34 @@ def _watched(*modules: nn.Module) -> bool:
     modules = [m for module in modules for m in module.modules()]
     hooked_globally = nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks
     return bool(hooked_globally) or any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+
+
+def lif_max_pool(neuron: SpikingNeuron, pool: nn.MaxPool2d, x: torch.Tensor, steps: int = 0, norm=None,
+                 count: bool = False):
+    """pool(neuron(x)) through the joint op (ops/pooled.py), as [T, B, C, H // kh, W // kw]; x is [T, B, C, H, W], or
+    with `steps` one step's input [B, C, H, W] fed at each of `steps` steps; with `norm` (ops/normalised.py),
+    pool(neuron(BN(x))). None where the joint op does not apply (then run the layers apart): see `pool_joins`. With
+    `count`: (that output, each neuron's spike count [C, H, W] over the steps and the batch)."""
+    if not pool_joins(neuron, pool, x, steps, count):
+        return None
+    kh, kw = nn.modules.utils._pair(pool.kernel_size)
+    return lif_pool(x, neuron.dynamics(), kh, kw, steps, norm, count)
+
+
+def pool_joins(neuron: SpikingNeuron, pool: nn.MaxPool2d, x: torch.Tensor, steps: int = 0, count: bool = False) -> bool:
+    """The joint op computes exactly the two layers: a neuron of the CPU kernel (`cpu_kernel_neuron`), x laid out
+    as the op reads it (ops/pooled.py, joinable_input), and a pool whose windows tile the map."""
+    kh, kw = nn.modules.utils._pair(pool.kernel_size)
+    return (cpu_kernel_neuron(neuron, x) and joinable_input(x, steps, kh, count)
+            and pool._tiles(x if steps else x[0], kh, kw))
+
+
+def cpu_kernel_neuron(neuron, x: torch.Tensor) -> bool:
+    """`neuron` on x runs the CPU kernel of the fused op: a neuron of the fused kernel (IF, LIF, PLIF, STBP) with a
+    surrogate it knows, x a float32 or float64 CPU tensor, and the kernel built."""
+    return (type(neuron).forward is SpikingNeuron.forward and neuron.backend == "fused"
+            and neuron.surrogate.kernel_args() is not None and x.device.type == "cpu"
+            and x.dtype in (torch.float32, torch.float64) and kernel_unavailable("cpu") is None)
 
 
 # -- the pass ------------------------------------------------------------------------------------------------------

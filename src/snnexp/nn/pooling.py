@@ -2,7 +2,7 @@
 
 The spiking convnets of the papers pool spikes with 2x2 windows at stride 2 (`MPk2s2`). There PyTorch's
 backward zero-fills dL/dx and then scatters the window gradients into it through 8-byte indices: two passes
-over the layer's largest tensor, about 10% of the N-MNIST net's training step (bench/bench_train_step.py).
+over the layer's largest tensor, a tenth of the N-MNIST net's training step (bench/bench_train_step.py).
 When kernel == stride (no padding, dilation 1, floor mode) every input element lies in at most one window, so
 dL/dx can be written in one dense pass from one byte per window, the position of its maximum
 (ops/kernels/pool_cpu.c). Maxima, tie-breaking (the first maximum of the window in row-major order; a NaN

@@ -26,7 +26,6 @@ from typing import Dict, Optional, Tuple, Union
 
 import torch
 
-from snnexp.nn.neurons.functional import lif_multistep_reference
 from snnexp.ops.kernels.cpu import empty_steps
 from snnexp.ops.kernels.params import LifParams
 from snnexp.ops.normalised import Norm, input_grad, kernel_args
@@ -201,16 +200,18 @@ def lif_multistep_fused(
     """Spikes of `functional.lif_multistep_reference`, through the fused kernel. tau_inv = None is IF; a
     tensor (PLIF) gets its gradient. With `steps`, x_seq is one step's input [B, ...] fed at each of `steps`
     steps (direct coding): read, never copied, and its gradient is the sum over the steps. The surrogate must
-    be one the kernels know (`kernel_args()`). Where no kernel runs on x's device, this is the reference.
+    be one the kernels know (`kernel_args()`), and a kernel must run on x's device (`kernel_unavailable`; the
+    neuron modules and nn.neurons.lif_multistep run the reference where none does).
     `norm` (CPU kernels only): a BN before the neurons, applied to x inside the op (ops/normalised.py)."""
     spec = surrogate.kernel_args()
     if spec is None:
         raise ValueError(f"{type(surrogate).__name__} has no fused kernel; use the reference implementation")
     if norm is not None and (x_seq.device.type != "cpu" or kernel_unavailable("cpu")):
         raise ValueError("a BN joined with the neurons needs the CPU kernels; run the BN as its own layer")
-    if kernel_unavailable(x_seq.device.type):
-        x_seq = x_seq.unsqueeze(0).expand(steps, *x_seq.shape) if steps else x_seq
-        return lif_multistep_reference(x_seq, tau_inv, surrogate, v_threshold, v_reset, decay_input, detach_reset)
+    unavailable = kernel_unavailable(x_seq.device.type)
+    if unavailable:
+        raise ValueError(f"no fused kernel here ({unavailable}): snnexp.nn.neurons.lif_multistep runs the reference "
+                         "definition instead")
     if not steps and x_seq.shape[0] > 1 and x_seq.stride(0) == 0:  # a repeated view (direct coding's encoder)
         x_seq, steps = x_seq[0], x_seq.shape[0]
     tau, *args = op_args(tau_inv, surrogate, v_threshold, v_reset, decay_input, detach_reset, x_seq.device)

@@ -9,25 +9,24 @@ forward has pooled them (only X and one byte per window are kept for backward, a
 two kernels one after the other (ops/fused.py, pool_cpu.c).
 
 Spikes, pooled values, positions and gradients are those of the neuron followed by `snnexp.nn.pooling.MaxPool2d`
-exactly (tests/test_pooled.py). `snnexp.nn.fusion.FusedBlock` takes this path for a neuron and such a pool that the
-network was built with as one block (SN-MP, BN-SN-MP), when both run the CPU kernels and no hook watches either but
-the activity counters of a test pass: for them the op also counts each neuron's spikes (`count`), so that a test
-pass with metrics keeps this path (tests/test_activity.py checks the counts against the layers run apart).
+exactly (tests/test_pooled.py). `snnexp.nn.fusion.FusedBlock` takes this path (through nn/fusion.py's
+lif_max_pool) for a neuron and such a pool that the network was built with as one block (SN-MP, BN-SN-MP), when both
+run the CPU kernels and no hook watches either but the activity counters of a test pass: for them the op also
+counts each neuron's spikes (`count`), so that a test pass with metrics keeps this path (tests/test_activity.py
+checks the counts against the layers run apart).
 NeuroBench's hooks need the spikes themselves: under them the block runs its layers apart.
 """
 
 from typing import Optional, Tuple
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from snnexp.nn.neurons import SpikingNeuron
 from snnexp.ops.fused import (
     _empty_norm_grad,
     _gradients,
     _kernel_input,
     kernel_params,
-    kernel_unavailable,
     norm_op_args,
     op_args,
 )
@@ -102,42 +101,30 @@ def _backward(ctx, grad_y, _grad_pos, _grad_counts):
 _lif_pool_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def lif_max_pool(neuron: SpikingNeuron, pool: nn.MaxPool2d, x: Tensor, steps: int = 0, norm: Optional[Norm] = None,
-                 count: bool = False):
-    """pool(neuron(x)) through the joint op, as [T, B, C, H // kh, W // kw]; x is [T, B, C, H, W], or with `steps`
-    one step's input [B, C, H, W] fed at each of `steps` steps; with `norm`, pool(neuron(BN(x))). None where the
-    joint op does not apply (then run the layers apart): see `pool_joins`. With `count`: (that output, each
-    neuron's spike count [C, H, W] over the steps and the batch), for the activity counters."""
-    if not pool_joins(neuron, pool, x, steps, count):
-        return None
-    kh, kw = nn.modules.utils._pair(pool.kernel_size)
-    tau, *args = op_args(*neuron.dynamics(), x.device)
+def lif_pool(x: Tensor, dynamics: tuple, kh: int, kw: int, steps: int = 0, norm: Optional[Norm] = None,
+             count: bool = False):
+    """The max pool (kh x kw windows, stride kh x kw) of the spikes of neurons with these settings (a neuron's
+    dynamics(): 1/tau, surrogate, V_th, V_reset, decay_input, detach_reset) through the joint op, as
+    [T, B, C, H // kh, W // kw]; x is [T, B, C, H, W], or with `steps` one step's input [B, C, H, W] fed at each of
+    `steps` steps; with `norm`, of BN(x). With `count`: (that output, each neuron's spike count [C, H, W] over the
+    steps and the batch). The caller checks that the op applies (`joinable_input`, snnexp.nn.fusion.pool_joins)."""
+    tau, *args = op_args(*dynamics, x.device)
     params, inner, batch = norm_op_args(norm)
     y, _, counts = _lif_pool_op(x, tau, params, *args, int(steps), inner, batch, kh, kw,
                                 _channels_last(x if steps else x[0]), count)
     return (y, counts) if count else y
 
 
-def pool_joins(neuron: SpikingNeuron, pool: nn.MaxPool2d, x: Tensor, steps: int = 0, count: bool = False) -> bool:
-    """The joint op computes exactly the two layers: a neuron of the CPU kernel (`cpu_kernel_neuron`), one dense
-    block per step in NCHW or channels_last order, and a pool whose windows tile the map. To `count` the spikes the
-    windows must also divide the map's height: the kernel leaves the rows below the last window out."""
-    kh, kw = nn.modules.utils._pair(pool.kernel_size)
+def joinable_input(x: Tensor, steps: int, kh: int, count: bool = False) -> bool:
+    """x is laid out as the joint op reads it: a float32 or float64 CPU tensor of 4-d steps, one dense block per step
+    in NCHW or channels_last order. To `count` the spikes the windows must also divide the map's height: the kernel
+    leaves the rows below the last window out."""
     step = x if steps else x[0]
     dense = step.is_contiguous() or _channels_last(step)
     seq_ok = steps > 0 or (x.dim() == 5 and x.shape[0] > 0 and x.stride(0) == step.numel())
-    counted = not count or step.shape[-2] % kh == 0
-    return (cpu_kernel_neuron(neuron, x) and dense and step.dim() == 4 and seq_ok and pool._tiles(step, kh, kw)
-            and counted)
+    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and dense and step.dim() == 4
+            and seq_ok and (not count or step.shape[-2] % kh == 0))
 
 
 def _channels_last(step: Tensor) -> bool:
     return step.dim() == 4 and step.is_contiguous(memory_format=torch.channels_last) and not step.is_contiguous()
-
-
-def cpu_kernel_neuron(neuron, x: Tensor) -> bool:
-    """`neuron` on x runs the CPU kernel of the fused op: a neuron of the fused kernel (IF, LIF, PLIF, STBP) with a
-    surrogate it knows, x a float32 or float64 CPU tensor, and the kernel built."""
-    return (type(neuron).forward is SpikingNeuron.forward and neuron.backend == "fused"
-            and neuron.surrogate.kernel_args() is not None and x.device.type == "cpu"
-            and x.dtype in (torch.float32, torch.float64) and kernel_unavailable("cpu") is None)

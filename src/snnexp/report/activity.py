@@ -51,7 +51,6 @@ from snnexp.nn.neurons import SpikingNeuron
 from snnexp.nn.recurrent import RecurrentFC
 from snnexp.ops.fused import kernels_ready
 from snnexp.ops.kernels import cpu
-from snnexp.train import distributed
 
 SOP_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 RASTER_NEURONS = 256  # at most this many neurons of a layer in its raster: a fixed, evenly spaced subset
@@ -267,10 +266,10 @@ class Activity:
     def all_reduce(self) -> None:
         """Data parallel: replace the sums (samples, spike and operation counts) by their sums over all processes;
         the raster and confusion matrix stay this process's own. A no-op in a single process."""
-        if distributed.world() <= 1:
-            return
         import torch.distributed as dist
 
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() <= 1:
+            return
         sums = {**{("spikes", n): v for n, v in self.neuron_counts.items()},
                 **{("ops", n): v for n, v in self.ops.items()}}
         keys = sorted(sums)

@@ -15,7 +15,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
 from snnexp.errors import CheckpointError
-from snnexp.train.checkpoint import WRITE_ADVICE
+from snnexp.files import WRITE_ADVICE
 
 log = logging.getLogger("snnexp")
 

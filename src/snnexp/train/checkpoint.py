@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from snnexp import conf_dir
 from snnexp.errors import CheckpointError
-from snnexp.files import atomic_path, write_json_atomic
+from snnexp.files import WRITE_ADVICE, atomic_path, write_json_atomic
 from snnexp.moved import new_targets
 from snnexp.train import distributed
 from snnexp.trust import check_stored_config
@@ -40,7 +40,6 @@ from snnexp.trust import check_stored_config
 log = logging.getLogger("snnexp")
 
 FORMAT = 2  # 2: RNG states and the position within an epoch, for exact resume
-WRITE_ADVICE = "(free disk space, or give hydra.run.dir=... elsewhere)"
 
 
 @dataclass
@@ -172,8 +171,7 @@ class _Recorded:
 def _torch_save(contents, f) -> None:
     """torch.save to the open file `f`; a failed write raises its own error (OSError for a full disk), and a
     RuntimeError that no write caused (a bug) stays one. Costs no copy, where saving to memory first and then writing
-    the bytes would hold the checkpoint twice (+134 MB and up to 1.7x the time for a resnet18's with Adam's state;
-    the default convnet's 300 kB take 2-4 ms either way)."""
+    the bytes would hold the checkpoint twice (docs/performance.md, "Figures behind the code")."""
     recorded = _Recorded(f)
     try:
         torch.save(contents, recorded)

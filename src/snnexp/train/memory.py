@@ -27,10 +27,7 @@ log = logging.getLogger("snnexp")
 BYTES_PER_ELEMENT = 4  # float32 (with trainer.amp some activations take half)
 # What a training step's memory grows by per counted output element, time step and sample: the slope of the peak
 # resident set over one forward + backward + Adam step between two T (as bench/bench_memory.py measures it), divided
-# by the counted outputs x 4 bytes; 2 CPU cores, joined kernels and channels_last, as `snnexp train` runs (issue 28):
-#   convnet on digits 0.50 (T 64-256, batch 64), convnet on 28x28 0.46 (T 16-32, batch 64), MLP on digits 0.67,
-#   the PLIF N-MNIST net 0.65 (T 10-40, batch 16), the CIFAR10-DVS net 0.67 (T 10-20, batch 4), the STBP N-MNIST net
-#   with NeuNorm 1.12 (T 10-30, batch 16), the SHD RSNN 1.20 (T 100-200, batch 64: every step's membrane is kept).
+# by the counted outputs x 4 bytes, for the networks of the presets (docs/performance.md, "Figures behind the code").
 # A little under the lowest is taken, so the estimate is a floor (it came out at 0.2 to 1.0 of the measured peaks):
 # a run it refuses cannot fit, while one near the edge may still fail in the allocator. A floor, because a wrong
 # refusal would stop a run that trains.

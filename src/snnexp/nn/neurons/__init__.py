@@ -18,7 +18,11 @@ from snnexp.nn.neurons.adaptive import alif_initial_state, alif_multistep, alif_
 from snnexp.nn.neurons.functional import lif_multistep_reference, lif_step
 from snnexp.nn.neurons.repeated import Repeated
 from snnexp.nn.surrogate import ATan, Surrogate
-from snnexp.ops.fused import lif_multistep_fused, prepare_cpu_kernels  # imported here: torch.compile finds the op
+from snnexp.ops.fused import (  # imported here: torch.compile finds the op
+    kernel_unavailable,
+    lif_multistep_fused,
+    prepare_cpu_kernels,
+)
 
 __all__ = ["IF", "LIF", "PLIF", "STBPLIF", "SpikingNeuron", "if_multistep", "lif_multistep", "lif_multistep_fused",
            "lif_multistep_reference", "ALIF"]
@@ -34,10 +38,12 @@ def lif_multistep(x_seq: torch.Tensor, tau_inv: Union[float, torch.Tensor, None]
                   v_threshold: float = 1.0, v_reset: Optional[float] = 0.0, decay_input: bool = True,
                   detach_reset: bool = False, return_v: bool = False, backend: str = "fused", steps: int = 0):
     """`lif_multistep_reference`, through the fused kernel when it can: backend "fused" (the default) with a
-    surrogate the kernels know and no `return_v`; "reference" always runs the definition. With `steps`, x_seq
+    surrogate the kernels know, no `return_v`, and a kernel for x's device (without one: the definition, after one
+    warning that says why); "reference" always runs the definition. With `steps`, x_seq
     is one step's input [B, ...], the same at each of `steps` steps (direct coding; see lif_multistep_fused)."""
     check_backend(backend)
-    if backend == "fused" and not return_v and getattr(surrogate, "kernel_args", lambda: None)() is not None:
+    if backend == "fused" and not return_v and getattr(surrogate, "kernel_args", lambda: None)() is not None \
+            and kernel_unavailable(x_seq.device.type) is None:
         return lif_multistep_fused(x_seq, tau_inv, surrogate, v_threshold, v_reset, decay_input, detach_reset,
                                    steps)
     x_seq = x_seq.unsqueeze(0).expand(steps, *x_seq.shape) if steps else x_seq

@@ -1,9 +1,9 @@
 """Output buffers of the CPU kernels that are reused instead of mapped afresh.
 
 glibc hands out every block of 32 MiB or more as a new memory map and unmaps it when the tensor is freed, so a
-kernel writing such an output pays a page fault for each 4 KiB page on first write, call after call: 16,386 faults
-and about 20 ms of the LIF op's 26 ms on [8, 32, 128, 16, 16] (bench/bench_neuron.py, docs/performance.md). Below
-32 MiB glibc's heap reuses freed blocks and nothing is gained. So blocks of at least that size are kept here once
+kernel writing such an output pays a page fault for each 4 KiB page on first write, call after call: most of the
+LIF op's time on large layers (bench/bench_neuron.py; docs/performance.md, "Figures behind the code"). Below 32 MiB
+glibc's heap reuses freed blocks and nothing is gained. So blocks of at least that size are kept here once
 allocated and handed out again for the next output of the same size, but only when no tensor uses their memory any
 more. PyTorch has no caching allocator on the CPU to do this.
 

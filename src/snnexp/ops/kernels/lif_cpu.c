@@ -33,12 +33,9 @@ enum { SG_ATAN = 0, SG_SIGMOID = 1, SG_RECT = 2, SG_TRIANGLE = 3, SG_FAST_SIGMOI
 enum { LEAK_NONE = 0, LEAK_DECAY_INPUT = 1, LEAK_PLAIN = 2 }; /* IF; H = V + (X - (V - L))/tau; H = V - (V - L)/tau + X */
 
 /* Neurons per inner loop. Each step of a block reads and writes a run of BLOCK contiguous values, T runs N apart:
- * the longer the runs, the better the hardware prefetcher streams them. Measured on the PLIF op forward + backward
- * (2 threads, float32), 256 -> 4096 neurons: [8, 32, 128, 16, 16] 3.6 -> 2.9 ms forward, 7.3 -> 5.7 ms backward;
- * [10, 16, 128, 34, 34] 9.5 -> 6.4 and 18.7 -> 13.0 ms; at T = 256 ([256, 2, 64, 16, 16]) the backward's H and V
- * of a block take 8 MiB, and 2048 neurons gave 9.7 ms against 10.6 (one run; 256: 12.3). The backward's blocks
- * shrink with T (backward_block_size) to bound that scratch; their speed is level with BLOCK's within this VM's
- * noise. The scratch is on the heap, not the stack. */
+ * the longer the runs, the better the hardware prefetcher streams them (4096 was faster than 256 and 2048 on the
+ * PLIF op: docs/performance.md, "Figures behind the code"). The backward's blocks shrink with T
+ * (backward_block_size) to bound its scratch, at no measurable cost. The scratch is on the heap, not the stack. */
 #define BLOCK 4096
 /* A backward's scratch per thread, in rows of one block: H[t] and V[t-1] of the block over time (2T + 1 rows), then
  * backward_block's 10 rows of per-neuron state; `extra` more rows (the pool backward's gathered gradient). */
@@ -47,7 +44,7 @@ enum { LEAK_NONE = 0, LEAK_DECAY_INPUT = 1, LEAK_PLAIN = 2 }; /* IF; H = V + (X 
 
 /* The backward's neurons per block for a scratch of `rows` rows: BLOCK, or as many (a multiple of 64) as keep the
  * scratch within SCRATCH_VALUES: at T = 1000 a block of BLOCK would take 32 MiB of scratch a thread, twice the
- * input of a [1000, 32, 128] layer. Its speed at T = 100-1000 was level with BLOCK's, within this VM's noise. */
+ * input of a [1000, 32, 128] layer. Its speed at T = 100-1000 was level with BLOCK's. */
 static int64_t backward_block_size(int64_t rows) {
     const int64_t bs = SCRATCH_VALUES / rows / 64 * 64;
     return bs > BLOCK ? BLOCK : bs < 64 ? 64 : bs;
@@ -60,7 +57,7 @@ void max_pool_forward_f64(const double *x, double *y, uint8_t *pos, int64_t H, i
                           int64_t kw, int64_t lo, int64_t hi);
 
 /* backward_range with the surrogate and want_tau as constants, so that each combination gets its own
- * vectorised loop (measured: 12.1 -> 8.4 ms for the [8, 32, 128, 16, 16] LIF backward on 2 threads). */
+ * vectorised loop (faster: docs/performance.md, "Figures behind the code"). */
 #define BACKWARD_CALL(SUFFIX, KIND, TAU)                                                               \
     backward_range_##SUFFIX(KIND, TAU, x, grad_s, grad_x, h_buf, bs, T, N, x_step, lo, hi, leak, tau_inv, \
                             v_th, v_reset, soft_reset, detach_reset, sg_a, sg_b, norm, ld, nc, inner, sums)

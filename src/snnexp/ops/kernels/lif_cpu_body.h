@@ -113,8 +113,8 @@ static inline __attribute__((always_inline)) void NAME(recharge)(
 }
 
 /* The BN's work in the backward, as functions of their own: inlined, it made backward_block too large for GCC to
- * unswitch the runtime reset flags, and the backward without a BN ran a third slower (convnet first layer, 4.2 ->
- * 5.9 ms); as copies per (surrogate, want_tau) it doubled the build time. */
+ * unswitch the runtime reset flags, and the backward without a BN ran slower; as copies per (surrogate, want_tau)
+ * it doubled the build time (figures: docs/performance.md, "Figures behind the code"). */
 static __attribute__((noinline)) void NAME(recharge_norm)(
         const TYPE *xt, const TYPE *a, const TYPE *b, TYPE *ht, TYPE *vt, TYPE *v, int64_t n, int leak, TYPE tau_inv,
         TYPE leak_to, TYPE v_th, TYPE v_reset, int soft_reset) {
@@ -192,8 +192,8 @@ static inline __attribute__((always_inline)) double NAME(backward_block)(
         const TYPE *vprev = v_buf + t * bs;  /* V[t-1] */
         const TYPE *xt = x + t * x_step + b0;
         /* x_step = 0: the step's dL/dx goes to g_step, then into g_sum; an unconditional store keeps the
-         * loop vectorised (a store under `if (x_step)` is control flow GCC does not if-convert: measured
-         * 13.0 -> 4.5 ms for the [4, 256, 32, 28, 28] PLIF backward, atan, 2 threads) */
+         * loop vectorised (a store under `if (x_step)` is control flow GCC does not if-convert; figures:
+         * docs/performance.md, "Figures behind the code") */
         TYPE *gxt = x_step ? grad_x + t * x_step + b0 : g_step;
         _Pragma("omp simd")
         for (int64_t i = 0; i < n; i++) {

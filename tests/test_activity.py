@@ -339,14 +339,14 @@ def test_run_logs_activity_to_metrics_and_tensorboard(tmp_path):
     for key, tag in COST_METRICS.items():  # one per epoch, the last the final test pass's
         assert len(events.Scalars(tag)) == 2
         assert events.Scalars(tag)[-1].value == pytest.approx(metrics[key], rel=1e-6)
-    plif = ["02_PLIF", "06_PLIF", "10_PLIF"]
+    plif = ["layer1", "layer2", "layer3"]  # the PLIF layers 02, 06 and 10 of metrics.json, by layer of the spec
     assert set(tags["images"]) == {f"spike_raster/{k}" for k in plif} | {"confusion/test_batch"}
     assert set(tags["histograms"]) == {f"firing_rate_hist/{k}" for k in plif}
-    raster = events.Images("spike_raster/02_PLIF")[-1]
+    raster = events.Images("spike_raster/layer1")[-1]
     assert raster.height == 256 * 2 and raster.width == 4 * 32  # 256 of 2048 neurons, 4 steps
     confusion = events.Images("confusion/test_batch")
     assert len(confusion) == 2 and confusion[-1].height == confusion[-1].width == 320  # 10 classes, 32 px cells
-    hist = events.Histograms("firing_rate_hist/02_PLIF")[-1].histogram_value
+    hist = events.Histograms("firing_rate_hist/layer1")[-1].histogram_value
     assert hist.num == 32 * 8 * 8 and 0 <= hist.min <= hist.max <= 1
     assert hist.sum / hist.num == pytest.approx(metrics["firing_rate"]["02_PLIF"], rel=1e-4)
 

@@ -89,7 +89,7 @@ def test_spikes_traces_and_gradients_follow_the_equations(v_reset, decay_input, 
         torch.testing.assert_close(n.w_adapt.grad, wa.grad, rtol=1e-10, atol=1e-12)
         assert n.w.grad.abs() > 0 and n.w_adapt.grad.abs() > 0
     else:
-        assert list(n.parameters()) == [] and n.scalars() == {}
+        assert list(n.parameters()) == [] and set(n.scalars()) == {"tau", "tau_adapt"}  # fixed: flat lines
 
 
 def test_step_loop_and_repeated_input_give_forward():
@@ -233,7 +233,7 @@ def test_learned_time_constants_start_where_configured_and_are_logged():
     assert n.scalars() == pytest.approx({"tau": 20.0, "tau_adapt": 200.0}, rel=1e-5)
     assert torch.sigmoid(n.w).item() == pytest.approx(1 / 20) and torch.sigmoid(n.w_adapt).item() == pytest.approx(
         1 / 200)
-    assert ALIF(learn_tau=False).scalars() == pytest.approx({"tau_adapt": 200.0}, rel=1e-5)
+    assert ALIF(learn_tau=False).scalars() == pytest.approx({"tau": 20.0, "tau_adapt": 200.0}, rel=1e-5)
 
 
 def test_bad_arguments_are_refused():
@@ -271,7 +271,6 @@ def test_cli_trains_alif_and_the_time_constants_move(tmp_path):
     events = EventAccumulator(str(run))
     events.Reload()
     tags = events.Tags()["scalars"]
-    assert sum(t.startswith("tau/") and t.endswith("_ALIF") for t in tags) == 2
-    assert sum(t.startswith("tau_adapt/") and t.endswith("_ALIF") for t in tags) == 2
-    assert sum(t.startswith("firing_rate/") and t.endswith("_ALIF") for t in tags) == 2
+    assert {t for t in tags if t.startswith(("tau/", "tau_adapt/", "firing_rate/"))} == {
+        "tau/layer1", "tau/layer2", "tau_adapt/layer1", "tau_adapt/layer2", "firing_rate/layer1", "firing_rate/layer2"}
     assert json.loads((run / "metrics.json").read_text())["test_acc"] > 0

@@ -51,8 +51,8 @@ def test_run_leaves_config_metrics_checkpoints_and_tensorboard(trained):
     for tag in ("train/loss", "train/acc", "test/loss", "test/acc", "lr"):
         assert tag in tags
         assert len(events.Scalars(tag)) == 2  # one point per epoch
-    assert any(t.startswith("firing_rate/") and t.endswith("_PLIF") for t in tags)
-    assert sum(t.startswith("tau/") for t in tags) == 3  # the default convnet has 3 PLIF layers
+    assert {t for t in tags if t.startswith(("firing_rate/", "tau/"))} == {  # the default convnet's 3 PLIF layers
+        f"{what}/layer{k}" for what in ("firing_rate", "tau") for k in (1, 2, 3)}
     # the hparams session for the HPARAMS tab
     hp = events.PluginTagToContent("hparams")
     assert "_hparams_/session_start_info" in hp

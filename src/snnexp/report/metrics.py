@@ -12,6 +12,7 @@ from typing import Any, Dict, Optional
 
 from torch import nn
 
+from snnexp.report.activity import SOP_LAYERS as WEIGHT_LAYERS
 from snnexp.report.activity import ActivitySummary, spiking_layers
 
 # what a test pass measures of the network's activity that goes into metrics.json (the arrays go to TensorBoard)
@@ -93,9 +94,36 @@ def epoch_metrics(previous: Dict[str, Any], epoch: int, step: int, train_m: Trai
     }
 
 
+class LayerTags:
+    """TensorBoard's names of a network's layers: 'layerK' for the K-th layer as the spec counts them (a conv or FC
+    with the norm, neuron and pooling after it; RFCn; a ResNet block), whatever its neuron, norm or surrogate, so that
+    runs of one network share every chart. `of` names a layer from its metrics.json name ('02_PLIF' -> 'layer1'; in
+    a block the path stays: '03.body.2_PLIF' -> 'layer2.body.2'); `group` names the layer a parameter belongs to
+    from its module path in the unfused network ('5.w' -> 'layer2': a PLIF's w counts with its conv)."""
+
+    def __init__(self, model: nn.Module):
+        self.layers = list(model) if isinstance(model, nn.Sequential) else []
+        self.starts = [i for i, m in enumerate(self.layers) if any(isinstance(s, WEIGHT_LAYERS) for s in m.modules())]
+
+    def _k(self, position: int) -> int:
+        return sum(start <= position for start in self.starts)
+
+    def of(self, layer_name: str) -> str:
+        path = layer_name.rsplit("_", 1)[0]  # the type after the last '_' ('03.out_neuron_PLIF' -> '03.out_neuron')
+        head, dot, rest = path.partition(".")
+        if not (head.isdigit() and self.layers):
+            return path
+        return f"layer{self._k(int(head))}{dot}{rest}"
+
+    def group(self, module_path: str) -> str:
+        head = module_path.partition(".")[0]
+        return f"layer{self._k(int(head))}" if head.isdigit() and self.layers else module_path.rsplit(".", 1)[0]
+
+
 def layer_scalars(model: nn.Module) -> Dict[str, float]:
-    """What each spiking layer reports of itself (SpikingNeuron.scalars: PLIF's tau), as '<what>/<layer>'."""
-    return {f"{key}/{name}": value for name, layer in spiking_layers(model).items()
+    """What each spiking layer reports of itself (SpikingNeuron.scalars: its tau), as '<what>/<layer tag>'."""
+    tags = LayerTags(model)
+    return {f"{key}/{tags.of(name)}": value for name, layer in spiking_layers(model).items()
             for key, value in layer.scalars().items()}
 
 
@@ -110,19 +138,21 @@ def epoch_scalars(metrics: Dict[str, Any], train_m: TrainSummary, test_m: TestSu
     }
     if "paper_test_acc" in metrics:
         scalars["paper/test_acc"] = metrics["paper_test_acc"]
-    scalars.update({f"firing_rate/{k}": v for k, v in test_m.firing_rate.items()})
-    scalars.update({f"grad_norm/{k}": v for k, v in train_m.grad_norm.items()})
+    tags = LayerTags(model)
+    scalars.update({f"firing_rate/{tags.of(k)}": v for k, v in test_m.firing_rate.items()})
+    scalars.update({f"grad_norm/{k}": v for k, v in train_m.grad_norm.items()})  # already by layer tag
     scalars.update(layer_scalars(model))
     scalars["activity/spikes_per_sample"] = test_m.spikes_per_sample
     scalars.update({tag: getattr(test_m, key) for key, tag in COST_METRICS.items()})
     return scalars
 
 
-def metrics_scalars(metrics: Dict[str, Any]) -> Dict[str, float]:
+def metrics_scalars(metrics: Dict[str, Any], model: nn.Module) -> Dict[str, float]:
     """The part of epoch_scalars that metrics.json holds (not: lr, gradient norms, images): an epoch's points
     written again from it, for a resumed run whose metrics.json write failed (resume.reconcile)."""
     tags = {"train/loss": "train_loss", "train/acc": "train_acc", "test/loss": "test_loss", "test/acc": "test_acc",
             "test/best_acc": "best_test_acc"}
     scalars = {tag: metrics[key] for tag, key in tags.items() if key in metrics}
-    scalars.update({f"firing_rate/{k}": v for k, v in metrics.get("firing_rate", {}).items()})
+    tags = LayerTags(model)
+    scalars.update({f"firing_rate/{tags.of(k)}": v for k, v in metrics.get("firing_rate", {}).items()})
     return scalars

@@ -8,7 +8,7 @@ import logging
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict
+from typing import Dict
 
 import numpy as np
 from torch.utils.tensorboard import SummaryWriter
@@ -18,6 +18,17 @@ from snnexp.errors import CheckpointError
 from snnexp.files import WRITE_ADVICE
 
 log = logging.getLogger("snnexp")
+
+
+# TensorBoard's CUSTOM SCALARS tab, written by every run (the tab merges the runs' layouts): the result first, then
+# what explains it, each chart with every run's curve; tags are regular expressions
+LAYOUT = {
+    "1 accuracy": {"accuracy: train, test, best test, paper": [
+        "Multiline", ["train/acc", "test/acc", "test/best_acc", "paper/test_acc"]]},
+    "2 loss": {"loss: train, test": ["Multiline", ["train/loss", "test/loss"]]},
+    "3 firing rate": {"firing rate per layer": ["Multiline", [r"firing_rate/layer.*"]]},
+    "4 speed": {"training samples/s": ["Multiline", ["train/samples_per_s"]]},
+}
 
 
 class RunLogger:
@@ -63,6 +74,7 @@ class RunLogger:
         _, session_start, self._session_end = hparams(hparam_dict, {})
         with self._reported():
             self.writer.file_writer.add_summary(session_start)
+            self.writer.add_custom_scalars(LAYOUT)
 
     def scalars(self, values: Dict[str, float], step: int) -> None:
         with self._reported():
@@ -83,14 +95,15 @@ class RunLogger:
                 self.writer.add_histogram(tag, array, step)
             self.writer.flush()
 
-    def activity(self, test_m: Dict[str, Any], epoch: int) -> None:
-        """Images and histograms of a test pass (snnexp.report.activity): the spike raster of the fixed test batch's
-        first sample per spiking layer, that batch's confusion matrix, the per-neuron firing rates per layer."""
-        images = {f"spike_raster/{k}": raster_image(v) for k, v in test_m.raster.items()}
+    def activity(self, test_m, epoch: int, tags) -> None:
+        """Images and histograms of a test pass (report.metrics.TestSummary): the spike raster of the fixed test
+        batch's first sample per spiking layer, that batch's confusion matrix, the per-neuron firing rates per layer;
+        layers named by `tags` (report.metrics.LayerTags)."""
+        images = {f"spike_raster/{tags.of(k)}": raster_image(v) for k, v in test_m.raster.items()}
         if test_m.confusion is not None:
             images["confusion/test_batch"] = confusion_image(test_m.confusion)
         self.images(images, epoch)
-        self.histograms({f"firing_rate_hist/{k}": v for k, v in test_m.neuron_rates.items()}, epoch)
+        self.histograms({f"firing_rate_hist/{tags.of(k)}": v for k, v in test_m.neuron_rates.items()}, epoch)
 
     def close(self, success: bool) -> None:
         """Mark the hparams session finished (TensorBoard shows a run that died as unfinished). A write that

@@ -10,15 +10,18 @@ from torch import nn
 from snnexp.nn.fusion import original_name
 from snnexp.nn.layers import Repeated
 from snnexp.nn.surrogate import Surrogate
+from snnexp.report.metrics import LayerTags
 
 
 def layer_grad_norms(model: nn.Module) -> Dict[str, torch.Tensor]:
-    """The gradient norm of each layer's parameters (a layer: the name before the last '.', as in the unfused
-    network: snnexp.nn.fusion.original_name)."""
+    """The gradient norm of each layer over all its parameters, by its TensorBoard name (report.metrics.LayerTags:
+    a conv or FC with its norm and neuron, a ResNet block), so that runs of one network share the chart whether or
+    not their neurons learn a parameter (PLIF's w counts with its conv)."""
+    tags = LayerTags(model)
     squares: Dict[str, torch.Tensor] = {}
     for name, p in model.named_parameters():
         if p.grad is not None:
-            layer = original_name(model, name).rsplit(".", 1)[0]
+            layer = tags.group(original_name(model, name))
             squares[layer] = squares.get(layer, 0.0) + p.grad.detach().float().pow(2).sum()
     return {layer: sq.sqrt() for layer, sq in squares.items()}
 

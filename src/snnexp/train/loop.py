@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from snnexp.errors import CheckpointError, ConfigError, NonFiniteError
 from snnexp.nn import fusion
-from snnexp.report.metrics import TestSummary, TrainSummary, epoch_metrics, epoch_scalars, metrics_scalars
+from snnexp.report.metrics import LayerTags, TestSummary, TrainSummary, epoch_metrics, epoch_scalars, metrics_scalars
 from snnexp.report.tensorboard import RunLogger
 from snnexp.train import checkpoint, distributed
 from snnexp.train.build import Run, build_run, make_loader, resolve_device, seed_everything
@@ -100,7 +100,7 @@ def _fit(cfg: DictConfig, run_dir: Path, hparams: Dict[str, Any], resume: Option
         if logger:
             logger.start(hparams)
             if behind:  # the epoch whose metrics.json write failed (or never came) has no TensorBoard points either
-                logger.scalars(metrics_scalars(state.metrics), state.epoch)
+                logger.scalars(metrics_scalars(state.metrics, run.model), state.epoch)
         for epoch in range(state.epoch + 1, cfg.trainer.epochs + 1):
             train_m = _train_saving(run, train_loader, state, epoch, signals, last, meta)
             distributed.sync_buffers(run.model)  # rank 0's BN statistics, the ones its checkpoint keeps
@@ -118,7 +118,7 @@ def _fit(cfg: DictConfig, run_dir: Path, hparams: Dict[str, Any], resume: Option
                 checkpoint.write_json(run_dir / "metrics.json", state.metrics)
             if logger:  # after the checkpoint: a TensorBoard write that fails (a full disk) loses no training
                 logger.scalars(epoch_scalars(state.metrics, train_m, test_m, lr, run.model), epoch)
-                logger.activity(test_m, epoch)
+                logger.activity(test_m, epoch, LayerTags(run.model))
             _log_epoch(epoch, cfg.trainer.epochs, train_m, test_m, state.metrics)
             if signals.requested():  # arrived in the test pass: the epoch is saved
                 raise signals.interrupted(f"after epoch {epoch}: saved {last}")

@@ -124,8 +124,10 @@ class SpikingNeuron(nn.Module):
         return lif_step(x, v, *self.dynamics())
 
     def scalars(self) -> Dict[str, float]:
-        """What this layer logs to TensorBoard beside its firing rate, by name (PLIF: its learned tau)."""
-        return {}
+        """What this layer logs to TensorBoard beside its firing rate, by name: its time constant, learned (PLIF) or
+        fixed (LIF: a flat line), so that runs that differ only in the neuron share the chart; IF has none."""
+        tau = getattr(self, "tau", None)
+        return {} if tau is None else {"tau": float(tau)}
 
     def extra_repr(self):
         return (f"v_threshold={self.v_threshold}, v_reset={self.v_reset}, detach_reset={self.detach_reset}, "
@@ -166,9 +168,6 @@ class PLIF(SpikingNeuron):
     @property
     def tau(self) -> float:
         return 1.0 / torch.sigmoid(self.w.detach()).item()
-
-    def scalars(self) -> Dict[str, float]:
-        return {"tau": self.tau}
 
     def tau_inv(self):
         return torch.sigmoid(self.w)
@@ -248,9 +247,8 @@ class ALIF(SpikingNeuron):
                               self.beta, self.v_reset, self.decay_input, self.detach_reset)
 
     def scalars(self) -> Dict[str, float]:
-        """The learned time constants (fixed ones are not logged)."""
-        learned = {"tau": self.w is not None, "tau_adapt": self.w_adapt is not None}
-        return {name: getattr(self, name) for name, on in learned.items() if on}
+        """Both time constants, learned or fixed (a flat line), as every neuron logs its tau."""
+        return {"tau": self.tau, "tau_adapt": self.tau_adapt}
 
     def extra_repr(self):
         return (f"tau={self.tau:.4f} ({'learned' if self.w is not None else 'fixed'}), tau_adapt={self.tau_adapt:.4f} "

@@ -130,11 +130,14 @@ def test_a_run_folder_written_before_fusion_evals_to_its_own_numbers(old_run):
 
 
 def test_a_run_folder_written_before_fusion_exports_and_resumes_as_an_uninterrupted_run(old_run, tmp_path):
+    """Its second epoch trains as an uninterrupted run's does: the same weights, order and updates."""
     assert "NIR graph" in run_snnexp("export", f"checkpoint={old_run / 'checkpoints' / 'last.pt'}", "out=net.nir",
                                      "hydra.run.dir=x", cwd=tmp_path).stdout
     run_snnexp("train", f"resume={old_run}", "trainer.epochs=2", cwd=tmp_path)
     run_snnexp("train", "trainer.epochs=2", "trainer.progress=false", "hydra.run.dir=whole", cwd=tmp_path)
     resumed, whole = (json.loads(p.read_text()) for p in (old_run / "metrics.json", tmp_path / "whole/metrics.json"))
     assert resumed["epoch"] == whole["epoch"] == 2
-    for key in ("train_loss", "train_acc", "test_loss", "layer_spikes_per_sample"):
+    # training sees the same weights, batches and batch statistics; the test pass differs by BN's running
+    # statistics, which the first epoch now averages cumulatively (train/epoch.py) where bc51d88's did not
+    for key in ("train_loss", "train_acc", "step"):
         assert resumed[key] == whole[key], key

@@ -25,11 +25,13 @@ def run_layers(layers, x_seq) -> torch.Tensor:
         x = feed(layer, x)
     return x.expand() if isinstance(x, Repeated) else x
 
+
 def feed(layer: nn.Module, x):
     """layer(x); a Repeated x is expanded to its sequence (a view) first where the layer cannot take it."""
     if isinstance(x, Repeated) and not getattr(layer, "takes_repeated", False):
         x = x.expand()
     return layer(x)
+
 
 class SeqToANN(nn.Module):
     """Run a stateless layer once on the whole sequence by folding time into the batch:
@@ -47,6 +49,7 @@ class SeqToANN(nn.Module):
         y = self.module(x_seq.flatten(0, 1))
         return y.unflatten(0, x_seq.shape[:2])
 
+
 class SeqFlatten(nn.Module):
     """[T, B, C, H, W] -> [T, B, C*H*W]."""
 
@@ -56,6 +59,7 @@ class SeqFlatten(nn.Module):
         if isinstance(x_seq, Repeated):
             return x_seq.map(lambda x: x.flatten(1))
         return x_seq.flatten(2)
+
 
 class SeqDropout(nn.Module):
     """Dropout with one mask per sample, shared by all time steps (as in the PLIF code): dropping a

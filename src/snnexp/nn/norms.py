@@ -47,6 +47,7 @@ class BatchNormThroughTime(nn.modules.batchnorm._BatchNorm):
             self.running_var.lerp_(unbiased_n * ((n - 1) * T / (n * T - 1)), momentum)
         return y
 
+
 class ThresholdDependentBatchNorm(BatchNormThroughTime):
     """tdBN (Zheng et al. 2021): BN over (T, B, H, W) per channel, normalised to alpha * V_th.
 
@@ -60,6 +61,7 @@ class ThresholdDependentBatchNorm(BatchNormThroughTime):
 
     def extra_repr(self):
         return super().extra_repr() + f", alpha={self.alpha}, v_threshold={self.v_threshold}"
+
 
 class NeuNorm(nn.Module):
     """NeuNorm (Wu et al. 2019): an auxiliary neuron per spatial position tracks the activity summed over
@@ -93,6 +95,7 @@ class NeuNorm(nn.Module):
 
     def extra_repr(self):
         return f"{self.num_features}, k_tau2={self.k_tau2}"
+
 
 class NoNorm(nn.Identity):
     """norm=none: accepts the channel count the network builder passes and does nothing."""

@@ -20,6 +20,7 @@ class RateReadout(nn.Module):
     def forward(self, spikes):
         return spikes.mean(0)
 
+
 class VotingReadout(RateReadout):
     """Voting layer (Wu 2019, PLIF): `population` output neurons per class; the class score is the mean
     firing rate of its population. [T, B, K * population] -> [B, K]."""
@@ -35,6 +36,7 @@ class VotingReadout(RateReadout):
 
     def extra_repr(self):
         return f"population={self.population}"
+
 
 class LeakyIntegrator(nn.Module):
     """Non-spiking output neurons (the readout layer of the temporal papers [Cramer 2022; Yin 2021]): a LIF
@@ -60,6 +62,7 @@ class LeakyIntegrator(nn.Module):
 
     def extra_repr(self):
         return f"tau={self.tau}"
+
 
 class MembraneReadout(nn.Module):
     """Class scores from the membrane potential of non-spiking output neurons (`LeakyIntegrator`): its maximum

@@ -54,6 +54,7 @@ class Run:
                 "input_shape": list(self.splits.input_shape), "num_classes": self.splits.num_classes,
                 "data_sizes": {"train": len(self.splits.train), "test": len(self.splits.test)}}  # checked on resume
 
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -61,10 +62,12 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"device {name} asked for, but no CUDA device is available: use device=cpu or auto")
     return torch.device(name)
 
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
 
 def build_model(cfg: DictConfig, input_shape, num_classes: int) -> nn.Module:
     """The network of the config, with the configured neuron, surrogate and norm, for inputs of `input_shape`
@@ -80,6 +83,7 @@ def build_model(cfg: DictConfig, input_shape, num_classes: int) -> nn.Module:
     if hasattr(readout, "output_layer"):  # a membrane readout: non-spiking output neurons
         model = with_output_layer(model, readout.output_layer(), f"readout={type(readout).__name__}")
     return model
+
 
 def build_run(cfg: DictConfig, device: torch.device, ddp: bool = False) -> Run:
     """Instantiate data, encoder, network, readout and loss from the config (`ddp`: for a process of a
@@ -100,6 +104,7 @@ def build_run(cfg: DictConfig, device: torch.device, ddp: bool = False) -> Run:
     return Run(cfg, splits, instantiate(cfg.encoder), model, instantiate(cfg.readout), instantiate(cfg.loss), device,
                net, eval_net=compiled)
 
+
 def _check_not_empty(splits) -> None:
     """A training or test set without samples stops the run before it starts (nothing could be trained on or
     tested: the counts would divide by zero)."""
@@ -111,6 +116,7 @@ def _check_not_empty(splits) -> None:
     raise DatasetError(f"the {empty} set is empty ({len(splits.train)} training / {len(splits.test)} test samples): "
                        "check that dataset.data_dir holds both splits' files (and, with dataset.on_corrupt=skip, "
                        "how many were skipped)")
+
 
 class EpochOrder(torch.utils.data.Sampler):
     """The training order: a permutation drawn from (seed, epoch) alone, so that a resumed run rebuilds the
@@ -137,6 +143,7 @@ class EpochOrder(torch.utils.data.Sampler):
 
     def __len__(self):
         return -(-self.n // self.world) - self.start
+
 
 def make_loader(dataset, cfg: DictConfig, train: bool = False) -> DataLoader:
     """Under trainer.strategy=ddp: this process's share of each batch (batch_size / processes) and of the data

@@ -2,11 +2,12 @@
 the optimizer step, and what the epoch adds up (metrics.train_summary)."""
 import logging
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from typing import Callable, Optional, Tuple
 
 import torch
 from omegaconf import OmegaConf
+from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -26,6 +27,7 @@ def autocast(run: Run):
     dtype = torch.float16 if run.device.type == "cuda" else torch.bfloat16
     return torch.autocast(run.device.type, dtype=dtype)
 
+
 def forward(run: Run, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """[B, ...] batch -> [B, classes] scores: encode over T steps (event data arrives as frames
     [B, T, ...]), run the network, read out."""
@@ -37,12 +39,38 @@ def forward(run: Run, x: torch.Tensor, generator: Optional[torch.Generator] = No
         spikes = (run.net if run.model.training else run.eval_net)(x_seq)
     return run.readout(spikes.float())
 
+
 def train_epoch(run: Run, loader: DataLoader, state: TrainState, epoch: int,
                 after_step: Optional[Callable[[bool], None]] = None) -> TrainSummary:
     """One pass over the training set, from where `state.totals` left it (a resumed epoch). Updates state.step
     and state.totals; at the end of a whole epoch, state.epoch = epoch and state.totals = None. Returns train_m
     (metrics.train_summary). after_step(last_batch) runs after every batch: checkpoints and stops happen there."""
     run.model.train()
+    with cumulative_bn_statistics(run.model, epoch == 1):
+        return _train_epoch(run, loader, state, epoch, after_step)
+
+
+@contextmanager
+def cumulative_bn_statistics(model: nn.Module, on: bool):
+    """While `on` (the first epoch), every BN's running statistics are the cumulative average of the batches so far
+    (momentum None) instead of the configured exponential one, which starts from mean 0 and variance 1: after a few
+    dozen steps (one epoch of the digits, trainer.max_steps=20) that is still far from the data, the test pass
+    normalises with it and the output layer may not fire at all (chance accuracy). Later epochs use the configured
+    momentum again, so that a full run's statistics end as they did (docs/science.md, section 3)."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and on
+           and m.track_running_stats and m.momentum is not None]
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.momentum = None
+    try:
+        yield
+    finally:
+        for m, momentum in zip(bns, momenta):
+            m.momentum = momentum
+
+
+def _train_epoch(run: Run, loader: DataLoader, state: TrainState, epoch: int,
+                 after_step: Optional[Callable[[bool], None]]) -> TrainSummary:
     totals = state.totals = state.totals or EpochTotals()
     loader.sampler.set_epoch(epoch, totals.batches * loader.batch_size)
     epoch_batches = totals.batches + len(loader)
@@ -74,6 +102,7 @@ def train_epoch(run: Run, loader: DataLoader, state: TrainState, epoch: int,
     if totals.batches == epoch_batches:
         state.epoch, state.totals = epoch, None
     return train_summary(loss_sum, correct, seen, timed, elapsed, totals.skipped, totals.grad_norm, totals.steps)
+
 
 def _learn(run: Run, state: TrainState, x: torch.Tensor, y: torch.Tensor,
            epoch: int) -> Optional[Tuple[torch.Tensor, float]]:
@@ -111,6 +140,7 @@ def _learn(run: Run, state: TrainState, x: torch.Tensor, y: torch.Tensor,
                              f"{OmegaConf.select(run.cfg, 'optim.lr')})") from None
     scaler.update()
     return scores, loss
+
 
 def _backward_in_pieces(run: Run, state: TrainState, x: torch.Tensor, y: torch.Tensor):
     """Forward and backward of a batch in pieces of at most trainer.micro_batch samples (one piece without it), each

@@ -76,6 +76,7 @@ def evaluate_checkpoint(path, device_name: str = "auto", data_dir: Optional[str]
         metrics["neurobench"] = neurobench_results(run, loader)
     return metrics
 
+
 def require_neurobench() -> None:
     """ConfigError with the way to install it, when the optional neurobench package is missing."""
     try:
@@ -83,6 +84,7 @@ def require_neurobench() -> None:
     except ImportError as e:
         raise ConfigError(f"neurobench=true needs the neurobench package, which cannot be imported ({e}): install it "
                           "with pip install 'snnexp[neurobench]' (or pip install neurobench)") from None
+
 
 def neurobench_results(run: Run, loader) -> Dict[str, Any]:
     """NeuroBench's own results (snnexp.report.neurobench.run_benchmark) for the run's network on the test batches of

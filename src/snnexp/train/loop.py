@@ -49,10 +49,12 @@ def setup(cfg: DictConfig) -> Run:
                           "processes: use fewer processes (torchrun --nproc_per_node)")
     return run
 
+
 def new_train_state(run: Run) -> TrainState:
     optimizer = instantiate(run.cfg.optim, params=fusion.parameters(run.model))  # in the checkpoints' order
     scaler = torch.amp.GradScaler(run.device.type, enabled=run.cfg.trainer.amp and run.device.type == "cuda")
     return TrainState(run.model, optimizer, instantiate(run.cfg.sched, optimizer=optimizer), scaler)
+
 
 def describe(run: Run, run_dir: Path, state: TrainState, resumed_from: Optional[Path]) -> None:
     """The log lines a run starts with: where it writes, the network, the data, where a resumed run goes on."""
@@ -73,12 +75,14 @@ def describe(run: Run, run_dir: Path, state: TrainState, resumed_from: Optional[
         log.info("resumed from %s: epoch %d, batch %d, step %d", resumed_from, state.epoch + 1,
                  state.totals.batches if state.totals else 0, state.step)
 
+
 def fit(cfg: DictConfig, run_dir: Path, hparams: Dict[str, Any], resume: Optional[Path] = None) -> Dict[str, Any]:
     """Train for trainer.epochs (or trainer.max_steps), testing after every epoch. Returns metrics.json.
     With `resume` (a checkpoint), go on exactly from where it was written. The run directory is locked meanwhile
     (session.RunLock): a second training there is refused."""
     with RunLock(run_dir):
         return _fit(cfg, run_dir, hparams, resume)
+
 
 def _fit(cfg: DictConfig, run_dir: Path, hparams: Dict[str, Any], resume: Optional[Path]) -> Dict[str, Any]:
     t0 = time.perf_counter()
@@ -120,6 +124,7 @@ def _fit(cfg: DictConfig, run_dir: Path, hparams: Dict[str, Any], resume: Option
                 logger.scalars(epoch_scalars(state.metrics, train_m, test_m, lr, run.model), epoch)
                 logger.activity(test_m, epoch, LayerTags(run.model))
             _log_epoch(epoch, cfg.trainer.epochs, train_m, test_m, state.metrics)
+            _warn_if_silent(run, test_m, epoch)
             if signals.requested():  # arrived in the test pass: the epoch is saved
                 raise signals.interrupted(f"after epoch {epoch}: saved {last}")
             if cfg.trainer.max_steps is not None and state.step >= cfg.trainer.max_steps:
@@ -132,6 +137,7 @@ def _fit(cfg: DictConfig, run_dir: Path, hparams: Dict[str, Any], resume: Option
              100 * state.metrics["test_acc"], 100 * state.metrics["best_test_acc"], paper, run_dir)
     return state.metrics
 
+
 def _save_best(best: Path, last: Path, state: TrainState, meta: Dict[str, Any], epoch: int) -> None:
     """checkpoint.save of best.pt; if it fails, last.pt (written just before) holds this best epoch, from which a
     resume writes best.pt again (resume.reconcile)."""
@@ -140,6 +146,7 @@ def _save_best(best: Path, last: Path, state: TrainState, meta: Dict[str, Any], 
     except CheckpointError as e:
         raise CheckpointError(f"{e}; {last} holds epoch {epoch}, the best so far: resuming the run (snnexp train "
                               f"resume={last.parent.parent}) writes {best.name} from it") from None
+
 
 def _train_saving(run: Run, loader, state: TrainState, epoch: int, signals: StopSignals, last: Path,
                   meta: Dict[str, Any]) -> TrainSummary:
@@ -160,6 +167,19 @@ def _train_saving(run: Run, loader, state: TrainState, epoch: int, signals: Stop
     except NonFiniteError as e:
         kept = f"the last good checkpoint is kept: {last}" if last.is_file() else "no checkpoint had been written yet"
         raise NonFiniteError(f"{e}; {kept}") from None
+
+
+def _warn_if_silent(run: Run, test_m: TestSummary, epoch: int) -> None:
+    """One warning when the class scores are firing rates and the output layer never fired on the test set: every
+    class then scores 0 and the accuracy is chance, which looks like a broken tool or equal models."""
+    if getattr(run.readout, "scores", None) != "rates" or not test_m.firing_rate:
+        return
+    layer, rate = list(test_m.firing_rate.items())[-1]
+    if rate == 0:
+        log.warning("epoch %d: the output layer (%s) never fired on the test set, so every class scored 0 and the "
+                    "accuracy is chance: train longer (trainer.epochs), or lower neuron.v_threshold; a membrane "
+                    "readout (readout=membrane_max, loss=ce_rate) scores without spikes", epoch, layer)
+
 
 def _log_epoch(epoch: int, epochs: int, train_m: TrainSummary, test_m: TestSummary, metrics: Dict[str, Any]):
     log.info("epoch %d/%d  train loss %.4f acc %.2f%%  test loss %.4f acc %.2f%% (best %.2f%%)  %.0f samples/s",

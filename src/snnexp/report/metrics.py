@@ -99,7 +99,7 @@ class LayerTags:
     with the norm, neuron and pooling after it; RFCn; a ResNet block), whatever its neuron, norm or surrogate, so that
     runs of one network share every chart. `of` names a layer from its metrics.json name ('02_PLIF' -> 'layer1'; in
     a block the path stays: '03.body.2_PLIF' -> 'layer2.body.2'); `group` names the layer a parameter belongs to
-    from its module path in the unfused network ('5.w' -> 'layer2': a PLIF's w counts with its conv)."""
+    from its module path in the unfused network ('6.w' -> 'layer2': a PLIF's w counts with its conv)."""
 
     def __init__(self, model: nn.Module):
         self.layers = list(model) if isinstance(model, nn.Sequential) else []

@@ -82,6 +82,19 @@ def test_compare_bad_input(tmp_path, capsys):
     assert "cannot sort by 'speed': use one of run, overrides" in capsys.readouterr().err
 
 
+def test_a_run_stopped_by_max_steps_is_done_not_unfinished(tmp_path):
+    """`trainer.max_steps=20` stops a run inside its first epoch, as asked: it shows as done, with the limit, where a
+    run still training shows how far it is."""
+    from snnexp.report.compare import row
+
+    stopped, running = tmp_path / "stopped", tmp_path / "running"
+    fake_run(stopped, ["trainer.max_steps=20"], 15, {**metrics(1, 0.5, 0.5, {}), "step": 20})
+    (stopped / ".hydra" / "config.yaml").write_text("trainer:\n  epochs: 15\n  max_steps: 20\n")
+    fake_run(running, [], 15, {**metrics(1, 0.5, 0.5, {}), "step": 23})
+    assert row(stopped)["status"] == "done: max_steps=20"
+    assert row(running)["status"] == "1/15 epochs"
+
+
 def test_an_eval_folder_is_shown_as_an_eval(tmp_path):
     """snnexp eval leaves .hydra/ and metrics.json too, with no trainer.epochs: its status is 'eval', not a
     count of epochs out of none."""

@@ -87,8 +87,9 @@ def _metrics(run: Path) -> Dict:
     return metrics
 
 
-def _epochs(run: Path) -> Optional[int]:
-    """trainer.epochs in the run's .hydra/config.yaml; None without it (an eval folder has none)."""
+def _trainer(run: Path, key: str) -> Optional[int]:
+    """trainer.<key> (epochs, max_steps) in the run's .hydra/config.yaml; None without it (an eval folder has no
+    trainer.epochs, most runs no max_steps)."""
     path = run / ".hydra" / "config.yaml"
     if not _present(path):
         return None
@@ -98,10 +99,10 @@ def _epochs(run: Path) -> Optional[int]:
     trainer = cfg.get("trainer") or {}
     if not isinstance(trainer, dict):
         raise CheckpointError(f"{path}: trainer is {reprlib.repr(trainer)}, not a group of settings")
-    epochs = trainer.get("epochs")
-    if epochs is not None and (not isinstance(epochs, int) or isinstance(epochs, bool)):
-        raise CheckpointError(f"{path}: trainer.epochs is {reprlib.repr(epochs)}, not a whole number")
-    return epochs
+    value = trainer.get(key)
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+        raise CheckpointError(f"{path}: trainer.{key} is {reprlib.repr(value)}, not a whole number")
+    return value
 
 
 def _overrides(run: Path) -> str:
@@ -115,14 +116,17 @@ def _overrides(run: Path) -> str:
 def row(run: Path, base: Optional[Path] = None) -> Dict:
     """One run's line: what metrics.json says so far (nothing yet for a run still in its first epoch). A run file
     that cannot be read, or holds what snnexp does not write, raises CheckpointError naming it."""
-    metrics, epochs = _metrics(run), _epochs(run)
+    metrics, epochs, max_steps = _metrics(run), _trainer(run, "epochs"), _trainer(run, "max_steps")
     rates = metrics.get("firing_rate") or {}
+    step = metrics.get("step")
     if not metrics:
         status = "started"
     elif "checkpoint" in metrics:  # snnexp eval's folder: one test pass of a checkpoint
         status = "eval"
     elif epochs is not None and (metrics.get("epoch") or 0) >= epochs:  # null: no epoch done
         status = "done"
+    elif max_steps is not None and isinstance(step, int) and step >= max_steps:  # stopped as asked: finished
+        status = f"done: max_steps={max_steps}"
     else:
         status = f"{metrics.get('epoch') or 0}/{epochs} epochs"
     name = str(run.relative_to(base)) if base is not None and run != base and run.is_relative_to(base) else str(run)

@@ -11,8 +11,11 @@ from snnexp.cli import main as cli_main
 from snnexp.report.compare import main
 
 
-def fake_run(path, overrides, epochs, metrics=None):
+def fake_run(path, overrides, epochs, metrics=None, trained=True):
+    """A run folder as snnexp train leaves it (`trained`: a session started, run_info.json; else refused)."""
     (path / ".hydra").mkdir(parents=True)
+    if trained:
+        (path / "run_info.json").write_text("[]")
     (path / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(list(overrides)))  # as Hydra writes it
     (path / ".hydra" / "config.yaml").write_text(f"trainer:\n  epochs: {epochs}\n")
     if metrics is not None:
@@ -93,6 +96,24 @@ def test_a_run_stopped_by_max_steps_is_done_not_unfinished(tmp_path):
     fake_run(running, [], 15, {**metrics(1, 0.5, 0.5, {}), "step": 23})
     assert row(stopped)["status"] == "done: max_steps=20"
     assert row(running)["status"] == "1/15 epochs"
+
+
+def test_folders_that_trained_nothing_are_left_out_unless_asked(sweep, tmp_path, capsys):
+    """A run refused before training (no run_info.json), an eval folder and an export folder are not runs to compare;
+    --all lists them."""
+    fake_run(sweep / "refused", ["trainer.T=0"], 3, trained=False)
+    fake_run(sweep / "ev", ["checkpoint=x.pt"], 3, {**metrics(1, 0.9, 0.9, {}), "checkpoint": "x.pt"})
+    fake_run(sweep / "ex", ["checkpoint=x.pt", "out=net.nir"], 3, trained=False)
+    assert main([str(sweep)]) == 0
+    rows = [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:] if line.strip()]
+    assert rows[:4] == ["neuron=plif", "neuron=lif", "neuron=if", "neuron=stbp"] and "refused" not in rows
+    assert main([str(sweep), "--all", "--out", str(tmp_path / "t")]) == 0
+    out = capsys.readouterr().out
+    assert {"refused", "ev", "ex"} <= {line.split()[0] for line in out.splitlines()[1:] if line.strip()}
+    assert "not started" in out
+    fake_run(tmp_path / "only" / "refused", ["trainer.T=0"], 3, trained=False)
+    assert cli_exit_code(str(tmp_path / "only")) == 2
+    assert "no training runs under" in capsys.readouterr().err
 
 
 def test_an_eval_folder_is_shown_as_an_eval(tmp_path):

@@ -1,8 +1,10 @@
 """`snnexp compare PATH...`: one table of the runs under the given folders, as text, CSV and Markdown.
 
-A run is any folder with `.hydra/overrides.yaml` (what `snnexp train` leaves). Finished and unfinished
-runs alike: a run still training (or stopped) shows the epochs it has done, so the table works on a sweep
-in progress.
+A run is a folder with `.hydra/overrides.yaml` (what `snnexp` leaves). By default the table lists training runs,
+finished and unfinished alike: a run still training (or stopped) shows the epochs it has done, so the table works on
+a sweep in progress. Folders that trained nothing are left out unless `--all` is given: `snnexp eval` and `snnexp
+export` folders, and runs refused before training (a bad setting: their folder has no run_info.json, which a
+training session writes when it starts).
 """
 
 import argparse
@@ -120,7 +122,7 @@ def row(run: Path, base: Optional[Path] = None) -> Dict:
     rates = metrics.get("firing_rate") or {}
     step = metrics.get("step")
     if not metrics:
-        status = "started"
+        status = "started" if _present(run / "run_info.json") else "not started"
     elif "checkpoint" in metrics:  # snnexp eval's folder: one test pass of a checkpoint
         status = "eval"
     elif epochs is not None and (metrics.get("epoch") or 0) >= epochs:  # null: no epoch done
@@ -145,7 +147,9 @@ def row(run: Path, base: Optional[Path] = None) -> Dict:
     }
 
 
-def table(paths: List[Path], sort: str = "best_test_acc", ascending: bool = False) -> List[Dict]:
+def table(paths: List[Path], sort: str = "best_test_acc", ascending: bool = False, everything: bool = False
+          ) -> List[Dict]:
+    """The rows of the runs under `paths`, sorted; with `everything`, also the folders that trained nothing."""
     if sort not in COLUMNS:
         raise CompareError(f"cannot sort by '{sort}': use one of {', '.join(COLUMNS)}")
     where = ", ".join(map(str, paths))
@@ -153,6 +157,11 @@ def table(paths: List[Path], sort: str = "best_test_acc", ascending: bool = Fals
     if not runs:
         raise CompareError(f"no snnexp runs under {where} (a run has .hydra/overrides.yaml)")
     rows, skipped = _rows(runs, several=len(paths) > 1)
+    left_out = [] if everything else [r for r in rows if r["status"] in ("eval", "not started")]
+    rows = [r for r in rows if r not in left_out]
+    if not rows and left_out:
+        raise CompareError(f"no training runs under {where}: {len(left_out)} folder(s) of snnexp eval or export, or "
+                           "of runs refused before training; --all lists them")
     if not rows:
         more = f"; and {len(skipped) - 1} more, in the warnings above" if len(skipped) > 1 else ""
         raise CompareError(f"no runs to compare under {where}: {len(skipped)} found, skipped for a damaged file "
@@ -259,8 +268,10 @@ def main(argv: List[str]) -> int:
     ap.add_argument("--sort", default="best_test_acc", help=f"column to sort by: {', '.join(COLUMNS)}")
     ap.add_argument("--ascending", action="store_true", help="smallest first (default: largest first)")
     ap.add_argument("--out", type=Path, help="write compare.csv and compare.md here (default: the first path)")
+    ap.add_argument("--all", action="store_true", help="also the folders that trained nothing (snnexp eval and "
+                                                         "export folders, runs refused before training)")
     args = ap.parse_args(argv)
-    rows = table(args.paths, args.sort, args.ascending)  # CompareError: reported by the CLI
+    rows = table(args.paths, args.sort, args.ascending, args.all)  # CompareError: reported by the CLI
     out = args.out or (args.paths[0] if args.paths[0].is_dir() else Path("."))
     write(rows, out)
     print(as_text(rows))

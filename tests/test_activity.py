@@ -21,7 +21,7 @@ from snnexp.nn.models import SpecNet
 from snnexp.nn.neurons import IF
 from snnexp.report.activity import Activity, conv_reach, evenly_spaced, spiking_layers
 from snnexp.report.metrics import COST_METRICS
-from snnexp.report.tensorboard import confusion_image, raster_image
+from snnexp.report.tensorboard import confusion_image, confusion_matrix_cells, raster_image
 from snnexp.train.build import build_run, make_loader
 from snnexp.train.evaluate import evaluate, evaluate_checkpoint
 
@@ -251,12 +251,30 @@ def test_confusion_matrix_of_a_known_batch():
 
 
 def test_confusion_image_is_row_normalised_grayscale():
-    img = confusion_image(np.array([[2, 1, 1], [0, 0, 0], [0, 0, 5]]), size=30)
+    img = confusion_matrix_cells(np.array([[2, 1, 1], [0, 0, 0], [0, 0, 5]]), size=30)
     assert img.shape == (30, 30) and img.dtype == np.uint8  # 10 x 10 pixel cells
     cells = img[::10, ::10]
     # the darker the larger the share of its row: 1/2 -> 128 (rounded), 1/4 -> 191, 1 -> 0, an empty row white
     np.testing.assert_array_equal(cells, [[128, 191, 191], [255, 255, 255], [255, 255, 0]])
     assert (img[:10, :10] == 128).all()
+
+
+def test_the_confusion_image_names_its_classes_on_both_axes():
+    """Class i's index beside row i (the true class) and above column i (the predicted one): the label left of a row
+    is the same picture as the one above the column of that class, and differs from the other classes' labels."""
+    cm = np.eye(12, dtype=int)
+    img = confusion_image(cm, size=240)  # 20 px cells: digits drawn at twice the font's 3 x 5 pixels
+    cells = confusion_matrix_cells(cm, size=240)
+    top, left = img.shape[0] - cells.shape[0], img.shape[1] - cells.shape[1]
+    np.testing.assert_array_equal(img[top:, left:], cells)
+    row_labels = [img[top + 20 * i:top + 20 * (i + 1), :left] for i in range(12)]
+    col_labels = [img[:top, left + 20 * i:left + 20 * (i + 1)] for i in range(12)]
+    for i in range(12):
+        ink_row, ink_col = row_labels[i] < 128, col_labels[i] < 128
+        assert ink_row.any() and ink_col.any()
+        assert ink_row.sum() == ink_col.sum()  # the same digits
+    assert len({lab.tobytes() for lab in row_labels}) == 12  # every class its own label
+    assert (row_labels[10] < 128).sum() > (row_labels[1] < 128).sum()  # '10' has two digits
 
 
 def test_raster_image_and_neuron_subset():
@@ -345,7 +363,7 @@ def test_run_logs_activity_to_metrics_and_tensorboard(tmp_path):
     raster = events.Images("spike_raster/layer1")[-1]
     assert raster.height == 256 * 2 and raster.width == 4 * 32  # 256 of 2048 neurons, 4 steps
     confusion = events.Images("confusion/test_batch")
-    assert len(confusion) == 2 and confusion[-1].height == confusion[-1].width == 320  # 10 classes, 32 px cells
+    assert len(confusion) == 2 and confusion[-1].height > 320 and confusion[-1].width > 320  # 32 px cells, labels
     hist = events.Histograms("firing_rate_hist/layer1")[-1].histogram_value
     assert hist.num == 32 * 8 * 8 and 0 <= hist.min <= hist.max <= 1
     assert hist.sum / hist.num == pytest.approx(metrics["firing_rate"]["02_PLIF"], rel=1e-4)

@@ -136,7 +136,7 @@ def raster_image(raster: np.ndarray, height: int = 512, width: int = 256) -> np.
     return np.repeat(np.repeat(img, h, axis=0), w, axis=1)
 
 
-def confusion_image(confusion: np.ndarray, size: int = 320) -> np.ndarray:
+def confusion_matrix_cells(confusion: np.ndarray, size: int = 320) -> np.ndarray:
     """[classes, classes] counts -> an [H, W] uint8 grayscale image of the row-normalised matrix (rows the true
     class, columns the predicted): the darker, the larger the share of the row; a class absent from the batch is a
     white row. Cells scaled up to about `size` pixels (4 to 32 each)."""
@@ -145,3 +145,41 @@ def confusion_image(confusion: np.ndarray, size: int = 320) -> np.ndarray:
     cell = int(np.clip(size // max(cm.shape[0], 1), 4, 32))
     img = np.round(255 * (1 - share)).astype(np.uint8)
     return np.repeat(np.repeat(img, cell, axis=0), cell, axis=1)
+
+
+def confusion_image(confusion: np.ndarray, size: int = 320) -> np.ndarray:
+    """The matrix of `confusion_matrix_cells` with each class's index written beside its row (left: the true class)
+    and above its column (top: the predicted class), in black on white; where the cells are smaller than a digit
+    (many classes), every n-th class's, so that the labels do not overlap."""
+    cells = confusion_matrix_cells(confusion, size)
+    k = len(confusion)
+    cell = cells.shape[0] // max(k, 1)
+    labels = [_number(i, max(1, cell // 8)) for i in range(k)]
+    left = max((lab.shape[1] for lab in labels), default=0) + 4
+    top = max((lab.shape[0] for lab in labels), default=0) + 4
+    img = np.full((top + cells.shape[0], left + cells.shape[1]), 255, dtype=np.uint8)
+    img[top:, left:] = cells
+    every = -(-(labels[0].shape[0] + 1) // cell) if labels else 1  # rows a label needs (columns: wider still)
+    every = max(every, -(-(max((lab.shape[1] for lab in labels), default=0) + 3) // cell))  # 3 px apart
+    for i in range(0, k, every):
+        lab = labels[i]
+        h, w = lab.shape
+        row = min(max(i * cell + cell // 2 - h // 2, 0), cells.shape[0] - h)
+        col = min(max(i * cell + cell // 2 - w // 2, 0), cells.shape[1] - w)
+        img[top + row:top + row + h, left - 2 - w:left - 2] = lab  # the row's true class
+        img[top - 2 - h:top - 2, left + col:left + col + w] = lab  # the column's predicted class
+    return img
+
+
+# 3 x 5 pixel digits for the class indices of confusion_image (no font library is a runtime dependency)
+_DIGITS = {"0": "111101101101111", "1": "010110010010111", "2": "111001111100111", "3": "111001111001111",
+           "4": "101101111001001", "5": "111100111001111", "6": "111100111101111", "7": "111001001001001",
+           "8": "111101111101111", "9": "111101111001111"}
+
+
+def _number(n: int, scale: int) -> np.ndarray:
+    """`n` in black (0) on white (255), each font pixel `scale` x `scale`, one pixel column between digits."""
+    glyphs = [np.array([int(b) for b in _DIGITS[d]], dtype=bool).reshape(5, 3) for d in str(n)]
+    gap = np.zeros((5, 1), dtype=bool)
+    ink = np.concatenate([g for glyph in glyphs for g in (glyph, gap)][:-1], axis=1)
+    return np.where(np.kron(ink, np.ones((scale, scale), dtype=bool)), 0, 255).astype(np.uint8)

@@ -114,8 +114,9 @@ def train(cfg: DictConfig):
     validate(cfg)
     from snnexp.train.build import part_problems  # imports torch: after the checks that need none
 
-    if part_problems(cfg):
-        raise ConfigError("invalid config:\n  " + "\n  ".join(part_problems(cfg)))
+    problems = part_problems(cfg)
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
     hc = HydraConfig.get()
     problem = distributed.check(cfg.trainer.strategy, cfg.trainer.batch_size, hc.launcher.get("_target_", ""),
                                 hc.sweeper.get("_target_", ""))

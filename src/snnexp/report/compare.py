@@ -89,22 +89,23 @@ def _metrics(run: Path) -> Dict:
     return metrics
 
 
-def _trainer(run: Path, key: str) -> Optional[int]:
-    """trainer.<key> (epochs, max_steps) in the run's .hydra/config.yaml; None without it (an eval folder has no
-    trainer.epochs, most runs no max_steps)."""
+def _trainer(run: Path, keys=("epochs", "max_steps")) -> Dict[str, Optional[int]]:
+    """trainer.epochs and trainer.max_steps in the run's .hydra/config.yaml, read once; None where absent (an eval
+    folder has no trainer.epochs, most runs no max_steps)."""
     path = run / ".hydra" / "config.yaml"
     if not _present(path):
-        return None
+        return dict.fromkeys(keys)
     cfg = _read(path, yaml.safe_load)
     if not isinstance(cfg, dict):
         raise CheckpointError(f"{path} holds {reprlib.repr(cfg)}, not a mapping of settings")
     trainer = cfg.get("trainer") or {}
     if not isinstance(trainer, dict):
         raise CheckpointError(f"{path}: trainer is {reprlib.repr(trainer)}, not a group of settings")
-    value = trainer.get(key)
-    if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
-        raise CheckpointError(f"{path}: trainer.{key} is {reprlib.repr(value)}, not a whole number")
-    return value
+    for key in keys:
+        value = trainer.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise CheckpointError(f"{path}: trainer.{key} is {reprlib.repr(value)}, not a whole number")
+    return {key: trainer.get(key) for key in keys}
 
 
 def _overrides(run: Path) -> str:
@@ -118,7 +119,8 @@ def _overrides(run: Path) -> str:
 def row(run: Path, base: Optional[Path] = None) -> Dict:
     """One run's line: what metrics.json says so far (nothing yet for a run still in its first epoch). A run file
     that cannot be read, or holds what snnexp does not write, raises CheckpointError naming it."""
-    metrics, epochs, max_steps = _metrics(run), _trainer(run, "epochs"), _trainer(run, "max_steps")
+    metrics, trainer = _metrics(run), _trainer(run)
+    epochs, max_steps = trainer["epochs"], trainer["max_steps"]
     rates = metrics.get("firing_rate") or {}
     step = metrics.get("step")
     if not metrics:

@@ -120,9 +120,8 @@ class LayerTags:
         return f"layer{self._k(int(head))}" if head.isdigit() and self.layers else module_path.rsplit(".", 1)[0]
 
 
-def layer_scalars(model: nn.Module) -> Dict[str, float]:
+def layer_scalars(model: nn.Module, tags: LayerTags) -> Dict[str, float]:
     """What each spiking layer reports of itself (SpikingNeuron.scalars: its tau), as '<what>/<layer tag>'."""
-    tags = LayerTags(model)
     return {f"{key}/{tags.of(name)}": value for name, layer in spiking_layers(model).items()
             for key, value in layer.scalars().items()}
 
@@ -141,7 +140,7 @@ def epoch_scalars(metrics: Dict[str, Any], train_m: TrainSummary, test_m: TestSu
     tags = LayerTags(model)
     scalars.update({f"firing_rate/{tags.of(k)}": v for k, v in test_m.firing_rate.items()})
     scalars.update({f"grad_norm/{k}": v for k, v in train_m.grad_norm.items()})  # already by layer tag
-    scalars.update(layer_scalars(model))
+    scalars.update(layer_scalars(model, tags))
     scalars["activity/spikes_per_sample"] = test_m.spikes_per_sample
     scalars.update({tag: getattr(test_m, key) for key, tag in COST_METRICS.items()})
     return scalars

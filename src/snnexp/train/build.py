@@ -2,6 +2,7 @@
 the training order (EpochOrder) and the loaders (make_loader), and the network of a checkpoint
 (model_from_checkpoint, for eval and export). It knows nothing about which dataset, neuron or network it builds:
 they arrive as objects that Hydra instantiates from the config."""
+import functools
 import logging
 import random
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from snnexp.errors import CheckpointError, ConfigError, DatasetError
 from snnexp.nn import fusion
 from snnexp.nn.models import with_output_layer
 from snnexp.train import checkpoint, distributed
+from snnexp.train.diagnose import parameter_layers
 
 log = logging.getLogger("snnexp")
 
@@ -47,6 +49,11 @@ class Run:
             self.net = self.model
         if self.eval_net is None:
             self.eval_net = self.net
+
+    @functools.cached_property
+    def parameter_layers(self) -> Dict[str, str]:
+        """Each parameter's layer, for the gradient norms of every step (diagnose.parameter_layers): once a run."""
+        return parameter_layers(self.model)
 
     def checkpoint_meta(self) -> Dict[str, Any]:
         """What a checkpoint keeps beside the training state, so that eval and export rebuild the network."""
@@ -202,8 +209,10 @@ def part_problems(cfg: DictConfig) -> List[str]:
     neuron, encoder, readout, loss = (_configured_class(cfg, g) for g in ("neuron", "encoder", "readout", "loss"))
     problems = []
     backend = OmegaConf.select(cfg, "neuron.backend")
-    if backend is not None and hasattr(neuron, "unsupported_backend") and neuron.unsupported_backend(backend):
-        problems.append(neuron.unsupported_backend(backend))
+    unsupported = getattr(neuron, "unsupported_backend", None)
+    problem = unsupported(backend) if backend is not None and unsupported is not None else None
+    if problem:
+        problems.append(problem)
     frames = OmegaConf.select(cfg, "dataset.T") is not None  # dataset.T: a dataset of event frames
     if frames and encoder is not None and not getattr(encoder, "passes_frames", False):
         problems.append(f"this dataset gives event frames, which are fed as they are: use encoder=direct, not "

@@ -13,15 +13,20 @@ from snnexp.nn.surrogate import Surrogate
 from snnexp.report.metrics import LayerTags
 
 
-def layer_grad_norms(model: nn.Module) -> Dict[str, torch.Tensor]:
-    """The gradient norm of each layer over all its parameters, by its TensorBoard name (report.metrics.LayerTags:
-    a conv or FC with its norm and neuron, a ResNet block), so that runs of one network share the chart whether or
-    not their neurons learn a parameter (PLIF's w counts with its conv)."""
+def parameter_layers(model: nn.Module) -> Dict[str, str]:
+    """Each parameter's layer by its TensorBoard name (report.metrics.LayerTags: a conv or FC with its norm and
+    neuron, a ResNet block), so that runs of one network share the gradient-norm chart whether or not their neurons
+    learn a parameter (PLIF's w counts with its conv). Fixed for a run: computed once (train.build.Run)."""
     tags = LayerTags(model)
+    return {name: tags.group(original_name(model, name)) for name, _ in model.named_parameters()}
+
+
+def layer_grad_norms(model: nn.Module, layers: Dict[str, str]) -> Dict[str, torch.Tensor]:
+    """The gradient norm of each layer over all its parameters; `layers`: parameter_layers(model)."""
     squares: Dict[str, torch.Tensor] = {}
     for name, p in model.named_parameters():
         if p.grad is not None:
-            layer = tags.group(original_name(model, name))
+            layer = layers[name]
             squares[layer] = squares.get(layer, 0.0) + p.grad.detach().float().pow(2).sum()
     return {layer: sq.sqrt() for layer, sq in squares.items()}
 

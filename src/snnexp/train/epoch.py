@@ -57,8 +57,8 @@ def cumulative_bn_statistics(model: nn.Module, on: bool):
     dozen steps (one epoch of the digits, trainer.max_steps=20) that is still far from the data, the test pass
     normalises with it and the output layer may not fire at all (chance accuracy). Later epochs use the configured
     momentum again, so that a full run's statistics end as they did (docs/science.md, section 3)."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and on
-           and m.track_running_stats and m.momentum is not None]
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+           and m.momentum is not None] if on else []
     momenta = [m.momentum for m in bns]
     for m in bns:
         m.momentum = None
@@ -115,7 +115,7 @@ def _learn(run: Run, state: TrainState, x: torch.Tensor, y: torch.Tensor,
     norms = None
     if failed is None:
         scaler.unscale_(optimizer)  # true gradients for the norms below (a no-op without AMP on CUDA)
-        norms = layer_grad_norms(run.model)
+        norms = layer_grad_norms(run.model, run.parameter_layers)
     # with float16 loss scaling an inf gradient is the scaler's business: it skips the step itself
     if norms is None or (not scaler.is_enabled() and not all_finite(norms)):
         position = f"step {state.step + 1} (epoch {epoch}, batch {totals.batches})"

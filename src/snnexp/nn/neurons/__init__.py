@@ -78,8 +78,9 @@ class SpikingNeuron(nn.Module):
     ):
         super().__init__()
         check_backend(backend)
-        if self.unsupported_backend(backend):
-            raise ConfigError(self.unsupported_backend(backend))
+        problem = self.unsupported_backend(backend)
+        if problem:
+            raise ConfigError(problem)
         self.v_threshold = float(v_threshold)
         self.v_reset = None if v_reset is None else float(v_reset)
         self.detach_reset = bool(detach_reset)

@@ -60,6 +60,14 @@ def scalar_steps(run_dir: Path, tag: str) -> list:
     return [e.step for e in acc.Scalars(tag)]
 
 
+def scalar_values(run_dir: Path, tag: str) -> list:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
 def test_sigkill_mid_epoch_then_resume_equals_the_run_never_interrupted(tmp_path):
     run_snnexp("train", *ARGS, "hydra.run.dir=whole", cwd=tmp_path)
     proc = start([*ARGS, "hydra.run.dir=cut"], tmp_path)
@@ -74,6 +82,9 @@ def test_sigkill_mid_epoch_then_resume_equals_the_run_never_interrupted(tmp_path
         out.stdout + out.stderr
     same_results(tmp_path / "whole", tmp_path / "cut")
     assert scalar_steps(tmp_path / "cut", "test/acc") == [1, 2]  # the curve goes on: no gap, no duplicate
+    # and so does the per-step loss, point for point the uninterrupted run's
+    whole, cut = (scalar_values(tmp_path / run / "steps", "train/loss_step") for run in ("whole", "cut"))
+    assert [step for step, _ in cut] == list(range(1, 2 * 23 + 1)) and cut == whole  # 23 steps an epoch
     sessions = json.loads((tmp_path / "cut" / "run_info.json").read_text())
     assert len(sessions) == 2 and sessions[1]["resumed_from"].endswith("last.pt")
 

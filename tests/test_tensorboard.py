@@ -52,3 +52,23 @@ def test_the_custom_scalars_tab_opens_on_accuracy(lif_and_plif):
     assert titles == ["1 accuracy", "2 loss", "3 firing rate", "4 speed"]
     assert list(layout.category[0].chart[0].multiline.tag) == ["train/acc", "test/acc", "test/best_acc",
                                                                 "paper/test_acc"]
+
+
+def test_the_training_loss_is_logged_at_every_step(tmp_path):
+    """train/loss_step in the run's steps/ sub-run: a point per optimizer step, numbered 1..N, whose mean (the
+    batches are all full here: 64 of the digits' 1,437 training samples, 22 full batches) is the epoch's train/loss."""
+    # a low threshold: the output layer fires from the first step (until it does, the rate loss is flat)
+    run_snnexp("train", "neuron.v_threshold=0.2", "trainer.epochs=1", "trainer.max_steps=5",
+               "trainer.progress=false", "hydra.run.dir=r", cwd=tmp_path)
+    steps = tags_of(tmp_path / "r" / "steps").Scalars("train/loss_step")
+    epoch = tags_of(tmp_path / "r").Scalars("train/loss")
+    assert [s.step for s in steps] == [1, 2, 3, 4, 5]
+    assert sum(s.value for s in steps) / 5 == pytest.approx(epoch[0].value, rel=1e-5)
+    assert len({s.value for s in steps}) > 1  # a curve, not the epoch's mean repeated
+
+
+def test_the_mean_firing_rate_is_the_mean_over_layers(lif_and_plif):
+    """activity/firing_rate, HPARAMS' one number for the network's activity: the mean of the per-layer rates."""
+    lif, _ = lif_and_plif
+    layers = [lif.Scalars(t)[0].value for t in lif.Tags()["scalars"] if t.startswith("firing_rate/layer")]
+    assert len(layers) == 3 and lif.Scalars("activity/firing_rate")[0].value == pytest.approx(sum(layers) / 3)

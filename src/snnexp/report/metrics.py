@@ -142,6 +142,7 @@ def epoch_scalars(metrics: Dict[str, Any], train_m: TrainSummary, test_m: TestSu
     scalars.update({f"grad_norm/{k}": v for k, v in train_m.grad_norm.items()})  # already by layer tag
     scalars.update(layer_scalars(model, tags))
     scalars["activity/spikes_per_sample"] = test_m.spikes_per_sample
+    scalars.update(mean_rate(test_m.firing_rate))
     scalars.update({tag: getattr(test_m, key) for key, tag in COST_METRICS.items()})
     return scalars
 
@@ -154,4 +155,11 @@ def metrics_scalars(metrics: Dict[str, Any], model: nn.Module) -> Dict[str, floa
     scalars = {tag: metrics[key] for tag, key in tags.items() if key in metrics}
     tags = LayerTags(model)
     scalars.update({f"firing_rate/{tags.of(k)}": v for k, v in metrics.get("firing_rate", {}).items()})
+    scalars.update(mean_rate(metrics.get("firing_rate", {})))
     return scalars
+
+
+def mean_rate(firing_rate: Dict[str, float]) -> Dict[str, float]:
+    """activity/firing_rate: the mean of the spiking layers' firing rates (snnexp compare's "mean rate"), one number
+    for HPARAMS; none for a network without spiking layers."""
+    return {"activity/firing_rate": sum(firing_rate.values()) / len(firing_rate)} if firing_rate else {}

@@ -25,7 +25,8 @@ log = logging.getLogger("snnexp")
 LAYOUT = {
     "1 accuracy": {"accuracy: train, test, best test, paper": [
         "Multiline", ["train/acc", "test/acc", "test/best_acc", "paper/test_acc"]]},
-    "2 loss": {"loss: train, test": ["Multiline", ["train/loss", "test/loss"]]},
+    "2 loss": {"loss: train, test": ["Multiline", ["train/loss", "test/loss"]],
+               "training loss at every step": ["Multiline", ["train/loss_step"]]},
     "3 firing rate": {"firing rate per layer": ["Multiline", [r"firing_rate/layer.*"]]},
     "4 speed": {"training samples/s": ["Multiline", ["train/samples_per_s"]]},
 }
@@ -35,13 +36,20 @@ class RunLogger:
     """Used as a context manager, it closes the writer at the end and marks the hparams session finished when the
     block ended without an error."""
 
-    def __init__(self, run_dir: Path, purge_step=None):
+    def __init__(self, run_dir: Path, purge_step=None, purge_train_step=None):
         """purge_step: a resumed run's first epoch; points from that epoch on, written before the run
-        stopped, are hidden, so the curves continue without duplicates."""
+        stopped, are hidden, so the curves continue without duplicates. purge_train_step: the same for the
+        per-step training loss, from the first step after the checkpoint resumed from.
+
+        The per-step loss has its own writer, in the run's `steps/` folder (a sub-run in TensorBoard, as Keras
+        writes train/ and validation/): its x axis counts optimizer steps where the run's own counts epochs, and
+        TensorBoard hides a resumed run's points by step number across all the tags of a folder."""
         self.run_dir = Path(run_dir)
         started = set(threading.enumerate())
         with self._reported():
             self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
+            self.steps = SummaryWriter(log_dir=str(Path(run_dir) / "steps"), purge_step=purge_train_step)
+        self._step_losses = []
         # the writer's own thread writes the file and keeps its OSError for the next call to raise (which
         # _reported turns into ours); the thread's default hook would also print it as a traceback
         self._threads = set(threading.enumerate()) - started
@@ -81,6 +89,23 @@ class RunLogger:
             for tag, value in values.items():
                 self.writer.add_scalar(tag, value, step)
             self.writer.flush()
+            self._write_step_losses()
+
+    def step_loss(self, loss: float, step: int) -> None:
+        """One optimizer step's training loss (train/loss_step, x = the run's step count), kept until the epoch's
+        scalars are written, a checkpoint is saved in the epoch (write_step_losses) or the run stops: like them,
+        written after a checkpoint, so that a failing write (a full disk) loses no training."""
+        self._step_losses.append((step, loss))
+
+    def write_step_losses(self) -> None:
+        with self._reported():
+            self._write_step_losses()
+
+    def _write_step_losses(self) -> None:
+        for step, loss in self._step_losses:
+            self.steps.add_scalar("train/loss_step", loss, step)
+        self._step_losses.clear()
+        self.steps.flush()
 
     def images(self, values: Dict[str, np.ndarray], step: int) -> None:
         """uint8 images: [H, W] grayscale or [H, W, 3] RGB."""
@@ -113,7 +138,11 @@ class RunLogger:
             with self._reported():
                 if success:
                     self.writer.file_writer.add_summary(self._session_end)
-                self.writer.close()
+                try:
+                    self._write_step_losses()  # of a run stopped in the middle of an epoch
+                    self.writer.close()
+                finally:
+                    self.steps.close()
         except CheckpointError as e:
             if success:
                 raise

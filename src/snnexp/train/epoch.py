@@ -41,10 +41,11 @@ def forward(run: Run, x: torch.Tensor, generator: Optional[torch.Generator] = No
 
 
 def train_epoch(run: Run, loader: DataLoader, state: TrainState, epoch: int,
-                after_step: Optional[Callable[[bool], None]] = None) -> TrainSummary:
+                after_step: Optional[Callable[[bool, Optional[float]], None]] = None) -> TrainSummary:
     """One pass over the training set, from where `state.totals` left it (a resumed epoch). Updates state.step
     and state.totals; at the end of a whole epoch, state.epoch = epoch and state.totals = None. Returns train_m
-    (metrics.train_summary). after_step(last_batch) runs after every batch: checkpoints and stops happen there."""
+    (metrics.train_summary). after_step(last_batch, loss) runs after every batch, with the batch's mean loss (None for a
+batch skipped as non-finite): the per-step loss is logged, checkpoints and stops happen there."""
     run.model.train()
     with cumulative_bn_statistics(run.model, epoch == 1):
         return _train_epoch(run, loader, state, epoch, after_step)
@@ -70,7 +71,7 @@ def cumulative_bn_statistics(model: nn.Module, on: bool):
 
 
 def _train_epoch(run: Run, loader: DataLoader, state: TrainState, epoch: int,
-                 after_step: Optional[Callable[[bool], None]]) -> TrainSummary:
+                 after_step: Optional[Callable[[bool, Optional[float]], None]]) -> TrainSummary:
     totals = state.totals = state.totals or EpochTotals()
     loader.sampler.set_epoch(epoch, totals.batches * loader.batch_size)
     epoch_batches = totals.batches + len(loader)
@@ -94,7 +95,7 @@ def _train_epoch(run: Run, loader: DataLoader, state: TrainState, epoch: int,
             timed += y.numel()
             bar.set_postfix(loss=f"{totals.loss / totals.seen:.4f}", acc=f"{100 * totals.correct / totals.seen:.2f}%")
         if after_step is not None:
-            after_step(totals.batches == epoch_batches)
+            after_step(totals.batches == epoch_batches, learned[1] if learned is not None else None)
         if run.cfg.trainer.max_steps is not None and state.step >= run.cfg.trainer.max_steps:
             break
     elapsed = distributed.max_all(time.perf_counter() - start)

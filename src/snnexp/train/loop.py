@@ -99,14 +99,15 @@ def _fit(cfg: DictConfig, run_dir: Path, hparams: Dict[str, Any], resume: Option
     behind = resume is not None and reconcile(run_dir, state, meta)  # metrics.json was behind last.pt
     paper_acc = OmegaConf.select(cfg, "paper.test_acc", default=None)  # a reproduction's published result
     # a resumed run rewrites TensorBoard from its first unfinished epoch: no duplicate or stale points
-    logger = RunLogger(run_dir, purge_step=state.epoch + 1 if resume else None) if distributed.is_main() else None
+    logger = RunLogger(run_dir, purge_step=state.epoch + 1 if resume else None,
+                       purge_train_step=state.step + 1 if resume else None) if distributed.is_main() else None
     with StopSignals() as signals, logger or nullcontext():
         if logger:
             logger.start(hparams)
             if behind:  # the epoch whose metrics.json write failed (or never came) has no TensorBoard points either
                 logger.scalars(metrics_scalars(state.metrics, run.model), state.epoch)
         for epoch in range(state.epoch + 1, cfg.trainer.epochs + 1):
-            train_m = _train_saving(run, train_loader, state, epoch, signals, last, meta)
+            train_m = _train_saving(run, train_loader, state, epoch, signals, last, meta, logger)
             distributed.sync_buffers(run.model)  # rank 0's BN statistics, the ones its checkpoint keeps
             test_m = evaluate(run, test_loader)
             lr = state.optimizer.param_groups[0]["lr"]
@@ -149,15 +150,19 @@ def _save_best(best: Path, last: Path, state: TrainState, meta: Dict[str, Any], 
 
 
 def _train_saving(run: Run, loader, state: TrainState, epoch: int, signals: StopSignals, last: Path,
-                  meta: Dict[str, Any]) -> TrainSummary:
-    """train_epoch, saving `last` every trainer.ckpt_every_steps steps and when a stop is asked for (then
-    Interrupted); a non-finite loss or gradient says which checkpoint is kept."""
+                  meta: Dict[str, Any], logger: Optional[RunLogger]) -> TrainSummary:
+    """train_epoch, logging each step's loss, saving `last` every trainer.ckpt_every_steps steps and when a stop is
+    asked for (then Interrupted); a non-finite loss or gradient says which checkpoint is kept."""
     every = run.cfg.trainer.ckpt_every_steps
 
-    def after_step(last_batch: bool) -> None:
+    def after_step(last_batch: bool, loss: Optional[float]) -> None:
+        if logger and loss is not None:
+            logger.step_loss(loss, state.step)
         stop = signals.requested()
         if stop or (every and state.step % every == 0 and not last_batch):  # the epoch's end saves anyway
             checkpoint.save(last, state, meta)
+            if logger:  # the losses up to the checkpoint: a resume from it logs the steps after it
+                logger.write_step_losses()
         if stop:
             raise signals.interrupted(f"at step {state.step} (epoch {epoch}, batch {state.totals.batches}): saved "
                                       f"{last}")

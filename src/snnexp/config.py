@@ -138,6 +138,7 @@ RULES = {
     "sched.gamma": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "paper.test_acc": (lambda v: v is None or 0 < v <= 1, "a fraction in (0, 1], or null"),
     "dataset.test_fraction": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "dataset.val_fraction": (lambda v: 0 <= v < 1, "in [0, 1): 0 for no validation set"),
     "dataset.T": (_at_least_1, "an integer >= 1 (frames per sample)"),
     "dataset.split_by": (lambda v: v in ("number", "time"), "one of number, time"),
     "dataset.bin_ms": (lambda v: v is None or v > 0, "> 0, or null for T equal slices"),

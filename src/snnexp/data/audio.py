@@ -20,6 +20,7 @@ frames), or, with bin_ms=None, the sample's own [0, last spike] cut into T equal
 700 / C neighbouring channels. Each split is converted once into a FrameCache, keyed by all of these.
 """
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional
@@ -32,6 +33,8 @@ from snnexp.data.frames import channel_frames
 from snnexp.data.recordings import CacheOptions, FrameDataset, event_options, missing_error, source_digest
 from snnexp.data.static import Splits
 from snnexp.errors import ConfigError, CorruptFile
+
+log = logging.getLogger("snnexp")
 
 CHANNELS = 700  # the cochlea model's channels in both datasets
 FIELDS = ("spikes/times", "spikes/units", "labels")
@@ -87,17 +90,26 @@ def shd(data_dir="data", download=True, **options) -> Splits:
     return _load(SHD, data_dir, download, {"train": "train", "test": "test"}, options)
 
 
-def ssc(data_dir="data", download=True, test_split="test", **options) -> Splits:
+def ssc(data_dir="data", download=True, test_split="test", val_fraction=0.0, **options) -> Splits:
     """The Spiking Speech Commands: 75,466 training / 9,981 validation / 20,382 test recordings of 35 words,
     700 channels. `test_split`: the set a run evaluates after every epoch, "test" (the official test set) or
-    "valid" (the validation set, to choose settings without looking at the test set). `options`: as shd()."""
+    "valid" (the validation set, to choose settings without looking at the test set). `val_fraction` > 0: the
+    official validation set is the run's validation set (data.validation; its size is the release's, whatever the
+    fraction), beside the test set. `options`: as shd()."""
     if test_split not in ("test", "valid"):
         raise ConfigError(f"dataset.test_split={test_split!r} is out of range: must be test or valid")
-    return _load(SSC, data_dir, download, {"train": "train", "test": test_split}, options)
+    if not val_fraction:
+        return _load(SSC, data_dir, download, {"train": "train", "test": test_split}, options)
+    if test_split == "valid":
+        raise ConfigError("dataset.val_fraction > 0 makes SSC's validation set the run's validation set, and "
+                          "dataset.test_split=valid tests on it too: use dataset.test_split=test with it")
+    log.info("SSC: dataset.val_fraction=%s: its official validation set is the validation set", val_fraction)
+    return _load(SSC, data_dir, download, {"train": "train", "test": "test", "val": "valid"}, options)
 
 
 def _load(release: Release, data_dir, download, roles: Dict[str, str], options) -> Splits:
-    """roles: {"train": split, "test": split} -> a FrameCache per split file, read by FrameDatasets."""
+    """roles: {"train": split, "test": split[, "val": split]} -> a FrameCache per split file, read by
+    FrameDatasets."""
     frames, cache = event_options(release.name, options, groups=(SpikeTrainFrames, CacheOptions))
     if frames.channels < 1 or CHANNELS % frames.channels:
         raise ConfigError(f"dataset.channels={frames.channels} is out of range: must divide {CHANNELS} "
@@ -118,7 +130,8 @@ def _load(release: Release, data_dir, download, roles: Dict[str, str], options) 
                            cache.workers, cache.on_corrupt, desc=f"{release.name} {split}: spikes -> {frames.T} frames",
                            num_classes=release.num_classes)
         datasets[role] = FrameDataset(built.dir)
-    return Splits(datasets["train"], datasets["test"], (frames.channels,), release.num_classes, sequence=True)
+    return Splits(datasets["train"], datasets["test"], (frames.channels,), release.num_classes, sequence=True,
+                  val=datasets.get("val"))
 
 
 # ---------------------------------------------------------------------------------------------------

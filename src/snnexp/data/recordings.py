@@ -115,6 +115,10 @@ class FrameDataset(Dataset):
     def __len__(self):
         return len(self.labels)
 
+    def without_augmentation(self) -> "FrameDataset":
+        """The same samples, never flipped or moved (a validation set held out of the training set)."""
+        return FrameDataset(self.cache_dir)
+
     def __getitem__(self, i):
         if self._frames is None:
             self._frames = np.load(self.cache_dir / "frames.npy", mmap_mode="r")
@@ -203,7 +207,7 @@ def _identity(folder: Path) -> Tuple[int, int]:
 
 
 def stratified_split(samples: Sequence[Tuple[str, int]], test_fraction: float, seed: int, store: Path, base: str):
-    """Per class: a seeded permutation of the sorted files, the first n_test for test (_test_count: about
+    """Per class: a seeded permutation of the sorted files, the first n_test for test (held_out_count: about
     test_fraction of them, and at least one test and one training recording for a class of 2 or more).
     The assignment is stored (paths relative to `base`) and reused, so a file never moves between train
     and test; files that appear later are split among themselves the same way. A set left empty (every class a
@@ -219,7 +223,7 @@ def stratified_split(samples: Sequence[Tuple[str, int]], test_fraction: float, s
     for label in sorted(new_by_class):
         rels = sorted(new_by_class[label])
         order = rng.permutation(len(rels))
-        n_test = _test_count(test_fraction, len(rels))
+        n_test = held_out_count(test_fraction, len(rels))
         for j, idx in enumerate(order):
             known[rels[idx]] = "test" if j < n_test else "train"
     lists = {"train": [], "test": []}
@@ -231,10 +235,10 @@ def stratified_split(samples: Sequence[Tuple[str, int]], test_fraction: float, s
     return lists
 
 
-def _test_count(test_fraction: float, n: int) -> int:
-    """How many of a class's n recordings go to the test set: round(test_fraction * n), but at least 1 and at
-    most n - 1 when n >= 2, so that a small subset (3 recordings a class: 0.3 rounds to 0) still tests every
-    class; a class of one recording trains."""
+def held_out_count(test_fraction: float, n: int) -> int:
+    """How many of a class's n recordings go to the test set (or, data.validation, the validation set):
+    round(test_fraction * n), but at least 1 and at most n - 1 when n >= 2, so that a small subset (3 recordings a
+    class: 0.3 rounds to 0) still tests every class; a class of one recording trains."""
     return min(max(int(round(test_fraction * n)), 1), n - 1) if n >= 2 else 0
 
 
@@ -249,7 +253,7 @@ def split_problem(lists, test_fraction: float, store: Path, classes: Sequence[st
             counts.setdefault(label, {"train": 0, "test": 0})[split] += 1
     per_class = ", ".join(f"{classes[label]}: {c['train']} train / {c['test']} test"
                           for label, c in sorted(counts.items()))
-    if any(_test_count(test_fraction, c["train"] + c["test"]) for c in counts.values()):
+    if any(held_out_count(test_fraction, c["train"] + c["test"]) for c in counts.values()):
         fix = (f"the split stored in {store} (made when there were fewer recordings, or by an older snnexp) is "
                "reused: delete it to split again")
     else:

@@ -5,7 +5,7 @@ import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch.utils.data import Dataset, TensorDataset
@@ -25,6 +25,7 @@ class Splits:
     num_classes: int
     sequence: bool = False  # samples are already frame sequences [T, C, H, W] (event data), not images
     empty_reason: str = ""  # why the training or test set is empty (a loader returns what there is; a run stops)
+    val: Optional[Dataset] = None  # a validation set (dataset.val_fraction > 0: data.validation)
 
 
 def digits(test_fraction: float = 0.2, split_seed: int = 0) -> Splits:

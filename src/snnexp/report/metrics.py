@@ -8,7 +8,7 @@ of the typed summaries, no I/O.
 """
 
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from torch import nn
 
@@ -74,15 +74,18 @@ def test_metrics(test_m: TestSummary, paper_acc: Optional[float]) -> Dict[str, A
 
 
 def epoch_metrics(previous: Dict[str, Any], epoch: int, step: int, train_m: TrainSummary, test_m: TestSummary,
-                  wall_s: float, paper_acc: Optional[float]) -> Dict[str, Any]:
-    """metrics.json after `epoch`: this epoch's numbers, the best test accuracy so far and its epoch, and the
-    batches skipped so far, carried over from `previous` (the record after the epoch before)."""
+                  wall_s: float, paper_acc: Optional[float], val_m: Optional[TestSummary] = None) -> Dict[str, Any]:
+    """metrics.json after `epoch`: this epoch's numbers, the best test accuracy so far and its epoch ("A": the epoch
+    chosen on the test set, as most papers report), with a validation set (val_m) the best validation accuracy, its
+    epoch and that epoch's test accuracy ("B": the test set chose nothing), and the batches skipped so far, carried
+    over from `previous` (the record after the epoch before)."""
     is_best = test_m.acc > previous["best_test_acc"]
     return {
         "test_acc": test_m.acc,  # first in the file, as it always was; **test_metrics below keeps the place
         "test_loss": test_m.loss,
         "best_test_acc": max(test_m.acc, previous["best_test_acc"]),
         "best_epoch": epoch if is_best else previous.get("best_epoch", epoch),
+        **(validation_metrics(previous, epoch, test_m, val_m) if val_m is not None else {}),
         "train_acc": train_m.acc,
         "train_loss": train_m.loss,
         "epoch": epoch,
@@ -92,6 +95,25 @@ def epoch_metrics(previous: Dict[str, Any], epoch: int, step: int, train_m: Trai
         "wall_s": wall_s,
         **test_metrics(test_m, paper_acc),
     }
+
+
+def validation_metrics(previous: Dict[str, Any], epoch: int, test_m: TestSummary, val_m: TestSummary
+                       ) -> Dict[str, Any]:
+    """The validation set's part of metrics.json: this epoch's validation accuracy and loss, the best validation
+    accuracy so far, its epoch, and the test accuracy of that epoch (val_chosen_test_acc, "B")."""
+    best = previous.get("best_val_acc", 0.0)
+    is_best = val_m.acc > best
+    return {"val_acc": val_m.acc, "val_loss": val_m.loss, "best_val_acc": max(val_m.acc, best),
+            "best_val_epoch": epoch if is_best else previous.get("best_val_epoch", epoch),
+            "val_chosen_test_acc": test_m.acc if is_best else previous.get("val_chosen_test_acc", 0.0)}
+
+
+def chosen_epoch(metrics: Dict[str, Any]) -> Tuple[Optional[int], float, str]:
+    """The epoch best.pt holds: (epoch, its accuracy, on which set it was chosen), the best validation epoch where
+    the run has a validation set, else the best test epoch; (None, 0.0, ...) before the first epoch."""
+    if "best_val_acc" in metrics:
+        return metrics.get("best_val_epoch"), metrics["best_val_acc"], "validation"
+    return metrics.get("best_epoch"), metrics.get("best_test_acc", 0.0), "test"
 
 
 class LayerTags:
@@ -137,6 +159,7 @@ def epoch_scalars(metrics: Dict[str, Any], train_m: TrainSummary, test_m: TestSu
     }
     if "paper_test_acc" in metrics:
         scalars["paper/test_acc"] = metrics["paper_test_acc"]
+    scalars.update(validation_scalars(metrics))
     tags = LayerTags(model)
     scalars.update({f"firing_rate/{tags.of(k)}": v for k, v in test_m.firing_rate.items()})
     scalars.update({f"grad_norm/{k}": v for k, v in train_m.grad_norm.items()})  # already by layer tag
@@ -153,10 +176,19 @@ def metrics_scalars(metrics: Dict[str, Any], model: nn.Module) -> Dict[str, floa
     tags = {"train/loss": "train_loss", "train/acc": "train_acc", "test/loss": "test_loss", "test/acc": "test_acc",
             "test/best_acc": "best_test_acc"}
     scalars = {tag: metrics[key] for tag, key in tags.items() if key in metrics}
+    scalars.update(validation_scalars(metrics))
     tags = LayerTags(model)
     scalars.update({f"firing_rate/{tags.of(k)}": v for k, v in metrics.get("firing_rate", {}).items()})
     scalars.update(mean_rate(metrics.get("firing_rate", {})))
     return scalars
+
+
+def validation_scalars(metrics: Dict[str, Any]) -> Dict[str, float]:
+    """A run with a validation set: val/acc, val/loss, val/best_acc and test/val_chosen_acc ("B", beside
+    test/best_acc, "A")."""
+    tags = {"val/acc": "val_acc", "val/loss": "val_loss", "val/best_acc": "best_val_acc",
+            "test/val_chosen_acc": "val_chosen_test_acc"}
+    return {tag: metrics[key] for tag, key in tags.items() if key in metrics}
 
 
 def mean_rate(firing_rate: Dict[str, float]) -> Dict[str, float]:

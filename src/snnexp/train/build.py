@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from snnexp.config import TrainerConfig
+from snnexp.data import validation
 from snnexp.errors import CheckpointError, ConfigError, DatasetError
 from snnexp.nn import fusion
 from snnexp.nn.models import with_output_layer
@@ -59,7 +60,15 @@ class Run:
         """What a checkpoint keeps beside the training state, so that eval and export rebuild the network."""
         return {"config": OmegaConf.to_container(self.cfg, resolve=True),
                 "input_shape": list(self.splits.input_shape), "num_classes": self.splits.num_classes,
-                "data_sizes": {"train": len(self.splits.train), "test": len(self.splits.test)}}  # checked on resume
+                "data_sizes": data_sizes(self.splits)}  # checked on resume
+
+
+def data_sizes(splits) -> Dict[str, int]:
+    """The samples in each set: train, test, and val where there is a validation set."""
+    sizes = {"train": len(splits.train), "test": len(splits.test)}
+    if splits.val is not None:
+        sizes["val"] = len(splits.val)
+    return sizes
 
 
 def resolve_device(name: str) -> torch.device:
@@ -95,7 +104,7 @@ def build_model(cfg: DictConfig, input_shape, num_classes: int) -> nn.Module:
 def build_run(cfg: DictConfig, device: torch.device, ddp: bool = False) -> Run:
     """Instantiate data, encoder, network, readout and loss from the config (`ddp`: for a process of a
     data-parallel run)."""
-    splits = instantiate(cfg.dataset)
+    splits = validation.load(cfg.dataset)
     _check_not_empty(splits)
     model = build_model(cfg, splits.input_shape, splits.num_classes).to(device)
     if cfg.trainer.join_layers and device.type == "cpu":  # the joined ops are CPU kernels
@@ -196,7 +205,7 @@ def model_from_checkpoint(state: Dict[str, Any], source="the checkpoint",
     if "input_shape" in state and "num_classes" in state:
         input_shape, classes = state["input_shape"], state["num_classes"]
     else:
-        splits = instantiate(cfg.dataset)
+        splits = validation.load(cfg.dataset)
         input_shape, classes = list(splits.input_shape), splits.num_classes
     model = load_weights(build_model(cfg, input_shape, classes), state, source)
     return model.eval(), {"cfg": cfg, "input_shape": list(input_shape), "num_classes": int(classes)}

@@ -19,7 +19,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from snnexp.errors import CheckpointError, ConfigError, NonFiniteError
 from snnexp.nn import fusion
-from snnexp.report.metrics import LayerTags, TestSummary, TrainSummary, epoch_metrics, epoch_scalars, metrics_scalars
+from snnexp.report.metrics import (
+    LayerTags,
+    TestSummary,
+    TrainSummary,
+    chosen_epoch,
+    epoch_metrics,
+    epoch_scalars,
+    metrics_scalars,
+)
 from snnexp.report.tensorboard import RunLogger
 from snnexp.train import checkpoint, distributed
 from snnexp.train.build import Run, build_run, make_loader, resolve_device, seed_everything
@@ -62,7 +70,8 @@ def describe(run: Run, run_dir: Path, state: TrainState, resumed_from: Optional[
     log.info("run dir: %s", run_dir)
     log.info("network (%d parameters) on %s:\n%s", sum(p.numel() for p in run.model.parameters()), run.device,
              run.model)
-    log.info("data: %d train / %d test samples", len(run.splits.train), len(run.splits.test))
+    val = f"{len(run.splits.val)} validation / " if run.splits.val is not None else ""
+    log.info("data: %d train / %s%d test samples", len(run.splits.train), val, len(run.splits.test))
     if cfg.trainer.strategy == "ddp":
         log.info("data parallel: %d processes, %d samples each per step (global batch %d)", distributed.world(),
                  cfg.trainer.batch_size // distributed.world(), cfg.trainer.batch_size)
@@ -88,6 +97,7 @@ def _fit(cfg: DictConfig, run_dir: Path, hparams: Dict[str, Any], resume: Option
     t0 = time.perf_counter()
     run = setup(cfg)
     train_loader, test_loader = make_loader(run.splits.train, cfg, train=True), make_loader(run.splits.test, cfg)
+    val_loader = make_loader(run.splits.val, cfg) if run.splits.val is not None else None
     state = new_train_state(run)
     if resume is not None:
         resume_from(run, state, resume)
@@ -110,21 +120,22 @@ def _fit(cfg: DictConfig, run_dir: Path, hparams: Dict[str, Any], resume: Option
             train_m = _train_saving(run, train_loader, state, epoch, signals, last, meta, logger)
             distributed.sync_buffers(run.model)  # rank 0's BN statistics, the ones its checkpoint keeps
             test_m = evaluate(run, test_loader)
+            val_m = evaluate(run, val_loader) if val_loader else None  # then it, not the test set, chooses best.pt
             lr = state.optimizer.param_groups[0]["lr"]
             if state.totals is None:  # a whole epoch (not one cut by trainer.max_steps): the schedule moves on
                 state.scheduler.step()
-            is_best = test_m.acc > state.metrics["best_test_acc"]
             state.metrics = epoch_metrics(state.metrics, epoch, state.step, train_m, test_m, time.perf_counter() - t0,
-                                          paper_acc)
+                                          paper_acc, val_m)
+            chosen, chosen_acc, _ = chosen_epoch(state.metrics)
             checkpoint.save(last, state, meta)
-            if is_best:
+            if chosen == epoch and chosen_acc > 0:  # the best epoch so far (an accuracy of 0 is no better than none)
                 _save_best(best, last, state, meta, epoch)
             if distributed.is_main():
                 checkpoint.write_json(run_dir / "metrics.json", state.metrics)
             if logger:  # after the checkpoint: a TensorBoard write that fails (a full disk) loses no training
                 logger.scalars(epoch_scalars(state.metrics, train_m, test_m, lr, run.model), epoch)
                 logger.activity(test_m, epoch, LayerTags(run.model))
-            _log_epoch(epoch, cfg.trainer.epochs, train_m, test_m, state.metrics)
+            _log_epoch(epoch, cfg.trainer.epochs, train_m, test_m, val_m, state.metrics)
             _warn_if_silent(run, test_m, epoch)
             if signals.requested():  # arrived in the test pass: the epoch is saved
                 raise signals.interrupted(f"after epoch {epoch}: saved {last}")
@@ -133,10 +144,19 @@ def _fit(cfg: DictConfig, run_dir: Path, hparams: Dict[str, Any], resume: Option
                 break
     if "test_acc" not in state.metrics:  # resumed a run that had nothing left to do before its first epoch ended
         raise CheckpointError(f"{resume}: nothing left to train (trainer.epochs={cfg.trainer.epochs})")
-    paper = f" (paper: {100 * paper_acc:.2f}%)" if paper_acc is not None else ""
-    log.info("done in %.1f s: test acc %.2f%%, best %.2f%%%s; %s", time.perf_counter() - t0,
-             100 * state.metrics["test_acc"], 100 * state.metrics["best_test_acc"], paper, run_dir)
+    log.info("done in %.1f s: %s; %s", time.perf_counter() - t0, _result(state.metrics, paper_acc), run_dir)
     return state.metrics
+
+
+def _result(metrics: Dict[str, Any], paper_acc: Optional[float]) -> str:
+    """The log's last line: the final test accuracy, the best (chosen on the test set, "A"), with a validation set
+    the test accuracy of the epoch it chose ("B"), and a reproduction's published number."""
+    result = f"test acc {100 * metrics['test_acc']:.2f}%, best {100 * metrics['best_test_acc']:.2f}%"
+    if "best_val_acc" in metrics:
+        result += (f" (epoch {metrics['best_epoch']}, chosen on the test set: A); at the epoch the validation set "
+                   f"chose ({metrics['best_val_epoch']}, val acc {100 * metrics['best_val_acc']:.2f}%): "
+                   f"{100 * metrics['val_chosen_test_acc']:.2f}% (B, best.pt)")
+    return result + (f" (paper: {100 * paper_acc:.2f}%)" if paper_acc is not None else "")
 
 
 def _save_best(best: Path, last: Path, state: TrainState, meta: Dict[str, Any], epoch: int) -> None:
@@ -186,9 +206,11 @@ def _warn_if_silent(run: Run, test_m: TestSummary, epoch: int) -> None:
                     "readout (readout=membrane_max, loss=ce_rate) scores without spikes", epoch, layer)
 
 
-def _log_epoch(epoch: int, epochs: int, train_m: TrainSummary, test_m: TestSummary, metrics: Dict[str, Any]):
-    log.info("epoch %d/%d  train loss %.4f acc %.2f%%  test loss %.4f acc %.2f%% (best %.2f%%)  %.0f samples/s",
-             epoch, epochs, train_m.loss, 100 * train_m.acc, test_m.loss, 100 * test_m.acc,
+def _log_epoch(epoch: int, epochs: int, train_m: TrainSummary, test_m: TestSummary, val_m: Optional[TestSummary],
+               metrics: Dict[str, Any]):
+    val = f"val loss {val_m.loss:.4f} acc {100 * val_m.acc:.2f}%  " if val_m is not None else ""
+    log.info("epoch %d/%d  train loss %.4f acc %.2f%%  %stest loss %.4f acc %.2f%% (best %.2f%%)  %.0f samples/s",
+             epoch, epochs, train_m.loss, 100 * train_m.acc, val, test_m.loss, 100 * test_m.acc,
              100 * metrics["best_test_acc"], train_m.samples_per_s)
     if train_m.skipped:
         log.warning("epoch %d: %d batches with a non-finite loss or gradient were skipped", epoch, train_m.skipped)

@@ -14,7 +14,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from snnexp.errors import CheckpointError
+from snnexp.report.metrics import chosen_epoch
 from snnexp.train import checkpoint, distributed
+from snnexp.train.build import data_sizes
 from snnexp.train.checkpoint import TrainState
 
 log = logging.getLogger("snnexp")
@@ -37,7 +39,7 @@ def _check_data(run, saved: Dict[str, Any], path: Path) -> None:
     """A resumed run goes on with the data it was trained on: a mid-epoch position is an index into that epoch's
     order of exactly those samples. Checked by their numbers (a checkpoint from before they were stored: the
     position only)."""
-    now = {"train": len(run.splits.train), "test": len(run.splits.test)}
+    now = data_sizes(run.splits)
     stored = saved.get("data_sizes") or {}
     changed = [f"{split}: {stored[split]} -> {n} samples" for split, n in now.items() if stored.get(split, n) != n]
     position = saved["batch"] * run.cfg.trainer.batch_size
@@ -84,7 +86,7 @@ def reconcile(run_dir: Path, state: TrainState, meta: Dict[str, Any]) -> bool:
 def _reconcile_best(best: Path, state: TrainState, meta: Dict[str, Any]) -> None:
     """best.pt must hold the best epoch's weights. Missing or stale, it is written from last.pt's state when that is
     the end of the best epoch; otherwise those weights are gone, which is said (never a wrong best.pt)."""
-    wanted, acc = state.metrics.get("best_epoch"), state.metrics.get("best_test_acc", 0.0)
+    wanted, acc, chosen_on = chosen_epoch(state.metrics)
     held = distributed.from_main(_epoch_of(best) if distributed.is_main() else None)  # every process decides alike
     if wanted is None or held == wanted or acc == 0:  # acc 0: no epoch was better than nothing, no best.pt
         return
@@ -93,9 +95,9 @@ def _reconcile_best(best: Path, state: TrainState, meta: Dict[str, Any]) -> None
         log.info("resume: %s %s; the best epoch is %d, which last.pt holds: written again", best, holds, wanted)
         checkpoint.save(best, state, meta, end_of_epoch=wanted)
     else:
-        log.warning("resume: %s %s, but the best epoch was %d (test acc %.2f%%) and last.pt is from epoch %d: the "
+        log.warning("resume: %s %s, but the best epoch was %d (%s acc %.2f%%) and last.pt is from epoch %d: the "
                     "best weights are lost; best.pt is written again when an epoch beats %.2f%%", best, holds, wanted,
-                    100 * acc, state.epoch, 100 * acc)
+                    chosen_on, 100 * acc, state.epoch, 100 * acc)
 
 
 def _epoch_of(path: Path) -> Optional[int]:

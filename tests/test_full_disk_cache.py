@@ -148,7 +148,8 @@ def test_a_build_stopped_by_an_error_ends_its_workers_at_once(tmp_path):
         FrameCache(tmp_path / "c", KEY).get_or_build(["corrupt", "1", "2", "3"], [0] * 4, SlowButCorrupt(), SHAPE, 2,
                                                      num_classes=3)
     assert time.monotonic() - start < 3
-    assert set(multiprocessing.active_children()) == before
+    # none of its own left (a child of an earlier test may have ended meanwhile: not an equality of the two sets)
+    assert not set(multiprocessing.active_children()) - before
 
 
 def build_slowly(root: str, log: str) -> None:

@@ -35,7 +35,8 @@ class TrainerConfig:
     compile: bool = False  # torch.compile the network; the first step compiles and is left out of samples/s
     num_workers: int = 0  # DataLoader worker processes
     max_steps: Optional[int] = None  # stop after this many optimizer steps (smoke tests)
-    progress: bool = True  # progress bar on a terminal
+    progress: bool = True  # progress bars on a terminal (training and test passes)
+    print_network: bool = False  # the network's printout on the screen too (it always goes to the run's log file)
     ckpt_every_steps: Optional[int] = None  # also save checkpoints/last.pt every this many steps (resume mid-epoch)
     on_nonfinite: str = "stop"  # a NaN/inf loss or gradient: stop with a diagnosis, or skip the batch (counted)
     deterministic: bool = False  # torch.use_deterministic_algorithms (identical CUDA runs; CPU runs always are)

@@ -6,6 +6,7 @@ from typing import Any, Dict, Optional, Sequence
 
 import torch
 from omegaconf import OmegaConf
+from tqdm import tqdm
 
 from snnexp.config import EnergyConfig
 from snnexp.errors import CheckpointError, ConfigError, DatasetError
@@ -20,16 +21,16 @@ log = logging.getLogger("snnexp")
 
 
 @torch.no_grad()
-def evaluate(run: Run, loader) -> TestSummary:
+def evaluate(run: Run, loader, desc: str = "test") -> TestSummary:
     """Test loss, accuracy and the network's activity (report.activity.ActivitySummary): the mean firing rate of
     every spiking layer, spikes, activation sparsity and synaptic operations per sample, per-neuron rates, and the
     spike raster and confusion matrix of the first (fixed) test batch; beside them the static metrics and the
-    energy per sample (report.cost)."""
+    energy per sample (report.cost). A progress bar named `desc` on a terminal (trainer.progress)."""
     run.model.eval()
     generator = torch.Generator(run.device).manual_seed(EVAL_SEED)
     total_loss, correct, seen = 0.0, 0, 0
     with Activity(run.model, spiking_layers(run.model)) as activity:
-        for x, y in loader:
+        for x, y in progress(loader, desc, run.cfg.trainer.progress):
             x, y = x.to(run.device), y.to(run.device)
             scores = forward(run, x, generator)
             total_loss += run.loss_fn(scores, y).item() * y.numel()
@@ -48,13 +49,21 @@ def evaluate(run: Run, loader) -> TestSummary:
                                                       summary.effective_macs_per_sample, energy.ac_pj, energy.mac_pj))
 
 
+def progress(loader, desc: str, show: bool):
+    """The batches of `loader` with a progress bar while `show` on a terminal (tqdm's disable=None: not when the
+    output is a file or a pipe), on the main process of a data-parallel run."""
+    return tqdm(loader, desc=desc, leave=False, disable=None if show and distributed.is_main() else True,
+                dynamic_ncols=True)
+
+
 def evaluate_checkpoint(path, device_name: str = "auto", data_dir: Optional[str] = None,
                         batch_size: Optional[int] = None, neurobench: bool = False,
-                        config_dirs: Optional[Sequence[Path]] = None) -> Dict[str, Any]:
+                        config_dirs: Optional[Sequence[Path]] = None, progress: bool = True) -> Dict[str, Any]:
     """Rebuild the network from the config stored in a checkpoint and test it. The stored trainer settings are
     read through the schema (TrainerConfig), so a checkpoint written before a setting existed gets its default.
     `neurobench`: also run NeuroBench's Benchmark on it (neurobench_results), under the key "neurobench".
-    `config_dirs`: the trusted config folders whose targets the stored config may name (checkpoint.stored_config)."""
+    `config_dirs`: the trusted config folders whose targets the stored config may name (checkpoint.stored_config).
+    `progress`: a progress bar over the test batches on a terminal."""
     if neurobench:
         require_neurobench()
     state = checkpoint.load(path)
@@ -65,6 +74,7 @@ def evaluate_checkpoint(path, device_name: str = "auto", data_dir: Optional[str]
         cfg.dataset.data_dir = str(Path(data_dir).expanduser().resolve())
     if batch_size is not None:
         cfg.trainer.batch_size = batch_size
+    cfg.trainer.progress = progress  # this command's, not the training run's
     run = build_run(cfg, resolve_device(device_name))
     load_weights(run.model, state, path)
     loader = make_loader(run.splits.test, cfg)

@@ -11,7 +11,7 @@ import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 from hydra.utils import instantiate
@@ -68,8 +68,14 @@ def describe(run: Run, run_dir: Path, state: TrainState, resumed_from: Optional[
     """The log lines a run starts with: where it writes, the network, the data, where a resumed run goes on."""
     cfg = run.cfg
     log.info("run dir: %s", run_dir)
-    log.info("network (%d parameters) on %s:\n%s", sum(p.numel() for p in run.model.parameters()), run.device,
-             run.model)
+    parameters = sum(p.numel() for p in run.model.parameters())
+    network = f"network ({parameters} parameters) on {run.device}:\n{run.model}"
+    files = [] if cfg.trainer.print_network else to_log_files(network)  # some 40 lines: one on the screen
+    if files:
+        log.info("network: %d parameters on %s (printed in %s; trainer.print_network=true shows it here)",
+                 parameters, run.device, files[0])
+    else:
+        log.info("%s", network)
     val = f"{len(run.splits.val)} validation / " if run.splits.val is not None else ""
     log.info("data: %d train / %s%d test samples", len(run.splits.train), val, len(run.splits.test))
     if cfg.trainer.strategy == "ddp":
@@ -83,6 +89,16 @@ def describe(run: Run, run_dir: Path, state: TrainState, resumed_from: Optional[
     else:
         log.info("resumed from %s: epoch %d, batch %d, step %d", resumed_from, state.epoch + 1,
                  state.totals.batches if state.totals else 0, state.step)
+
+
+def to_log_files(message: str) -> List[str]:
+    """An INFO line for the run's log file (train.log: Hydra's file handler on the root logger), not the screen.
+    Returns the files written: none where no log file is open (snnexp used from Python)."""
+    record = log.makeRecord(log.name, logging.INFO, __file__, 0, message, None, None)
+    files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    for handler in files:
+        handler.handle(record)
+    return [h.baseFilename for h in files]
 
 
 def fit(cfg: DictConfig, run_dir: Path, hparams: Dict[str, Any], resume: Optional[Path] = None) -> Dict[str, Any]:
@@ -120,7 +136,7 @@ def _fit(cfg: DictConfig, run_dir: Path, hparams: Dict[str, Any], resume: Option
             train_m = _train_saving(run, train_loader, state, epoch, signals, last, meta, logger)
             distributed.sync_buffers(run.model)  # rank 0's BN statistics, the ones its checkpoint keeps
             test_m = evaluate(run, test_loader)
-            val_m = evaluate(run, val_loader) if val_loader else None  # then it, not the test set, chooses best.pt
+            val_m = evaluate(run, val_loader, "validation") if val_loader else None  # then it, not the test set, chooses best.pt
             lr = state.optimizer.param_groups[0]["lr"]
             if state.totals is None:  # a whole epoch (not one cut by trainer.max_steps): the schedule moves on
                 state.scheduler.step()

@@ -136,7 +136,7 @@ def _fit(cfg: DictConfig, run_dir: Path, hparams: Dict[str, Any], resume: Option
             train_m = _train_saving(run, train_loader, state, epoch, signals, last, meta, logger)
             distributed.sync_buffers(run.model)  # rank 0's BN statistics, the ones its checkpoint keeps
             test_m = evaluate(run, test_loader)
-            val_m = evaluate(run, val_loader, "validation") if val_loader else None  # then it, not the test set, chooses best.pt
+            val_m = evaluate(run, val_loader, "validation") if val_loader else None  # it chooses best.pt, if any
             lr = state.optimizer.param_groups[0]["lr"]
             if state.totals is None:  # a whole epoch (not one cut by trainer.max_steps): the schedule moves on
                 state.scheduler.step()

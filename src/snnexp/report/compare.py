@@ -5,6 +5,13 @@ finished and unfinished alike: a run still training (or stopped) shows the epoch
 a sweep in progress. Folders that trained nothing are left out unless `--all` is given: `snnexp eval` and `snnexp
 export` folders, and runs refused before training (a bad setting: their folder has no run_info.json, which a
 training session writes when it starts).
+
+The printed table (report/columns.py) fits 120 characters: the overrides that differ between the runs (those alike
+are printed once, above it), the best and final test accuracy (and the validation-chosen one where a run has it),
+the epochs done and samples/s. Runs that differ only in trainer.seed make one row: the mean ± the sample standard
+deviation of each accuracy, the mean of the other numbers, and n (`--no-group`: a row per run). `--columns` picks
+other columns, `--columns all` every one. compare.csv and compare.md keep every column, a row per run; compare.txt
+is the printed table. A sweep (`snnexp train -m`) ends with this table of its runs (report/sweep.py).
 """
 
 import argparse
@@ -15,21 +22,27 @@ import reprlib
 import sys
 from pathlib import Path
 from statistics import mean
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import yaml  # PyYAML, which omegaconf and Hydra require
 
 from snnexp.errors import CheckpointError, CompareError
+from snnexp.report.columns import (
+    ACCURACIES,
+    COLUMNS,
+    COST,
+    HEADERS,
+    NUMERIC,
+    as_text,
+    choose_columns,
+    fmt,
+    group,
+    settings,
+    sort_rows,
+)
 
-# NeuroBench's set and the energy estimate, per test sample (report/activity.py, report/cost.py): metrics.json keys;
-# runs written before they existed leave them empty
-COST = ["activation_sparsity", "effective_acs_per_sample", "effective_macs_per_sample", "dense_ops_per_sample",
-        "energy_per_sample_pj", "parameter_count", "footprint_bytes", "connection_sparsity"]
-COLUMNS = ["run", "overrides", "status", "epoch", "best_test_acc", "test_acc", "wall_s", "samples_per_s",
-           "firing_rate", "spikes_per_sample", *COST]
-NUMERIC = {"epoch", "best_test_acc", "test_acc", "wall_s", "samples_per_s", "firing_rate", "spikes_per_sample", *COST}
 # the numbers the table reads from metrics.json (firing_rate, one per layer, is checked on its own)
-NUMBERS_READ = ["epoch", "best_test_acc", "test_acc", "wall_s", "train_samples_per_s", "spikes_per_sample", *COST]
+NUMBERS_READ = ["epoch", *ACCURACIES, "wall_s", "train_samples_per_s", "spikes_per_sample", *COST]
 
 
 def find_runs(paths: List[Path]) -> Dict[Path, Path]:
@@ -108,39 +121,48 @@ def _trainer(run: Path, keys=("epochs", "max_steps")) -> Dict[str, Optional[int]
     return {key: trainer.get(key) for key in keys}
 
 
-def _overrides(run: Path) -> str:
+def _overrides(run: Path) -> List[str]:
+    """The run's overrides (key=value), sorted; resume=, Hydra's own and trainer.progress left out."""
     path = run / ".hydra" / "overrides.yaml"
     items = _read(path, yaml.safe_load) or []  # Hydra writes [] for none; an empty file means none too
     if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
         raise CheckpointError(f"{path} holds {reprlib.repr(items)}, not a list of overrides (key=value)")
-    return " ".join(sorted(i for i in items if not i.startswith(("resume=", "hydra.", "trainer.progress"))))
+    return sorted(i for i in items if not i.startswith(("resume=", "hydra.", "trainer.progress")))
+
+
+def _progress(run: Path, metrics: Dict, epochs: Optional[int], max_steps: Optional[int]) -> Tuple[str, str]:
+    """The run's status, and its epochs column: the epochs done out of trainer.epochs ('1/15' for a run still
+    training), 'max_steps=N' for a run stopped by trainer.max_steps as asked."""
+    done, step = metrics.get("epoch") or 0, metrics.get("step")  # epoch null: none done
+    if not metrics:  # a run still in its first epoch, or one refused before training
+        return ("started", f"0/{epochs}") if _present(run / "run_info.json") else ("not started", "not started")
+    if "checkpoint" in metrics:  # snnexp eval's folder: one test pass of a checkpoint
+        return "eval", "eval"
+    if epochs is not None and done >= epochs:
+        return "done", f"{done}/{epochs}"
+    if max_steps is not None and isinstance(step, int) and step >= max_steps:  # stopped as asked: finished
+        return f"done: max_steps={max_steps}", f"max_steps={max_steps}"
+    return f"{done}/{epochs} epochs", f"{done}/{epochs}"
 
 
 def row(run: Path, base: Optional[Path] = None) -> Dict:
-    """One run's line: what metrics.json says so far (nothing yet for a run still in its first epoch). A run file
-    that cannot be read, or holds what snnexp does not write, raises CheckpointError naming it."""
+    """One run's line: what metrics.json says so far (nothing yet for a run still in its first epoch), and its
+    overrides as `settings` (key -> value). A run file that cannot be read, or holds what snnexp does not write,
+    raises CheckpointError naming it."""
     metrics, trainer = _metrics(run), _trainer(run)
-    epochs, max_steps = trainer["epochs"], trainer["max_steps"]
+    status, epochs = _progress(run, metrics, trainer["epochs"], trainer["max_steps"])
     rates = metrics.get("firing_rate") or {}
-    step = metrics.get("step")
-    if not metrics:
-        status = "started" if _present(run / "run_info.json") else "not started"
-    elif "checkpoint" in metrics:  # snnexp eval's folder: one test pass of a checkpoint
-        status = "eval"
-    elif epochs is not None and (metrics.get("epoch") or 0) >= epochs:  # null: no epoch done
-        status = "done"
-    elif max_steps is not None and isinstance(step, int) and step >= max_steps:  # stopped as asked: finished
-        status = f"done: max_steps={max_steps}"
-    else:
-        status = f"{metrics.get('epoch') or 0}/{epochs} epochs"
+    overrides = _overrides(run)
     name = str(run.relative_to(base)) if base is not None and run != base and run.is_relative_to(base) else str(run)
     return {
         "run": name,
-        "overrides": _overrides(run),
+        "overrides": " ".join(overrides),
+        "settings": settings(overrides),
+        "n": 1,
         "status": status,
+        "epochs": epochs,
         "epoch": metrics.get("epoch"),
-        "best_test_acc": metrics.get("best_test_acc"),
-        "test_acc": metrics.get("test_acc"),
+        **{key: metrics.get(key) for key in ACCURACIES},
         "wall_s": metrics.get("wall_s"),
         "samples_per_s": metrics.get("train_samples_per_s"),
         "firing_rate": mean(rates.values()) if rates else None,
@@ -168,10 +190,7 @@ def table(paths: List[Path], sort: str = "best_test_acc", ascending: bool = Fals
         more = f"; and {len(skipped) - 1} more, in the warnings above" if len(skipped) > 1 else ""
         raise CompareError(f"no runs to compare under {where}: {len(skipped)} found, skipped for a damaged file "
                            f"({skipped[0]}{more})")
-    present = [r for r in rows if r[sort] is not None]
-    missing = [r for r in rows if r[sort] is None]
-    present.sort(key=lambda r: r[sort], reverse=not ascending)
-    return present + missing  # runs without the value (not started) go last either way
+    return sort_rows(rows, sort, ascending)
 
 
 def _rows(runs: Dict[Path, Path], several: bool):
@@ -191,43 +210,10 @@ def _rows(runs: Dict[Path, Path], several: bool):
     return rows, skipped
 
 
-def _fmt(key, value) -> str:
-    if value is None:
-        return ""
-    if key in ("best_test_acc", "test_acc"):
-        return f"{100 * value:.2f}"
-    if key == "firing_rate":
-        return f"{value:.4f}"
-    if key in ("wall_s", "samples_per_s"):
-        return f"{value:.1f}"
-    if key in ("spikes_per_sample", "effective_acs_per_sample", "effective_macs_per_sample", "dense_ops_per_sample",
-               "parameter_count", "footprint_bytes"):
-        return f"{value:.0f}"
-    if key == "energy_per_sample_pj":
-        return f"{value / 1e6:.4g}"  # microjoules
-    if key in ("activation_sparsity", "connection_sparsity"):
-        return f"{value:.4f}"
-    return str(value)
-
-
-HEADERS = {"best_test_acc": "best acc %", "test_acc": "final acc %", "wall_s": "wall s", "samples_per_s": "samples/s",
-           "firing_rate": "mean rate", "spikes_per_sample": "spikes/sample", "activation_sparsity": "act. sparsity",
-           "effective_acs_per_sample": "ACs/sample", "effective_macs_per_sample": "MACs/sample",
-           "dense_ops_per_sample": "dense ops/sample", "energy_per_sample_pj": "energy uJ/sample",
-           "parameter_count": "params", "footprint_bytes": "footprint B", "connection_sparsity": "conn. sparsity"}
-
-
-def as_text(rows: List[Dict]) -> str:
-    cells = [[HEADERS.get(c, c) for c in COLUMNS]] + [[_fmt(c, r[c]) for c in COLUMNS] for r in rows]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
-    return "\n".join("  ".join(v.rjust(w) if COLUMNS[i] in NUMERIC else v.ljust(w)
-                               for i, (v, w) in enumerate(zip(line, widths))).rstrip() for line in cells)
-
-
 def as_markdown(rows: List[Dict]) -> str:
     lines = ["| " + " | ".join(HEADERS.get(c, c) for c in COLUMNS) + " |",
              "|" + "|".join("---:" if c in NUMERIC else "---" for c in COLUMNS) + "|"]
-    lines += ["| " + " | ".join(_fmt(c, r[c]).replace("|", "\\|") for c in COLUMNS) + " |" for r in rows]
+    lines += ["| " + " | ".join(fmt(c, r[c]).replace("|", "\\|") for c in COLUMNS) + " |" for r in rows]
     return "\n".join(lines)
 
 
@@ -246,21 +232,41 @@ def _csv_cell(value):
 
 def as_csv(rows: List[Dict]) -> str:
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=COLUMNS)
+    writer = csv.DictWriter(out, fieldnames=COLUMNS, extrasaction="ignore")  # not n, settings
     writer.writeheader()
     writer.writerows({key: _csv_cell(value) for key, value in r.items()} for r in rows)
     return out.getvalue()
 
 
-def write(rows: List[Dict], out: Path) -> None:
-    """compare.csv and compare.md into `out`; a CompareError if the folder cannot take them."""
+def write(rows: List[Dict], out: Path, text: Optional[str] = None) -> None:
+    """compare.csv and compare.md (every column, a row per run) into `out`, and the printed table as compare.txt;
+    a CompareError if the folder cannot take them."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "compare.csv").write_text(as_csv(rows))
-        (out / "compare.md").write_text(as_markdown(rows) + "\n")
+        (out / "compare.csv").write_text(as_csv(rows), encoding="utf-8")
+        (out / "compare.md").write_text(as_markdown(rows) + "\n", encoding="utf-8")
+        if text is not None:
+            (out / "compare.txt").write_text(text + "\n", encoding="utf-8")
     except OSError as e:
         reason = e.strerror or e
         raise CompareError(f"cannot write the table into {out}: {reason} (choose another folder with --out)") from None
+
+
+def wrote(out: Path) -> str:
+    return f"wrote compare.csv, compare.md and compare.txt into {out}"
+
+
+def summary(paths: List[Path], sort: str = "best_test_acc", ascending: bool = False, everything: bool = False,
+            columns: Optional[str] = None, grouped: bool = True) -> Tuple[List[Dict], str]:
+    """The rows of the runs under `paths` (one per run, for the files) and the table as printed: runs that differ
+    only in trainer.seed merged unless not `grouped`, the columns `columns` names (None: the default set), and a
+    line that counts the runs."""
+    rows = table(paths, sort, ascending, everything)
+    shown = sort_rows(group(rows), sort, ascending) if grouped else rows
+    text = as_text(shown, choose_columns(shown, columns, grouped), grouped)
+    merged = f" in {len(shown)} rows: runs that differ only in trainer.seed are merged (--no-group lists each)" \
+        if len(shown) < len(rows) else ""
+    return rows, f"{text}\n\n{len(rows)} runs{merged}"
 
 
 def main(argv: List[str]) -> int:
@@ -269,13 +275,20 @@ def main(argv: List[str]) -> int:
     ap.add_argument("paths", nargs="+", type=Path, help="run or sweep folders (e.g. outputs/multirun/2026-...)")
     ap.add_argument("--sort", default="best_test_acc", help=f"column to sort by: {', '.join(COLUMNS)}")
     ap.add_argument("--ascending", action="store_true", help="smallest first (default: largest first)")
-    ap.add_argument("--out", type=Path, help="write compare.csv and compare.md here (default: the first path)")
+    ap.add_argument("--columns", help="the columns to print, separated by commas, or 'all' (default: the overrides "
+                                      "that differ, n, the accuracies, epochs and samples/s); the columns above, n, "
+                                      "and override keys such as trainer.T")
+    ap.add_argument("--no-group", action="store_true", help="a row per run (default: runs that differ only in "
+                                                             "trainer.seed in one row, mean ± std and n)")
+    ap.add_argument("--out", type=Path, help="write compare.csv, compare.md (every column, a row per run) and "
+                                             "compare.txt (the printed table) here (default: the first path)")
     ap.add_argument("--all", action="store_true", help="also the folders that trained nothing (snnexp eval and "
                                                          "export folders, runs refused before training)")
     args = ap.parse_args(argv)
-    rows = table(args.paths, args.sort, args.ascending, args.all)  # CompareError: reported by the CLI
+    # CompareError: reported by the CLI
+    rows, text = summary(args.paths, args.sort, args.ascending, args.all, args.columns, not args.no_group)
     out = args.out or (args.paths[0] if args.paths[0].is_dir() else Path("."))
-    write(rows, out)
-    print(as_text(rows))
-    print(f"\n{len(rows)} runs; wrote {out / 'compare.csv'} and {out / 'compare.md'}")
+    write(rows, out, text)
+    print(text)
+    print(wrote(out))
     return 0

@@ -3,7 +3,7 @@
 # make test: the same venv, the fast test suite (what CI runs), then the trust tests (tests/test_trust.py) again under
 # the lowest hydra-core that pyproject.toml allows: what a checkpoint or run folder may make Hydra build must not
 # depend on which Hydra the user has. make test-all: also the slow tests.
-# make lint: ruff (lint and import order, configured in pyproject.toml) on src, tests and bench; CI runs it first.
+# make lint: ruff (lint and import order, configured in pyproject.toml) on src, tests, bench and examples; CI runs it first.
 # make bench: the benchmarks in bench/.
 PYTHON ?= python3
 VENV ?= .venv
@@ -44,7 +44,7 @@ test-all: $(INSTALLED)
 	$(PY) -m pytest -q -n auto -m "" $(ARGS)
 
 lint: $(INSTALLED)
-	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff check src tests bench examples
 
 # benchmarks (see bench/ and docs/performance.md): print tables, write bench/results/*.json;
 # the MNIST epoch and the frames need the real data in ../shared/data

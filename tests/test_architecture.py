@@ -41,9 +41,15 @@ def imports_of(path: Path, known: set) -> set:
     return found & known
 
 
+# The package's face: snnexp.compose, snnexp.fit and snnexp.load resolve, when first used (snnexp/__init__.py's
+# __getattr__), to snnexp.api, which sits on top of everything as the command does. That one edge is the entry
+# point for Python users, not a dependency of the package's own code.
+FACADE = {"snnexp": {"snnexp.api"}}
+
+
 def import_graph() -> dict:
     known = modules()
-    return {name: imports_of(path, set(known)) - {name} for name, path in known.items()}
+    return {name: imports_of(path, set(known)) - {name} - FACADE.get(name, set()) for name, path in known.items()}
 
 
 def find_cycle(graph: dict):
@@ -85,7 +91,7 @@ def test_no_import_cycle_between_snnexp_modules():
 
 # the packages' order: a module imports only from its own rank or a lower one (docs/architecture.md)
 RANKS = {"snnexp": 0, "moved": 0, "errors": 0, "config": 0, "files": 0, "trust": 0, "ops": 1, "nn": 2, "data": 2,
-         "report": 3, "train": 4, "export": 5, "arguments": 6, "cli": 6, "__main__": 6}
+         "report": 3, "train": 4, "export": 5, "arguments": 6, "cli": 6, "__main__": 6, "api": 6}
 
 
 def test_the_packages_depend_one_way():

@@ -18,6 +18,16 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 moved.install()  # old module paths (snnexp.neurons, snnexp.layers, ...) still import, naming the new place
 
 
+def __getattr__(name: str):
+    """snnexp.compose, snnexp.fit, snnexp.load (snnexp.api): imported when first used, so that `import snnexp` and
+    the command's config checks stay free of torch."""
+    if name in ("compose", "fit", "load"):
+        from snnexp import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'snnexp' has no attribute {name!r}")
+
+
 def cache_home() -> Path:
     """Where snnexp keeps what it can rebuild (compiled kernels, event frames, the digits split):
     $XDG_CACHE_HOME/snnexp, else ~/.cache/snnexp."""

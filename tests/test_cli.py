@@ -79,7 +79,8 @@ def test_poisson_run_and_eval_agree(tmp_path):
 def test_multirun_sweep_leaves_one_named_directory_per_job(tmp_path):
     run_snnexp("train", "-m", "neuron=lif,plif", "trainer.epochs=1", "trainer.max_steps=3", "hydra.sweep.dir=sweep",
                cwd=tmp_path)
-    runs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir())
+    # beside them the sweep's HPARAMS table (report/hparams.py: the sweep folder is this run's log folder)
+    runs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir() and p.name != "hparams-table")
     # Hydra's override_dirname: every override of the job, so the names differ where the jobs differ
     assert runs == ["neuron=lif,trainer.epochs=1,trainer.max_steps=3",
                     "neuron=plif,trainer.epochs=1,trainer.max_steps=3"]

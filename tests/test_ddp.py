@@ -40,7 +40,8 @@ def test_two_processes_take_the_same_optimizer_steps_as_one_process_and_a_sweep_
     out = torchrun("train", "-m", *NET, "trainer.strategy=ddp", "trainer.max_steps=9,10", cwd=tmp_path)
     assert "data parallel: 2 processes, 32 samples each per step (global batch 64)" in out.stdout + out.stderr
 
-    assert [p.name for p in (tmp_path / "outputs").iterdir()] == ["multirun"]  # no stray run directories
+    # no stray run directories; beside the sweeps, the HPARAMS table of the log folder (report/hparams.py)
+    assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == ["hparams-table", "multirun"]
     sweeps = list((tmp_path / "outputs" / "multirun").iterdir())
     assert len(sweeps) == 1, sweeps
     jobs = {p.name: p for p in sweeps[0].iterdir() if p.is_dir()}

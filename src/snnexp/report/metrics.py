@@ -20,7 +20,7 @@ ACTIVITY_METRICS = ("spikes_per_sample", "layer_spikes_per_sample", "effective_a
                     "effective_macs_per_sample", "dense_ops_per_sample", "layer_acs_per_sample",
                     "layer_macs_per_sample")
 # NeuroBench's set [Yik 2025] (report/activity.py, report/cost.py) and the energy estimate: metrics.json keys and
-# the TensorBoard tags of their final values (hparams metrics too: TensorBoard takes every scalar tag as one)
+# the TensorBoard tags of their final values (the HPARAMS table's metrics: report/hparams.METRICS)
 COST_METRICS = {"footprint_bytes": "static/footprint_bytes", "parameter_count": "static/parameter_count",
                 "connection_sparsity": "static/connection_sparsity",
                 "activation_sparsity": "activity/activation_sparsity",

@@ -1,5 +1,6 @@
 """What a run writes for TensorBoard: per-epoch scalars, images and histograms and an hparams session, so that
-`tensorboard --logdir outputs` compares runs in the SCALARS, IMAGES, HISTOGRAMS and HPARAMS tabs.
+`tensorboard --logdir outputs` compares runs in the SCALARS, IMAGES, HISTOGRAMS and HPARAMS tabs (the HPARAMS
+table's columns: report/hparams.py).
 
 A write that fails (a full disk, a folder that became read-only) is a CheckpointError naming the run directory and
 the reason, raised at the write (each method flushes) or at close, as for checkpoints and metrics.json."""
@@ -11,21 +12,26 @@ from pathlib import Path
 from typing import Dict
 
 import numpy as np
+from tensorboard.plugins.hparams.summary_v2 import hparams_pb
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
 from snnexp.errors import CheckpointError
 from snnexp.files import WRITE_ADVICE
+from snnexp.report.hparams import hparam_value, register
 
 log = logging.getLogger("snnexp")
 
 
 # TensorBoard's CUSTOM SCALARS tab, written by every run (the tab merges the runs' layouts): the result first, then
-# what explains it, each chart with every run's curve; tags are regular expressions
+# what explains it, each chart with every run's curve; tags are regular expressions that match anywhere in a tag
+# (the epoch's loss anchored: "train/loss" alone also draws the steps/ sub-run's train/loss_step, 1 to N on x)
 LAYOUT = {
     "1 accuracy": {"accuracy: train, test, best test, paper": [
-        "Multiline", ["train/acc", "test/acc", "test/best_acc", "paper/test_acc"]]},
-    "2 loss": {"loss: train, test": ["Multiline", ["train/loss", "test/loss"]],
+        "Multiline", ["train/acc", "test/acc", "test/best_acc", "paper/test_acc"]],
+                   "with a validation set: validation, and the test accuracy of its best epoch": [
+        "Multiline", ["val/acc", "test/val_chosen_acc"]]},
+    "2 loss": {"loss: train, test": ["Multiline", ["^train/loss$", "^test/loss$"]],
                "training loss at every step": ["Multiline", ["train/loss_step"]]},
     "3 firing rate": {"firing rate per layer": ["Multiline", [r"firing_rate/layer.*"]]},
     "4 speed": {"training samples/s": ["Multiline", ["train/samples_per_s"]]},
@@ -76,13 +82,17 @@ class RunLogger:
         return False
 
     def start(self, hparam_dict: Dict) -> None:
-        """Open the run's hparams session. Only the session start info is written (no experiment summary):
-        TensorBoard then builds the HPARAMS table from all runs' sessions, with every scalar tag as a
-        metric, so runs that differ in different keys still line up."""
-        _, session_start, self._session_end = hparams(hparam_dict, {})
+        """Open the run's hparams session, its row in the HPARAMS table, and enter the run in its log folder's
+        experiment summary (report.hparams: the table's columns, the result first). A value is a bool, number or
+        string (hparam_value); a None is left out."""
+        values = {key: hparam_value(value) for key, value in hparam_dict.items() if value is not None}
+        # trial_id "": no session group name, so that TensorBoard names the row by the run's folder
+        session_start = hparams_pb(values, trial_id="")
+        _, _, self._session_end = hparams({}, {})  # torch's helper: summary_v2 makes no session end
         with self._reported():
             self.writer.file_writer.add_summary(session_start)
             self.writer.add_custom_scalars(LAYOUT)
+        register(self.run_dir, values)
 
     def scalars(self, values: Dict[str, float], step: int) -> None:
         with self._reported():

@@ -57,6 +57,19 @@ def user_config_dirs(args: list) -> list:
     return [Path(d).expanduser().resolve() for d in dirs]
 
 
+# Hydra's flags that take the next argument as their value
+VALUED_FLAGS = ("--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn", "--experimental-rerun",
+                "--cfg", "-c", "--package", "-p", "--shell-completion", "-sc")
+
+
+def overrides_and_config_dirs(args: list) -> tuple:
+    """(the overrides on a command line, without Hydra's flags and their values; the user's config folders), for
+    snnexp.keys.check."""
+    overrides = [a for i, a in enumerate(args) if not a.startswith("-") and (i == 0 or args[i - 1] not in
+                                                                             VALUED_FLAGS)]
+    return overrides, user_config_dirs(args)
+
+
 def resolve_resume(args: list) -> list:
     """resume=true / resume=PATH -> the overrides that make Hydra reopen the run (or sweep) directory. Hydra
     writes the resumed session's config to .hydra/resume-<time>/, so the run's own .hydra/ stays as it was."""

@@ -13,7 +13,7 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from snnexp import __version__, arguments, conf_dir
+from snnexp import __version__, arguments, conf_dir, keys
 from snnexp.config import validate
 from snnexp.errors import ConfigError, Interrupted, SnnexpError
 from snnexp.train import distributed
@@ -76,17 +76,22 @@ def _guarded(task):
 
 
 def _hparams(cfg: DictConfig) -> dict:
-    """The run's choices and overrides for TensorBoard's HPARAMS tab."""
+    """The run's row of TensorBoard's HPARAMS table: its config group choices, the keys that set most experiments
+    apart (T, batch size, epochs, seed, learning rate, validation share) and every dotted key given on the command
+    line, except those that change neither the result nor its speed (a data folder, the progress bar). Values are
+    bools, numbers or strings (report.hparams.hparam_value: a list as its JSON), the same type for a key in every
+    run; a key set to null is left out."""
+    from snnexp.report.hparams import hparam_value
+
     hc = HydraConfig.get()
     hp = {group: option for group, option in hc.runtime.choices.items()
           if not group.startswith("hydra") and option is not None}
-    for key in ("trainer.T", "trainer.batch_size", "trainer.epochs", "trainer.seed", "optim.lr"):
-        hp[key] = OmegaConf.select(cfg, key)
-    for override in hc.overrides.task:
-        key, _, _ = override.lstrip("+~").partition("=")
-        if "." in key:
-            value = OmegaConf.select(cfg, key, default=None)
-            hp[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    keys = ["trainer.T", "trainer.batch_size", "trainer.epochs", "trainer.seed", "optim.lr", "dataset.val_fraction"]
+    keys += [o.lstrip("+~").partition("=")[0] for o in hc.overrides.task]
+    for key in (k for k in keys if "." in k and k not in ("dataset.data_dir", "trainer.progress")):
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None:
+            hp[key] = hparam_value(value)
     return hp
 
 
@@ -241,6 +246,8 @@ def _run(command: str, rest: list) -> None:
     if not any(a in rest for a in ("-h", "--help", "--hydra-help", "--cfg", "-c", "--info")):
         arguments.check_writable(rest)
     rest = [arguments.quote_path(a) for a in rest]
+    if not any(a in rest for a in ("-h", "--help", "--hydra-help", "--info")):
+        keys.check(command, *arguments.overrides_and_config_dirs(rest))  # a misspelt key stops here, named
     if command == "train" and distributed.launched():  # torchrun: one run directory for all its processes
         rest = distributed.setup(rest)
     sys.argv = [f"snnexp {command}", *rest]  # Hydra parses sys.argv

@@ -106,7 +106,7 @@ def test_the_optimizer_state_of_an_unfused_run_fits_the_fused_network():
 
 def test_the_summary_shows_the_fused_blocks_and_join_layers_false_leaves_them_out(tmp_path):
     out = run_snnexp("train", "trainer.epochs=1", "trainer.max_steps=1", "trainer.progress=false",
-                     "hydra.run.dir=run", cwd=tmp_path)
+                     "trainer.print_network=true", "hydra.run.dir=run", cwd=tmp_path)
     log = out.stdout + out.stderr
     assert "FusedBlock(\n    BN-SN-MP: one op on the CPU kernels" in log and "(6): Joined(into 5)" in log
     run = build_run(compose_train("trainer.join_layers=false"), torch.device("cpu"))

@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from torch import nn
 
 from conftest import run_snnexp
+from snnexp.data import validation
 from snnexp.errors import ConfigError
 from snnexp.nn.fusion import FusedBlock, fuse_blocks
 from snnexp.train import memory
@@ -52,7 +53,7 @@ def test_a_time_step_count_that_cannot_fit_is_refused_in_one_line_before_any_ste
 
 def default_run(*overrides):
     cfg = compose_train(*overrides)
-    splits = instantiate(cfg.dataset)
+    splits = validation.load(cfg.dataset)  # as build_run: dataset.val_fraction is taken there
     model = fuse_blocks(build_model(cfg, splits.input_shape, splits.num_classes))  # as build_run on the CPU
     return SimpleNamespace(cfg=cfg, model=model, encoder=instantiate(cfg.encoder), splits=splits,
                            device=torch.device("cpu"))

@@ -1,5 +1,7 @@
 """The readout config group: from the output layer's spikes (or potentials) [T, B, ...] to class scores [B, K]:
-rates, a voting population per class, or the membrane potential of non-spiking output neurons."""
+rates, a voting population per class, or the membrane potential of non-spiking output neurons. `per_step` gives
+the scores of every time step [T, B, K] instead, for a loss that takes each step (TET: nn/losses.py); `forward`
+reduces them over time."""
 
 import torch
 from torch import nn
@@ -17,6 +19,10 @@ class RateReadout(nn.Module):
 
     population = 1
 
+    def per_step(self, spikes):
+        """[T, B, K]: each step's spikes (their mean over time is the rate)."""
+        return spikes
+
     def forward(self, spikes):
         return spikes.mean(0)
 
@@ -30,9 +36,12 @@ class VotingReadout(RateReadout):
         require("readout.population", population)
         self.population = int(population)
 
+    def per_step(self, spikes):
+        """[T, B, K]: each step's share of spiking neurons in each class's population."""
+        return spikes.unflatten(-1, (-1, self.population)).mean(-1)
+
     def forward(self, spikes):
-        rate = spikes.mean(0)
-        return rate.unflatten(-1, (-1, self.population)).mean(-1)
+        return self.per_step(spikes).mean(0)
 
     def extra_repr(self):
         return f"population={self.population}"
@@ -81,6 +90,10 @@ class MembraneReadout(nn.Module):
 
     def output_layer(self) -> LeakyIntegrator:
         return LeakyIntegrator(self.tau)
+
+    def per_step(self, v_seq):
+        """[T, B, K]: the potential at every step."""
+        return v_seq
 
     def forward(self, v_seq):
         if self.reduce == "max":

@@ -28,16 +28,30 @@ def autocast(run: Run):
     return torch.autocast(run.device.type, dtype=dtype)
 
 
-def forward(run: Run, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """[B, ...] batch -> [B, classes] scores: encode over T steps (event data arrives as frames
-    [B, T, ...]), run the network, read out."""
+def network_output(run: Run, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """[B, ...] batch -> the output layer's spikes (or potentials) [T, B, ...]: encode over T steps (event data
+    arrives as frames [B, T, ...]) and run the network."""
     if run.splits.sequence:
         x_seq = x.transpose(0, 1)
     else:
         x_seq = run.encoder(x, run.cfg.trainer.T, generator=generator)
     with autocast(run):
-        spikes = (run.net if run.model.training else run.eval_net)(x_seq)
-    return run.readout(spikes.float())
+        return (run.net if run.model.training else run.eval_net)(x_seq).float()
+
+
+def forward(run: Run, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """[B, ...] batch -> [B, classes] scores: the network's output, read out."""
+    return run.readout(network_output(run, x, generator))
+
+
+def scores_and_loss(run: Run, x: torch.Tensor, y: torch.Tensor, generator: Optional[torch.Generator] = None
+                    ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The class scores [B, classes] of a batch and its loss: of those scores, or, for a loss that takes every time
+    step (`per_step`: TET), of the readout's scores at each step [T, B, classes]."""
+    out = network_output(run, x, generator)
+    scores = run.readout(out)
+    per_step = getattr(run.loss_fn, "per_step", False)
+    return scores, run.loss_fn(run.readout.per_step(out) if per_step else scores, y)
 
 
 def train_epoch(run: Run, loader: DataLoader, state: TrainState, epoch: int,
@@ -156,8 +170,8 @@ def _backward_in_pieces(run: Run, state: TrainState, x: torch.Tensor, y: torch.T
         # data parallel: the processes average their gradients once, at the last piece's backward
         syncing = i == len(pieces) - 1 or not hasattr(run.net, "no_sync")
         with nullcontext() if syncing else run.net.no_sync():
-            out = forward(run, xp)
-            loss = run.loss_fn(out, yp) * (len(yp) / len(y))
+            out, loss = scores_and_loss(run, xp, yp)
+            loss = loss * (len(yp) / len(y))
             # data parallel: all processes skip (or stop at) a batch that is non-finite on any, or backward would hang
             if distributed.any_true(not torch.isfinite(loss).item()):
                 return None, float("nan"), (xp, loss)

@@ -15,7 +15,7 @@ from snnexp.report.cost import energy_pj, static_metrics
 from snnexp.report.metrics import TestSummary, test_metrics
 from snnexp.train import checkpoint, distributed
 from snnexp.train.build import EVAL_SEED, Run, build_run, checkpoint_config, load_weights, make_loader, resolve_device
-from snnexp.train.epoch import forward
+from snnexp.train.epoch import scores_and_loss
 
 log = logging.getLogger("snnexp")
 
@@ -32,8 +32,8 @@ def evaluate(run: Run, loader, desc: str = "test") -> TestSummary:
     with Activity(run.model, spiking_layers(run.model)) as activity:
         for x, y in progress(loader, desc, run.cfg.trainer.progress):
             x, y = x.to(run.device), y.to(run.device)
-            scores = forward(run, x, generator)
-            total_loss += run.loss_fn(scores, y).item() * y.numel()
+            scores, loss = scores_and_loss(run, x, y, generator)
+            total_loss += loss.item() * y.numel()
             correct += (scores.argmax(1) == y).sum().item()
             seen += y.numel()
             activity.batch(scores, y)

@@ -1,0 +1,66 @@
+"""TET (Deng et al., ICLR 2022; issue 33): the loss of every time step's scores, checked against SpikingJelly's
+implementation of its cross-entropy part and against the paper's formula, on every readout."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import run_snnexp
+from snnexp.errors import ConfigError
+from snnexp.nn.losses import TET
+from snnexp.nn.readouts import MembraneReadout, RateReadout, VotingReadout
+
+sj_loss = pytest.importorskip("spikingjelly.activation_based.functional.loss")
+
+
+def scores(T=6, B=5, K=4, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(T, B, K, generator=g, dtype=dtype, requires_grad=True), torch.randint(0, K, (B,), generator=g)
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float64, 1e-10)])
+def test_without_the_mse_term_it_is_spikingjellys_tet_cross_entropy(dtype, tol):
+    ours_x, y = scores(dtype=dtype)
+    theirs_x = ours_x.detach().clone().requires_grad_(True)
+    ours, theirs = TET(lam=0.0)(ours_x, y), sj_loss.temporal_efficient_training_cross_entropy(theirs_x, y)
+    ours.backward()
+    theirs.backward()
+    assert abs(ours.item() - theirs.item()) <= tol
+    torch.testing.assert_close(ours_x.grad, theirs_x.grad, rtol=0, atol=tol)
+
+
+def test_with_the_mse_term_it_is_the_papers_formula():
+    """L = (1 - lam) 1/T sum_t CE(O[t], y) + lam 1/T sum_t MSE(O[t], phi), written here step by step."""
+    x, y = scores()
+    lam, phi = 0.3, 1.5
+    T = x.shape[0]
+    ce = sum(F.cross_entropy(x[t], y) for t in range(T)) / T
+    mse = sum(((x[t] - phi) ** 2).mean() for t in range(T)) / T
+    expected = (1 - lam) * ce + lam * mse
+    assert TET(lam=lam, phi=phi)(x, y).item() == pytest.approx(expected.item(), abs=1e-12)
+
+
+@pytest.mark.parametrize("readout", [RateReadout(), VotingReadout(population=3), MembraneReadout("mean"),
+                                     MembraneReadout("max"), MembraneReadout("last")])
+def test_every_readout_gives_the_steps_its_scores_reduce(readout):
+    out = torch.rand(5, 2, 12)
+    steps = readout.per_step(out)
+    assert steps.shape == (5, 2, 12 // readout.population)
+    reduce = {"max": steps.amax(0), "last": steps[-1]}.get(getattr(readout, "reduce", "mean"), steps.mean(0))
+    torch.testing.assert_close(readout(out), reduce)
+
+
+def test_lam_out_of_range_is_refused():
+    with pytest.raises(ConfigError, match=r"loss.lam=2.0 is out of range: must be in \[0, 1\]"):
+        TET(lam=2.0)
+
+
+@pytest.mark.parametrize("readout", ["rate", "membrane_mean"])
+def test_it_trains_through_the_cli(tmp_path, readout):
+    model = ["model=mlp"] if readout != "rate" else []  # a membrane readout replaces the last spiking layer
+    run_snnexp("train", "loss=tet", f"readout={readout}", *model, "trainer.epochs=1", "trainer.max_steps=3",
+               "trainer.progress=false", "hydra.run.dir=r", cwd=tmp_path)
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert metrics["step"] == 3 and metrics["test_loss"] > 0

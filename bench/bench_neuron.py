@@ -30,17 +30,14 @@ import snnexp  # noqa: F401  first, before torch: the OpenMP wait policy `snnexp
 # isort: split
 
 import argparse
-import ctypes
 import json
 import resource
 import subprocess
 import sys
-import threading
-import time
 
 import torch
 
-from common import median_time, write_results
+from common import cpu_peak_mb, median_time, write_results
 from snnexp.ops.kernels import buffers
 
 IMPLS = ["snnexp fused", "snnexp reference", "torch.compile", "SpikingJelly", "snnTorch", "Norse"]
@@ -135,36 +132,7 @@ def measure(impl: str, kind: str, T: int, repeats: int, device: str = "cpu", wha
         before = torch.cuda.memory_allocated()
         step()
         return {"peak_mb": (torch.cuda.max_memory_allocated() - before) / 2**20}
-    # CPU: glibc's count of bytes in use (mallinfo2: the heap and the mapped blocks that hold large tensors),
-    # sampled every 0.2 ms by a thread during one call; the figure is its peak above the start
-    before = _malloc_in_use()
-    peak, done = [before], threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], _malloc_in_use())
-            time.sleep(0.0002)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    step()
-    done.set()
-    sampler.join()
-    return {"peak_mb": (max(peak[0], _malloc_in_use()) - before) / 2**20}
-
-
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in
-                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
-
-
-_libc = ctypes.CDLL(None)
-_libc.mallinfo2.restype = _MallInfo2
-
-
-def _malloc_in_use() -> int:
-    info = _libc.mallinfo2()
-    return info.hblkhd + info.uordblks
+    return {"peak_mb": cpu_peak_mb(step)}  # CPU: glibc's bytes in use, sampled during one call
 
 
 def bandwidth_gbs(numel: int, repeats: int, device: str = "cpu") -> float:

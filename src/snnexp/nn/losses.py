@@ -42,11 +42,22 @@ class TET(nn.Module):
         self.lam, self.phi = float(lam), float(phi)
 
     def forward(self, scores_seq: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        T = scores_seq.shape[0]
-        ce = F.cross_entropy(scores_seq.flatten(0, 1), target.repeat(T))  # the mean over T x B = mean over t of CE_t
+        ce = self.mean_step_cross_entropy(scores_seq, target)
         if self.lam == 0:
             return ce
         return (1 - self.lam) * ce + self.lam * F.mse_loss(scores_seq, torch.full_like(scores_seq, self.phi))
+
+    @staticmethod
+    def mean_step_cross_entropy(scores_seq: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """1/T sum_t CE(O[t], y): one cross-entropy over the T x B rows, whose mean is the mean over t of each
+        step's. Few classes (under 16) go to torch as [B, K, T], the softmax across strided classes with the T
+        steps side by side, as SpikingJelly lays them out; more as [T B, K] rows. Each layout is the faster one
+        there, forward + backward on this CPU (bench/bench_tet.py): [10, 128, 10] 0.14 ms against 0.23 ms,
+        [10, 128, 1000] 1.3 ms against 6.5 ms."""
+        T, _, K = scores_seq.shape
+        if K < 16:
+            return F.cross_entropy(scores_seq.permute(1, 2, 0), target[:, None].expand(-1, T))
+        return F.cross_entropy(scores_seq.flatten(0, 1), target.repeat(T))
 
     def extra_repr(self):
         return f"lam={self.lam}, phi={self.phi}"

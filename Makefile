@@ -1,6 +1,6 @@
 # make train: create .venv if missing, install snnexp into it with what `snnexp train` needs and nothing more, and
 # train on the built-in digits dataset (ARGS="neuron=lif trainer.epochs=3" for overrides).
-# make test: the same venv plus the extras the tests use (dev: pytest, ruff, dv-processing; bench: the peers
+# make test: the same venv plus the extras the tests use (dev: pytest, ruff, dv-processing; delays: dcls; bench: the peers
 # SpikingJelly, snnTorch and Norse, compared against; neurobench), the fast test suite (what CI runs), then the trust
 # tests (tests/test_trust.py) again under the lowest hydra-core that pyproject.toml allows: what a checkpoint or run
 # folder may make Hydra build must not depend on which Hydra the user has. make test-all: also the slow tests.
@@ -24,7 +24,7 @@ $(INSTALLED): pyproject.toml
 
 # and the extras of the tests, the linter and the benchmarks
 $(EXTRAS): pyproject.toml | $(INSTALLED)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,bench,neurobench]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,bench,neurobench,delays]'
 	@touch $@
 
 train: $(INSTALLED)
@@ -64,6 +64,10 @@ bench: $(EXTRAS)
 	$(PY) bench/bench_sparse.py
 	$(PY) bench/bench_mnist_epoch.py
 	$(PY) bench/bench_test_pass.py
+	$(PY) bench/bench_tet.py
+	$(PY) bench/bench_norms.py
+	$(PY) bench/bench_psn.py
+	$(PY) bench/bench_delays.py
 	$(PY) bench/bench_frames.py $(ARGS)
 
 # make gpu-check (bench/gpu_check.py): the wheels an offline GPU machine lacks into gpu-wheels/ (downloaded again when

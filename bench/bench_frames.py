@@ -79,12 +79,12 @@ def main():
         from snnexp.nn.losses import MSERate
         from snnexp.nn.models import SpecNet
         from snnexp.nn.neurons import PLIF
-        from snnexp.nn.norms import BatchNormThroughTime
+        from snnexp.nn.norms import BatchNormOverTime
         from snnexp.nn.surrogate import ATan
 
         torch.manual_seed(0)
         net = fuse_blocks(SpecNet("{c128k3s1-BN-SN-MPk2s2}*2-DP-FC2048-SN-DP-FC100-SN-APk10s10", (2, 34, 34), 10,
-                                  partial(PLIF, surrogate=ATan(), detach_reset=True), BatchNormThroughTime))
+                                  partial(PLIF, surrogate=ATan(), detach_reset=True), BatchNormOverTime))
         opt = torch.optim.Adam(fusion.parameters(net), 1e-3)
         loader = torch.utils.data.DataLoader(splits.train, batch_size=16, shuffle=True, num_workers=0)
         data_s = step_s = 0.0

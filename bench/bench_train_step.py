@@ -42,7 +42,7 @@ from snnexp.nn.layers import SeqDropout, SeqFlatten, SeqToANN
 from snnexp.nn.losses import MSERate
 from snnexp.nn.models import SpecNet
 from snnexp.nn.neurons import PLIF
-from snnexp.nn.norms import BatchNormThroughTime
+from snnexp.nn.norms import BatchNormOverTime
 from snnexp.nn.surrogate import ATan
 
 NETS = {
@@ -57,7 +57,7 @@ NETS = {
 
 def ours(spec, input_shape, backend="fused"):
     neuron = partial(PLIF, tau0=2.0, detach_reset=True, surrogate=ATan(2.0), backend=backend)
-    return SpecNet(spec, input_shape, 10, neuron, BatchNormThroughTime, dropout=0.5)
+    return SpecNet(spec, input_shape, 10, neuron, BatchNormOverTime, dropout=0.5)
 
 
 def spikingjelly_twin(model: nn.Module) -> nn.Module:
@@ -68,7 +68,7 @@ def spikingjelly_twin(model: nn.Module) -> nn.Module:
     for m in model:
         if isinstance(m, SeqToANN):
             layers.append(layer.SeqToANNContainer(_torch_module(m.module)))
-        elif isinstance(m, BatchNormThroughTime):
+        elif isinstance(m, BatchNormOverTime):
             bn = (layer.BatchNorm2d if m.weight.dim() == 1 and layers and _last_was_conv(model, m)
                   else layer.BatchNorm1d)(m.num_features, step_mode="m")
             bn.load_state_dict(m.state_dict())
@@ -114,8 +114,8 @@ def torch_pooling(model: nn.Module) -> nn.Module:
     return model
 
 
-class _BatchNormApart(BatchNormThroughTime):
-    """Our BN through time, run as its own layer: snnexp.nn.fusion joins only BatchNormThroughTime's own forward with
+class _BatchNormApart(BatchNormOverTime):
+    """Our BN over time, run as its own layer: snnexp.nn.fusion joins only BatchNormOverTime's own forward with
     the neuron after it."""
 
     def forward(self, x_seq, steps: int = 0):
@@ -125,7 +125,7 @@ class _BatchNormApart(BatchNormThroughTime):
 def bn_apart(model: nn.Module) -> nn.Module:
     """model with every BN run apart from the neuron after it: what joining them (snnexp.ops.normalised) gains."""
     for m in model:
-        if type(m) is BatchNormThroughTime:
+        if type(m) is BatchNormOverTime:
             m.__class__ = _BatchNormApart
     return model
 

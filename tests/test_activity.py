@@ -478,14 +478,14 @@ def test_the_joined_kernels_spike_counts_are_the_neurons(channels_last, dtype):
     counted (None)."""
     from snnexp.nn.fusion import lif_max_pool
     from snnexp.nn.neurons import PLIF
-    from snnexp.nn.norms import BatchNormThroughTime
+    from snnexp.nn.norms import BatchNormOverTime
     from snnexp.nn.pooling import MaxPool2d
     from snnexp.ops.normalised import batch_norm
     g = torch.Generator().manual_seed(1)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.randn(3 * 40, 6, 10, 12, generator=g, dtype=dtype).contiguous(memory_format=fmt).unflatten(0, (3, 40))
     neuron, pool = PLIF().to(dtype), MaxPool2d(2, 2)
-    bn = BatchNormThroughTime(6).to(dtype).eval()
+    bn = BatchNormOverTime(6).to(dtype).eval()
     bn.running_mean.uniform_(-0.5, 0.5, generator=g)
     with torch.no_grad():
         y, counts = lif_max_pool(neuron, pool, x, count=True)

@@ -56,8 +56,8 @@ CASES = [
      "encoder=direct, not PoissonEncoder", 2),
     # snnexp.keys: the config is composed before the run, and what Hydra refuses is said in one line
     ("unknown option", ["train", "neuron=foo"],
-     "snnexp: error: neuron=foo: no such option (neuron's options: alif, if, lif, plif, stbp; `snnexp train --help` "
-     "lists every group)", 2),
+     "snnexp: error: neuron=foo: no such option (neuron's options: alif, if, lif, masked_psn, plif, psn, sliding_psn, "
+     "stbp; `snnexp train --help` lists every group)", 2),
     ("wrong type", ["train", "trainer.T=abc"],
      "snnexp: error: Error merging override trainer.T=abc: Value 'abc' of type 'str' could not be converted to "
      "Integer", 2),
@@ -129,7 +129,7 @@ CASES = [
      # channels_last (the default since issue 16): its CPU BN overflows on the step-1 weights (~1e36) where the NCHW
      # one did not; with trainer.channels_last=false it is step 13, 9.module (Linear)
      "snnexp: error: non-finite gradient at step 2 (epoch 1, batch 2): it first appears in the output of layer "
-     "1 (BatchNormThroughTime). Likely causes: a learning rate too high (optim.lr=1e+36); a surrogate gradient "
+     "1 (BatchNormOverTime). Likely causes: a learning rate too high (optim.lr=1e+36); a surrogate gradient "
      "too steep (surrogate.alpha=2.0); NaN or inf in the data. To leave such batches out instead of stopping: "
      "trainer.on_nonfinite=skip; no checkpoint had been written yet", 3),
 ]

@@ -50,13 +50,13 @@ def _convnet(device):
 
     from snnexp.nn.models import SpecNet
     from snnexp.nn.neurons import PLIF
-    from snnexp.nn.norms import BatchNormThroughTime
+    from snnexp.nn.norms import BatchNormOverTime
     from snnexp.nn.surrogate import ATan
 
     torch.manual_seed(0)
     neuron = partial(PLIF, tau0=2.0, surrogate=ATan())
     return SpecNet("{c32k3s1-BN-SN-MPk2s2}*2-FC100-SN-APk10s10", [1, 28, 28], 10, neuron,
-                   BatchNormThroughTime).to(device)
+                   BatchNormOverTime).to(device)
 
 
 def test_the_default_convnet_on_cuda_gives_the_cpus_loss_and_gradients():

@@ -21,28 +21,39 @@ from snnexp.train.loop import fit
 EXPERIMENTS = sorted(p.stem for p in (conf_dir() / "experiment").glob("*.yaml"))
 
 PLIF_MNIST = "{c128k3s1-BN-SN-MPk2s2}*2-DP-FC2048-SN-DP-FC100-SN-APk10s10"
+VGGSNN = ("c64k3s1-BN-SN-c128k3s1-BN-SN-APk2s2-c256k3s1-BN-SN-c256k3s1-BN-SN-APk2s2-c512k3s1-BN-SN-c512k3s1-BN-SN-"
+          "APk2s2-c512k3s1-BN-SN-c512k3s1-BN-SN-APk2s2-DP-FC10-SN")
 STBP_EVENTS = ("c128k3s1-SN-BN-c128k3s1-SN-BN-APk2s2-c384k3s1-SN-BN-c384k3s1-SN-BN-APk2s2-"
                "FC1024-SN-FC512-SN-FC100-SN-APk10s10")
 # name: (dataset, T, network (spec, or model target and depth), neuron, norm, loss, batch, paper accuracy),
 # written from docs/science.md, section 5 (the networks' PLIF written as SN, the configured neuron)
 PAPER = {
     "tutorial_fc_mnist": ("mnist", 100, "FC10-SN", "LIF", "NoNorm", "MSERate", 64, 0.929),
-    "plif_mnist": ("mnist", 8, PLIF_MNIST, "PLIF", "BatchNormThroughTime", "MSERate", 16, 0.9972),
-    "plif_fmnist": ("fashion_mnist", 8, PLIF_MNIST, "PLIF", "BatchNormThroughTime", "MSERate", 16, 0.9438),
+    "plif_mnist": ("mnist", 8, PLIF_MNIST, "PLIF", "BatchNormOverTime", "MSERate", 16, 0.9972),
+    "plif_fmnist": ("fashion_mnist", 8, PLIF_MNIST, "PLIF", "BatchNormOverTime", "MSERate", 16, 0.9438),
     "plif_cifar10": ("cifar10", 8, "{{c256k3s1-BN-SN}*3-MPk2s2}*2-DP-FC2048-SN-DP-FC100-SN-APk10s10", "PLIF",
-                     "BatchNormThroughTime", "MSERate", 16, 0.9350),
-    "plif_nmnist": ("nmnist", 10, PLIF_MNIST, "PLIF", "BatchNormThroughTime", "MSERate", 16, 0.9961),
+                     "BatchNormOverTime", "MSERate", 16, 0.9350),
+    "plif_nmnist": ("nmnist", 10, PLIF_MNIST, "PLIF", "BatchNormOverTime", "MSERate", 16, 0.9961),
     "plif_dvs_cifar10": ("dvs_cifar10", 20, "{c128k3s1-BN-SN-MPk2s2}*4-DP-FC512-SN-DP-FC100-SN-APk10s10", "PLIF",
-                         "BatchNormThroughTime", "MSERate", 16, 0.7480),
+                         "BatchNormOverTime", "MSERate", 16, 0.7480),
     "plif_dvs_gesture": ("dvs_gesture", 20, "{c128k3s1-BN-SN-MPk2s2}*5-DP-FC512-SN-DP-FC110-SN-APk10s10", "PLIF",
-                         "BatchNormThroughTime", "MSERate", 16, 0.9757),
+                         "BatchNormOverTime", "MSERate", 16, 0.9757),
     "stbp_neunorm_nmnist": ("nmnist", 60, STBP_EVENTS, "STBPLIF", "NeuNorm", "MSERate", 100, 0.9953),
     "stbp_neunorm_dvs_cifar10": ("dvs_cifar10", 250, STBP_EVENTS, "STBPLIF", "NeuNorm", "MSERate", 100, 0.605),
     "stbp_cifar10": ("cifar10", 5, "c128k3s1-SN-BN-c256k3s1-SN-BN-APk2s2-c512k3s1-SN-BN-APk2s2-c1024k3s1-SN-BN-"
                      "c512k3s1-SN-BN-FC1024-SN-FC512-SN-FC100-SN-APk10s10", "STBPLIF", "NeuNorm", "MSERate", 100,
                      0.9053),
-    "ledinauskas_resnet_cifar100": ("cifar100", 10, "SpikingResNet-50", "LIF", "BatchNormThroughTime", "CERate", 64,
+    "ledinauskas_resnet_cifar100": ("cifar100", 10, "SpikingResNet-50", "LIF", "BatchNormOverTime", "CERate", 64,
                                     None),
+    # the methods of 2022-2023 on CIFAR10-DVS, on their shared VGGSNN (docs/science.md, 5): TET, TEBN, PSN
+    "deng_tet_dvs_cifar10": ("dvs_cifar10", 10, VGGSNN, "LIF", "BatchNormOverTime", "TET", 128, 0.8317),
+    "duan_tebn_dvs_cifar10": ("dvs_cifar10", 10, VGGSNN, "LIF", "TemporalEffectiveBatchNorm", "CERate", 16, 0.849),
+    "fang_psn_dvs_cifar10": ("dvs_cifar10", 10, VGGSNN, "SlidingPSN", "BatchNormOverTime", "TET", 32, 0.859),
+    # learned synaptic delays (snnexp.nn.delays, the dcls package: extra 'delays'): docs/science.md, 5
+    "hammouamri_delays_shd": ("shd", 176, "DFC256d24-BN-SN-DP-DFC256d24-BN-SN-DP-DFC20d24-SN", "LIF",
+                              "BatchNormOverTime", "CERate", 256, 0.9507),
+    "hammouamri_delays_ssc": ("ssc", 160, "{DFC512d30-BN-SN-DP}*3-DFC35d30-SN", "LIF", "BatchNormOverTime",
+                              "CERate", 128, 0.8069),
     # the temporal benchmarks: recurrent networks read out from their output membranes (docs/science.md, 5)
     "cramer_rsnn_shd": ("shd", 100, "RFC200-FC20-SN", "LIF", "NoNorm", "CERate", 256, 0.714),
     "cramer_rsnn_ssc": ("ssc", 100, "RFC200-FC35-SN", "LIF", "NoNorm", "CERate", 256, 0.509),
@@ -102,6 +113,15 @@ def test_experiment_holds_the_papers_settings(name):
         assert (cfg.neuron.tau, cfg.neuron.tau_adapt, cfg.neuron.beta, cfg.neuron.v_threshold) == (20, 150, 1.8, 0.01)
         assert cfg.neuron.v_reset is None and cfg.neuron.learn_tau and cfg.neuron.learn_tau_adapt
         assert cfg.dataset.bin_ms == 4 and cfg.readout.reduce == "mean" and cfg.optim.lr == 1e-2
+    if network == VGGSNN:  # their code: the classifier's output read at every step; TET's and TEBN's LIF adds the
+        # input undecayed (mem = decay * mem + x) to a membrane reset to 0, with the triangle surrogate (ZIF)
+        assert cfg.readout._target_.endswith("MembraneReadout") and cfg.readout.tau == 1
+        assert cfg.dataset.split_by == "number" and cfg.dataset.flip and cfg.sched.T_max == cfg.trainer.epochs
+        if neuron == "LIF":
+            assert not cfg.neuron.decay_input and cfg.neuron.v_reset == 0
+            assert cfg.surrogate._target_.endswith("Triangle")
+        if loss == "TET":
+            assert (cfg.loss.lam, cfg.loss.phi) == (1e-3, 1.0)
     if neuron == "STBPLIF":  # Wu 2019: rectangular surrogate, 5 ms bins for event data
         assert cfg.surrogate._target_.endswith("Rect")
         if "bin_ms" in cfg.dataset:

@@ -21,7 +21,7 @@ from snnexp.export import ExportError, chain, export_checkpoint, to_nir
 from snnexp.nn.models import SpecNet, SpikingResNet
 from snnexp.nn.neurons import IF, LIF, PLIF, STBPLIF, SpikingNeuron
 from snnexp.nn.neurons.functional import lif_multistep_reference
-from snnexp.nn.norms import BatchNormThroughTime, NeuNorm, NoNorm
+from snnexp.nn.norms import BatchNormOverTime, NeuNorm, NoNorm
 from snnexp.nn.surrogate import ATan
 from snnexp.train.build import model_from_checkpoint
 from snnexp.train.checkpoint import load as load_checkpoint
@@ -161,7 +161,7 @@ def train_briefly(model, steps=40, seed=0):
     return model.eval()
 
 
-def spec_net(spec, neuron, norm=partial(BatchNormThroughTime), outputs=10):
+def spec_net(spec, neuron, norm=partial(BatchNormOverTime), outputs=10):
     return SpecNet(spec, (1, 8, 8), outputs, neuron=neuron, norm=norm)
 
 
@@ -311,10 +311,10 @@ def test_the_nir_node_is_our_neuron_under_euler_steps_of_dt(neuron):
 @pytest.mark.parametrize("build, message", [
     (lambda: spec_net("c8k3s1-SN-BN-FC10-SN", partial(LIF), norm=partial(NeuNorm)), "NeuNorm has no NIR node"),
     (lambda: spec_net("c8k3s1-BN-SN-FC10-SN", partial(LIF, v_reset=None)), "soft reset"),
-    (lambda: spec_net("c8k3s1-SN-BN-FC10-SN", partial(LIF)), "BatchNormThroughTime follows LIF, not a conv or FC"),
+    (lambda: spec_net("c8k3s1-SN-BN-FC10-SN", partial(LIF)), "BatchNormOverTime follows LIF, not a conv or FC"),
     (lambda: spec_net("c8k3s1-MPk2s2-BN-SN-FC10-SN", partial(LIF), norm=partial(NoNorm)),
      "max pooling of real values has no NIR node"),
-    (lambda: SpikingResNet(18, (3, 32, 32), 10, partial(LIF), partial(BatchNormThroughTime), width=4),
+    (lambda: SpikingResNet(18, (3, 32, 32), 10, partial(LIF), partial(BatchNormOverTime), width=4),
      "not SpikingResNet"),
 ])
 def test_layers_nir_cannot_express_stop_the_export_with_a_message(build, message):

@@ -66,8 +66,8 @@ def test_training_validation_test_and_eval_passes_show_progress_on_a_terminal(tm
                                        "neuron.tau?"),
     (["+optim.bogus=1"], "+optim.bogus: optim (Adam) takes no key 'bogus'"),
     (["+foo=1"], "+foo: the config takes no key 'foo'"),
-    (["neuron=plf"], "neuron=plf: no such option; did you mean neuron=plif? (neuron's options: alif, if, lif, plif, "
-                     "stbp;"),
+    (["neuron=plf"], "neuron=plf: no such option; did you mean neuron=plif? (neuron's options: alif, if, lif, "
+                     "masked_psn, plif, psn, sliding_psn, stbp;"),
     (["-m", "neuron=lif,plf"], "neuron=plf: no such option; did you mean neuron=plif?"),  # every value of a sweep
     (["nueron=lif"], "nueron: snnexp train has no config group or key 'nueron'; did you mean neuron?"),
     (["neuron.tau=3.0"], "neuron.tau: neuron (PLIF) has no key 'tau'; did you mean neuron.tau0?; neuron=alif, "

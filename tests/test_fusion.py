@@ -18,7 +18,7 @@ from snnexp.nn import fusion
 from snnexp.nn.fusion import FusedBlock, Joined, fuse_blocks, original_name
 from snnexp.nn.models import SpecNet, SpikingResNet
 from snnexp.nn.neurons import ALIF, LIF, PLIF
-from snnexp.nn.norms import BatchNormThroughTime, NoNorm
+from snnexp.nn.norms import BatchNormOverTime, NoNorm
 from snnexp.train.build import build_run
 from snnexp.train.evaluate import evaluate_checkpoint
 from test_experiments import compose_train
@@ -26,7 +26,7 @@ from test_experiments import compose_train
 OLD_RUN = Path(__file__).parent / "data" / "run_bc51d88"  # `snnexp train trainer.epochs=1` at bc51d88 (unfused)
 
 
-def spec_net(spec, neuron=PLIF, norm=BatchNormThroughTime, shape=(2, 8, 8)):
+def spec_net(spec, neuron=PLIF, norm=BatchNormOverTime, shape=(2, 8, 8)):
     torch.manual_seed(0)
     return SpecNet(spec, shape, 10, neuron, norm)
 
@@ -36,17 +36,17 @@ def kinds(model):
 
 
 @pytest.mark.parametrize("spec, neuron, norm, expected", [
-    ("c4k3-BN-SN-MPk2s2-FC10-SN", PLIF, BatchNormThroughTime,
+    ("c4k3-BN-SN-MPk2s2-FC10-SN", PLIF, BatchNormOverTime,
      ["SeqToANN", "BN-SN-MP", "Joined", "Joined", "SeqFlatten", "SeqToANN", "PLIF"]),
-    ("c4k3-BN-SN-FC10-SN", LIF, BatchNormThroughTime, ["SeqToANN", "BN-SN", "Joined", "SeqFlatten", "SeqToANN", "LIF"]),
+    ("c4k3-BN-SN-FC10-SN", LIF, BatchNormOverTime, ["SeqToANN", "BN-SN", "Joined", "SeqFlatten", "SeqToANN", "LIF"]),
     ("c4k3-BN-SN-MPk2s2-FC10-SN", LIF, NoNorm,  # norm=none: the neuron and the pool still join
      ["SeqToANN", "NoNorm", "SN-MP", "Joined", "SeqFlatten", "SeqToANN", "LIF"]),
-    ("c4k3-BN-SN-APk2s2-FC10-SN", PLIF, BatchNormThroughTime,  # average pooling stays apart
+    ("c4k3-BN-SN-APk2s2-FC10-SN", PLIF, BatchNormOverTime,  # average pooling stays apart
      ["SeqToANN", "BN-SN", "Joined", "SeqToANN", "SeqFlatten", "SeqToANN", "PLIF"]),
-    ("c4k3-BN-SN-MPk2s2-FC10-SN", partial(PLIF, backend="reference"), BatchNormThroughTime,  # no kernel: nothing
-     ["SeqToANN", "BatchNormThroughTime", "PLIF", "SeqToANN", "SeqFlatten", "SeqToANN", "PLIF"]),
-    ("c4k3-BN-SN-MPk2s2-FC10-SN", ALIF, BatchNormThroughTime,  # ALIF has no fused kernel
-     ["SeqToANN", "BatchNormThroughTime", "ALIF", "SeqToANN", "SeqFlatten", "SeqToANN", "ALIF"]),
+    ("c4k3-BN-SN-MPk2s2-FC10-SN", partial(PLIF, backend="reference"), BatchNormOverTime,  # no kernel: nothing
+     ["SeqToANN", "BatchNormOverTime", "PLIF", "SeqToANN", "SeqFlatten", "SeqToANN", "PLIF"]),
+    ("c4k3-BN-SN-MPk2s2-FC10-SN", ALIF, BatchNormOverTime,  # ALIF has no fused kernel
+     ["SeqToANN", "BatchNormOverTime", "ALIF", "SeqToANN", "SeqFlatten", "SeqToANN", "ALIF"]),
 ])
 def test_what_the_pass_fuses(spec, neuron, norm, expected):
     assert kinds(fuse_blocks(spec_net(spec, neuron, norm))) == expected
@@ -66,14 +66,14 @@ def test_the_network_computes_the_same_and_keeps_its_state_dict_keys():
 
 
 def test_a_model_that_names_no_layer_runs_is_left_as_it_is():
-    model = nn.Sequential(BatchNormThroughTime(4), PLIF())
+    model = nn.Sequential(BatchNormOverTime(4), PLIF())
     fuse_blocks(model)
-    assert [type(m) for m in model] == [BatchNormThroughTime, PLIF] and list(model.state_dict())[0] == "0.weight"
+    assert [type(m) for m in model] == [BatchNormOverTime, PLIF] and list(model.state_dict())[0] == "0.weight"
 
 
 def sew_resnet():
     torch.manual_seed(0)
-    return SpikingResNet(18, (3, 16, 16), 10, PLIF, BatchNormThroughTime, "add", width=4).double()
+    return SpikingResNet(18, (3, 16, 16), 10, PLIF, BatchNormOverTime, "add", width=4).double()
 
 
 def test_the_optimizer_state_of_an_unfused_run_fits_the_fused_network():

@@ -6,7 +6,7 @@ from torch import nn
 
 from snnexp.nn.layers import SeqDropout
 from snnexp.nn.losses import MSERate
-from snnexp.nn.norms import BatchNormThroughTime, ThresholdDependentBatchNorm
+from snnexp.nn.norms import BatchNormOverTime, ThresholdDependentBatchNorm
 from snnexp.nn.readouts import RateReadout, VotingReadout
 
 
@@ -32,7 +32,7 @@ def _seq_with_time_varying_stats(shape, seed):
 def test_bn_through_time_equals_bn_on_time_batch_fold(shape, reference):
     T, B, C = shape[:3]
     x = _seq_with_time_varying_stats(shape, 0)
-    ours = BatchNormThroughTime(C).double()
+    ours = BatchNormOverTime(C).double()
     ref = reference(C).double()
     with torch.no_grad():
         w = torch.rand(C, generator=gen(1), dtype=torch.float64) + 0.5
@@ -56,7 +56,7 @@ def test_bn_through_time_statistics_span_time_and_batch():
     # With weight 1, bias 0: per channel, mean 0 and (biased) variance 1 over (T, B, H, W) together,
     # while single time steps are NOT normalised on their own (the input's offset grows with t).
     x = _seq_with_time_varying_stats((4, 3, 2, 5, 5), 5)
-    y = BatchNormThroughTime(2).double().train()(x)
+    y = BatchNormOverTime(2).double().train()(x)
     dims = (0, 1, 3, 4)
     torch.testing.assert_close(y.mean(dims), torch.zeros(2, dtype=torch.float64), atol=1e-10, rtol=0)
     torch.testing.assert_close(y.var(dims, unbiased=False), torch.ones(2, dtype=torch.float64), atol=1e-4, rtol=0)
@@ -167,7 +167,7 @@ def test_mse_rate_against_hand_one_hot():
 
 
 @pytest.mark.parametrize("spec", ["{c6k3s1-BN-SN-MPk2s2}*2-FC10-SN", "DP-FC16-BN-SN-FC10-SN"])
-@pytest.mark.parametrize("norm", [BatchNormThroughTime, ThresholdDependentBatchNorm])
+@pytest.mark.parametrize("norm", [BatchNormOverTime, ThresholdDependentBatchNorm])
 @pytest.mark.parametrize("momentum", [0.1, None])
 def test_a_repeated_input_runs_the_first_layers_once_with_the_numbers_of_t_copies(spec, norm, momentum):
     """Direct coding's [T, B, ...] view of one image (stride 0 in time) against the same image copied T times:

@@ -56,7 +56,7 @@ def _cfg(readout, spec="FC16-BN-SN-FC10-SN"):
         "readout": readout,
         "neuron": {"_target_": "snnexp.nn.neurons.LIF", "_partial_": True},
         "surrogate": {"_target_": "snnexp.nn.surrogate.ATan"},
-        "norm": {"_target_": "snnexp.nn.norms.BatchNormThroughTime", "_partial_": True},
+        "norm": {"_target_": "snnexp.nn.norms.BatchNormOverTime", "_partial_": True},
     })
 
 

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from conftest import REPO, run_snnexp
 from snnexp.nn.neurons import PLIF, STBPLIF
-from snnexp.nn.norms import BatchNormThroughTime, NeuNorm
+from snnexp.nn.norms import BatchNormOverTime, NeuNorm
 
 
 @pytest.mark.parametrize("name,input_shape,classes,convs,fcs", [
@@ -23,7 +23,7 @@ from snnexp.nn.norms import BatchNormThroughTime, NeuNorm
 def test_named_architecture_builds_with_the_papers_layers(name, input_shape, classes, convs, fcs):
     cfg = OmegaConf.load(REPO / "conf" / "model" / f"{name}.yaml")
     net = instantiate(cfg, input_shape=list(input_shape), num_outputs=classes,
-                      neuron=partial(PLIF, detach_reset=True), norm=BatchNormThroughTime)
+                      neuron=partial(PLIF, detach_reset=True), norm=BatchNormOverTime)
     found_convs = [(m.in_channels, m.out_channels) for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
     found_fcs = [(m.in_features, m.out_features) for m in net.modules() if isinstance(m, torch.nn.Linear)]
     assert found_convs == convs and found_fcs == fcs

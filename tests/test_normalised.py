@@ -12,14 +12,14 @@ from snnexp.nn.fusion import FusedBlock, fuse_blocks
 from snnexp.nn.layers import SeqToANN, run_layers
 from snnexp.nn.models import SpecNet
 from snnexp.nn.neurons import PLIF
-from snnexp.nn.norms import BatchNormThroughTime, ThresholdDependentBatchNorm
+from snnexp.nn.norms import BatchNormOverTime, ThresholdDependentBatchNorm
 from snnexp.nn.pooling import MaxPool2d
 from snnexp.nn.surrogate import ATan
 
 F64 = torch.float64
 
 
-def block(neuron, channels, pool=False, norm=BatchNormThroughTime, dtype=F64, **bn_kwargs):
+def block(neuron, channels, pool=False, norm=BatchNormOverTime, dtype=F64, **bn_kwargs):
     """BN-SN(-MPk2s2) with BN's affine parameters and running statistics away from their initial values."""
     torch.manual_seed(0)
     bn = norm(channels, **bn_kwargs)
@@ -140,7 +140,7 @@ def test_float32_within_float32_rounding(count_joins):
 
 def net():
     torch.manual_seed(0)
-    return SpecNet("{c8k3s1-BN-SN-MPk2s2}*2-FC16-BN-SN-FC10-SN", (2, 8, 8), 10, PLIF, BatchNormThroughTime).double()
+    return SpecNet("{c8k3s1-BN-SN-MPk2s2}*2-FC16-BN-SN-FC10-SN", (2, 8, 8), 10, PLIF, BatchNormOverTime).double()
 
 
 def test_a_network_joins_every_bn_and_trains_alike(count_joins):

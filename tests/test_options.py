@@ -15,6 +15,9 @@ OPTIONS = [
     "encoder=poisson", "surrogate=rect", "surrogate=sigmoid", "surrogate=fast_sigmoid", "surrogate=triangle",
     "loss=ce_rate", "optim=sgd", "sched=step", "sched=none", "neuron.v_reset=null", "neuron.decay_input=false",
     "trainer.amp=true",
+    # the methods of 2022-2023 (issue 33): the loss of every step, norms with per-step parts, parallel neurons
+    "loss=tet", "norm=tebn", "norm=bntt", "neuron=psn", "neuron=masked_psn", "neuron=sliding_psn",
+    "neuron=psn norm=neunorm",
 ]
 
 
@@ -25,7 +28,7 @@ def compose_train(*overrides):
 
 @pytest.mark.parametrize("override", OPTIONS)
 def test_every_option_trains(tmp_path, override):
-    cfg = compose_train(override, "trainer.epochs=1", "trainer.max_steps=2", "trainer.progress=false")
+    cfg = compose_train(*override.split(), "trainer.epochs=1", "trainer.max_steps=2", "trainer.progress=false")
     validate(cfg)
     metrics = fit(cfg, tmp_path, hparams={"override": override})
     assert metrics["step"] == 2

@@ -27,4 +27,4 @@ def test_wheel_carries_every_config_and_finds_it(tmp_path):
     assert out == [str(site / "snnexp" / "cli.py"), str(site / "snnexp" / "conf")]
     out = subprocess.run([sys.executable, "-m", "snnexp", "train", "--help"], cwd=tmp_path, env=env,
                          capture_output=True, text=True, check=True).stdout
-    assert "neuron: alif, if, lif, plif, stbp" in out
+    assert "neuron: alif, if, lif, masked_psn, plif, psn, sliding_psn, stbp" in out

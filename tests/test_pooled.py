@@ -10,7 +10,7 @@ from snnexp.nn.fusion import fuse_blocks, lif_max_pool
 from snnexp.nn.layers import Repeated, run_layers
 from snnexp.nn.models import SpecNet
 from snnexp.nn.neurons import PLIF
-from snnexp.nn.norms import BatchNormThroughTime
+from snnexp.nn.norms import BatchNormOverTime
 from snnexp.nn.pooling import MaxPool2d
 from snnexp.ops.pooled import _lif_pool_op
 
@@ -96,7 +96,7 @@ def test_the_custom_op_checks():
 def net():
     """The PLIF paper's blocks, fused (snnexp.nn.fusion)."""
     torch.manual_seed(0)
-    return fuse_blocks(SpecNet("{c8k3s1-BN-SN-MPk2s2}*2-FC10-SN", (1, 8, 8), 10, PLIF, BatchNormThroughTime).double())
+    return fuse_blocks(SpecNet("{c8k3s1-BN-SN-MPk2s2}*2-FC10-SN", (1, 8, 8), 10, PLIF, BatchNormOverTime).double())
 
 
 def test_a_network_runs_it_and_a_hook_sees_the_spikes():

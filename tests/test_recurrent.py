@@ -23,7 +23,7 @@ from snnexp.nn.layers import Repeated
 from snnexp.nn.models import RSNN, SpecNet, format_spec, parse_spec
 from snnexp.nn.models.spec import Layer
 from snnexp.nn.neurons import IF, LIF, PLIF, STBPLIF
-from snnexp.nn.norms import BatchNormThroughTime, NoNorm
+from snnexp.nn.norms import BatchNormOverTime, NoNorm
 from snnexp.nn.recurrent import RecurrentFC
 from snnexp.report.activity import Activity, spiking_layers
 from snnexp.report.cost import static_metrics
@@ -103,7 +103,7 @@ def test_forward_and_gradients_follow_the_equations(name):
 
 def test_bn_normalises_the_input_currents_over_time_and_batch():
     torch.manual_seed(1)
-    layer = RecurrentFC(5, 7, LIF(tau=2.0), BatchNormThroughTime(7), bias=False).to(F64)
+    layer = RecurrentFC(5, 7, LIF(tau=2.0), BatchNormOverTime(7), bias=False).to(F64)
     with torch.no_grad():
         layer.norm.weight.uniform_(0.5, 1.5), layer.norm.bias.uniform_(0.6, 1.2)
         layer.recurrent.weight.normal_(0.0, 1.0)
@@ -192,7 +192,7 @@ def test_the_spec_token():
         assert "RFCn (recurrent spiking)" in str(e.value)
 
 
-def net(spec, input_shape, outputs, neuron=partial(LIF), norm=partial(BatchNormThroughTime)):
+def net(spec, input_shape, outputs, neuron=partial(LIF), norm=partial(BatchNormOverTime)):
     return SpecNet(spec, input_shape, outputs, neuron, norm)
 
 

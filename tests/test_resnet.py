@@ -13,7 +13,7 @@ from snnexp.nn import fusion
 from snnexp.nn.models import ModelError, SpikingResNet
 from snnexp.nn.models.resnet import CONNECTIONS, Block
 from snnexp.nn.neurons import IF, PLIF
-from snnexp.nn.norms import BatchNormThroughTime, NoNorm
+from snnexp.nn.norms import BatchNormOverTime, NoNorm
 
 PLIF_ = partial(PLIF, detach_reset=True)
 
@@ -25,15 +25,15 @@ def weight_shapes(model, types):
 @pytest.mark.parametrize("depth", [18, 34, 50])
 @pytest.mark.parametrize("connection", ["spiking", "add", "iand"])
 def test_layers_match_torchvision(depth, connection):
-    ours = SpikingResNet(depth, (3, 224, 224), 1000, PLIF_, BatchNormThroughTime, connection, stem="imagenet")
+    ours = SpikingResNet(depth, (3, 224, 224), 1000, PLIF_, BatchNormOverTime, connection, stem="imagenet")
     theirs = getattr(torchvision.models, f"resnet{depth}")(weights=None)
     layers = (torch.nn.Conv2d, torch.nn.Linear)
     assert weight_shapes(ours, layers) == weight_shapes(theirs, layers)
-    assert len(weight_shapes(ours, BatchNormThroughTime)) == len(weight_shapes(theirs, torch.nn.BatchNorm2d))
+    assert len(weight_shapes(ours, BatchNormOverTime)) == len(weight_shapes(theirs, torch.nn.BatchNorm2d))
 
 
 def test_cifar_stem_runs_a_sequence():
-    net = SpikingResNet(18, (3, 32, 32), 10, PLIF_, BatchNormThroughTime)
+    net = SpikingResNet(18, (3, 32, 32), 10, PLIF_, BatchNormOverTime)
     out = net(torch.rand(2, 3, 3, 32, 32))
     assert out.shape == (2, 3, 10) and set(out.unique().tolist()) <= {0.0, 1.0}
 
@@ -55,7 +55,7 @@ def test_residual_joins():
 
 def resnet(connection):
     torch.manual_seed(0)
-    return SpikingResNet(18, (3, 16, 16), 10, PLIF_, BatchNormThroughTime, connection, width=4).double()
+    return SpikingResNet(18, (3, 16, 16), 10, PLIF_, BatchNormOverTime, connection, width=4).double()
 
 
 def forward_backward(net, x, make_input):
@@ -104,9 +104,9 @@ def test_direct_coding_runs_the_stem_once():
 
 def test_bad_options_are_model_errors():
     with pytest.raises(ModelError, match="model.depth=20"):
-        SpikingResNet(20, (3, 32, 32), 10, PLIF_, BatchNormThroughTime)
+        SpikingResNet(20, (3, 32, 32), 10, PLIF_, BatchNormOverTime)
     with pytest.raises(ModelError, match="model.connection='or'"):
-        SpikingResNet(18, (3, 32, 32), 10, PLIF_, BatchNormThroughTime, connection="or")
+        SpikingResNet(18, (3, 32, 32), 10, PLIF_, BatchNormOverTime, connection="or")
 
 
 def test_resnet_trains_and_logs_gradient_norms_per_layer(tmp_path):

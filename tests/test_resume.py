@@ -163,7 +163,7 @@ def test_nonfinite_numbers_stop_with_a_diagnosis_or_are_skipped(tmp_path):
     assert proc.returncode == 3 and "Traceback" not in proc.stderr
     message = proc.stderr.strip().splitlines()[-1]
     assert message.startswith("snnexp: error: non-finite gradient at step 2 (epoch 1, batch 2): it first appears "
-                              "in the output of layer 1 (BatchNormThroughTime). Likely causes: a learning rate too "
+                              "in the output of layer 1 (BatchNormOverTime). Likely causes: a learning rate too "
                               "high (optim.lr=1e+36)")
     assert message.endswith("To leave such batches out instead of stopping: trainer.on_nonfinite=skip; "
                             "no checkpoint had been written yet")

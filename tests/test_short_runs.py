@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from conftest import run_snnexp
-from snnexp.nn.norms import BatchNormThroughTime
+from snnexp.nn.norms import BatchNormOverTime
 from snnexp.train.epoch import cumulative_bn_statistics
 
 
@@ -28,7 +28,7 @@ def test_the_first_epoch_averages_bn_statistics_and_later_epochs_use_the_momentu
     """In the first epoch the running mean is the plain mean of the batch means (the cumulative average), not the
     exponential average from 0; afterwards the configured momentum is back."""
     torch.manual_seed(0)
-    bn, plain = BatchNormThroughTime(3), nn.Identity()
+    bn, plain = BatchNormOverTime(3), nn.Identity()
     batches = [torch.randn(2, 4, 3) * 2 + k for k in range(5)]
     with cumulative_bn_statistics(nn.Sequential(bn, plain), on=True):
         assert bn.momentum is None

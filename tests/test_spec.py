@@ -12,7 +12,7 @@ from snnexp.nn.layers import SeqDropout
 from snnexp.nn.models import MLP, SpecNet
 from snnexp.nn.models.spec import Layer, Repeat, SpecError, expand, format_spec, parse_spec
 from snnexp.nn.neurons import LIF
-from snnexp.nn.norms import BatchNormThroughTime
+from snnexp.nn.norms import BatchNormOverTime
 
 # (canonical spec, number of layers after expanding the repeats)
 PAPER_SPECS = [
@@ -127,13 +127,13 @@ def test_empty_spec_raises():
 
 def test_specnet_bad_spec_raises_spec_error():
     with pytest.raises(SpecError):
-        SpecNet("FC10--SN", (4,), 10, neuron=LIF, norm=BatchNormThroughTime)
+        SpecNet("FC10--SN", (4,), 10, neuron=LIF, norm=BatchNormOverTime)
 
 
 # ---------------------------------------------------------------- building networks
 
 NEURON = partial(LIF, tau=2.0)
-NORM = partial(BatchNormThroughTime)
+NORM = partial(BatchNormOverTime)
 MNIST_SPEC = "{c32k3s1-BN-SN-MPk2s2}*2-FC100-SN-APk10s10"
 
 
@@ -149,7 +149,7 @@ def test_specnet_output_shape_mnist():
         (32, 32, (3, 3), (1, 1)),
     ]
     assert sum(isinstance(m, LIF) for m in net.modules()) == 3
-    assert sum(isinstance(m, BatchNormThroughTime) for m in net.modules()) == 2
+    assert sum(isinstance(m, BatchNormOverTime) for m in net.modules()) == 2
     x = torch.rand((3, 2, 1, 28, 28), generator=torch.Generator().manual_seed(0))
     y = net(x)
     assert y.shape == (3, 2, 10)

@@ -93,6 +93,13 @@ def _probability(v):
     return 0 <= v < 1
 
 
+def _integer(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+MAX_PSN_T = 4096  # a typing slip (trainer.T=40000) is refused before a PSN allocates T x T weights per layer
+
+
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 # key -> (check, what is allowed). A rule applies only where the key exists in the composed config.
@@ -117,6 +124,15 @@ RULES = {
     "neuron.learn_tau": (lambda v: isinstance(v, bool), "true or false"),
     "neuron.learn_tau_adapt": (lambda v: isinstance(v, bool), "true or false"),
     "neuron.backend": (lambda v: v in ("fused", "reference"), "fused or reference"),
+    # the parallel neurons (PSN, MaskedPSN, SlidingPSN; nn/neurons/parallel.py)
+    "neuron.T": (lambda v: _integer(v) and 1 <= v <= MAX_PSN_T,
+                 f"an integer in [1, {MAX_PSN_T}] (a PSN's weights are T x T per layer: 64 MiB at {MAX_PSN_T}; "
+                 "neuron=sliding_psn takes any T)"),
+    "neuron.order": (lambda v: _integer(v) and v >= 1, "an integer >= 1 (the steps each step sees, itself included)"),
+    "neuron.lambda_init": (lambda v: 0 <= v <= 1, "in [0, 1] (the masked PSN's mask weight at the start)"),
+    "neuron.lambda_ramp": (lambda v: 0 < v <= 1, "in (0, 1] (the part of the run over which lambda rises to 1)"),
+    "neuron.epochs": (lambda v: _integer(v) and v >= 1, "an integer >= 1 (the epochs the lambda schedule spans)"),
+    "neuron.exp_init": (lambda v: isinstance(v, bool), "true or false"),
     "surrogate.alpha": (_positive, "> 0"),
     "surrogate.width": (_positive, "> 0"),
     "surrogate.slope": (_positive, "> 0"),
@@ -125,6 +141,7 @@ RULES = {
     "norm.eps": (_positive, "> 0"),
     "norm.momentum": (lambda v: v is None or 0 <= v <= 1, "in [0, 1]"),
     "norm.k_tau2": (lambda v: 0 < v < 1, "in (0, 1) (NeuNorm's decay of the activity it tracks)"),
+    "norm.T": (_at_least_1, "an integer >= 1 (TEBN's and BNTT's time steps: leave it at ${trainer.T})"),
     "encoder.threshold": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "model.dropout": (_probability, "in [0, 1)"),
     "model.hidden": (lambda v: all(isinstance(h, int) and h >= 1 for h in v), "a list of integers >= 1"),
@@ -204,6 +221,10 @@ def _combination_problems(cfg: DictConfig) -> list:
     v_reset, v_th = OmegaConf.select(cfg, "neuron.v_reset"), OmegaConf.select(cfg, "neuron.v_threshold")
     if v_reset is not None and v_th is not None and not v_reset < v_th:
         problems.append(f"neuron.v_reset={v_reset} must be below neuron.v_threshold={v_th} (or null for soft reset)")
+    neuron_t = OmegaConf.select(cfg, "neuron.T")
+    if neuron_t is not None and neuron_t != OmegaConf.select(cfg, "trainer.T"):
+        problems.append(f"neuron.T={neuron_t} differs from trainer.T={OmegaConf.select(cfg, 'trainer.T')}: set "
+                        f"trainer.T (the PSN's T x T weights follow it)")
     frames_t = OmegaConf.select(cfg, "dataset.T")
     if frames_t is not None and frames_t != OmegaConf.select(cfg, "trainer.T"):
         problems.append(f"dataset.T={frames_t} differs from trainer.T={OmegaConf.select(cfg, 'trainer.T')}: "

@@ -49,12 +49,28 @@ def check(command: str, args: Sequence[str], config_dirs: Sequence[Path] = ()) -
             try:
                 compose(command, overrides=[*search, *trial])
             except HydraException as e:
-                raise ConfigError(_explain(e, base, command, config_dirs)) from None
+                chosen = _with_choices(base, command, search, trial, config_dirs)
+                raise ConfigError(_explain(e, chosen, command, config_dirs)) from None
             if added:  # checked against the config without them: which keys were there to be set
                 plain = compose(command, overrides=[*search, *(t for t in trial if t not in
                                                                {o.input_line for o in added})])
                 for o in added:
                     _check_added(o.key_or_group, plain)
+
+
+def _with_choices(base: DictConfig, command: str, search: Sequence[str], overrides: Sequence[str],
+                  config_dirs: Sequence[Path]) -> DictConfig:
+    """The config with the options `overrides` choose (neuron=lif) and none of their keys: what a misspelt key is
+    explained against (neuron=lif neuron.tau0=3: LIF's keys, not the default neuron's); `base` where those do not
+    compose (an unknown option, which is explained without it)."""
+    from hydra import compose
+    from hydra.errors import HydraException
+
+    choices = [o for o in overrides if _is_group(o.split("=", 1)[0].lstrip("+~"), config_dirs)]
+    try:
+        return compose(command, overrides=[*search, *choices])
+    except HydraException:
+        return base
 
 
 def _is_group(name: str, config_dirs: Sequence[Path]) -> bool:

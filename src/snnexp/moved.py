@@ -6,6 +6,10 @@ older checkpoints name still work.
   the new place once per old module.
 - A checkpoint's stored config names the old places (`snnexp.neurons.PLIF`): `new_targets` maps them to the new ones
   before snnexp.trust checks them against our config groups (train/checkpoint.py, stored_config).
+- Classes renamed in place (RENAMED): norm=bn's BN, `snnexp.nn.norms.BatchNormThroughTime`, is BatchNormOverTime since
+  issue 33 (BNTT, SpikingJelly's BatchNormThroughTime2d, is a BN per time step: BatchNormPerTimeStep). The old name
+  imports from its module with a FutureWarning (snnexp/nn/norms.py); a stored config naming it, at either of its
+  places, is mapped to the new name by `new_targets`.
 
 Torch-free, like trust.py.
 """
@@ -50,6 +54,10 @@ SPLIT = {  # an old module whose names went to several new ones: name -> new mod
     },
 }
 
+RENAMED = {  # old target -> new target, after the move above
+    "snnexp.nn.norms.BatchNormThroughTime": "snnexp.nn.norms.BatchNormOverTime",
+}
+
 
 def new_module(old: str) -> Optional[str]:
     """The new place of module `old` (or of a module inside it), or None where it did not move."""
@@ -60,12 +68,13 @@ def new_module(old: str) -> Optional[str]:
 
 
 def new_target(target: str) -> str:
-    """A `_target_` (module.name) at its new place; anything else as it is."""
+    """A `_target_` (module.name) at its new place and under its new name; anything else as it is."""
     module, _, name = target.rpartition(".")
     if module in SPLIT and name in SPLIT[module]:
-        return f"{SPLIT[module][name]}.{name}"
-    moved = new_module(module)
-    return f"{moved}.{name}" if moved else target
+        target = f"{SPLIT[module][name]}.{name}"
+    elif new_module(module):
+        target = f"{new_module(module)}.{name}"
+    return RENAMED.get(target, target)
 
 
 def new_targets(node: Any) -> Any:

@@ -53,8 +53,8 @@ from snnexp.errors import ExportError
 from snnexp.export.describe import chain, describe  # noqa: F401  (snnexp export prints them)
 from snnexp.files import write_atomic
 from snnexp.nn.layers import SeqDropout, SeqFlatten, SeqToANN
-from snnexp.nn.neurons import ALIF, IF, LIF, PLIF, SpikingNeuron
-from snnexp.nn.norms import NeuNorm, NoNorm
+from snnexp.nn.neurons import ALIF, IF, LIF, PLIF, ParallelNeuron, SpikingNeuron
+from snnexp.nn.norms import BatchNormPerTimeStep, NeuNorm, NoNorm, TemporalEffectiveBatchNorm
 from snnexp.nn.readouts import LeakyIntegrator
 from snnexp.nn.recurrent import RecurrentFC
 from snnexp.train import checkpoint
@@ -95,6 +95,27 @@ class _Graph:
         self.nodes["output"] = nir.Output(output_type={"output": np.array(self.shape)})
         self.edges.append((self.last, "output"))
         return nir.NIRGraph(nodes=self.nodes, edges=self.edges, metadata=metadata)
+
+
+# Layers no NIR primitive expresses, and why: refused by name rather than written as a graph that computes
+# something else (NIR's nodes apply the same parameters at every step and carry state one step at a time)
+NO_NIR_NODE = {
+    ParallelNeuron: ("neuron=psn, masked_psn, sliding_psn", "its potential at each step is a learned weighted sum of "
+                     "the inputs of other time steps (H = W X over the T steps at once), not a state carried from one "
+                     "step to the next as NIR's neurons carry theirs", "neuron=lif or neuron=plif"),
+    TemporalEffectiveBatchNorm: ("norm=tebn", "its scale p[t] changes with the time step, while a NIR node applies "
+                                 "the same weights at every step", "norm=bn or tdbn (folded into the weights)"),
+    BatchNormPerTimeStep: ("norm=bntt", "its statistics and scale change with the time step, while a NIR node "
+                           "applies the same weights at every step", "norm=bn or tdbn (folded into the weights)"),
+}
+
+
+def refuse_inexpressible(module: nn.Module, where: str) -> None:
+    """ExportError naming the layer, its config option, why NIR cannot express it and what to train instead."""
+    for cls, (option, why, instead) in NO_NIR_NODE.items():
+        if isinstance(module, cls):
+            raise ExportError(f"{where}{type(module).__name__} ({option}) has no NIR node: {why}. Export a network "
+                              f"trained with {instead}")
 
 
 def neuron_node(neuron: SpikingNeuron, shape, dt: float, where: str = "") -> nir.NIRNode:
@@ -140,6 +161,7 @@ def _pair(v) -> np.ndarray:
 def _add_layer(g: _Graph, module: nn.Module, where: str, dt: float) -> None:
     if isinstance(module, (SeqDropout, NoNorm)):  # the identity at inference
         return
+    refuse_inexpressible(module, where)
     if isinstance(module, SpikingNeuron):
         g.add(type(module).__name__.lower(), neuron_node(module, g.shape, dt, where), g.shape, spikes=True)
         return

@@ -35,7 +35,7 @@ from torch import nn
 
 from snnexp.nn.layers import Repeated, SeqToANN, run_layers
 from snnexp.nn.neurons import SpikingNeuron
-from snnexp.nn.norms import BatchNormThroughTime
+from snnexp.nn.norms import BatchNormOverTime
 from snnexp.nn.pooling import MaxPool2d
 from snnexp.ops.fused import kernel_unavailable, lif_multistep_fused
 from snnexp.ops.normalised import batch_norm
@@ -170,7 +170,7 @@ def cpu_kernel_neuron(neuron, x: torch.Tensor) -> bool:
 
 def fuse_blocks(model: nn.Module) -> nn.Module:
     """Replace, in place, every BN-SN, SN-MP and BN-SN-MP of `model`'s layer runs by a FusedBlock (module
-    docstring) and return `model`. Layers qualify when the joined ops compute them exactly: our BN through time
+    docstring) and return `model`. Layers qualify when the joined ops compute them exactly: our BN over time
     (or tdBN), a spiking neuron of the fused kernel (IF, LIF, PLIF, STBP-LIF with backend=fused and a surrogate the
     kernels know), our MaxPool2d."""
     if not hasattr(model, "_unfused_order"):
@@ -206,8 +206,10 @@ def _fuse_run(owner: nn.Module, owner_name: str, slots: List[str]) -> Dict[str, 
 
 
 def _block_at(layers: List[nn.Module]):
-    """(norm or None, neuron, pool or None) of the block the first of `layers` starts, or None."""
-    norm = layers[0] if layers and type(layers[0]).forward is BatchNormThroughTime.forward else None
+    """(norm or None, neuron, pool or None) of the block the first of `layers` starts, or None. A norm joins when its
+    forward is BatchNormOverTime's (that BN and tdBN): one affine map per channel for all steps, which the kernels
+    apply. TEBN and BNTT (their own forward: per-step scales, per-step BNs) run apart, before the block."""
+    norm = layers[0] if layers and type(layers[0]).forward is BatchNormOverTime.forward else None
     rest = layers[norm is not None:]
     if not rest or not _kernel_neuron(rest[0]):
         return None

@@ -12,7 +12,7 @@ all T steps at once (time folded into the batch, SeqToANN), and only W_rec s[t-1
 
 Why the norm: with PyTorch's default weights (below) the input currents of a wide, sparse input such as SHD's 700
 channels are about 0.1 to 0.2, far below a threshold of 1, and a layer that never fires gets no gradient through
-its surrogate; BN through time scales them to unit variance per neuron from the first step, as it does for the
+its surrogate; BN over time (norm=bn) scales them to unit variance per neuron from the first step, as it does for the
 papers' convolutional networks. The recurrent term is left unnormalised (it is zero until the layer fires).
 
 Why the fused multistep kernel (snnexp/ops/fused.py) cannot run this layer: the kernel takes the whole input

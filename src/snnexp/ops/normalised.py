@@ -1,5 +1,6 @@
-"""BN through time fused with the spiking layer after it: the papers' block `BN-SN` (and `BN-SN-MPk2s2`, with
-ops/pooled.py), where BN normalises the input currents per channel over time, batch and space.
+"""BN over time (norm=bn, tdbn) fused with the spiking layer after it: the papers' block `BN-SN` (and `BN-SN-MPk2s2`,
+with ops/pooled.py), where BN normalises the input currents per channel over time, batch and space. (TEBN and BNTT,
+whose output depends on the step, are not joined: snnexp.nn.fusion.)
 
 Apart, BN reads X and writes BN(X), the neuron reads BN(X) again, and both keep a tensor of X's size for backward;
 backward, BN reads dL/dBN(X) and X twice (once for its per-channel sums, once for dL/dX). Joined, the neuron kernels
@@ -58,14 +59,14 @@ def batch_norm(bn: _BatchNorm, x: Tensor, steps: int = 0) -> Optional[Norm]:
     if batch and values <= 1:  # BN itself says what is wrong
         return None
     with torch.no_grad():
-        mean, invstd = _statistics(bn, x if steps else x.flatten(0, 1), values, batch)
+        mean, invstd = norm_statistics(bn, x if steps else x.flatten(0, 1), values, batch)
     weight = bn.weight if bn.affine else torch.ones_like(mean)
     bias = bn.bias if bn.affine else torch.zeros_like(mean)
     params = torch.stack([weight.to(x.dtype), bias.to(x.dtype), mean.to(x.dtype), invstd.to(x.dtype)])
     return Norm(params.contiguous(), channel_inner(step), batch)
 
 
-def _statistics(bn: _BatchNorm, x: Tensor, values: int, batch: bool):
+def norm_statistics(bn: _BatchNorm, x: Tensor, values: int, batch: bool):
     """(mean, invstd) per channel: x's own (updating bn's running statistics when it tracks them, with the unbiased
     variance of all `values`), or bn's running ones. invstd is formed in float64, as PyTorch's BN does."""
     if not batch:

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from snnexp.nn.delays import DelayedFC
 from snnexp.nn.fusion import original_name
 from snnexp.nn.layers import Repeated, SeqToANN
 from snnexp.nn.neurons import SpikingNeuron
@@ -52,7 +53,7 @@ from snnexp.nn.recurrent import RecurrentFC
 from snnexp.ops.fused import kernels_ready
 from snnexp.ops.kernels import cpu
 
-SOP_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+SOP_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, DelayedFC)
 RASTER_NEURONS = 256  # at most this many neurons of a layer in its raster: a fixed, evenly spaced subset
 
 
@@ -107,7 +108,7 @@ def layer_reach(layer: nn.Module, in_shape) -> Tuple[torch.Tensor, int]:
     synapses with a non-zero weight out of each input position ([in_features] for Linear, [C, *spatial] for a
     convolution); dense, all synapses out of one row, zero weights included."""
     nonzero_weight = layer.weight.detach() != 0
-    if isinstance(layer, nn.Linear):
+    if isinstance(layer, (nn.Linear, DelayedFC)):  # a delayed synapse: one operation per input spike, as FC's
         return nonzero_weight.sum(0), layer.in_features * layer.out_features
     return conv_reach(layer, in_shape, nonzero_weight), int(conv_reach(layer, in_shape).sum())
 
@@ -233,7 +234,7 @@ class Activity:
         def hook(module, inputs, out):
             x = inputs[0].detach()
             repeats = self._repeats.pop(module, 1)
-            if isinstance(module, nn.Linear):  # [..., in_features]: rows of features
+            if isinstance(module, (nn.Linear, DelayedFC)):  # [..., in_features]: rows of features
                 x = x.flatten(0, -2)
             key = (name, tuple(x.shape[1:]))
             if key not in self._reach:

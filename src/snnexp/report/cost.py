@@ -18,7 +18,9 @@ from typing import Dict
 
 from torch import nn
 
-WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+from snnexp.nn.delays import DelayedFC
+
+WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, DelayedFC)
 
 
 def static_metrics(model: nn.Module) -> Dict[str, float]:

@@ -83,6 +83,7 @@ def evaluate_checkpoint(path, device_name: str = "auto", data_dir: Optional[str]
     metrics = test_metrics(test, paper_acc)
     metrics.update(epoch=state["epoch"], checkpoint=str(Path(path).resolve()))
     if neurobench:
+        require_neurobench_counts(run.model)
         metrics["neurobench"] = neurobench_results(run, loader)
     return metrics
 
@@ -94,6 +95,17 @@ def require_neurobench() -> None:
     except ImportError as e:
         raise ConfigError(f"neurobench=true needs the neurobench package, which cannot be imported ({e}): install it "
                           "with pip install 'snnexp[neurobench]' (or pip install neurobench)") from None
+
+
+def require_neurobench_counts(model) -> None:
+    """ConfigError for a network with layers NeuroBench does not count (it counts Linear and Conv layers only): its
+    numbers would leave out a learned-delay layer's synaptic operations, where ours count them."""
+    from snnexp.nn.delays import delayed_layers
+
+    if delayed_layers(model):
+        raise ConfigError("neurobench=true: NeuroBench counts the synaptic operations of Linear and Conv layers only, "
+                          "not those of learned-delay layers (DFC in model.spec); snnexp eval without neurobench=true "
+                          "counts them")
 
 
 def neurobench_results(run: Run, loader) -> Dict[str, Any]:

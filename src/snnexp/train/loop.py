@@ -18,7 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from snnexp.errors import CheckpointError, ConfigError, NonFiniteError
-from snnexp.nn import fusion
+from snnexp.nn import delays, fusion
 from snnexp.report.metrics import (
     LayerTags,
     TestSummary,
@@ -59,7 +59,10 @@ def setup(cfg: DictConfig) -> Run:
 
 
 def new_train_state(run: Run) -> TrainState:
-    optimizer = instantiate(run.cfg.optim, params=fusion.parameters(run.model))  # in the checkpoints' order
+    """The optimizer (its parameters in the checkpoints' order; learned delays' positions in a group of their own, at
+    their own learning rate: nn.delays.param_groups), schedule and loss scaler of a new run."""
+    params = delays.param_groups(fusion.parameters(run.model), run.model, run.cfg.optim.lr)
+    optimizer = instantiate(run.cfg.optim, params=params, _convert_="all")  # "all": groups as plain dicts
     scaler = torch.amp.GradScaler(run.device.type, enabled=run.cfg.trainer.amp and run.device.type == "cuda")
     return TrainState(run.model, optimizer, instantiate(run.cfg.sched, optimizer=optimizer), scaler)
 
@@ -138,8 +141,9 @@ def _fit(cfg: DictConfig, run_dir: Path, hparams: Dict[str, Any], resume: Option
             test_m = evaluate(run, test_loader)
             val_m = evaluate(run, val_loader, "validation") if val_loader else None  # it chooses best.pt, if any
             lr = state.optimizer.param_groups[0]["lr"]
-            if state.totals is None:  # a whole epoch (not one cut by trainer.max_steps): the schedule moves on
+            if state.totals is None:  # a whole epoch (not one cut by trainer.max_steps): the schedules move on
                 state.scheduler.step()
+                delays.end_epoch(run.model, epoch, cfg.trainer.epochs)  # learned delays' kernel width
             state.metrics = epoch_metrics(state.metrics, epoch, state.step, train_m, test_m, time.perf_counter() - t0,
                                           paper_acc, val_m)
             chosen, chosen_acc, _ = chosen_epoch(state.metrics)

@@ -6,6 +6,7 @@ count the elements of every layer's output; every activation is [T, B, ...], so 
 time step and sample for the backward pass, scaled by T x batch x 4 bytes x AUTOGRAD_FACTOR (measured below). The
 gradients and Adam's moments of the weights come on top. The hooks also switch off the joined BN-SN-pool kernels
 (snnexp.nn.fusion.FusedBlock), so every layer is called as a module and counted, the spiking layers included.
+A network with a layer built for exactly T steps (a PSN's T x T weights) is probed once, at T.
 """
 
 import logging
@@ -65,7 +66,8 @@ def counted_outputs(model: nn.Module, x_seq: torch.Tensor) -> int:
 def step_bytes(model: nn.Module, encoder, sequence: bool, input_shape, T: int, batch: int) -> int:
     """The estimated floor of one training step's new memory at T time steps and `batch` samples: the outputs of
     one sample at T = 1 and 2 (as the run's encoder gives them: direct coding's repeated input runs the layers
-    before the first neuron once, whatever T) give what each step adds and what runs once."""
+    before the first neuron once, whatever T) give what each step adds and what runs once. A network with a layer
+    built for exactly T steps (`fixed_steps`: PSN, MaskedPSN) is probed at T itself, which T's range bounds."""
     device = next(model.parameters(), torch.zeros(())).device
 
     def probe(steps: int) -> int:
@@ -74,10 +76,13 @@ def step_bytes(model: nn.Module, encoder, sequence: bool, input_shape, T: int, b
         image = torch.zeros(1, *input_shape, device=device)
         return counted_outputs(model, encoder(image, steps, generator=torch.Generator(device).manual_seed(0)))
 
-    one, two = probe(1), probe(2)
-    per_step, once = two - one, 2 * one - two
+    if any(getattr(m, "fixed_steps", None) for m in model.modules()):
+        outputs = probe(T)  # a layer built for T steps only (a PSN's T x T weights) runs at T alone
+    else:
+        one, two = probe(1), probe(2)
+        outputs = (two - one) * T + 2 * one - two  # per step x T, plus what runs once
     inputs = math.prod(input_shape) * (T if sequence else 1)
-    activations = ((per_step * T + once) * AUTOGRAD_FACTOR + inputs) * batch
+    activations = (outputs * AUTOGRAD_FACTOR + inputs) * batch
     state = NEW_STATE_COPIES * sum(p.numel() for p in model.parameters())
     return int((activations + state) * BYTES_PER_ELEMENT)
 

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from snnexp.errors import ModelError, SpecError
+from snnexp.nn.delays import DEFAULT_MAX_DELAY, DelayedFC
 from snnexp.nn.layers import SeqDropout, SeqFlatten, SeqToANN, run_layers
 from snnexp.nn.models.resnet import SpikingResNet
 from snnexp.nn.models.spec import Layer, expand, format_spec, parse_spec
@@ -67,10 +68,12 @@ class SpecNet(nn.Sequential):
 
     def _materialize(self, input_shape):
         """Shape lazy parameters (NeuNorm's U) with one dry pass, so the optimizer sees them all; in eval
-        mode, so that no BN statistics change."""
+        mode, so that no BN statistics change. One time step, or the steps a layer is built for (`fixed_steps`: a
+        PSN's T x T weights, TEBN's and BNTT's per-step parameters), which take no other number."""
+        steps = max((getattr(m, "fixed_steps", None) or 1 for m in self.modules()), default=1)
         self.eval()
         with torch.no_grad():
-            self(torch.zeros(1, 1, *input_shape))
+            self(torch.zeros(steps, 1, *input_shape))
         self.train()
 
 
@@ -94,6 +97,11 @@ def _build(layer: Layer, shape, neuron, norm, dropout, bias, spec):
     if kind == "rfc":
         mods = [SeqFlatten()] if len(shape) != 1 else []
         mods.append(RecurrentFC(math.prod(shape), a[0], neuron(), norm(a[0]), bias=bias))
+        return mods, (a[0],)
+    if kind == "dfc":
+        mods = [SeqFlatten()] if len(shape) != 1 else []
+        max_delay = a[1] if a[1] is not None else DEFAULT_MAX_DELAY
+        mods.append(DelayedFC(math.prod(shape), a[0], max_delay, bias=bias))
         return mods, (a[0],)
     if kind in ("maxpool", "avgpool"):
         k, s = a[0], a[1] or a[0]

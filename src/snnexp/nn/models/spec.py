@@ -7,6 +7,9 @@ FCn           linear layer with n units (flattens a feature map first)
 RFCn          recurrent spiking layer: FCn-BN-SN with all-to-all recurrent weights on the neurons' own spikes
               of the step before (snnexp.nn.recurrent; flattens first like FCn). It holds its norm and neurons and
               outputs spikes: no SN after it
+DFCn[dM]      linear layer with n units whose every synapse also has a learned delay of 0..M time steps (M even,
+              default 24), learned with DCLS (snnexp.nn.delays; needs pip install 'snnexp[delays]'): currents, like
+              FCn's, so follow it with BN-SN; flattens first like FCn
 MPkXsY/APkXsY max / average pooling (on a feature vector: 1-d, e.g. the final voting APk10s10)
 BN            the configured normalisation (norm=...)      SN  the configured neuron (neuron=...)
 DP / DP0.3    dropout with model.dropout / with p = 0.3, one mask for all time steps
@@ -20,14 +23,16 @@ from typing import List, Tuple, Union
 from snnexp.errors import SpecError
 
 TOKEN_HELP = (
-    "expected one of: cXkY[sZ][pW] (conv), FCn (linear), RFCn (recurrent spiking), MPkXsY / APkXsY (max / avg pool), "
-    "BN (norm), SN (neuron), DP or DPp (dropout), {...}*n (repeat)"
+    "expected one of: cXkY[sZ][pW] (conv), FCn (linear), RFCn (recurrent spiking), DFCn[dM] (linear with learned "
+    "delays of 0..M steps, M even), MPkXsY / APkXsY (max / avg pool), BN (norm), SN (neuron), DP or DPp (dropout), "
+    "{...}*n (repeat)"
 )
 
 _PATTERNS = {
     "conv": re.compile(r"c(\d+)k(\d+)(?:s(\d+))?(?:p(\d+))?"),
     "fc": re.compile(r"FC(\d+)"),
     "rfc": re.compile(r"RFC(\d+)"),  # tokens are matched whole (fullmatch): FC never takes RFC's tail
+    "dfc": re.compile(r"DFC(\d+)(?:d(\d+))?"),
     "maxpool": re.compile(r"MPk(\d+)(?:s(\d+))?"),
     "avgpool": re.compile(r"APk(\d+)(?:s(\d+))?"),
     "norm": re.compile(r"BN"),
@@ -42,6 +47,9 @@ _PATTERNS = {
 MAX_LAYERS = 10_000  # layers after expanding the repeats
 MAX_REPEAT = MAX_LAYERS  # a group repeated more often can never fit in MAX_LAYERS
 MAX_NESTING = 32  # groups '{...}' inside groups; each level costs a few stack frames when parsed and printed
+# a DFC layer's training kernel holds max delay + 1 taps per synapse (and autograd a few copies): at 1,000 steps a
+# 512 x 512 layer's take 1 GB each; the papers' largest is 30 steps (Hammouamri 2024, SSC)
+MAX_DELAY = 1000
 
 
 def _bad_token(spec: str, pos: int, length: int, problem: str) -> SpecError:
@@ -64,6 +72,8 @@ class Layer:
             return f"FC{a[0]}"
         if self.kind == "rfc":
             return f"RFC{a[0]}"
+        if self.kind == "dfc":
+            return f"DFC{a[0]}" + (f"d{a[1]}" if a[1] is not None else "")
         if self.kind in ("maxpool", "avgpool"):
             return ("MP" if self.kind == "maxpool" else "AP") + f"k{a[0]}" + (f"s{a[1]}" if a[1] is not None else "")
         if self.kind == "dropout":
@@ -151,6 +161,9 @@ def _parse_item(spec, pos, depth):
                 raise _bad_token(spec, pos, len(text), f"'{text}' needs sizes >= 1")
             if kind == "conv" and (args[0] < 1 or args[1] < 1 or (args[2] is not None and args[2] < 1)):
                 raise _bad_token(spec, pos, len(text), f"'{text}' needs channels, kernel and stride >= 1")
+            if kind == "dfc" and args[1] is not None and (args[1] % 2 or args[1] > MAX_DELAY):
+                raise _bad_token(spec, pos, len(text), f"'{text}' needs an even maximum delay d in 2..{MAX_DELAY} "
+                                 "(steps; the kernel of d + 1 taps is centred on DCLS's grid)")
             return Layer(kind, args), end
     if text == "" and end < len(spec) and spec[end] == "}":
         raise _bad_token(spec, pos, 1, "empty group or missing layer before '}'")

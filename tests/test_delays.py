@@ -255,6 +255,11 @@ def test_a_delay_network_trains_on_shd_files_through_the_cli(tmp_path):
     assert math.isfinite(float(weights["0.positions"].sum())) and float(weights["0.sigma"]) == 2.0
     out = run_snnexp("eval", "checkpoint=run/checkpoints/last.pt", "hydra.run.dir=ev", cwd=tmp_path).stdout
     assert "test_acc" in out  # the test pass of the rounded delays
+    # NeuroBench counts Linear and Conv layers only: its numbers would leave the delayed synapses out
+    proc = run_snnexp("eval", "checkpoint=run/checkpoints/last.pt", "neurobench=true", "hydra.run.dir=nb", cwd=tmp_path,
+                      check=False)
+    assert proc.returncode == 2 and "NeuroBench counts the synaptic operations of Linear and Conv layers only" in \
+        proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_without_dcls_a_run_stops_with_one_line(tmp_path, monkeypatch):

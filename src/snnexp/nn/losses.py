@@ -45,7 +45,8 @@ class TET(nn.Module):
         ce = self.mean_step_cross_entropy(scores_seq, target)
         if self.lam == 0:
             return ce
-        return (1 - self.lam) * ce + self.lam * F.mse_loss(scores_seq, torch.full_like(scores_seq, self.phi))
+        phi = scores_seq.new_tensor(self.phi).expand_as(scores_seq)  # a view: no [T, B, K] tensor of phi's
+        return (1 - self.lam) * ce + self.lam * F.mse_loss(scores_seq, phi)
 
     @staticmethod
     def mean_step_cross_entropy(scores_seq: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,7 @@ def test_help_lists_commands_and_config_groups(tmp_path):
     out = run_snnexp("train", "--help", cwd=tmp_path).stdout
     for line in ("neuron: alif, if, lif, masked_psn, plif, psn, sliding_psn, stbp",
                  "surrogate: atan, fast_sigmoid, rect, sigmoid, triangle",
-                 "norm: bn, bntt, neunorm, none, tdbn, tebn", "encoder: direct, latency, poisson",
+                 "norm: bn, bntt, neunorm, none, sws, tdbn, tebn", "encoder: direct, latency, poisson",
                  "dataset: cifar10, cifar100, digits", "loss: ce_rate, mse_rate, tet",
                  "experiment: cramer_rsnn_shd, cramer_rsnn_ssc, deng_tet_dvs_cifar10, duan_tebn_dvs_cifar10",
                  "readout: membrane_last, membrane_max, membrane_mean, rate, voting", "optim: adam, adamax, sgd"):

@@ -23,6 +23,7 @@ from snnexp.nn import fusion
 from snnexp.nn.models import with_output_layer
 from snnexp.train import checkpoint, distributed
 from snnexp.train.diagnose import parameter_layers
+from snnexp.train.learning import learning_rule
 
 log = logging.getLogger("snnexp")
 
@@ -44,6 +45,7 @@ class Run:
     net: Optional[Any] = None  # what forward() calls in training: the model, wrapped in DDP (trainer.strategy=ddp)
     # and/or compiled (trainer.compile); the checkpoint keeps the model's own state_dict keys
     eval_net: Optional[Any] = None  # in eval mode: the same without DDP (a test pass needs no gradient sync)
+    learning: Any = None  # how a step computes its gradient (snnexp.train.learning; None: backprop through time)
 
     def __post_init__(self):
         if self.net is None:
@@ -107,6 +109,8 @@ def build_run(cfg: DictConfig, device: torch.device, ddp: bool = False) -> Run:
     splits = validation.load(cfg.dataset)
     _check_not_empty(splits)
     model = build_model(cfg, splits.input_shape, splits.num_classes).to(device)
+    learning = learning_rule(cfg)
+    learning.prepare(model)  # before joining: a rule may run neurons on their step-by-step definition
     if cfg.trainer.join_layers and device.type == "cpu":  # the joined ops are CPU kernels
         fusion.fuse_blocks(model)
     if cfg.trainer.channels_last:
@@ -118,7 +122,7 @@ def build_run(cfg: DictConfig, device: torch.device, ddp: bool = False) -> Run:
     if ddp and cfg.trainer.compile:
         net = torch.compile(net, dynamic=False)
     return Run(cfg, splits, instantiate(cfg.encoder), model, instantiate(cfg.readout), instantiate(cfg.loss), device,
-               net, eval_net=compiled)
+               net, eval_net=compiled, learning=learning)
 
 
 def _check_not_empty(splits) -> None:
@@ -229,6 +233,8 @@ def part_problems(cfg: DictConfig) -> List[str]:
     if getattr(loss, "needs", None) == "rates" and getattr(readout, "scores", "rates") == "potentials":
         problems.append("a membrane readout gives membrane potentials, not firing rates, and loss=mse_rate compares "
                         "rates with one-hot labels: use loss=ce_rate (cross-entropy), or readout=rate")
+    learning = _configured_class(cfg, "learning")
+    problems += learning.problems(cfg, neuron) if hasattr(learning, "problems") else []
     return problems
 
 

@@ -163,7 +163,11 @@ def _backward_in_pieces(run: Run, state: TrainState, x: torch.Tensor, y: torch.T
     same step with a piece's activation memory. Exact where no layer mixes samples; BatchNorm normalises each piece
     by its own statistics. Returns (scores, the batch's mean loss, None), or, at the first piece whose loss is not
     finite (on any process of a data-parallel run, which all stop there), (None, nan, (that piece, its loss))."""
+    if hasattr(run.learning, "backward_batch"):  # learning=ottt: the rule runs the batch step by step
+        return _backward_online(run, state, x, y)
     size = run.cfg.trainer.micro_batch or len(y)
+    if run.learning is not None:  # e.g. SLTT-K's time steps with a gradient, drawn for this batch
+        run.learning.before_batch(run.model, run.cfg.trainer.seed, state.step, run.cfg.trainer.T)
     pieces = list(zip(x.split(size), y.split(size)))
     scores, total = [], 0.0
     for i, (xp, yp) in enumerate(pieces):
@@ -179,3 +183,25 @@ def _backward_in_pieces(run: Run, state: TrainState, x: torch.Tensor, y: torch.T
         scores.append(out.detach())
         total += loss.item()
     return torch.cat(scores), total, None
+
+
+def _backward_online(run: Run, state: TrainState, x: torch.Tensor, y: torch.Tensor):
+    """_backward_in_pieces' result for a rule that runs a batch one time step at a time (learning=ottt), each step's
+    loss (of that step's scores: the readout of one step) backpropagated at once."""
+    x_seq = x.transpose(0, 1) if run.splits.sequence else run.encoder(x, run.cfg.trainer.T)
+    per_step = getattr(run.loss_fn, "per_step", False)
+
+    def step(x_step):
+        with autocast(run):
+            return run.model(x_step).float()
+
+    def step_loss(out):
+        return run.loss_fn(run.readout.per_step(out) if per_step else run.readout(out), y)
+
+    def backward(loss):
+        state.scaler.scale(loss).backward()
+
+    outs, total, bad = run.learning.backward_batch(step, x_seq, step_loss, backward)
+    if bad is not None:
+        return None, float("nan"), (x, bad)
+    return run.readout(outs), total, None

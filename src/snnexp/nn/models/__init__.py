@@ -20,6 +20,7 @@ from snnexp.nn.models.spec import Layer, expand, format_spec, parse_spec
 from snnexp.nn.neurons import SpikingNeuron
 from snnexp.nn.pooling import MaxPool2d
 from snnexp.nn.recurrent import RecurrentFC
+from snnexp.nn.weight_standardization import attach_weight_norms
 
 __all__ = ["MLP", "ModelError", "RSNN", "SpecNet", "SpecError", "SpikingResNet", "parse_spec", "format_spec",
            "with_output_layer"]
@@ -48,6 +49,7 @@ class SpecNet(nn.Sequential):
                 layers.extend(module)
             elif module is not None:
                 layers.append(module)
+        attach_weight_norms(layers)  # norm=sws: standardises the weight of the conv/FC before each BN token
         super().__init__(*layers)
         if any(isinstance(p, nn.parameter.UninitializedParameter) for p in self.parameters()):
             self._materialize(input_shape)

@@ -4,7 +4,7 @@ calls. Its own module so that the neurons beside __init__.py (parallel.py) can b
 package that exports them.
 """
 
-from typing import Callable, Dict, Optional, Union
+from typing import Callable, Dict, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -44,6 +44,21 @@ def lif_multistep(x_seq: torch.Tensor, tau_inv: Union[float, torch.Tensor, None]
                                    return_v)
 
 
+def lif_multistep_spatial(x_seq: torch.Tensor, tau_inv, surrogate: Callable, v_threshold: float = 1.0,
+                          v_reset: Optional[float] = 0.0, decay_input: bool = True, detach_reset: bool = False,
+                          keep: Optional[Sequence[bool]] = None, v: Optional[torch.Tensor] = None):
+    """The reference definition with the membrane V[t-1] detached at every step: the same spikes, and a gradient
+    through the spatial path only (the temporal term dV[t]/dV[t-1] dropped: SLTT, snnexp.train.learning). `keep`: a
+    flag per step; the spikes of a step without it are detached too, so that no gradient is taken at that step.
+    `v`: the membrane to start from (None: at rest). Returns (spikes, the last V, detached)."""
+    v = torch.full_like(x_seq[0], 0.0 if v_reset is None else v_reset) if v is None else v
+    spikes = []
+    for t, x in enumerate(x_seq):
+        s, v = lif_step(x, v.detach(), tau_inv, surrogate, v_threshold, v_reset, decay_input, detach_reset)
+        spikes.append(s if keep is None or keep[t] else s.detach())
+    return torch.stack(spikes), v.detach()
+
+
 class SpikingNeuron(nn.Module):
     """Common parameters. A call processes a whole [T, B, ...] sequence from rest; `initial_state` and `step`
     run it one time step at a time (for recurrent layers).
@@ -54,6 +69,14 @@ class SpikingNeuron(nn.Module):
     decay_input = True  # IF: no leak, so no input decay either (LIF and PLIF set their own)
     backends = BACKENDS  # the ways it can run (ALIF: the reference only)
     takes_repeated = True  # direct coding's Repeated input gives the spikes of all steps (snnexp.nn.neurons.repeated)
+    # Set by a learning rule (snnexp.train.learning, learning=sltt), not by the config: detach_membrane runs the
+    # step-by-step definition with V[t-1] detached (lif_multistep_spatial); gradient_steps, with it, the steps whose
+    # gradient is kept (a flag per step; None: all); carry_membrane, with it, makes a call go on from the membrane
+    # the previous call left (carried_v; None: at rest), for a network run one step per call (learning=ottt)
+    detach_membrane = False
+    gradient_steps: Optional[Sequence[bool]] = None
+    carry_membrane = False
+    carried_v: Optional[torch.Tensor] = None
 
     def __init__(
         self,
@@ -96,6 +119,12 @@ class SpikingNeuron(nn.Module):
     def forward(self, x_seq: Union[torch.Tensor, Repeated]) -> torch.Tensor:
         """Spikes [T, B, ...] of x_seq [T, B, ...], or of a Repeated's step fed at each of its T steps (direct
         coding: the fused kernel reads it in place and sums its gradient over the steps)."""
+        if self.detach_membrane:
+            x_seq = x_seq.expand() if isinstance(x_seq, Repeated) else x_seq
+            spikes, v = lif_multistep_spatial(x_seq, *self.dynamics(), keep=self.gradient_steps,
+                                              v=self.carried_v if self.carry_membrane else None)
+            self.carried_v = v if self.carry_membrane else None
+            return spikes
         if isinstance(x_seq, Repeated):
             return lif_multistep(x_seq.step, *self.dynamics(), backend=self.backend, steps=x_seq.T)
         return lif_multistep(x_seq, *self.dynamics(), backend=self.backend)

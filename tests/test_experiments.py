@@ -49,6 +49,10 @@ PAPER = {
     "deng_tet_dvs_cifar10": ("dvs_cifar10", 10, VGGSNN, "LIF", "BatchNormOverTime", "TET", 128, 0.8317),
     "duan_tebn_dvs_cifar10": ("dvs_cifar10", 10, VGGSNN, "LIF", "TemporalEffectiveBatchNorm", "CERate", 16, 0.849),
     "fang_psn_dvs_cifar10": ("dvs_cifar10", 10, VGGSNN, "SlidingPSN", "BatchNormOverTime", "TET", 32, 0.859),
+    # online training through time (learning=ottt) with scaled weight standardisation: docs/science.md, 9
+    "xiao_ottt_dvs_gesture": ("dvs_gesture", 20, "c64k3s1-BN-SN-c128k3s1-BN-SN-APk2s2-c256k3s1-BN-SN-c256k3s1-BN-SN-"
+                              "APk2s2-c512k3s1-BN-SN-c512k3s1-BN-SN-APk2s2-c512k3s1-BN-SN-c512k3s1-BN-SN-APk16s16-"
+                              "FC11-SN", "LIF", "ScaledWeightStandardization", "CERate", 16, 0.9688),
     # learned synaptic delays (snnexp.nn.delays, the dcls package: extra 'delays'): docs/science.md, 5
     "hammouamri_delays_shd": ("shd", 176, "DFC256d24-BN-SN-DP-DFC256d24-BN-SN-DP-DFC20d24-SN", "LIF",
                               "BatchNormOverTime", "CERate", 256, 0.9507),

@@ -256,6 +256,9 @@ def test_ottt_refuses_what_it_does_not_define(overrides, words):
     problems = part_problems(compose_train("learning=ottt", *overrides))
     assert len(problems) == 1 and words in problems[0], problems
     assert part_problems(compose_train("learning=ottt", "norm=sws")) == []
+    # the output layer's currents read at every step as they are (tau 1: no state from step to step), as OTTT reads out
+    assert part_problems(compose_train("learning=ottt", "norm=sws", "readout=membrane_mean", "readout.tau=1",
+                                       "loss=ce_rate")) == []
 
 
 def test_learning_k_range_and_the_cli_refusal(tmp_path):
@@ -281,3 +284,12 @@ def test_resumed_run_equals_the_uninterrupted_one(tmp_path, learning):
     run_snnexp("train", *args, "trainer.max_steps=7", "hydra.run.dir=cut", cwd=tmp_path)
     run_snnexp("train", "resume=cut", "trainer.max_steps=null", cwd=tmp_path)
     same_results(tmp_path / "whole", tmp_path / "cut")
+
+
+def test_the_learning_rules_compare_in_one_sweep(tmp_path):
+    """snnexp train -m learning=bptt,ottt norm=sws: both runs trained, the sweep's table lists them by rule."""
+    out = run_snnexp("train", "-m", "learning=bptt,ottt", "norm=sws", "trainer.epochs=1", "trainer.max_steps=1",
+                     "trainer.progress=false", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    runs = sorted(p.parent.name for p in (tmp_path / "sweep").glob("*/metrics.json"))
+    assert len(runs) == 2 and "learning=bptt" in runs[0] and "learning=ottt" in runs[1]
+    assert "learning" in out.stdout and (tmp_path / "sweep" / "compare.md").is_file()

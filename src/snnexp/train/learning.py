@@ -161,8 +161,10 @@ class OTTT(BPTT):
                 OmegaConf.select(cfg, "model.spec") or "").upper() or model.__name__ == "SpikingResNet"):
             problems.append("learning=ottt runs spec networks of conv, FC, pooling and SN layers (model=convnet, "
                             "mlp, fc, ...): not ResNets or delayed FC layers")
-        if hasattr(_class_of(cfg, "readout"), "output_layer"):
-            problems.append("learning=ottt scores each step's spikes: use readout=rate, not a membrane readout")
+        if hasattr(_class_of(cfg, "readout"), "output_layer") and OmegaConf.select(cfg, "readout.tau") != 1:
+            problems.append("learning=ottt runs one time step at a time, so a membrane readout's output neurons would "
+                            "start from rest at every step: use readout.tau=1 (each step's output currents as they "
+                            "are, as the paper reads out) or readout=rate")
         for key, allowed in (("trainer.strategy", "single"), ("trainer.micro_batch", None)):
             if OmegaConf.select(cfg, key) != allowed:
                 problems.append(f"learning=ottt runs a batch step by step, not in pieces or processes: set "

@@ -38,18 +38,19 @@ $(HYDRA_MIN): pyproject.toml | $(EXTRAS)
 		"hydra-core==$$(sed -n 's/.*"hydra-core>=\([0-9.]*\)".*/\1/p' pyproject.toml)"
 
 # -n auto: pytest-xdist, one worker per core (most tests wait on one thread: Python starting, Hydra composing);
+# --dist worksteal: an idle worker takes tests queued for the other, so the run does not end on one worker's tail;
 # the CPU kernels are built first, once, rather than by every worker at once (a no-op once built)
 KERNELS := $(PY) -c "from snnexp.ops.kernels import cpu; cpu.build()"
 
 test: $(EXTRAS) $(HYDRA_MIN)
 	$(KERNELS)
-	$(PY) -m pytest -q -n auto $(ARGS)
+	$(PY) -m pytest -q -n auto --dist worksteal $(ARGS)
 	@PYTHONPATH=$(HYDRA_MIN) $(PY) -c "import hydra; print('tests/test_trust.py under hydra-core', hydra.__version__)"
 	PYTHONPATH=$(HYDRA_MIN) $(PY) -m pytest -q -n auto tests/test_trust.py
 
 test-all: $(EXTRAS)
 	$(KERNELS)
-	$(PY) -m pytest -q -n auto -m "" $(ARGS)
+	$(PY) -m pytest -q -n auto --dist worksteal -m "" $(ARGS)
 
 lint: $(EXTRAS)
 	$(VENV)/bin/ruff check src tests bench examples

@@ -279,9 +279,10 @@ def test_cli_trains_with_sws(tmp_path, learning):
 def test_resumed_run_equals_the_uninterrupted_one(tmp_path, learning):
     from test_resume import same_results
 
-    args = [*learning, "norm=sws", "neuron=lif", "trainer.epochs=1", "trainer.progress=false"]
+    args = [*learning, "norm=sws", "neuron=lif", "trainer.epochs=1", "trainer.progress=false", "model=mlp",
+            "trainer.batch_size=256"]  # 6 steps: stopped after 3, resumed
     run_snnexp("train", *args, "hydra.run.dir=whole", cwd=tmp_path)
-    run_snnexp("train", *args, "trainer.max_steps=7", "hydra.run.dir=cut", cwd=tmp_path)
+    run_snnexp("train", *args, "trainer.max_steps=3", "hydra.run.dir=cut", cwd=tmp_path)
     run_snnexp("train", "resume=cut", "trainer.max_steps=null", cwd=tmp_path)
     same_results(tmp_path / "whole", tmp_path / "cut")
 
@@ -289,7 +290,8 @@ def test_resumed_run_equals_the_uninterrupted_one(tmp_path, learning):
 def test_the_learning_rules_compare_in_one_sweep(tmp_path):
     """snnexp train -m learning=bptt,ottt norm=sws: both runs trained, the sweep's table lists them by rule."""
     out = run_snnexp("train", "-m", "learning=bptt,ottt", "norm=sws", "trainer.epochs=1", "trainer.max_steps=1",
-                     "trainer.progress=false", "hydra.sweep.dir=sweep", cwd=tmp_path)
+                     "model=mlp", "trainer.batch_size=256", "trainer.progress=false", "hydra.sweep.dir=sweep",
+                     cwd=tmp_path)
     runs = sorted(p.parent.name for p in (tmp_path / "sweep").glob("*/metrics.json"))
     assert len(runs) == 2 and "learning=bptt" in runs[0] and "learning=ottt" in runs[1]
     assert "learning" in out.stdout and (tmp_path / "sweep" / "compare.md").is_file()

@@ -69,7 +69,8 @@ def test_it_trains_through_the_cli(tmp_path, readout):
 def test_the_methods_compose_in_one_sweep(tmp_path):
     """snnexp train -m neuron=plif,psn loss=mse_rate,tet: four runs, each trained, the sweep's table beside them."""
     out = run_snnexp("train", "-m", "neuron=plif,psn", "loss=mse_rate,tet", "trainer.epochs=1", "trainer.max_steps=1",
-                     "trainer.progress=false", "hydra.sweep.dir=sweep", cwd=tmp_path)
+                     "model=mlp", "trainer.batch_size=256", "trainer.progress=false", "hydra.sweep.dir=sweep",
+                     cwd=tmp_path)
     runs = sorted(p.parent.name for p in (tmp_path / "sweep").glob("*/metrics.json"))
     assert len(runs) == 4 and all(("neuron=psn" in r) + ("neuron=plif" in r) == 1 for r in runs)
     assert (tmp_path / "sweep" / "compare.csv").is_file() and "loss" in out.stdout and "neuron" in out.stdout

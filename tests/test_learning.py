@@ -295,3 +295,55 @@ def test_the_learning_rules_compare_in_one_sweep(tmp_path):
     runs = sorted(p.parent.name for p in (tmp_path / "sweep").glob("*/metrics.json"))
     assert len(runs) == 2 and "learning=bptt" in runs[0] and "learning=ottt" in runs[1]
     assert "learning" in out.stdout and (tmp_path / "sweep" / "compare.md").is_file()
+
+
+def test_ottt_matches_spikingjelly_ottt_on_a_two_layer_network():
+    """learning=ottt against SpikingJelly's OTTT (OTTTSequential of Linear and OTTTLIFNode, run one step at a time
+    in training mode, as in its spiking_vggws_ottt) on FC-SN-FC-SN with no pooling, where both apply the trace of the
+    layer's input spikes, float64. Matched conventions: our LIF takes OTTTLIFNode's defaults (decay_input=False,
+    soft reset v_reset=None, detach_reset=True), tau 2, v_threshold 1, sigmoid surrogate alpha 4 in both; the first
+    FC layer takes no trace in either (its input is not a spike train: OTTTSequential passes a plain tensor through
+    it); no bias in either (ours is built with none). Each step's loss, cross-entropy of that step's output / T, is
+    backpropagated at once and the gradients add up over T: the same spikes at every step, the same gradients."""
+    from spikingjelly.activation_based.layer import OTTTSequential
+    from spikingjelly.activation_based.neuron import OTTTLIFNode
+
+    from snnexp.nn.surrogate import Sigmoid
+
+    torch.manual_seed(5)
+    T, B, F, H, C = 4, 3, 5, 6, 2
+    settings = dict(tau=2.0, decay_input=False, v_threshold=1.0, v_reset=None, detach_reset=True)
+    w1, w2 = torch.randn(H, F, dtype=torch.float64) * 1.5, torch.randn(C, H, dtype=torch.float64) * 2
+    x = torch.randn(T, B, F, dtype=torch.float64) * 2
+    labels = torch.randint(0, C, (T, B))
+
+    ours = SpecNet(f"FC{H}-SN-FC{C}-SN", [F], C, lambda: LIF(surrogate=Sigmoid(4.0), **settings), NoNorm).double()
+    with torch.no_grad():
+        ours[0].module.weight.copy_(w1)
+        ours[2].module.weight.copy_(w2)
+    assert ours[0].module.bias is None and ours[2].module.bias is None
+    rule = OTTT()
+    rule.prepare(ours)
+    steps = iter(labels)
+    outs, _, bad = rule.backward_batch(ours, x, lambda out: nn.functional.cross_entropy(out[0], next(steps)),
+                                       torch.Tensor.backward)
+    assert bad is None
+
+    theirs = OTTTSequential(
+        nn.Linear(F, H, bias=False), OTTTLIFNode(surrogate_function=sj_surrogate.Sigmoid(alpha=4.0), **settings),
+        nn.Linear(H, C, bias=False), OTTTLIFNode(surrogate_function=sj_surrogate.Sigmoid(alpha=4.0), **settings),
+    ).double().train()
+    with torch.no_grad():
+        theirs[0].weight.copy_(w1)
+        theirs[2].weight.copy_(w2)
+    spikes = []
+    for t in range(T):
+        spike, _ = theirs(x[t])
+        (nn.functional.cross_entropy(spike, labels[t]) / T).backward()
+        spikes.append(spike.detach())
+    sj_functional.reset_net(theirs)
+
+    assert torch.equal(outs, torch.stack(spikes)) and outs.sum() > 0 and (outs == 0).any()
+    for i in (0, 2):
+        assert theirs[i].weight.grad.abs().sum() > 0
+        torch.testing.assert_close(ours[i].module.weight.grad, theirs[i].weight.grad, rtol=0, atol=1e-10)

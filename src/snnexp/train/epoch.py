@@ -58,8 +58,8 @@ def train_epoch(run: Run, loader: DataLoader, state: TrainState, epoch: int,
                 after_step: Optional[Callable[[bool, Optional[float]], None]] = None) -> TrainSummary:
     """One pass over the training set, from where `state.totals` left it (a resumed epoch). Updates state.step
     and state.totals; at the end of a whole epoch, state.epoch = epoch and state.totals = None. Returns train_m
-    (metrics.train_summary). after_step(last_batch, loss) runs after every batch, with the batch's mean loss (None for a
-batch skipped as non-finite): the per-step loss is logged, checkpoints and stops happen there."""
+    (metrics.train_summary). after_step(last_batch, loss) runs after every batch, with the batch's mean loss (None
+    for a batch skipped as non-finite): the per-step loss is logged, checkpoints and stops happen there."""
     run.model.train()
     with cumulative_bn_statistics(run.model, epoch == 1):
         return _train_epoch(run, loader, state, epoch, after_step)

@@ -92,7 +92,7 @@ def measure(kind: str, impl: str, repeats: int) -> dict:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=21)  # calls of 10-50 ms on shared cores: 5 left ratios of 0.8-2x
     ap.add_argument("--one", nargs=2, metavar=("KIND", "IMPL"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:  # a child process: one (neuron, library), as JSON on stdout

@@ -237,3 +237,16 @@ def _combination_problems(cfg: DictConfig) -> list:
         problems.append("dataset.bin_ms is set but dataset.split_by is not time: set dataset.split_by=time, "
                         "or dataset.bin_ms=null")
     return problems
+
+
+def configured_class(cfg: DictConfig, group: str):
+    """The class a config group's _target_ names (imported, not built), or None where there is none: what the checks
+    of configured parts read their capabilities from. A target that does not import is None here; building the run
+    says what is wrong with it."""
+    from hydra.utils import get_class
+
+    target = OmegaConf.select(cfg, f"{group}._target_")
+    try:
+        return get_class(target) if target else None
+    except Exception:
+        return None

@@ -44,12 +44,11 @@ def check(command: str, args: Sequence[str], config_dirs: Sequence[Path] = ()) -
         return
     added = [o for o in overrides if (o.is_add() or o.is_force_add()) and not _is_group(o.key_or_group, config_dirs)]
     with initialize_config_dir(str(conf_dir()), version_base="1.3", job_name=command):
-        base = compose(command, overrides=search)
         for trial in trials:
             try:
                 compose(command, overrides=[*search, *trial])
             except HydraException as e:
-                chosen = _with_choices(base, command, search, trial, config_dirs)
+                chosen = _with_choices(command, search, trial, config_dirs)
                 raise ConfigError(_explain(e, chosen, command, config_dirs)) from None
             if added:  # checked against the config without them: which keys were there to be set
                 plain = compose(command, overrides=[*search, *(t for t in trial if t not in
@@ -58,11 +57,12 @@ def check(command: str, args: Sequence[str], config_dirs: Sequence[Path] = ()) -
                     _check_added(o.key_or_group, plain)
 
 
-def _with_choices(base: DictConfig, command: str, search: Sequence[str], overrides: Sequence[str],
+def _with_choices(command: str, search: Sequence[str], overrides: Sequence[str],
                   config_dirs: Sequence[Path]) -> DictConfig:
     """The config with the options `overrides` choose (neuron=lif) and none of their keys: what a misspelt key is
-    explained against (neuron=lif neuron.tau0=3: LIF's keys, not the default neuron's); `base` where those do not
-    compose (an unknown option, which is explained without it)."""
+    explained against (neuron=lif neuron.tau0=3: LIF's keys, not the default neuron's); the default config where
+    those do not compose (an unknown option, which is explained without it). Composed only when a refusal is to be
+    explained: a command line that composes pays for no more than its own compositions."""
     from hydra import compose
     from hydra.errors import HydraException
 
@@ -70,7 +70,7 @@ def _with_choices(base: DictConfig, command: str, search: Sequence[str], overrid
     try:
         return compose(command, overrides=[*search, *choices])
     except HydraException:
-        return base
+        return compose(command, overrides=list(search))
 
 
 def _is_group(name: str, config_dirs: Sequence[Path]) -> bool:

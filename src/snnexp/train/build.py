@@ -11,12 +11,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader
 
-from snnexp.config import TrainerConfig
+from snnexp.config import TrainerConfig, configured_class
 from snnexp.data import validation
 from snnexp.errors import CheckpointError, ConfigError, DatasetError
 from snnexp.nn import fusion
@@ -219,7 +219,7 @@ def part_problems(cfg: DictConfig) -> List[str]:
     """The configured parts that do not go together, by what their classes say they can do (their attributes, not
     their names): a neuron's backends, the encoder that passes a dataset's event frames on as they are, the scores
     a readout gives and those a loss needs. One line each, as config.validate words them."""
-    neuron, encoder, readout, loss = (_configured_class(cfg, g) for g in ("neuron", "encoder", "readout", "loss"))
+    neuron, encoder, readout, loss = (configured_class(cfg, g) for g in ("neuron", "encoder", "readout", "loss"))
     problems = []
     backend = OmegaConf.select(cfg, "neuron.backend")
     unsupported = getattr(neuron, "unsupported_backend", None)
@@ -233,15 +233,7 @@ def part_problems(cfg: DictConfig) -> List[str]:
     if getattr(loss, "needs", None) == "rates" and getattr(readout, "scores", "rates") == "potentials":
         problems.append("a membrane readout gives membrane potentials, not firing rates, and loss=mse_rate compares "
                         "rates with one-hot labels: use loss=ce_rate (cross-entropy), or readout=rate")
-    learning = _configured_class(cfg, "learning")
+    learning = configured_class(cfg, "learning")
     problems += learning.problems(cfg, neuron) if hasattr(learning, "problems") else []
     return problems
 
-
-def _configured_class(cfg: DictConfig, group: str):
-    """The class a config group's _target_ names (imported, not built), or None where there is none."""
-    target = OmegaConf.select(cfg, f"{group}._target_")
-    try:
-        return get_class(target) if target else None
-    except Exception:  # a target that does not import: instantiate says so when the run is built
-        return None

@@ -19,11 +19,10 @@ from typing import Callable, List, Optional
 
 import torch
 import torch.nn.functional as F
-from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from snnexp.config import require
+from snnexp.config import configured_class, require
 from snnexp.nn.layers import SeqToANN
 from snnexp.nn.neurons import SpikingNeuron
 
@@ -152,16 +151,16 @@ class OTTT(BPTT):
     @classmethod
     def problems(cls, cfg: DictConfig, neuron_class) -> List[str]:
         problems = spatial_problems("learning=ottt", cfg, neuron_class)
-        norm = _class_of(cfg, "norm")
+        norm = configured_class(cfg, "norm")
         if norm is not None and not (getattr(norm, "standardises_weight", False) or norm.__name__ == "NoNorm"):
             problems.append(f"learning=ottt runs one time step at a time, which {norm.__name__} does not define: "
                             f"the paper replaces BN by scaled weight standardisation, norm=sws (or norm=none)")
-        model = _class_of(cfg, "model")
+        model = configured_class(cfg, "model")
         if model is not None and (getattr(model, "layer_runs", None) is None or "DFC" in str(
                 OmegaConf.select(cfg, "model.spec") or "").upper() or model.__name__ == "SpikingResNet"):
             problems.append("learning=ottt runs spec networks of conv, FC, pooling and SN layers (model=convnet, "
                             "mlp, fc, ...): not ResNets or delayed FC layers")
-        if hasattr(_class_of(cfg, "readout"), "output_layer") and OmegaConf.select(cfg, "readout.tau") != 1:
+        if hasattr(configured_class(cfg, "readout"), "output_layer") and OmegaConf.select(cfg, "readout.tau") != 1:
             problems.append("learning=ottt runs one time step at a time, so a membrane readout's output neurons would "
                             "start from rest at every step: use readout.tau=1 (each step's output currents as they "
                             "are, as the paper reads out) or readout=rate")
@@ -195,13 +194,6 @@ class _Trace:
             on_trace = F.linear(a, layer.weight, layer.bias)
         return output.detach() + (on_trace - on_trace.detach())
 
-
-def _class_of(cfg: DictConfig, group: str):
-    target = OmegaConf.select(cfg, f"{group}._target_")
-    try:
-        return get_class(target) if target else None
-    except Exception:  # a target that does not import: building the run says so
-        return None
 
 
 def _recurrent(cfg: DictConfig) -> bool:

@@ -17,13 +17,14 @@ from snnexp.nn.delays import DEFAULT_MAX_DELAY, DelayedFC
 from snnexp.nn.layers import SeqDropout, SeqFlatten, SeqToANN, run_layers
 from snnexp.nn.models.resnet import SpikingResNet
 from snnexp.nn.models.spec import Layer, expand, format_spec, parse_spec
+from snnexp.nn.models.transformers import QKFormer, SpikeDrivenTransformer, Spikformer
 from snnexp.nn.neurons import SpikingNeuron
 from snnexp.nn.pooling import MaxPool2d
 from snnexp.nn.recurrent import RecurrentFC
 from snnexp.nn.weight_standardization import attach_weight_norms
 
-__all__ = ["MLP", "ModelError", "RSNN", "SpecNet", "SpecError", "SpikingResNet", "parse_spec", "format_spec",
-           "with_output_layer"]
+__all__ = ["MLP", "ModelError", "QKFormer", "RSNN", "SpecNet", "SpecError", "SpikeDrivenTransformer", "Spikformer",
+           "SpikingResNet", "parse_spec", "format_spec", "with_output_layer"]
 
 
 class SpecNet(nn.Sequential):

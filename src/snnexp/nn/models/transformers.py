@@ -1,0 +1,239 @@
+"""Spiking transformers: Spikformer (Zhou et al. 2023), the Spike-driven Transformer (Yao et al. 2023) and QKFormer
+(Zhou et al. 2024), time-major [T, B, C, H, W] -> [T, B, num_outputs], with the configured neuron and norm.
+
+Each is a tokeniser (convolutions that cut the image into a grid of tokens: the papers' spiking patch splitting or
+patch embedding), transformer blocks (attention and a token-wise MLP, each added to its input:
+x = x + attention(x); x = x + mlp(x)) and a head (the mean over tokens, a linear classifier and the configured
+neuron, which a membrane readout replaces by non-spiking outputs: the papers' head). The attentions are those of
+snnexp.nn.attention; the architectures, and where our code and SpikingJelly's differ from the papers' code, are in
+docs/science.md, section 7.
+
+The tokeniser adapts to the input: every 2x2 reduction is a max pool (3x3, stride 2, padding 1: ceil(n / 2)), and
+`patch_size` (a power of 2) sets how many there are, so a 32 x 32 image with patch_size=4 gives an 8 x 8 grid of
+tokens and the built-in 8 x 8 digits with patch_size=2 a 4 x 4 grid. Like every snnexp network the layers run
+through run_layers (direct coding's repeated image goes through the first convolution once) and list the runs of
+layers they run in order (`layer_runs`), so that snnexp.nn.fusion joins their BN-SN pairs into one op.
+"""
+
+import math
+from typing import Callable, List, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from snnexp.errors import ModelError
+from snnexp.nn.attention import QKAttention, SpikeDrivenSelfAttention, SpikingSelfAttention, conv_norm
+from snnexp.nn.layers import SeqFlatten, SeqToANN, run_layers
+from snnexp.nn.pooling import MaxPool2d
+
+__all__ = ["QKFormer", "SpikeDrivenTransformer", "Spikformer"]
+
+
+def pool() -> SeqToANN:
+    """The tokenisers' 2x reduction: max pool 3x3, stride 2, padding 1."""
+    return SeqToANN(MaxPool2d(3, 2, 1))
+
+
+class Residual(nn.Module):
+    """run_layers(body, x) + run_layers(shortcut, x); no shortcut: + x."""
+
+    def __init__(self, body: Sequence[nn.Module], shortcut: Sequence[nn.Module] = ()):
+        super().__init__()
+        self.body = nn.Sequential(*body)
+        self.shortcut = nn.Sequential(*shortcut)
+
+    def forward(self, x):
+        return run_layers(self.body, x) + (run_layers(self.shortcut, x) if len(self.shortcut) else x)
+
+    def layer_runs(self):
+        return [[f"body.{i}" for i in range(len(self.body))], [f"shortcut.{i}" for i in range(len(self.shortcut))]]
+
+
+class Block(nn.Module):
+    """A transformer block: x = x + attention(x); x = x + mlp(x)."""
+
+    def __init__(self, attention: nn.Module, mlp: Sequence[nn.Module]):
+        super().__init__()
+        self.attention = attention
+        self.mlp = nn.Sequential(*mlp)
+
+    def forward(self, x):
+        x = x + self.attention(x)
+        return x + run_layers(self.mlp, x)
+
+    def layer_runs(self):
+        return [[f"mlp.{i}" for i in range(len(self.mlp))]]
+
+
+def spiking_mlp(dim: int, ratio: float, neuron: Callable, norm: Callable) -> List[nn.Module]:
+    """Spikformer's and QKFormer's MLP: SN(BN(SN(BN(x W1)) W2)), token-wise, hidden width dim * ratio."""
+    hidden = _hidden(dim, ratio)
+    return [*conv_norm(dim, hidden, norm), neuron(), *conv_norm(hidden, dim, norm), neuron()]
+
+
+def membrane_mlp(dim: int, ratio: float, neuron: Callable, norm: Callable) -> List[nn.Module]:
+    """The Spike-driven Transformer's MLP, spikes taken from the potentials it is given: BN(SN(BN(SN(x) W1)) W2)."""
+    hidden = _hidden(dim, ratio)
+    return [neuron(), *conv_norm(dim, hidden, norm, bias=True), neuron(), *conv_norm(hidden, dim, norm, bias=True)]
+
+
+def _hidden(dim: int, ratio: float) -> int:
+    hidden = int(dim * ratio)
+    if hidden < 1:
+        raise ModelError(f"model.mlp_ratio={ratio}: the MLP's hidden width dim x ratio must be >= 1")
+    return hidden
+
+
+def head(dim: int, num_outputs: int, neuron: Callable, spikes_first: bool = False) -> List[nn.Module]:
+    """The mean over tokens [T, B, C, H, W] -> [T, B, C] (after a neuron, `spikes_first`), a linear classifier and
+    the configured neuron (replaced by non-spiking outputs under a membrane readout)."""
+    layers = [SeqToANN(nn.AdaptiveAvgPool2d(1)), SeqFlatten()] + ([neuron()] if spikes_first else [])
+    return layers + [SeqToANN(nn.Linear(dim, num_outputs)), neuron()]
+
+
+def _image_shape(input_shape: Sequence[int], name: str) -> tuple:
+    shape = tuple(int(s) for s in input_shape)
+    if len(shape) != 3:
+        raise ModelError(f"model={name} takes images or event frames [C, H, W], but this dataset gives samples of "
+                         f"shape {list(shape)}: use an image or event dataset, or a network for feature vectors "
+                         f"(model=mlp, rsnn)")
+    return shape
+
+
+def _reductions(patch_size: int, most: int, shape: tuple, name: str) -> int:
+    """The tokeniser's 2x reductions for `patch_size`: log2 of it, at most `most`, leaving a grid of tokens."""
+    if patch_size < 1 or patch_size & (patch_size - 1) or patch_size > 2 ** most:
+        raise ModelError(f"model.patch_size={patch_size}: {name}'s tokeniser reduces the image by a power of 2, up "
+                         f"to {2 ** most}: choose one of {', '.join(str(2 ** i) for i in range(most + 1))}")
+    if min(shape[1:]) < patch_size:
+        raise ModelError(f"model.patch_size={patch_size} is larger than the {shape[1]} x {shape[2]} input: it would "
+                         f"leave no grid of tokens; choose a patch size <= {min(shape[1:])}")
+    return int(math.log2(patch_size))
+
+
+def _width(dim: int, parts: int, name: str) -> None:
+    if dim < parts or dim % parts:
+        raise ModelError(f"model.embed_dim={dim}: {name} divides the width into {parts} (its tokeniser's stages), "
+                         f"so it must be a positive multiple of {parts}")
+
+
+class _Transformer(nn.Sequential):
+    """The three models' common ground: layers run in order (run_layers), fusion's layer runs, the output check."""
+
+    def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
+        """[T, B, C, H, W] -> [T, B, num_outputs]; direct coding's repeated input runs the first layers once."""
+        return run_layers(self, x_seq)
+
+    def layer_runs(self):
+        return [[str(i) for i in range(len(self))]]
+
+
+class Spikformer(_Transformer):
+    """Spikformer (Zhou et al., ICLR 2023): spiking patch splitting, `depth` blocks of spiking self-attention and
+    MLP, and a linear head on the mean over tokens.
+
+    Spiking patch splitting: four conv3x3-BN-SN stages of embed_dim/8, /4, /2 and embed_dim channels, the last
+    log2(patch_size) of them followed by a max pool of the spikes, then a relative position embedding
+    x + SN(BN(conv3x3(x))). Blocks: x + SSA(x), then x + MLP(x) (snnexp.nn.attention.SpikingSelfAttention)."""
+
+    def __init__(self, input_shape: Sequence[int], num_outputs: int, neuron: Callable, norm: Callable,
+                 embed_dim: int = 384, depth: int = 4, heads: int = 12, mlp_ratio: float = 4.0, patch_size: int = 4,
+                 scale: float = 0.125, attention_threshold: Optional[float] = 0.5):
+        shape = _image_shape(input_shape, "spikformer")
+        _width(embed_dim, 8, "Spikformer")
+        pools = _reductions(patch_size, 4, shape, "Spikformer")
+        layers, cin = [], shape[0]
+        for stage, width in enumerate((embed_dim // 8, embed_dim // 4, embed_dim // 2, embed_dim)):
+            layers += [*conv_norm(cin, width, norm, kernel=3), neuron()] + ([pool()] if stage >= 4 - pools else [])
+            cin = width
+        layers.append(Residual([*conv_norm(embed_dim, embed_dim, norm, kernel=3), neuron()]))
+        for _ in range(depth):
+            attention = SpikingSelfAttention(embed_dim, heads, neuron, norm, scale, attention_threshold)
+            layers.append(Block(attention, spiking_mlp(embed_dim, mlp_ratio, neuron, norm)))
+        super().__init__(*layers, *head(embed_dim, num_outputs, neuron))
+
+
+class SpikeDrivenTransformer(_Transformer):
+    """Spike-driven Transformer v1 (Yao et al., NeurIPS 2023): its blocks add potentials, not spikes (the membrane
+    shortcut), so that no product in the network has a non-spike operand besides the first convolution's input.
+
+    Tokeniser: conv3x3-BN-SN stages of embed_dim/8, /4, /2 channels and a conv3x3-BN of embed_dim (each with a max
+    pool after it where `pooling` has a 1, the fourth pool before the spikes of the last stage), then a relative
+    position embedding x + BN(conv3x3(SN(x))). Blocks: x + SDSA(x), then x + MLP(x) with the MLP's spikes taken from
+    the potentials it is given. Head: the mean over tokens of the potentials, SN, a linear classifier."""
+
+    def __init__(self, input_shape: Sequence[int], num_outputs: int, neuron: Callable, norm: Callable,
+                 embed_dim: int = 512, depth: int = 2, heads: int = 8, mlp_ratio: float = 4.0,
+                 pooling: Union[str, int] = "1111", attention_threshold: Optional[float] = 0.5):
+        shape = _image_shape(input_shape, "spike_driven_transformer")
+        _width(embed_dim, 8, "the Spike-driven Transformer")
+        pooling = str(pooling).zfill(4)
+        if len(pooling) != 4 or set(pooling) - {"0", "1"}:
+            raise ModelError(f"model.pooling={pooling!r}: four 0/1 digits, one per tokeniser stage, 1 where a max pool "
+                             f"halves the map (e.g. '1111' for 128 x 128 frames, '0011' for 32 x 32 images)")
+        _reductions(2 ** pooling.count("1"), 4, shape, "the Spike-driven Transformer")
+        layers, cin = [], shape[0]
+        for stage, width in enumerate((embed_dim // 8, embed_dim // 4, embed_dim // 2, embed_dim)):
+            layers += [*conv_norm(cin, width, norm, kernel=3, bias=False)]
+            layers += ([neuron()] if stage < 3 else []) + ([pool()] if pooling[stage] == "1" else [])
+            cin = width
+        layers.append(Residual([neuron(), *conv_norm(embed_dim, embed_dim, norm, kernel=3)]))
+        for _ in range(depth):
+            attention = SpikeDrivenSelfAttention(embed_dim, heads, neuron, norm, attention_threshold)
+            layers.append(Block(attention, membrane_mlp(embed_dim, mlp_ratio, neuron, norm)))
+        super().__init__(*layers, *head(embed_dim, num_outputs, neuron, spikes_first=True))
+
+
+class QKFormer(_Transformer):
+    """QKFormer (Zhou et al., NeurIPS 2024): a hierarchy of stages, each a patch embedding that halves the token
+    grid and doubles the width, then its blocks; Q-K attention (token or channel, `qk_attention`) in every stage but
+    the last, spiking self-attention in the last, where the grid is smallest.
+
+    `depths` lists the blocks of each stage (the papers' CIFAR and DVS models: two stages, [1, depth - 1]); the last
+    stage has embed_dim channels, each one before half the next. Patch embeddings, with a strided 1x1 shortcut:
+    first x = SN(pool(BN(conv3x3(x)))) with embed_dim/2^stages channels (pooled where patch_size asks), then
+    x' = SN(BN(conv3x3(SN(pool(BN(conv3x3(x))))))) + SN(BN(conv1x1_stride2(x))); the later stages the same from
+    their input."""
+
+    def __init__(self, input_shape: Sequence[int], num_outputs: int, neuron: Callable, norm: Callable,
+                 embed_dim: int = 384, depths: Sequence[int] = (1, 3), heads: Union[int, Sequence[int]] = 8,
+                 mlp_ratio: float = 4.0, patch_size: int = 4, qk_attention: str = "token",
+                 scale: float = 0.125, attention_threshold: Optional[float] = 0.5):
+        shape = _image_shape(input_shape, "qkformer")
+        depths = [int(d) for d in depths]
+        if not depths or min(depths) < 0:
+            raise ModelError(f"model.depths={depths}: a list of the blocks in each stage, e.g. [1, 3]")
+        stages = len(depths)
+        heads = [int(heads)] * stages if isinstance(heads, (int, float)) else [int(h) for h in heads]
+        if len(heads) != stages:
+            raise ModelError(f"model.heads={heads}: one head count, or one for each of the {stages} stages")
+        _width(embed_dim, 2 ** stages, "QKFormer")
+        pools = _reductions(patch_size, 2, shape, "QKFormer's first patch embedding") if patch_size else 0
+        if min(shape[1:]) < patch_size * 2 ** (stages - 1):
+            raise ModelError(f"the {shape[1]} x {shape[2]} input leaves no grid of tokens after QKFormer's {stages} "
+                             f"stages (patch size {patch_size}, then halved at each stage): lower model.patch_size or "
+                             f"use fewer stages (model.depths)")
+        dims = [embed_dim // 2 ** (stages - 1 - i) for i in range(stages)]
+        first = dims[0] // 2
+        layers = [*conv_norm(shape[0], first, norm, kernel=3), *([pool()] if pools >= 1 else []), neuron()]
+        cin = first
+        for stage, (dim, depth) in enumerate(zip(dims, depths)):
+            halve = stage > 0 or pools >= 2
+            layers.append(self.patch_embedding(cin, dim, halve, neuron, norm))
+            for _ in range(depth):
+                if stage < stages - 1:
+                    attention = QKAttention(dim, heads[stage], neuron, norm, qk_attention, attention_threshold)
+                else:
+                    attention = SpikingSelfAttention(dim, heads[stage], neuron, norm, scale, attention_threshold)
+                layers.append(Block(attention, spiking_mlp(dim, mlp_ratio, neuron, norm)))
+            cin = dim
+        super().__init__(*layers, *head(embed_dim, num_outputs, neuron))
+
+    @staticmethod
+    def patch_embedding(cin: int, cout: int, halve: bool, neuron: Callable, norm: Callable) -> Residual:
+        """SN(BN(conv3x3(SN(pool(BN(conv3x3(x))))))) + SN(BN(conv1x1(x))), the pool and the shortcut's stride where
+        the stage halves the grid."""
+        body = [*conv_norm(cin, cout, norm, kernel=3), *([pool()] if halve else []), neuron(),
+                *conv_norm(cout, cout, norm, kernel=3), neuron()]
+        shortcut = [SeqToANN(nn.Conv2d(cin, cout, 1, 2 if halve else 1, bias=False)), norm(cout), neuron()]
+        return Residual(body, shortcut)

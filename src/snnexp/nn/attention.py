@@ -39,18 +39,18 @@ class SpikeProduct(nn.Module):
     def operations(self, *operands: torch.Tensor):
         """(effective, dense, accumulates) of one call, counted as NeuroBench counts a layer's: effective = the terms
         of the einsum's sums whose operands are all non-zero (for a one-operand sum: its non-zero entries), dense =
-        all terms; accumulates (ACs) when an operand is spikes (every entry -1, 0 or 1), else multiply-accumulates."""
-        inputs, _ = self.equation.split("->")
+        all terms; accumulates (ACs) when an operand is spikes (every entry -1, 0 or 1), else multiply-accumulates.
+        One einsum over the operands' 0/1 indicators (float64: exact to 2^53), summed to a scalar."""
+        inputs = self.equation.split("->")[0]
         terms = inputs.replace("...", "").split(",")
-        letters = sorted(set("".join(terms)))
         nonzero = [(x != 0).to(torch.float64) for x in operands]
-        effective = torch.einsum(f"{inputs}->...", *nonzero).sum()  # every term of the product whose operands fire
-        sizes = {}
+        effective = torch.einsum(f"{inputs}->{'...' if '...' in inputs else ''}", *nonzero).sum()
+        sizes = {}  # each letter's size (a letter of size 1 in one operand broadcasts to the others')
         for t, x in zip(terms, operands):
             for letter, n in zip(t, x.shape[x.dim() - len(t):]):
-                sizes[letter] = n
+                sizes[letter] = max(sizes.get(letter, 1), n)
         lead = torch.broadcast_shapes(*(x.shape[:x.dim() - len(t)] for t, x in zip(terms, operands)))
-        dense = math.prod(lead) * math.prod(sizes[c] for c in letters)
+        dense = math.prod(lead) * math.prod(sizes.values())
         spikes = any(bool(((x == 0) | (x.abs() == 1)).all()) for x in operands)
         return int(effective), int(dense), spikes
 
@@ -58,9 +58,11 @@ class SpikeProduct(nn.Module):
         return f"'{self.equation}'"
 
 
-def conv_norm(cin: int, cout: int, norm: Callable[[int], nn.Module], kernel: int = 1, bias: bool = False) -> list:
-    """A token-wise (1x1) or k x k convolution and the configured norm: the papers' Linear-BN / Conv-BN."""
-    return [SeqToANN(nn.Conv2d(cin, cout, kernel, 1, kernel // 2, bias=bias)), norm(cout)]
+def conv_norm(cin: int, cout: int, norm: Callable[[int], nn.Module], kernel: int = 1) -> list:
+    """A token-wise (1x1) or k x k convolution and the configured norm: the papers' Linear-BN / Conv-BN. No bias:
+    the norm's shift stands in for it (the authors' code has biases before some of its BNs, which subtract them
+    again: they change only the parameter count)."""
+    return [SeqToANN(nn.Conv2d(cin, cout, kernel, 1, kernel // 2, bias=False)), norm(cout)]
 
 
 def attention_neuron(neuron: Callable[..., nn.Module], threshold) -> nn.Module:
@@ -107,7 +109,7 @@ class SpikingSelfAttention(_Attention):
     projections = ("qkv", "proj")
 
     def __init__(self, dim: int, heads: int, neuron: Callable, norm: Callable, scale: float = 0.125,
-                 attention_threshold=0.5, proj_bias: bool = False):
+                 attention_threshold=0.5):
         super().__init__()
         self.dim, self.heads, self.scale = dim, heads, float(scale)
         self.head_dim = _heads(dim, heads, "spiking self-attention")
@@ -115,7 +117,7 @@ class SpikingSelfAttention(_Attention):
         self.kv = SpikeProduct("...cl,...el->...ce")  # K^T V: [d, d] per head
         self.qkv_product = SpikeProduct("...ce,...cl->...el")  # Q (K^T V), channel-major
         self.attention_neuron = attention_neuron(neuron, attention_threshold)
-        self.proj = nn.Sequential(*conv_norm(dim, dim, norm, bias=proj_bias), neuron())
+        self.proj = nn.Sequential(*conv_norm(dim, dim, norm), neuron())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self.split(run_layers(self.qkv, x), 3)
@@ -149,7 +151,7 @@ class SpikeDrivenSelfAttention(_Attention):
         self.kv = SpikeProduct("...cl,...cl->...c")  # SUM_tokens(K (x) V), per channel of a head
         self.mask = SpikeProduct("...c,...cl->...cl")  # Q (x) mask
         self.attention_neuron = attention_neuron(neuron, attention_threshold)
-        self.proj = nn.Sequential(*conv_norm(dim, dim, norm, bias=True))
+        self.proj = nn.Sequential(*conv_norm(dim, dim, norm))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self.shortcut_neuron(x)
@@ -171,7 +173,7 @@ class QKAttention(_Attention):
     KINDS = {"token": ("...cl->...l", "...l,...cl->...cl"), "channel": ("...cl->...c", "...c,...cl->...cl")}
 
     def __init__(self, dim: int, heads: int, neuron: Callable, norm: Callable, kind: str = "token",
-                 attention_threshold=0.5, proj_bias: bool = False):
+                 attention_threshold=0.5):
         super().__init__()
         if kind not in self.KINDS:
             raise ModelError(f"model.qk_attention={kind!r}: choose token or channel")
@@ -181,7 +183,7 @@ class QKAttention(_Attention):
         self.q_sum = SpikeProduct(self.KINDS[kind][0])
         self.mask = SpikeProduct(self.KINDS[kind][1])
         self.attention_neuron = attention_neuron(neuron, attention_threshold)
-        self.proj = nn.Sequential(*conv_norm(dim, dim, norm, bias=proj_bias), neuron())
+        self.proj = nn.Sequential(*conv_norm(dim, dim, norm), neuron())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k = self.split(run_layers(self.qk, x), 2)

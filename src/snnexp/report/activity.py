@@ -35,6 +35,10 @@ as the T calls it stands for.
 A recurrent layer (RecurrentFC, snnexp.nn.recurrent) is counted through its parts: its input weights W_in like an FC
 layer, its recurrent weights W_rec at each of its calls, once per step t >= 1 on the spikes s[t-1] (each spike
 drives the non-zero weights of its column: up to n synapses); its output spikes are those of a spiking layer.
+The attention's products of two signals (SpikeProduct, snnexp.nn.attention: Q K^T V, the masks, the sums over tokens
+or channels), which NeuroBench does not see (it hooks Linear and Conv layers only), are counted at every call by
+SpikeProduct.operations under the product's own name (e.g. '14.attention.kv_SpikeProduct'): effective = the terms of
+the einsum whose operands are all non-zero, dense = all its terms, ACs when an operand is spikes, else MACs.
 """
 
 from dataclasses import dataclass
@@ -45,6 +49,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from snnexp.nn.attention import SpikeProduct
 from snnexp.nn.delays import DelayedFC
 from snnexp.nn.fusion import original_name
 from snnexp.nn.layers import Repeated, SeqToANN
@@ -154,7 +159,7 @@ class ActivitySummary:
     effective_acs_per_sample: float  # synaptic operations (module docstring)
     effective_macs_per_sample: float
     dense_ops_per_sample: float
-    layer_acs_per_sample: Dict[str, float]  # per weight layer
+    layer_acs_per_sample: Dict[str, float]  # per weight layer and attention product (SpikeProduct)
     layer_macs_per_sample: Dict[str, float]
     firing_rate: Dict[str, float]  # per spiking layer: the mean over time steps, samples and neurons
     neuron_rates: Dict[str, np.ndarray]  # per spiking layer: every neuron's rate (count / (T * samples)), float64
@@ -175,7 +180,7 @@ class Activity:
         self.samples = 0
         self.neuron_counts: Dict[str, torch.Tensor] = {}  # per spiking layer: spikes per neuron, summed over T and B
         self.steps: Dict[str, int] = {}                   # per spiking layer: T
-        self.ops: Dict[str, torch.Tensor] = {}            # per weight layer: [effective ACs, effective MACs, dense]
+        self.ops: Dict[str, torch.Tensor] = {}            # per weight layer and product: [effective ACs, MACs, dense]
         self.raster: Dict[str, np.ndarray] = {}           # per spiking layer: [neurons, T] 0/1 of the fixed sample
         self.confusion: Optional[np.ndarray] = None       # [classes, classes] counts: true class x predicted
         self._first_batch = True
@@ -193,6 +198,8 @@ class Activity:
             for name, module in self.model.named_modules():
                 if isinstance(module, SOP_LAYERS):
                     self._hooks.append(module.register_forward_hook(self._ops_hook(layer_name(name, module))))
+                if isinstance(module, SpikeProduct):
+                    self._hooks.append(module.register_forward_hook(self._product_hook(layer_name(name, module))))
                 if isinstance(module, SeqToANN) and isinstance(module.module, SOP_LAYERS):
                     self._hooks.append(module.register_forward_pre_hook(self._steps_hook))
         except BaseException:
@@ -245,8 +252,18 @@ class Activity:
             effective = (nonzero * reach).sum() * repeats
             counts = torch.stack([effective * spikes, effective * (1 - spikes),
                                   effective.new_tensor(x.shape[0] * repeats * dense)])
-            self.ops[name] = counts if name not in self.ops else self.ops[name] + counts
+            self._add_ops(name, counts)
         return hook
+
+    def _product_hook(self, name: str):
+        def hook(module, inputs, out):
+            effective, dense, accumulates = module.operations(*(x.detach() for x in inputs))
+            self._add_ops(name, torch.tensor([effective if accumulates else 0, 0 if accumulates else effective, dense],
+                                             device=out.device))
+        return hook
+
+    def _add_ops(self, name: str, counts: torch.Tensor) -> None:
+        self.ops[name] = counts if name not in self.ops else self.ops[name] + counts
 
     # -- per batch ---------------------------------------------------------------------------------------------
 

@@ -74,7 +74,7 @@ def spiking_mlp(dim: int, ratio: float, neuron: Callable, norm: Callable) -> Lis
 def membrane_mlp(dim: int, ratio: float, neuron: Callable, norm: Callable) -> List[nn.Module]:
     """The Spike-driven Transformer's MLP, spikes taken from the potentials it is given: BN(SN(BN(SN(x) W1)) W2)."""
     hidden = _hidden(dim, ratio)
-    return [neuron(), *conv_norm(dim, hidden, norm, bias=True), neuron(), *conv_norm(hidden, dim, norm, bias=True)]
+    return [neuron(), *conv_norm(dim, hidden, norm), neuron(), *conv_norm(hidden, dim, norm)]
 
 
 def _hidden(dim: int, ratio: float) -> int:
@@ -174,7 +174,7 @@ class SpikeDrivenTransformer(_Transformer):
         _reductions(2 ** pooling.count("1"), 4, shape, "the Spike-driven Transformer")
         layers, cin = [], shape[0]
         for stage, width in enumerate((embed_dim // 8, embed_dim // 4, embed_dim // 2, embed_dim)):
-            layers += [*conv_norm(cin, width, norm, kernel=3, bias=False)]
+            layers += [*conv_norm(cin, width, norm, kernel=3)]
             layers += ([neuron()] if stage < 3 else []) + ([pool()] if pooling[stage] == "1" else [])
             cin = width
         layers.append(Residual([neuron(), *conv_norm(embed_dim, embed_dim, norm, kernel=3)]))
@@ -185,55 +185,84 @@ class SpikeDrivenTransformer(_Transformer):
 
 
 class QKFormer(_Transformer):
-    """QKFormer (Zhou et al., NeurIPS 2024): a hierarchy of stages, each a patch embedding that halves the token
-    grid and doubles the width, then its blocks; Q-K attention (token or channel, `qk_attention`) in every stage but
-    the last, spiking self-attention in the last, where the grid is smallest.
+    """QKFormer (Zhou et al., NeurIPS 2024): a hierarchy of stages, each a patch embedding then its blocks, with
+    Q-K attention (token or channel, `qk_attention`) in every stage but the last and spiking self-attention in the
+    last, where the grid of tokens is smallest.
 
-    `depths` lists the blocks of each stage (the papers' CIFAR and DVS models: two stages, [1, depth - 1]); the last
-    stage has embed_dim channels, each one before half the next. Patch embeddings, with a strided 1x1 shortcut:
-    first x = SN(pool(BN(conv3x3(x)))) with embed_dim/2^stages channels (pooled where patch_size asks), then
-    x' = SN(BN(conv3x3(SN(pool(BN(conv3x3(x))))))) + SN(BN(conv1x1_stride2(x))); the later stages the same from
-    their input."""
+    `depths` lists the blocks of each stage (the authors' code: CIFAR10 [1, 1, 2], the DVS datasets [1, 1]); the last
+    stage has embed_dim channels, each one before half as many. Every patch embedding is a body of conv3x3-BN-SN
+    layers plus a shortcut, conv1x1-BN-SN with the stride of the body's pools, the two added (spikes + spikes):
+
+    - the first (`stem`): `cifar` (the CIFAR10 code) conv3x3-BN-SN to half the first stage's width, then the body
+      conv3x3-BN-SN, no pooling; `dvs` (the CIFAR10-DVS and DVS128 Gesture code) conv3x3-BN-SN to an eighth, then
+      the body conv3x3-BN-MP-SN three times, each doubling the width and halving the map (a 128 x 128 frame: 16 x 16
+      tokens); `imagenet` (the ImageNet code, SpikingJelly's `model.qkformer`) conv3x3-BN-MP-SN to half, then the
+      body conv3x3-BN-MP-SN, conv3x3-BN-SN;
+    - each later one: conv3x3-BN-SN, conv3x3-BN-MP-SN (`imagenet`: the pool after the first conv), halving the map
+      and doubling the width."""
+
+    STEMS = ("cifar", "dvs", "imagenet")
 
     def __init__(self, input_shape: Sequence[int], num_outputs: int, neuron: Callable, norm: Callable,
-                 embed_dim: int = 384, depths: Sequence[int] = (1, 3), heads: Union[int, Sequence[int]] = 8,
-                 mlp_ratio: float = 4.0, patch_size: int = 4, qk_attention: str = "token",
-                 scale: float = 0.125, attention_threshold: Optional[float] = 0.5):
+                 embed_dim: int = 384, depths: Sequence[int] = (1, 1, 2), heads: int = 8, mlp_ratio: float = 4.0,
+                 stem: str = "cifar", qk_attention: str = "token", scale: float = 0.125,
+                 attention_threshold: Optional[float] = 0.5):
         shape = _image_shape(input_shape, "qkformer")
         depths = [int(d) for d in depths]
         if not depths or min(depths) < 0:
-            raise ModelError(f"model.depths={depths}: a list of the blocks in each stage, e.g. [1, 3]")
+            raise ModelError(f"model.depths={depths}: a list of the blocks in each stage, e.g. [1, 1, 2]")
+        if stem not in self.STEMS:
+            raise ModelError(f"model.stem={stem!r}: choose one of {', '.join(self.STEMS)}")
         stages = len(depths)
-        heads = [int(heads)] * stages if isinstance(heads, (int, float)) else [int(h) for h in heads]
-        if len(heads) != stages:
-            raise ModelError(f"model.heads={heads}: one head count, or one for each of the {stages} stages")
-        _width(embed_dim, 2 ** stages, "QKFormer")
-        pools = _reductions(patch_size, 2, shape, "QKFormer's first patch embedding") if patch_size else 0
-        if min(shape[1:]) < patch_size * 2 ** (stages - 1):
-            raise ModelError(f"the {shape[1]} x {shape[2]} input leaves no grid of tokens after QKFormer's {stages} "
-                             f"stages (patch size {patch_size}, then halved at each stage): lower model.patch_size or "
-                             f"use fewer stages (model.depths)")
+        first = {"cifar": 2, "dvs": 8, "imagenet": 2}[stem]  # the first conv's width: the first stage's / this
+        _width(embed_dim, 2 ** (stages - 1) * first, "QKFormer")
+        halvings = {"cifar": 0, "dvs": 3, "imagenet": 2}[stem] + stages - 1
+        if min(shape[1:]) < 2 ** halvings:
+            raise ModelError(f"the {shape[1]} x {shape[2]} input leaves no grid of tokens after QKFormer's {halvings} "
+                             f"halvings (model.stem={stem}, {stages} stages): use stem=cifar (no pooling in the first "
+                             f"patch embedding) or fewer stages (model.depths)")
         dims = [embed_dim // 2 ** (stages - 1 - i) for i in range(stages)]
-        first = dims[0] // 2
-        layers = [*conv_norm(shape[0], first, norm, kernel=3), *([pool()] if pools >= 1 else []), neuron()]
-        cin = first
+        layers, cin = [], shape[0]
         for stage, (dim, depth) in enumerate(zip(dims, depths)):
-            halve = stage > 0 or pools >= 2
-            layers.append(self.patch_embedding(cin, dim, halve, neuron, norm))
+            layers += self.stem(shape[0], dim, stem, neuron, norm) if stage == 0 else \
+                [self.stage_embedding(cin, dim, stem == "imagenet", neuron, norm)]
             for _ in range(depth):
                 if stage < stages - 1:
-                    attention = QKAttention(dim, heads[stage], neuron, norm, qk_attention, attention_threshold)
+                    attention = QKAttention(dim, heads, neuron, norm, qk_attention, attention_threshold)
                 else:
-                    attention = SpikingSelfAttention(dim, heads[stage], neuron, norm, scale, attention_threshold)
+                    attention = SpikingSelfAttention(dim, heads, neuron, norm, scale, attention_threshold)
                 layers.append(Block(attention, spiking_mlp(dim, mlp_ratio, neuron, norm)))
             cin = dim
         super().__init__(*layers, *head(embed_dim, num_outputs, neuron))
 
     @staticmethod
-    def patch_embedding(cin: int, cout: int, halve: bool, neuron: Callable, norm: Callable) -> Residual:
-        """SN(BN(conv3x3(SN(pool(BN(conv3x3(x))))))) + SN(BN(conv1x1(x))), the pool and the shortcut's stride where
-        the stage halves the grid."""
-        body = [*conv_norm(cin, cout, norm, kernel=3), *([pool()] if halve else []), neuron(),
-                *conv_norm(cout, cout, norm, kernel=3), neuron()]
-        shortcut = [SeqToANN(nn.Conv2d(cin, cout, 1, 2 if halve else 1, bias=False)), norm(cout), neuron()]
-        return Residual(body, shortcut)
+    def stem(cin: int, dim: int, stem: str, neuron: Callable, norm: Callable) -> List[nn.Module]:
+        """The first patch embedding (class docstring): its first conv, then the body and shortcut."""
+        if stem == "cifar":
+            width = dim // 2
+            body = [*conv_norm(width, dim, norm, kernel=3), neuron()]
+            shortcut = _shortcut(width, dim, 1, neuron, norm)
+            return [*conv_norm(cin, width, norm, kernel=3), neuron(), Residual(body, shortcut)]
+        if stem == "dvs":
+            width, body = dim // 8, []
+            for w in (dim // 4, dim // 2, dim):
+                body += [*conv_norm(w // 2, w, norm, kernel=3), pool(), neuron()]
+            return [*conv_norm(cin, width, norm, kernel=3), neuron(), *body[:4],
+                    Residual(body[4:], _shortcut(dim // 4, dim, 4, neuron, norm))]
+        width = dim // 2
+        return [*conv_norm(cin, width, norm, kernel=3), pool(), neuron(),
+                Residual([*conv_norm(width, dim, norm, kernel=3), pool(), neuron(),
+                          *conv_norm(dim, dim, norm, kernel=3), neuron()], _shortcut(width, dim, 2, neuron, norm))]
+
+    @staticmethod
+    def stage_embedding(cin: int, cout: int, pool_first: bool, neuron: Callable, norm: Callable) -> Residual:
+        """A later stage's patch embedding: conv3x3-BN-SN, conv3x3-BN-MP-SN (`pool_first`: conv3x3-BN-MP-SN,
+        conv3x3-BN-SN) + conv1x1_stride2-BN-SN, halving the map and doubling the width."""
+        first = [*conv_norm(cin, cout, norm, kernel=3)] + ([pool()] if pool_first else []) + [neuron()]
+        second = [*conv_norm(cout, cout, norm, kernel=3)] + ([] if pool_first else [pool()]) + [neuron()]
+        return Residual(first + second, _shortcut(cin, cout, 2, neuron, norm))
+
+
+def _shortcut(cin: int, cout: int, stride: int, neuron: Callable, norm: Callable) -> List[nn.Module]:
+    """QKFormer's patch-embedding shortcut: conv1x1 with the body's stride, BN, SN."""
+    return [SeqToANN(nn.Conv2d(cin, cout, 1, stride, bias=False)), norm(cout), neuron()]

@@ -5,9 +5,10 @@ SpikingJelly's and peak memory <= 0.7x.
 
 Both libraries' models have the DVS papers' layout at a width and depth that run on two cores: 128 x 128 input,
 Spikformer patch 16 and the Spike-driven Transformer's pooling '1111' (an 8 x 8 grid of tokens), embedding 128,
-8 heads of 16 channels, MLP ratio 4, one block; QKFormer with SpikingJelly's fixed three stages (widths 32, 64,
-128; 2, 4, 8 heads; one block each; 32 x 32, 16 x 16 and 8 x 8 tokens), which ours builds with depths [1, 1, 1]
-and patch_size 4 (our presets' DVS QKFormer has two stages; SpikingJelly's has no two-stage form). Neurons: LIF,
+8 heads of 16 channels, MLP ratio 4, one block; QKFormer with SpikingJelly's fixed three stages and its first patch
+embedding (two pools: widths 32, 64, 128; 4 heads each; one block each; 32 x 32, 16 x 16 and 8 x 8 tokens), which
+ours builds with depths [1, 1, 1] and stem=imagenet (our DVS presets: two stages [1, 1] and stem=dvs, which
+SpikingJelly's model cannot build). Neurons: LIF,
 tau 2, hard reset to 0, detached reset, sigmoid surrogate alpha 4, threshold 0.5 on the attentions' sums (ours:
 snnexp.nn.neurons.LIF, backend fused; theirs: LIFNode, multi-step, its torch backend on the CPU). Norm: BN over
 time and batch (ours: BatchNormOverTime; theirs: BatchNorm1d/2d over the [T * B] samples). What still differs, by
@@ -44,12 +45,12 @@ from torch import nn
 
 from common import cpu_peak_mb, median_time, write_results
 
-T, BATCH, FRAME = 16, 4, (2, 128, 128)
+T, BATCH, FRAME = 16, 8, (2, 128, 128)
 EMBED, HEADS, CLASSES = 128, 8, 10
 MODELS = {
     "Spikformer": "embed 128, 1 block, 8 heads, patch 16 (8 x 8 tokens)",
     "SDT": "embed 128, 1 block, 8 heads, pooling 1111 (8 x 8 tokens)",
-    "QKFormer": "widths 32/64/128, blocks 1/1/1, heads 2/4/8, patch 4 (32 x 32 ... 8 x 8 tokens)",
+    "QKFormer": "widths 32/64/128, blocks 1/1/1, 4 heads, stem imagenet (32 x 32, 16 x 16, 8 x 8 tokens)",
 }
 IMPLS = ["snnexp", "SpikingJelly"]
 SPEED_TARGET, MEMORY_TARGET = 1.5, 0.7
@@ -71,7 +72,7 @@ def ours(name: str) -> nn.Module:
     elif name == "SDT":
         model = SpikeDrivenTransformer(embed_dim=EMBED, depth=1, heads=HEADS, pooling="1111", **common)
     else:
-        model = QKFormer(embed_dim=EMBED, depths=[1, 1, 1], heads=[2, 4, 8], patch_size=4, **common)
+        model = QKFormer(embed_dim=EMBED, depths=[1, 1, 1], heads=4, stem="imagenet", **common)
     model = with_output_layer(model, MembraneReadout("mean").output_layer(), "readout=membrane_mean")
     fusion.fuse_blocks(model)
     return model.to(memory_format=torch.channels_last)
@@ -90,7 +91,7 @@ def theirs(name: str) -> nn.Module:
         return spike_driven_transformer.SpikeDrivenTransformer(
             T=T, in_channels=FRAME[0], num_classes=CLASSES, embed_dims=EMBED, num_heads=HEADS, depths=1,
             mlp_ratio=4.0, pooling_stat="1111", **lif)
-    return qkformer.QKFormer(T=T, in_channels=FRAME[0], num_classes=CLASSES, embed_dims=EMBED, num_heads=(2, 4, 8),
+    return qkformer.QKFormer(T=T, in_channels=FRAME[0], num_classes=CLASSES, embed_dims=EMBED, num_heads=(4, 4, 4),
                              depths=(1, 1, 1), mlp_ratio=4.0, **lif)
 
 
@@ -156,7 +157,7 @@ def run_child(args, *one) -> object:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=3)  # steps of 1-4 s: turns of one step each, the median of three
+    ap.add_argument("--rounds", type=int, default=5)  # steps of 1-5 s: turns of one step each, the median of five
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--one", nargs="+", help=argparse.SUPPRESS)

@@ -496,3 +496,118 @@ def test_the_joined_kernels_spike_counts_are_the_neurons(channels_last, dtype):
         _, counts = lif_max_pool(neuron, pool, step, steps=5, count=True)
         assert torch.equal(counts, neuron(step.unsqueeze(0).expand(5, *step.shape)).sum((0, 1)))
         assert lif_max_pool(neuron, pool, x[..., :9, :], count=True) is None  # 9 rows: the last one unpooled
+
+
+# -- the attention's products (snnexp.nn.attention.SpikeProduct) ------------------------------------------------------
+
+def loop_count(lead, ranges, fires):
+    """(effective, dense) of a product by its definition: every term, i.e. every index i of the leading dims (time,
+    batch, head) and every index tuple j of the product's own dims (those of its output and those it sums over),
+    is one operation; it is effective when fires(i, *j), i.e. when all the operands it multiplies are non-zero."""
+    effective = dense = 0
+    for i in itertools.product(*map(range, lead)):
+        for j in itertools.product(*map(range, ranges)):
+            dense += 1
+            effective += bool(fires(i, *j))
+    return effective, dense
+
+
+def product_cases():
+    """Each product of the three attentions, its operands and the definition of its terms: (name, module, operands,
+    (effective, dense) by loop_count). Heads of d = 3 channels and L = 5 tokens, lead [T=2, B=2, heads=2]."""
+    from snnexp.nn.attention import QKAttention, SpikeDrivenSelfAttention, SpikingSelfAttention
+    from snnexp.nn.norms import BatchNormOverTime
+
+    g = torch.Generator().manual_seed(3)
+    lead, d, L = (2, 2, 2), 3, 5
+
+    def spikes(*shape):
+        return (torch.rand(*lead, *shape, generator=g) < 0.5).float()
+
+    ssa = SpikingSelfAttention(6, 2, IF, BatchNormOverTime)
+    sdsa = SpikeDrivenSelfAttention(6, 2, IF, BatchNormOverTime)
+    qk = {kind: QKAttention(6, 2, IF, BatchNormOverTime, kind) for kind in ("token", "channel")}
+    q, k, v = spikes(d, L), spikes(d, L), spikes(d, L)
+    kv = k.transpose(-1, -2).new_zeros(*lead, d, d)  # K^T V by its sums: kv[c, e] = sum over l of K[c, l] V[e, l]
+    for i in itertools.product(*map(range, lead)):
+        for c, e, l in itertools.product(range(d), range(d), range(L)):
+            kv[i][c, e] += k[i][c, l] * v[i][e, l]
+    assert kv.max() > 1  # integers: not spikes
+    channel_mask, token_mask = spikes(d), spikes(L)
+    Q, K, V, KV, CM, TM = (t.numpy() for t in (q, k, v, kv, channel_mask, token_mask))
+    return [
+        # SSA: K^T V[c, e] = sum_l K[c, l] V[e, l]; then (Q (K^T V))[e, l] = sum_c KV[c, e] Q[c, l]
+        ("SSA K^T V", ssa.kv, (k, v), loop_count(lead, (d, d, L), lambda i, c, e, l: K[i][c, l] and V[i][e, l])),
+        ("SSA Q (K^T V)", ssa.qkv_product, (kv, q),
+         loop_count(lead, (d, d, L), lambda i, c, e, l: KV[i][c, e] and Q[i][c, l])),
+        # SDSA: SUM_tokens(K (x) V)[c] = sum_l K[c, l] V[c, l]; the mask (Q (x) M)[c, l] = M[c] Q[c, l]
+        ("SDSA sum of K (x) V", sdsa.kv, (k, v), loop_count(lead, (d, L), lambda i, c, l: K[i][c, l] and V[i][c, l])),
+        ("SDSA mask", sdsa.mask, (channel_mask, q), loop_count(lead, (d, L), lambda i, c, l: CM[i][c] and Q[i][c, l])),
+        # QKTA: A[l] = sum_c Q[c, l], then A[l] K[c, l]; QKCA: A[c] = sum_l Q[c, l], then A[c] K[c, l]
+        ("QKTA sum", qk["token"].q_sum, (q,), loop_count(lead, (d, L), lambda i, c, l: Q[i][c, l])),
+        ("QKTA mask", qk["token"].mask, (token_mask, k),
+         loop_count(lead, (d, L), lambda i, c, l: TM[i][l] and K[i][c, l])),
+        ("QKCA sum", qk["channel"].q_sum, (q,), loop_count(lead, (d, L), lambda i, c, l: Q[i][c, l])),
+        ("QKCA mask", qk["channel"].mask, (channel_mask, k),
+         loop_count(lead, (d, L), lambda i, c, l: CM[i][c] and K[i][c, l])),
+    ]
+
+
+def test_the_attention_products_operations_are_their_terms_by_definition():
+    """Every product has a spike operand (Q K^T V's second product: Q, with K^T V integers): accumulates; with no
+    spike operand (Q doubled) the same terms are multiply-accumulates."""
+    for name, product, operands, (effective, dense) in product_cases():
+        assert 0 < effective < dense, name
+        assert product.operations(*operands) == (effective, dense, True), name
+        not_spikes = [2 * x for x in operands]
+        assert product.operations(*not_spikes) == (effective, dense, False), name
+
+
+def test_a_test_pass_counts_the_attention_products_of_a_spikformer():
+    """A tiny Spikformer (8 x 8 input, 16 channels, 2 heads, 4 x 4 tokens): the products' operations, by loop_count
+    on the operands they were called with, are in the pass's ACs under each product's name, and in the totals."""
+    from functools import partial
+
+    from snnexp.nn.models.transformers import Block, Spikformer
+    from snnexp.nn.norms import BatchNormOverTime
+
+    torch.manual_seed(0)
+    model = Spikformer((1, 8, 8), 10, partial(IF, v_threshold=0.2), BatchNormOverTime, embed_dim=16, depth=1,
+                       heads=2, patch_size=2).eval()
+    block = next(i for i, m in enumerate(model) if isinstance(m, Block))
+    attention = model[block].attention
+    seen = {}
+
+    def keep(part):
+        def hook(module, inputs, out):
+            seen[part] = [x.clone() for x in inputs]
+        return hook
+
+    for part in ("kv", "qkv_product"):
+        getattr(attention, part).register_forward_hook(keep(part))
+    B = 3
+    x_seq = (torch.rand(2, B, 1, 8, 8) < 0.5).float()
+    with torch.no_grad(), Activity(model, spiking_layers(model)) as activity:
+        activity.batch(model(x_seq).mean(0), torch.zeros(B, dtype=torch.long))
+    s = activity.summary()
+    k, v = (x.numpy() for x in seen["kv"])
+    kv, q = (x.numpy() for x in seen["qkv_product"])
+    lead, (d, L) = k.shape[:-2], k.shape[-2:]
+    assert (d, L) == (8, 16) and kv.max() > 1
+    expected = {
+        "kv": loop_count(lead, (d, d, L), lambda i, c, e, l: k[i][c, l] and v[i][e, l]),
+        "qkv_product": loop_count(lead, (d, d, L), lambda i, c, e, l: kv[i][c, e] and q[i][c, l]),
+    }
+    dense = 0
+    for part, (effective, all_terms) in expected.items():
+        name = f"{block:02d}.attention.{part}_SpikeProduct"
+        assert effective > 0
+        assert s.layer_acs_per_sample[name] == effective / B and s.layer_macs_per_sample[name] == 0
+        dense += all_terms
+    assert s.effective_acs_per_sample == pytest.approx(sum(s.layer_acs_per_sample.values()), rel=1e-12)
+    assert s.effective_macs_per_sample == pytest.approx(sum(s.layer_macs_per_sample.values()), rel=1e-12)
+    weight_layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert len(s.layer_acs_per_sample) == len(weight_layers) + 2
+    # dense: the weight layers' synapses at every step and the products' terms
+    weights = sum(activity.ops[n][2].item() for n in activity.ops if not n.endswith("_SpikeProduct"))
+    assert s.dense_ops_per_sample * B == weights + dense

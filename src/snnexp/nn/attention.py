@@ -1,6 +1,6 @@
 """Spiking attention: the self-attention of Spikformer (SSA), the spike-driven self-attention of the Spike-driven
 Transformer (SDSA), and QKFormer's Q-K token and channel attention (QKTA, QKCA). Equations: docs/science.md,
-section 7.
+section 5, "Spiking transformers".
 
 All of them work on token maps [T, B, C, H, W]: a token is a position of the map and its C channels are its
 features, so the papers' token-wise linear layers (Linear, Conv1d) are 1x1 convolutions here, and the configured

@@ -259,7 +259,7 @@ class Activity:
         def hook(module, inputs, out):
             effective, dense, accumulates = module.operations(*(x.detach() for x in inputs))
             self._add_ops(name, torch.tensor([effective if accumulates else 0, 0 if accumulates else effective, dense],
-                                             device=out.device))
+                                             device=inputs[0].device))
         return hook
 
     def _add_ops(self, name: str, counts: torch.Tensor) -> None:

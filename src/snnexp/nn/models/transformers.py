@@ -6,7 +6,7 @@ patch embedding), transformer blocks (attention and a token-wise MLP, each added
 x = x + attention(x); x = x + mlp(x)) and a head (the mean over tokens, a linear classifier and the configured
 neuron, which a membrane readout replaces by non-spiking outputs: the papers' head). The attentions are those of
 snnexp.nn.attention; the architectures, and where our code and SpikingJelly's differ from the papers' code, are in
-docs/science.md, section 7.
+docs/science.md, section 5, "Spiking transformers".
 
 The tokeniser adapts to the input: every 2x2 reduction is a max pool (3x3, stride 2, padding 1: ceil(n / 2)), and
 `patch_size` (a power of 2) sets how many there are, so a 32 x 32 image with patch_size=4 gives an 8 x 8 grid of

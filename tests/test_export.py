@@ -338,3 +338,70 @@ def test_export_cli_errors(default_export, tmp_path):
         export_checkpoint(tmp_path / "missing.pt")
     with pytest.raises(ExportError, match="dt=0.0: the time step must be > 0"):
         export_checkpoint(cwd / "run" / "checkpoints" / "best.pt", dt=0.0)
+
+
+# --- the spiking transformers: refused at the first layer NIR cannot express ------------------------------------------
+
+def tiny_transformer(name, **kwargs):
+    from snnexp.nn.models import QKFormer, SpikeDrivenTransformer, Spikformer
+
+    cls = {"spikformer": Spikformer, "spike_driven_transformer": SpikeDrivenTransformer, "qkformer": QKFormer}[name]
+    return cls((1, 8, 8), 10, partial(LIF), partial(BatchNormOverTime), embed_dim=16, heads=2, **kwargs).eval()
+
+
+def first_block(model):
+    from snnexp.nn.models.transformers import Block
+
+    return next(i for i, m in enumerate(model) if isinstance(m, Block))
+
+
+@pytest.mark.parametrize("name, kwargs, attention, product", [
+    ("spikformer", dict(depth=1, patch_size=2), "SpikingSelfAttention", "Q K^T V"),
+    ("spike_driven_transformer", dict(depth=1, pooling="0000"), "SpikeDrivenSelfAttention",
+     "Q (x) SN(SUM_tokens(K (x) V))"),
+    ("qkformer", dict(depths=[1, 1]), "QKAttention", "SN(SUM(Q)) (x) K"),
+], ids=["spikformer", "spike_driven_transformer", "qkformer"])
+def test_a_transformer_is_refused_at_its_attention(name, kwargs, attention, product):
+    """NIR's nodes (nir 1.0) are weighted sums with fixed weights and neurons: none multiplies two signals, which
+    every attention does; the tokeniser before it is expressible, so the attention is the first block named."""
+    model = tiny_transformer(name, **kwargs)
+    block = first_block(model)
+    with pytest.raises(ExportError) as e:
+        to_nir(model, (1, 8, 8))
+    assert str(e.value).startswith(f"layer {block} (Block.attention: {attention}, model={name}): {product} "
+                                   f"multiplies spike signals with each other; NIR's nodes are weighted sums")
+    assert "no node for a product of two signals" in str(e.value) and "model=convnet" in str(e.value)
+
+
+def test_a_transformer_without_blocks_is_refused_at_its_residual_sum():
+    """depth=0: no attention; the tokeniser's residual (x + SN(BN(conv(x)))) NIR could express, snnexp does not map."""
+    model = tiny_transformer("spikformer", depth=0, patch_size=2)
+    with pytest.raises(ExportError, match=r"^model=spikformer without attention blocks: its residual sums, which NIR "
+                                          r"could express \(a node sums the edges into it\), are not written"):
+        to_nir(model, (1, 8, 8))
+
+
+def test_export_cli_refuses_a_transformer_checkpoint(default_export, tmp_path):
+    """The default run's checkpoint with a tiny Spikformer's config and weights in it: `snnexp export` says which
+    block NIR cannot express, exit code 2, no traceback."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from snnexp.cli import conf_dir
+    from snnexp.train.build import build_model
+
+    cwd, _ = default_export
+    state = load_checkpoint(cwd / "run" / "checkpoints" / "best.pt")
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["model=spikformer", "model.embed_dim=16",
+                                                                        "model.heads=2"])
+    state["config"] = OmegaConf.to_container(cfg, resolve=True)
+    state["model"] = build_model(cfg, [1, 8, 8], 10).state_dict()
+    torch.save(state, tmp_path / "spikformer.pt")
+    proc = run_snnexp("export", f"checkpoint={tmp_path / 'spikformer.pt'}", "hydra.run.dir=ex", cwd=tmp_path,
+                      check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    block = first_block(model_from_checkpoint(load_checkpoint(tmp_path / "spikformer.pt"))[0])
+    assert proc.stderr.startswith(f"snnexp: error: layer {block} (Block.attention: SpikingSelfAttention, "
+                                  f"model=spikformer): Q K^T V multiplies spike signals")
+    assert not (tmp_path / "spikformer.nir").exists()

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from conftest import run_snnexp
 from snnexp.errors import ConfigError
-from snnexp.nn.losses import TET
+from snnexp.nn.losses import TET, CERate
 from snnexp.nn.readouts import MembraneReadout, RateReadout, VotingReadout
 
 sj_loss = pytest.importorskip("spikingjelly.activation_based.functional.loss")
@@ -40,6 +40,42 @@ def test_with_the_mse_term_it_is_the_papers_formula():
     mse = sum(((x[t] - phi) ** 2).mean() for t in range(T)) / T
     expected = (1 - lam) * ce + lam * mse
     assert TET(lam=lam, phi=phi)(x, y).item() == pytest.approx(expected.item(), abs=1e-12)
+
+
+def smoothed_cross_entropy(x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
+    """Label smoothing by its definition: (1 - eps) CE(x, y) + eps * the mean over the K classes of -log p_k,
+    averaged over the rows of x [B, K]."""
+    log_p = torch.log_softmax(x, dim=-1)
+    ce = -log_p.gather(1, y[:, None]).squeeze(1)
+    return ((1 - eps) * ce + eps * -log_p.mean(dim=-1)).mean()
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1, 0.5])
+def test_ce_rate_label_smoothing_is_its_definition(eps):
+    x, y = scores(T=1, B=7, K=10)
+    ours = CERate(label_smoothing=eps)(x[0], y)
+    expected = smoothed_cross_entropy(x[0], y, eps)
+    assert ours.item() == pytest.approx(expected.item(), abs=1e-12)
+    if eps:
+        assert ours.item() != pytest.approx(F.cross_entropy(x[0], y).item(), abs=1e-6)
+
+
+@pytest.mark.parametrize("K", [4, 20])  # both layouts of mean_step_cross_entropy (under 16 classes and more)
+def test_tet_label_smoothing_smooths_every_steps_cross_entropy(K):
+    x, y = scores(T=5, B=6, K=K)
+    lam, phi, eps = 0.3, 1.5, 0.1
+    T = x.shape[0]
+    ce = sum(smoothed_cross_entropy(x[t], y, eps) for t in range(T)) / T
+    mse = sum(((x[t] - phi) ** 2).mean() for t in range(T)) / T
+    expected = (1 - lam) * ce + lam * mse
+    assert TET(lam=lam, phi=phi, label_smoothing=eps)(x, y).item() == pytest.approx(expected.item(), abs=1e-12)
+
+
+@pytest.mark.parametrize("loss", [CERate, TET])
+@pytest.mark.parametrize("eps", [1.0, -0.1])
+def test_label_smoothing_out_of_range_is_refused(loss, eps):
+    with pytest.raises(ConfigError, match=rf"loss.label_smoothing={eps} is out of range: must be in \[0, 1\)"):
+        loss(label_smoothing=eps)
 
 
 @pytest.mark.parametrize("readout", [RateReadout(), VotingReadout(population=3), MembraneReadout("mean"),

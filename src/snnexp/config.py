@@ -152,6 +152,8 @@ RULES = {
     "readout.reduce": (lambda v: v in ("max", "mean", "last"), "max, mean or last"),
     "readout.tau": (lambda v: v >= 1, ">= 1 (time steps; 1 passes the input through)"),
     "loss.lam": (lambda v: 0 <= v <= 1, "in [0, 1] (TET's weight of the MSE term)"),
+    "loss.label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1) (the weight eps of the uniform target: (1 - eps) CE + "
+                             "eps * the mean over classes of -log p; 0: none)"),
     "optim.lr": (_positive, "> 0"),
     "optim.weight_decay": (_non_negative, ">= 0"),
     "optim.momentum": (_probability, "in [0, 1)"),

@@ -36,6 +36,9 @@ What is not exact: NIR fires on v > v_threshold, we on H >= V_th (the two differ
 the threshold). A soft reset (neuron.v_reset=null: subtract V_th) has no NIR node, nor has NeuNorm: both stop
 the export with a message, as does the adaptive LIF (neuron=alif: no NIR primitive has an adaptive threshold) and
 anything else NIR cannot express; nothing is left out silently.
+
+The spiking transformers (model=spikformer, spike_driven_transformer, qkformer) are refused, naming their first
+attention block: what NIR can and cannot express of them is in snnexp/export/transformers.py.
 """
 
 import io
@@ -51,6 +54,7 @@ from torch import nn
 
 from snnexp.errors import ExportError
 from snnexp.export.describe import chain, describe  # noqa: F401  (snnexp export prints them)
+from snnexp.export.transformers import refuse_transformer
 from snnexp.files import write_atomic
 from snnexp.nn.layers import SeqDropout, SeqFlatten, SeqToANN
 from snnexp.nn.neurons import ALIF, IF, LIF, PLIF, ParallelNeuron, SpikingNeuron
@@ -293,8 +297,10 @@ def to_nir(model: nn.Module, input_shape: Sequence[int], population: int = 1, dt
            metadata: Optional[dict] = None) -> nir.NIRGraph:
     """The NIR graph of a network built from a spec (SpecNet, MLP) in eval mode, for one time step of input
     [*input_shape]; `population` > 1 appends the voting readout's population average."""
-    from snnexp.nn.models import SpecNet
+    from snnexp.nn.models import QKFormer, SpecNet, SpikeDrivenTransformer, Spikformer
 
+    if isinstance(model, (QKFormer, SpikeDrivenTransformer, Spikformer)):
+        refuse_transformer(model)
     if not isinstance(model, SpecNet):
         raise ExportError(f"snnexp export handles the networks written as a spec (model=convnet, mlp, fc, rsnn, "
                           f"plif_*, stbp_*), not {type(model).__name__}: the residual joins of the spiking ResNets "

@@ -528,28 +528,28 @@ def product_cases():
     sdsa = SpikeDrivenSelfAttention(6, 2, IF, BatchNormOverTime)
     qk = {kind: QKAttention(6, 2, IF, BatchNormOverTime, kind) for kind in ("token", "channel")}
     q, k, v = spikes(d, L), spikes(d, L), spikes(d, L)
-    kv = k.transpose(-1, -2).new_zeros(*lead, d, d)  # K^T V by its sums: kv[c, e] = sum over l of K[c, l] V[e, l]
+    kv = k.transpose(-1, -2).new_zeros(*lead, d, d)  # K^T V by its sums: kv[c, e] = sum over t of K[c, t] V[e, t]
     for i in itertools.product(*map(range, lead)):
-        for c, e, l in itertools.product(range(d), range(d), range(L)):
-            kv[i][c, e] += k[i][c, l] * v[i][e, l]
+        for c, e, t in itertools.product(range(d), range(d), range(L)):
+            kv[i][c, e] += k[i][c, t] * v[i][e, t]
     assert kv.max() > 1  # integers: not spikes
     channel_mask, token_mask = spikes(d), spikes(L)
     Q, K, V, KV, CM, TM = (t.numpy() for t in (q, k, v, kv, channel_mask, token_mask))
     return [
-        # SSA: K^T V[c, e] = sum_l K[c, l] V[e, l]; then (Q (K^T V))[e, l] = sum_c KV[c, e] Q[c, l]
-        ("SSA K^T V", ssa.kv, (k, v), loop_count(lead, (d, d, L), lambda i, c, e, l: K[i][c, l] and V[i][e, l])),
+        # SSA: K^T V[c, e] = sum_t K[c, t] V[e, t]; then (Q (K^T V))[e, t] = sum_c KV[c, e] Q[c, t]
+        ("SSA K^T V", ssa.kv, (k, v), loop_count(lead, (d, d, L), lambda i, c, e, t: K[i][c, t] and V[i][e, t])),
         ("SSA Q (K^T V)", ssa.qkv_product, (kv, q),
-         loop_count(lead, (d, d, L), lambda i, c, e, l: KV[i][c, e] and Q[i][c, l])),
-        # SDSA: SUM_tokens(K (x) V)[c] = sum_l K[c, l] V[c, l]; the mask (Q (x) M)[c, l] = M[c] Q[c, l]
-        ("SDSA sum of K (x) V", sdsa.kv, (k, v), loop_count(lead, (d, L), lambda i, c, l: K[i][c, l] and V[i][c, l])),
-        ("SDSA mask", sdsa.mask, (channel_mask, q), loop_count(lead, (d, L), lambda i, c, l: CM[i][c] and Q[i][c, l])),
-        # QKTA: A[l] = sum_c Q[c, l], then A[l] K[c, l]; QKCA: A[c] = sum_l Q[c, l], then A[c] K[c, l]
-        ("QKTA sum", qk["token"].q_sum, (q,), loop_count(lead, (d, L), lambda i, c, l: Q[i][c, l])),
+         loop_count(lead, (d, d, L), lambda i, c, e, t: KV[i][c, e] and Q[i][c, t])),
+        # SDSA: SUM_tokens(K (x) V)[c] = sum_t K[c, t] V[c, t]; the mask (Q (x) M)[c, t] = M[c] Q[c, t]
+        ("SDSA sum of K (x) V", sdsa.kv, (k, v), loop_count(lead, (d, L), lambda i, c, t: K[i][c, t] and V[i][c, t])),
+        ("SDSA mask", sdsa.mask, (channel_mask, q), loop_count(lead, (d, L), lambda i, c, t: CM[i][c] and Q[i][c, t])),
+        # QKTA: A[t] = sum_c Q[c, t], then A[t] K[c, t]; QKCA: A[c] = sum_t Q[c, t], then A[c] K[c, t]
+        ("QKTA sum", qk["token"].q_sum, (q,), loop_count(lead, (d, L), lambda i, c, t: Q[i][c, t])),
         ("QKTA mask", qk["token"].mask, (token_mask, k),
-         loop_count(lead, (d, L), lambda i, c, l: TM[i][l] and K[i][c, l])),
-        ("QKCA sum", qk["channel"].q_sum, (q,), loop_count(lead, (d, L), lambda i, c, l: Q[i][c, l])),
+         loop_count(lead, (d, L), lambda i, c, t: TM[i][t] and K[i][c, t])),
+        ("QKCA sum", qk["channel"].q_sum, (q,), loop_count(lead, (d, L), lambda i, c, t: Q[i][c, t])),
         ("QKCA mask", qk["channel"].mask, (channel_mask, k),
-         loop_count(lead, (d, L), lambda i, c, l: CM[i][c] and K[i][c, l])),
+         loop_count(lead, (d, L), lambda i, c, t: CM[i][c] and K[i][c, t])),
     ]
 
 
@@ -595,8 +595,8 @@ def test_a_test_pass_counts_the_attention_products_of_a_spikformer():
     lead, (d, L) = k.shape[:-2], k.shape[-2:]
     assert (d, L) == (8, 16) and kv.max() > 1
     expected = {
-        "kv": loop_count(lead, (d, d, L), lambda i, c, e, l: k[i][c, l] and v[i][e, l]),
-        "qkv_product": loop_count(lead, (d, d, L), lambda i, c, e, l: kv[i][c, e] and q[i][c, l]),
+        "kv": loop_count(lead, (d, d, L), lambda i, c, e, t: k[i][c, t] and v[i][e, t]),
+        "qkv_product": loop_count(lead, (d, d, L), lambda i, c, e, t: kv[i][c, e] and q[i][c, t]),
     }
     dense = 0
     for part, (effective, all_terms) in expected.items():

@@ -70,6 +70,7 @@ bench: $(EXTRAS)
 	$(PY) bench/bench_psn.py
 	$(PY) bench/bench_delays.py
 	$(PY) bench/bench_learning.py
+	$(PY) bench/bench_transformers.py
 	$(PY) bench/bench_frames.py $(ARGS)
 
 # make gpu-check (bench/gpu_check.py): the wheels an offline GPU machine lacks into gpu-wheels/ (downloaded again when

@@ -157,7 +157,7 @@ def run_child(args, *one) -> object:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=5)  # steps of 1-5 s: turns of one step each, the median of five
+    ap.add_argument("--rounds", type=int, default=3)  # steps of 1-5 s: turns of one step each, the median of three
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--one", nargs="+", help=argparse.SUPPRESS)
@@ -187,9 +187,9 @@ def main():
               f"{mb['snnexp']:8.0f} {mb['SpikingJelly']:8.0f} {row['memory_ratio']:11.2f}x  {verdict}")
     for name in args.models:
         print(f"  {name}: {MODELS[name]}")
-    print("  differences: QKFormer at SpikingJelly's three stages (our DVS presets: two); SpikingJelly's QKFormer and "
-          "SDT convolutions have biases before BN where ours have none; our output layer is a leaky integrator "
-          "(membrane_mean readout), theirs the linear outputs")
+    print("  differences: QKFormer at SpikingJelly's three stages and stem (our DVS presets: two, stem=dvs); "
+          "SpikingJelly's QKFormer and SDT convolutions have biases before BN where ours have none; our output layer "
+          "is a leaky integrator (membrane_mean readout), theirs the linear outputs")
     print()
     write_results("transformers", results)
 

@@ -20,6 +20,7 @@ from torch import nn
 
 from snnexp.errors import ModelError
 from snnexp.nn.layers import SeqToANN, run_layers
+from snnexp.nn.weight_standardization import attach_weight_norms
 
 __all__ = ["QKAttention", "SpikeDrivenSelfAttention", "SpikeProduct", "SpikingSelfAttention", "attention_neuron",
            "conv_norm"]
@@ -61,8 +62,10 @@ class SpikeProduct(nn.Module):
 def conv_norm(cin: int, cout: int, norm: Callable[[int], nn.Module], kernel: int = 1) -> list:
     """A token-wise (1x1) or k x k convolution and the configured norm: the papers' Linear-BN / Conv-BN. No bias:
     the norm's shift stands in for it (the authors' code has biases before some of its BNs, which subtract them
-    again: they change only the parameter count)."""
-    return [SeqToANN(nn.Conv2d(cin, cout, kernel, 1, kernel // 2, bias=False)), norm(cout)]
+    again: they change only the parameter count). norm=sws standardises the convolution's weight."""
+    layers = [SeqToANN(nn.Conv2d(cin, cout, kernel, 1, kernel // 2, bias=False)), norm(cout)]
+    attach_weight_norms(layers)
+    return layers
 
 
 def attention_neuron(neuron: Callable[..., nn.Module], threshold) -> nn.Module:

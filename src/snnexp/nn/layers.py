@@ -12,8 +12,8 @@ from torch import nn
 from snnexp.config import require
 from snnexp.nn.neurons.repeated import Repeated, repeat_in_time, repeated_in_time
 
-__all__ = ["Repeated", "SeqDropout", "SeqFlatten", "SeqToANN", "feed", "repeat_in_time", "repeated_in_time",
-           "run_layers"]
+__all__ = ["Repeated", "SeqDropout", "SeqFlatten", "SeqToANN", "feed", "materialize", "repeat_in_time",
+           "repeated_in_time", "run_layers"]
 
 
 def run_layers(layers, x_seq) -> torch.Tensor:
@@ -24,6 +24,19 @@ def run_layers(layers, x_seq) -> torch.Tensor:
     for layer in layers:
         x = feed(layer, x)
     return x.expand() if isinstance(x, Repeated) else x
+
+
+def materialize(model: nn.Module, input_shape) -> None:
+    """Shape a network's lazy parameters (NeuNorm's U), if it has any, with one dry pass, so the optimizer sees them
+    all; in eval mode, so that no BN statistics change. One time step, or the steps a layer is built for
+    (`fixed_steps`: a PSN's T x T weights, TEBN's and BNTT's per-step parameters), which take no other number."""
+    if not any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters()):
+        return
+    steps = max((getattr(m, "fixed_steps", None) or 1 for m in model.modules()), default=1)
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros(steps, 1, *input_shape))
+    model.train()
 
 
 def feed(layer: nn.Module, x):

@@ -9,12 +9,11 @@ swaps every SN and BN layer (and the neurons of every RFC layer).
 import math
 from typing import Callable, Sequence
 
-import torch
 from torch import nn
 
 from snnexp.errors import ModelError, SpecError
 from snnexp.nn.delays import DEFAULT_MAX_DELAY, DelayedFC
-from snnexp.nn.layers import SeqDropout, SeqFlatten, SeqToANN, run_layers
+from snnexp.nn.layers import SeqDropout, SeqFlatten, SeqToANN, materialize, run_layers
 from snnexp.nn.models.resnet import SpikingResNet
 from snnexp.nn.models.spec import Layer, expand, format_spec, parse_spec
 from snnexp.nn.models.transformers import QKFormer, SpikeDrivenTransformer, Spikformer
@@ -52,8 +51,7 @@ class SpecNet(nn.Sequential):
                 layers.append(module)
         attach_weight_norms(layers)  # norm=sws: standardises the weight of the conv/FC before each BN token
         super().__init__(*layers)
-        if any(isinstance(p, nn.parameter.UninitializedParameter) for p in self.parameters()):
-            self._materialize(input_shape)
+        materialize(self, input_shape)
         if len(shape) != 1 or shape[0] != num_outputs:
             raise ModelError(
                 f"model '{self.spec}' ends with output shape {list(shape)}, but the readout needs "
@@ -68,16 +66,6 @@ class SpecNet(nn.Sequential):
     def layer_runs(self):
         """The names of the layers forward runs one after the other (snnexp.nn.fusion)."""
         return [[str(i) for i in range(len(self))]]
-
-    def _materialize(self, input_shape):
-        """Shape lazy parameters (NeuNorm's U) with one dry pass, so the optimizer sees them all; in eval
-        mode, so that no BN statistics change. One time step, or the steps a layer is built for (`fixed_steps`: a
-        PSN's T x T weights, TEBN's and BNTT's per-step parameters), which take no other number."""
-        steps = max((getattr(m, "fixed_steps", None) or 1 for m in self.modules()), default=1)
-        self.eval()
-        with torch.no_grad():
-            self(torch.zeros(steps, 1, *input_shape))
-        self.train()
 
 
 def _build(layer: Layer, shape, neuron, norm, dropout, bias, spec):

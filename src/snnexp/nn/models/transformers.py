@@ -23,8 +23,9 @@ from torch import nn
 
 from snnexp.errors import ModelError
 from snnexp.nn.attention import QKAttention, SpikeDrivenSelfAttention, SpikingSelfAttention, conv_norm
-from snnexp.nn.layers import SeqFlatten, SeqToANN, run_layers
+from snnexp.nn.layers import SeqFlatten, SeqToANN, materialize, run_layers
 from snnexp.nn.pooling import MaxPool2d
+from snnexp.nn.weight_standardization import attach_weight_norms
 
 __all__ = ["QKFormer", "SpikeDrivenTransformer", "Spikformer"]
 
@@ -151,6 +152,7 @@ class Spikformer(_Transformer):
             attention = SpikingSelfAttention(embed_dim, heads, neuron, norm, scale, attention_threshold)
             layers.append(Block(attention, spiking_mlp(embed_dim, mlp_ratio, neuron, norm)))
         super().__init__(*layers, *head(embed_dim, num_outputs, neuron))
+        materialize(self, shape)
 
 
 class SpikeDrivenTransformer(_Transformer):
@@ -182,6 +184,7 @@ class SpikeDrivenTransformer(_Transformer):
             attention = SpikeDrivenSelfAttention(embed_dim, heads, neuron, norm, attention_threshold)
             layers.append(Block(attention, membrane_mlp(embed_dim, mlp_ratio, neuron, norm)))
         super().__init__(*layers, *head(embed_dim, num_outputs, neuron, spikes_first=True))
+        materialize(self, shape)
 
 
 class QKFormer(_Transformer):
@@ -234,6 +237,7 @@ class QKFormer(_Transformer):
                 layers.append(Block(attention, spiking_mlp(dim, mlp_ratio, neuron, norm)))
             cin = dim
         super().__init__(*layers, *head(embed_dim, num_outputs, neuron))
+        materialize(self, shape)
 
     @staticmethod
     def stem(cin: int, dim: int, stem: str, neuron: Callable, norm: Callable) -> List[nn.Module]:
@@ -265,4 +269,6 @@ class QKFormer(_Transformer):
 
 def _shortcut(cin: int, cout: int, stride: int, neuron: Callable, norm: Callable) -> List[nn.Module]:
     """QKFormer's patch-embedding shortcut: conv1x1 with the body's stride, BN, SN."""
-    return [SeqToANN(nn.Conv2d(cin, cout, 1, stride, bias=False)), norm(cout), neuron()]
+    layers = [SeqToANN(nn.Conv2d(cin, cout, 1, stride, bias=False)), norm(cout)]
+    attach_weight_norms(layers)
+    return layers + [neuron()]

@@ -56,6 +56,21 @@ def test_settings_the_kernel_does_not_take_run_pytorchs(pool):
     assert torch.equal(y, y_ref) and torch.equal(gx, gx_ref)
 
 
+@pytest.mark.parametrize("order", ORDERS)
+def test_overlapping_windows_keep_two_bytes_per_window_for_the_backward(order):
+    """The transformers' 3x3 stride-2 pools of spikes: what autograd keeps is an int16 index per window (not the
+    input and int64 indices, as PyTorch's own pool keeps), and the gradients are PyTorch's."""
+    x = (torch.rand(2, 4, 16, 12, generator=torch.Generator().manual_seed(0)) < 0.3).float()
+    x = x.contiguous(memory_format=order).requires_grad_()
+    kept = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t) or t, lambda t: t):
+        y = MaxPool2d(3, 2, 1)(x)
+    assert [(t.dtype, tuple(t.shape)) for t in kept] == [(torch.int16, (2, 4, 8, 6))]
+    (_, gx), (_, gx_ref) = _both(x, MaxPool2d(3, 2, 1), 3, 2, 1)
+    assert torch.equal(gx, gx_ref) and torch.equal(y, F.max_pool2d(x, 3, 2, 1))
+    assert gx.is_contiguous(memory_format=order)
+
+
 def test_other_layouts_and_the_custom_op_checks():
     """A layout that is neither NCHW nor channels_last is made NCHW; torch.library.opcheck checks the schema,
     the fake implementation, the autograd registration and AOT dispatch (what torch.compile relies on)."""

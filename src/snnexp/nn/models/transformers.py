@@ -9,8 +9,10 @@ snnexp.nn.attention; the architectures, and where our code and SpikingJelly's di
 docs/science.md, section 5, "Spiking transformers".
 
 The tokeniser adapts to the input: every 2x2 reduction is a max pool (3x3, stride 2, padding 1: ceil(n / 2)), and
-`patch_size` (a power of 2) sets how many there are, so a 32 x 32 image with patch_size=4 gives an 8 x 8 grid of
-tokens and the built-in 8 x 8 digits with patch_size=2 a 4 x 4 grid. Like every snnexp network the layers run
+`patch_size` (a power of 2) sets how many there are. Left unset (null) it is the smallest that leaves a grid of at
+most 8 x 8 tokens (GRID), the papers' grid for CIFAR10 (32 x 32, patch 4) and CIFAR10-DVS (128 x 128, patch 16): the
+built-in 8 x 8 digits get patch 1, N-MNIST's 34 x 34 frames patch 8 (5 x 5 tokens). The Spike-driven Transformer's
+`pooling` and QKFormer's `stem` are chosen by the same rule when left unset. Like every snnexp network the layers run
 through run_layers (direct coding's repeated image goes through the first convolution once) and list the runs of
 layers they run in order (`layer_runs`), so that snnexp.nn.fusion joins their BN-SN pairs into one op.
 """
@@ -101,8 +103,14 @@ def _image_shape(input_shape: Sequence[int], name: str) -> tuple:
     return shape
 
 
-def _reductions(patch_size: int, most: int, shape: tuple, name: str) -> int:
-    """The tokeniser's 2x reductions for `patch_size`: log2 of it, at most `most`, leaving a grid of tokens."""
+GRID = 8  # an unset patch size leaves at most GRID x GRID tokens (module docstring)
+
+
+def _reductions(patch_size: Optional[int], most: int, shape: tuple, name: str) -> int:
+    """The tokeniser's 2x reductions for `patch_size`: log2 of it, at most `most`, leaving a grid of tokens; None:
+    the fewest that leave at most GRID x GRID tokens (module docstring)."""
+    if patch_size is None:
+        return next((n for n in range(most + 1) if max(-(-size // 2**n) for size in shape[1:]) <= GRID), most)
     if patch_size < 1 or patch_size & (patch_size - 1) or patch_size > 2 ** most:
         raise ModelError(f"model.patch_size={patch_size}: {name}'s tokeniser reduces the image by a power of 2, up "
                          f"to {2 ** most}: choose one of {', '.join(str(2 ** i) for i in range(most + 1))}")
@@ -138,7 +146,8 @@ class Spikformer(_Transformer):
     x + SN(BN(conv3x3(x))). Blocks: x + SSA(x), then x + MLP(x) (snnexp.nn.attention.SpikingSelfAttention)."""
 
     def __init__(self, input_shape: Sequence[int], num_outputs: int, neuron: Callable, norm: Callable,
-                 embed_dim: int = 384, depth: int = 4, heads: int = 12, mlp_ratio: float = 4.0, patch_size: int = 4,
+                 embed_dim: int = 384, depth: int = 4, heads: int = 12, mlp_ratio: float = 4.0,
+                 patch_size: Optional[int] = 4,
                  scale: float = 0.125, attention_threshold: Optional[float] = 0.5):
         shape = _image_shape(input_shape, "spikformer")
         _width(embed_dim, 8, "Spikformer")
@@ -166,9 +175,12 @@ class SpikeDrivenTransformer(_Transformer):
 
     def __init__(self, input_shape: Sequence[int], num_outputs: int, neuron: Callable, norm: Callable,
                  embed_dim: int = 512, depth: int = 2, heads: int = 8, mlp_ratio: float = 4.0,
-                 pooling: Union[str, int] = "1111", attention_threshold: Optional[float] = 0.5):
+                 pooling: Union[str, int, None] = "1111", attention_threshold: Optional[float] = 0.5):
         shape = _image_shape(input_shape, "spike_driven_transformer")
         _width(embed_dim, 8, "the Spike-driven Transformer")
+        if pooling is None:  # the fewest pools, at the last stages, that leave at most GRID x GRID tokens
+            pools = _reductions(None, 4, shape, "the Spike-driven Transformer")
+            pooling = "0" * (4 - pools) + "1" * pools
         pooling = str(pooling).zfill(4)
         if len(pooling) != 4 or set(pooling) - {"0", "1"}:
             raise ModelError(f"model.pooling={pooling!r}: four 0/1 digits, one per tokeniser stage, 1 where a max pool "
@@ -200,7 +212,7 @@ class QKFormer(_Transformer):
       conv3x3-BN-SN, no pooling; `dvs` (the CIFAR10-DVS and DVS128 Gesture code) conv3x3-BN-SN to an eighth, then
       the body conv3x3-BN-MP-SN three times, each doubling the width and halving the map (a 128 x 128 frame: 16 x 16
       tokens); `imagenet` (the ImageNet code, SpikingJelly's `model.qkformer`) conv3x3-BN-MP-SN to half, then the
-      body conv3x3-BN-MP-SN, conv3x3-BN-SN;
+      body conv3x3-BN-MP-SN, conv3x3-BN-SN; None: cifar up to 32 x 32, dvs above;
     - each later one: conv3x3-BN-SN, conv3x3-BN-MP-SN (`imagenet`: the pool after the first conv), halving the map
       and doubling the width."""
 
@@ -208,12 +220,14 @@ class QKFormer(_Transformer):
 
     def __init__(self, input_shape: Sequence[int], num_outputs: int, neuron: Callable, norm: Callable,
                  embed_dim: int = 384, depths: Sequence[int] = (1, 1, 2), heads: int = 8, mlp_ratio: float = 4.0,
-                 stem: str = "cifar", qk_attention: str = "token", scale: float = 0.125,
+                 stem: Optional[str] = "cifar", qk_attention: str = "token", scale: float = 0.125,
                  attention_threshold: Optional[float] = 0.5):
         shape = _image_shape(input_shape, "qkformer")
         depths = [int(d) for d in depths]
         if not depths or min(depths) < 0:
             raise ModelError(f"model.depths={depths}: a list of the blocks in each stage, e.g. [1, 1, 2]")
+        if stem is None:  # as the authors chose: no pooling up to CIFAR10's 32 x 32, three pools for larger frames
+            stem = "cifar" if max(shape[1:]) <= 32 else "dvs"
         if stem not in self.STEMS:
             raise ModelError(f"model.stem={stem!r}: choose one of {', '.join(self.STEMS)}")
         stages = len(depths)

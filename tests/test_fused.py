@@ -377,3 +377,25 @@ def test_the_parameter_record_matches_its_c_declaration():
             cpu.LEAK["plain"], 1, 1, cpu.SURROGATE_KINDS["rect"])
         assert (record.tau_inv, record.v_th, record.v_reset, record.sg_a, record.sg_b) == (0.25, 1.5, -0.5, 0.75,
                                                                                            0.125)
+
+
+@pytest.mark.parametrize("dtype, rtol", [(torch.float32, 1e-6), (torch.float64, 1e-14)])
+@pytest.mark.parametrize("alpha", [4.0, 3.7])
+def test_the_sigmoid_surrogate_matches_its_formula_in_double(dtype, alpha, rtol):
+    """The kernel's sigmoid surrogate, alpha s (1 - s) with s = sigma(alpha x), computed in float32 with its own
+    branch-free e^x (lif_cpu.c, exp_neg_f32; float64 uses libm's exp), against the formula in double precision:
+    within rtol of it everywhere, saturated tails included (written as alpha e / (1 + e)^2, e = e^-|alpha x|, it has
+    no cancellation in 1 - s), and 0 only where the exact value is below 1e-36. T = 1, IF from rest: H = X, and the
+    gradient of the spikes' sum is the surrogate's derivative at X - V_th, element by element (the tail of the
+    vectorised loop included: N is no multiple of the vector width)."""
+    f64 = torch.float64
+    ax = torch.cat([torch.zeros(1, dtype=f64), torch.linspace(-20, 20, 100_003, dtype=f64),
+                    torch.logspace(-9, 2.5, 20_001, dtype=f64), -torch.logspace(-9, 2.5, 20_001, dtype=f64)])
+    x = (ax / alpha + 1.0).to(dtype).requires_grad_()
+    lif_multistep_fused(x[None], None, Sigmoid(alpha), v_threshold=1.0, v_reset=0.0).sum().backward()
+    z = (torch.tensor(alpha, dtype=dtype) * (x.detach() - 1.0)).double()  # alpha (H - V_th), rounded as the kernel
+    e = torch.exp(-z.abs())
+    exact = torch.tensor(alpha, dtype=dtype).double() * e / (1 + e) ** 2
+    assert z[0] == 0 and x.grad[0] == torch.tensor(alpha / 4, dtype=dtype)  # the peak, exactly
+    assert z.abs().max() > 300 and exact.min() < 1e-100  # reaches far into the saturated tails
+    torch.testing.assert_close(x.grad.double(), exact, rtol=rtol, atol=1e-36)

@@ -31,11 +31,17 @@ static inline TYPE NAME(charge)(int leak, TYPE v, TYPE x, TYPE tau_inv, TYPE lea
 static inline TYPE NAME(reset)(int soft_reset, TYPE h, int s, TYPE v_th, TYPE v_reset) {
     return soft_reset ? (s ? h - v_th : h) : (s ? v_reset : h);
 }
+/* The sigmoid surrogate's derivative a s (1 - s), s = sigma(a x), as a e / (1 + e)^2 with e = e^-|a x| (the same
+ * value; no cancellation in 1 - s, so that it is accurate to a few ulp relative everywhere). EXP_NEG: lif_cpu.c. */
+static inline TYPE NAME(sigmoid_grad)(TYPE x, TYPE a) {
+    const TYPE ax = a * x, e = EXP_NEG(ax < 0 ? ax : -ax), s = 1 / (1 + e);
+    return a * e * s * s;
+}
 /* The surrogate's derivative at x = H - V_th (snnexp/surrogate.py has the formulas). */
 static inline TYPE NAME(surrogate_grad)(int kind, TYPE x, TYPE a, TYPE b) {
     switch (kind) {
     case SG_ATAN: { TYPE y = (TYPE)(M_PI / 2) * a * x; return (a / 2) / (1 + y * y); } /* a = alpha */
-    case SG_SIGMOID: { TYPE s = 1 / (1 + (TYPE)exp(-(double)(a * x))); return a * s * (1 - s); }
+    case SG_SIGMOID: return NAME(sigmoid_grad)(x, a);  /* backward_block uses sigmoid_grads */
     case SG_RECT: return (x < 0 ? -x : x) < a / 2 ? b : 0;               /* a = width, b = height */
     case SG_TRIANGLE: { TYPE y = 1 - (x < 0 ? -x : x) / a; y = y > 0 ? y : 0; return y * b; }
     default: { TYPE y = 1 + a * (x < 0 ? -x : x); return 1 / (y * y); }  /* fast sigmoid, a = slope */
@@ -127,6 +133,13 @@ static __attribute__((noinline)) void NAME(norm_step_sums)(const TYPE *gy, const
     for (int64_t i = 0; i < n; i++) { g_y[i] += gy[i]; g_yx[i] += gy[i] * (xt[i] - m[i]); }
 }
 
+/* The sigmoid surrogate's derivative at H - V_th of n neurons, into sg: a loop of its own, for backward_block (there,
+ * the exp made its loop too large for GCC to unswitch the runtime reset flags, and it stayed scalar). */
+static __attribute__((noinline)) void NAME(sigmoid_grads)(const TYPE *ht, TYPE *sg, int64_t n, TYPE v_th, TYPE a) {
+    _Pragma("omp simd")
+    for (int64_t i = 0; i < n; i++) sg[i] = NAME(sigmoid_grad)(ht[i] - v_th, a);
+}
+
 /* The spikes of X for the neurons [lo, hi). Returns 0, or -1 if the buffer could not be allocated. */
 int NAME(lif_forward)(const TYPE *x, TYPE *spikes, int64_t T, int64_t N, int64_t x_step, int64_t lo,
                          int64_t hi, const NAME(lif_params) *params,
@@ -195,11 +208,14 @@ static inline __attribute__((always_inline)) double NAME(backward_block)(
          * loop vectorised (a store under `if (x_step)` is control flow GCC does not if-convert; figures:
          * docs/performance.md, "Figures behind the code") */
         TYPE *gxt = x_step ? grad_x + t * x_step + b0 : g_step;
+        /* sigmoid: the surrogate's derivatives first, into gxt, which the loop reads before it overwrites them
+         * (inside it, the exp kept the loop scalar, twice as slow: exp_neg_f32 in lif_cpu.c) */
+        if (kind == SG_SIGMOID) NAME(sigmoid_grads)(ht, gxt, n, v_th, sg_a);
         _Pragma("omp simd")
         for (int64_t i = 0; i < n; i++) {
             const TYPE h = ht[i];
             const int s = (h - v_th) >= 0;
-            const TYPE sg = NAME(surrogate_grad)(kind, h - v_th, sg_a, sg_b);
+            const TYPE sg = kind == SG_SIGMOID ? gxt[i] : NAME(surrogate_grad)(kind, h - v_th, sg_a, sg_b);
             TYPE dv_dh;
             if (soft_reset) dv_dh = detach_reset ? 1 : 1 - v_th * sg;
             else dv_dh = (s ? 0 : 1) + (detach_reset ? 0 : (v_reset - h) * sg);

@@ -121,13 +121,13 @@ def test_a_stored_config_with_an_interpolation_a_target_that_is_no_name_or_no_ma
 
 def test_a_target_from_the_users_own_config_dir_is_trusted_when_given(old_run, tmp_path):
     state = torch.load(old_run / "checkpoints" / "best.pt", weights_only=True)
-    state["config"]["optim"] = {"_target_": "torch.optim.AdamW", "lr": 0.001}
-    torch.save(state, tmp_path / "adamw.pt")
-    proc = run_snnexp("eval", "checkpoint=adamw.pt", "hydra.run.dir=e1", cwd=tmp_path, check=False)
-    assert proc.returncode == 2 and "optim._target_='torch.optim.AdamW'" in proc.stderr
+    state["config"]["optim"] = {"_target_": "torch.optim.RMSprop", "lr": 0.001}
+    torch.save(state, tmp_path / "rmsprop.pt")
+    proc = run_snnexp("eval", "checkpoint=rmsprop.pt", "hydra.run.dir=e1", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "optim._target_='torch.optim.RMSprop'" in proc.stderr
     (tmp_path / "mine" / "optim").mkdir(parents=True)
-    (tmp_path / "mine" / "optim" / "adamw.yaml").write_text("_target_: torch.optim.AdamW\nlr: 0.001\n")
-    proc = run_snnexp("eval", "--config-dir", "mine", "checkpoint=adamw.pt", "hydra.run.dir=e2", cwd=tmp_path)
+    (tmp_path / "mine" / "optim" / "rmsprop.yaml").write_text("_target_: torch.optim.RMSprop\nlr: 0.001\n")
+    proc = run_snnexp("eval", "--config-dir", "mine", "checkpoint=rmsprop.pt", "hydra.run.dir=e2", cwd=tmp_path)
     assert "test_acc" in proc.stdout
 
 

@@ -187,30 +187,31 @@ def test_eval_without_the_package_says_how_to_install_it(tmp_path):
         "neurobench): install it with pip install 'snnexp[neurobench]' (or pip install neurobench)")
 
 
-@pytest.mark.parametrize("model, heads, per_call", [
-    # SSA: K^T V and Q (K^T V), each d x d x L terms per head and step; SDSA: SUM_tokens(K (x) V) and the mask,
-    # each d x L
-    ("spikformer", 2, lambda d, L: 2 * d * d * L),
-    ("spike_driven_transformer", 2, lambda d, L: 2 * d * L),
-], ids=["spikformer", "spike_driven_transformer"])
-def test_a_transformer_neurobench_counts_without_the_attention_products(model, heads, per_call):
-    """A tiny transformer (8 x 8 digits, 16 channels, one block, 4 x 4 tokens): NeuroBench hooks its Linear and
-    Conv layers only, as ours are counted, and does not see the attention's products of two signals
-    (SpikeProduct), which our counts add: ours = NeuroBench's + the products', and the products' dense terms are
-    those of their definition, T x heads x per_call(d, L) per sample."""
-    grid = "model.patch_size=2" if model == "spikformer" else "model.pooling='0001'"
-    ours, theirs = ours_and_theirs(f"model={model}", "model.embed_dim=16", f"model.heads={heads}", "model.depth=1",
-                                   grid, "model.mlp_ratio=2", samples=16)
-    products = [k for k in ours.layer_acs_per_sample if k.endswith("_SpikeProduct")]
-    assert len(products) == 2
-    acs = sum(ours.layer_acs_per_sample[k] for k in products)
-    assert acs > 0 and all(ours.layer_macs_per_sample[k] == 0 for k in products)  # every product has spikes in it
-    weights = {k: v for k, v in ours.layer_acs_per_sample.items() if k not in products}
+@pytest.mark.parametrize("model, grid, products, terms", [
+    # 2 heads; SSA: K^T V and Q (K^T V), each d x d x L terms per head and step; SDSA: SUM_tokens(K (x) V) and the
+    # mask, each d x L; QK token attention: SUM_channels(Q) and the mask, each d x L. Spikformer and SDT: d = 8,
+    # L = 4 x 4; QKFormer: a QK stage of 8 channels (d = 4) on 8 x 8 tokens, then SSA on 16 (d = 8) on 4 x 4
+    ("spikformer", "model.patch_size=2", 2, 2 * (2 * 8 * 8 * 16)),
+    ("spike_driven_transformer", "model.pooling='0001'", 2, 2 * (2 * 8 * 16)),
+    ("qkformer", "model.stem=cifar", 4, 2 * (2 * 4 * 64) + 2 * (2 * 8 * 8 * 16)),
+], ids=["spikformer", "spike_driven_transformer", "qkformer"])
+def test_a_transformer_neurobench_counts_without_the_attention_products(model, grid, products, terms):
+    """A tiny transformer (8 x 8 digits, 16 channels, 2 heads): NeuroBench hooks its Linear and Conv layers only, as
+    ours are counted, and does not see the attention's products of two signals (SpikeProduct), which our counts
+    add: ours = NeuroBench's + the products', and the products' dense terms are those of their definition, T x
+    `terms` per sample."""
+    depth = "model.depths=[1,1]" if model == "qkformer" else "model.depth=1"
+    ours, theirs = ours_and_theirs(f"model={model}", "model.embed_dim=16", "model.heads=2", depth, grid,
+                                   "model.mlp_ratio=2", samples=16)
+    names = [k for k in ours.layer_acs_per_sample if k.endswith("_SpikeProduct")]
+    assert len(names) == products
+    acs = sum(ours.layer_acs_per_sample[k] for k in names)
+    assert acs > 0 and all(ours.layer_macs_per_sample[k] == 0 for k in names)  # every product has spikes in it
+    weights = {k: v for k, v in ours.layer_acs_per_sample.items() if k not in names}
     assert theirs["Effective_ACs"] == pytest.approx(sum(weights.values()), rel=1e-12)
     assert theirs["Effective_ACs"] + acs == pytest.approx(ours.effective_acs_per_sample, rel=1e-12)
     assert theirs["Effective_MACs"] == ours.effective_macs_per_sample > 0  # the first conv, on the image
-    T, d, L = 4, 16 // heads, 4 * 4
-    assert theirs["Dense"] + T * heads * per_call(d, L) == ours.dense_ops_per_sample
+    assert theirs["Dense"] + 4 * terms == ours.dense_ops_per_sample  # T = 4
     assert theirs["ActivationSparsity"] == pytest.approx(ours.activation_sparsity, abs=1e-12)
     assert theirs["Footprint"] == ours.footprint_bytes and theirs["ParameterCount"] == ours.parameter_count
     assert theirs["ClassificationAccuracy"] == pytest.approx(ours.acc, abs=1e-6)

@@ -89,6 +89,15 @@ def _restore(saved):
 
 
 @pytest.fixture
+def one_thread():
+    """One torch thread: faster than two on small tensors, and much faster on busy shared cores (the thread count is
+    restored after every test, above)."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@pytest.fixture
 def shared_data():
     if not (SHARED_DATA / "MNIST" / "raw").is_dir():
         pytest.skip(f"real data not present at {SHARED_DATA}")

@@ -27,13 +27,7 @@ NEURON = functools.partial(IF, v_threshold=0.5)  # projections: fire on any spik
 H, W = 2, 3  # L = 6 tokens
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: one thread is faster than two, and much faster on busy shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 class Given(nn.Module):

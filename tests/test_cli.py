@@ -28,7 +28,8 @@ def test_help_lists_commands_and_config_groups(tmp_path):
                  "norm: bn, bntt, neunorm, none, sws, tdbn, tebn", "encoder: direct, latency, poisson",
                  "dataset: cifar10, cifar100, digits", "loss: ce_rate, mse_rate, tet",
                  "experiment: cramer_rsnn_shd, cramer_rsnn_ssc, deng_tet_dvs_cifar10, duan_tebn_dvs_cifar10",
-                 "readout: membrane_last, membrane_max, membrane_mean, rate, voting", "optim: adam, adamax, adamw, sgd"):
+                 "readout: membrane_last, membrane_max, membrane_mean, rate, voting",
+                 "optim: adam, adamax, adamw, sgd"):
         assert line in out
 
 

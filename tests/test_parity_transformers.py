@@ -60,14 +60,7 @@ BN_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked
 LOGITS_ATOL, GRAD_RTOL = 1e-5, 1e-4
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are small: one thread runs them faster than two, and much faster on busy shared cores (a
-    Spikformer case: 0.2 s against 2-5 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 # -- the name maps: (our state_dict key, SpikingJelly's) ---------------------------------------------------------------

@@ -23,12 +23,7 @@ SMALL = {Spikformer: dict(embed_dim=16, depth=1, heads=2, patch_size=None),
          QKFormer: dict(embed_dim=32, depths=[1, 1], heads=2, stem=None)}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def token_grids(model, shape, T=1):

@@ -25,6 +25,12 @@ SPEC_HELP = ("expected one of: cXkY[sZ][pW] (conv), FCn (linear), MPkXsY / APkXs
 # (id, arguments, the message line (exact for ours; a line of Hydra's own message), exit code).
 # {w} is the working folder of the test.
 CASES = [
+    ("transformer blocks negative", ["train", "model=spikformer", "model.depth=-1"],
+     "snnexp: error: invalid config:\n  model.depth=-1 is out of range: must be an integer >= 0 (a transformer's "
+     "blocks)", 2),
+    ("QKFormer stages not numbers", ["train", "model=qkformer", "model.depths=[a,1]"],
+     "snnexp: error: invalid config:\n  model.depths=['a', 1] is out of range: must be a list of integers >= 0, the "
+     "blocks of each stage (e.g. [1, 1, 2])", 2),
     ("T zero", ["train", "trainer.T=0"],
      "snnexp: error: invalid config:\n  trainer.T=0 is out of range: must be an integer >= 1 (time steps)", 2),
     ("tau below 1", ["train", "neuron=lif", "neuron.tau=0.5"],

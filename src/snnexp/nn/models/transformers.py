@@ -23,6 +23,7 @@ from typing import Callable, List, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from snnexp.config import require
 from snnexp.errors import ModelError
 from snnexp.nn.attention import QKAttention, SpikeDrivenSelfAttention, SpikingSelfAttention, conv_norm
 from snnexp.nn.layers import SeqFlatten, SeqToANN, materialize, run_layers
@@ -120,6 +121,12 @@ def _reductions(patch_size: Optional[int], most: int, shape: tuple, name: str) -
     return int(math.log2(patch_size))
 
 
+def _check(**values) -> None:
+    """The RULES ranges (snnexp.config) of the settings given, as model.<name>."""
+    for name, value in values.items():
+        require(f"model.{name}", value)
+
+
 def _width(dim: int, parts: int, name: str) -> None:
     if dim < parts or dim % parts:
         raise ModelError(f"model.embed_dim={dim}: {name} divides the width into {parts} (its tokeniser's stages), "
@@ -150,6 +157,8 @@ class Spikformer(_Transformer):
                  patch_size: Optional[int] = 4,
                  scale: float = 0.125, attention_threshold: Optional[float] = 0.5):
         shape = _image_shape(input_shape, "spikformer")
+        _check(embed_dim=embed_dim, depth=depth, heads=heads, mlp_ratio=mlp_ratio, scale=scale,
+               attention_threshold=attention_threshold)
         _width(embed_dim, 8, "Spikformer")
         pools = _reductions(patch_size, 4, shape, "Spikformer")
         layers, cin = [], shape[0]
@@ -177,6 +186,8 @@ class SpikeDrivenTransformer(_Transformer):
                  embed_dim: int = 512, depth: int = 2, heads: int = 8, mlp_ratio: float = 4.0,
                  pooling: Union[str, int, None] = "1111", attention_threshold: Optional[float] = 0.5):
         shape = _image_shape(input_shape, "spike_driven_transformer")
+        _check(embed_dim=embed_dim, depth=depth, heads=heads, mlp_ratio=mlp_ratio,
+               attention_threshold=attention_threshold)
         _width(embed_dim, 8, "the Spike-driven Transformer")
         if pooling is None:  # the fewest pools, at the last stages, that leave at most GRID x GRID tokens
             pools = _reductions(None, 4, shape, "the Spike-driven Transformer")
@@ -223,9 +234,9 @@ class QKFormer(_Transformer):
                  stem: Optional[str] = "cifar", qk_attention: str = "token", scale: float = 0.125,
                  attention_threshold: Optional[float] = 0.5):
         shape = _image_shape(input_shape, "qkformer")
-        depths = [int(d) for d in depths]
-        if not depths or min(depths) < 0:
-            raise ModelError(f"model.depths={depths}: a list of the blocks in each stage, e.g. [1, 1, 2]")
+        depths = list(depths)
+        _check(embed_dim=embed_dim, depths=depths, heads=heads, mlp_ratio=mlp_ratio, scale=scale,
+               attention_threshold=attention_threshold)
         if stem is None:  # as the authors chose: no pooling up to CIFAR10's 32 x 32, three pools for larger frames
             stem = "cifar" if max(shape[1:]) <= 32 else "dvs"
         if stem not in self.STEMS:

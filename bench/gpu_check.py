@@ -17,7 +17,8 @@ Triton), installs from gpu-wheels/ the packages the machine lacks, offline and w
   1. the CUDA and Triton tests: tests/test_cuda.py (the Triton kernel on the hardware, the check that
      tests/test_fused.py runs here in Triton's interpreter; the neuron modules and the default convnet on CUDA
      against the CPU; AMP with float16);
-  2. `snnexp train trainer.device=cuda` on the built-in digits, with and without trainer.amp=true;
+  2. `snnexp train trainer.device=cuda` on the built-in digits, with and without trainer.amp=true, and with
+     model=spikformer;
   3. the neuron-op benchmark (bench/bench_neuron.py) and the convnet training-step benchmark
      (bench/bench_train_step.py) against SpikingJelly on the GPU;
 and prints one table: each check's result, samples/s, the ratio against SpikingJelly, the peak GPU memory.
@@ -250,12 +251,15 @@ TRAIN = ("import sys, torch\nfrom snnexp.cli import main\ncode = 0\ntry:\n    ma
          "print('GPU_PEAK_MIB', torch.cuda.max_memory_allocated() / 2**20)\nsys.exit(code)")
 
 
-def run_train(py: str, amp: bool, deadline: Deadline, out_dir: Path) -> dict:
-    run_dir = out_dir / ("train_amp" if amp else "train")
+def run_train(py: str, amp: bool, deadline: Deadline, out_dir: Path, model: str = "") -> dict:
+    """`model`: a model=... override (the spiking transformers' SpikeProduct and pools on the GPU); none: the
+    default convnet."""
+    run_dir = out_dir / f"train{'_amp' if amp else ''}{'_' + model if model else ''}"
     args = ["train", "trainer.device=cuda", f"trainer.amp={str(amp).lower()}", "trainer.epochs=3",
-            "trainer.progress=false", f"hydra.run.dir={run_dir}"]
+            "trainer.progress=false", f"hydra.run.dir={run_dir}"] + ([f"model={model}"] if model else [])
     code, out = _run([py, "-c", TRAIN, *args], deadline.timeout("train"))
-    row = {"check": f"snnexp train trainer.device=cuda{' trainer.amp=true' if amp else ''} (digits, 3 epochs)"}
+    row = {"check": f"snnexp train trainer.device=cuda{' trainer.amp=true' if amp else ''}"
+                    f"{' model=' + model if model else ''} (digits, 3 epochs)"}
     peak = re.search(r"GPU_PEAK_MIB ([\d.]+)", out)
     if code != 0 or not (run_dir / "metrics.json").is_file():
         return {**row, "result": "FAILED: " + _last_line(out)}
@@ -309,6 +313,7 @@ def gpu_run(wheels: Path) -> list:
     with tempfile.TemporaryDirectory() as tmp:
         rows.append(run_tests(py, deadline))
         rows += [run_train(py, amp, deadline, Path(tmp)) for amp in (False, True)]
+        rows.append(run_train(py, False, deadline, Path(tmp), model="spikformer"))
     rows += run_neuron_bench(py, deadline)
     rows.append(run_step_bench(py, deadline))
     return rows

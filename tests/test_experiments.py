@@ -167,6 +167,9 @@ def test_experiment_holds_the_papers_settings(name):
         if events:  # frames of equal event counts; 128 x 128 but for SDT's CIFAR10-DVS (64 x 64, as its code)
             assert cfg.dataset.split_by == "number"
             assert cfg.dataset.downsample == (2 if name == "yao_sdt_dvs_cifar10" else 1)
+            if not network.startswith("SpikeDriven"):  # their code: flips and SNNAugmentWide (translations of up to 5
+                # pixels among its choices: dataset.roll=5); SDT's code augments no DVS data
+                assert cfg.dataset.flip and cfg.dataset.roll == 5
         if network.startswith("Spikformer"):  # patch 4 on 32 x 32 images, 16 on 128 x 128 frames (SSA scale 0.25)
             assert (cfg.model.heads, cfg.model.patch_size, cfg.model.scale) == \
                 ((16, 16, 0.25) if events else (12, 4, 0.125))

@@ -12,9 +12,10 @@ SpikingJelly's model cannot build). Neurons: LIF,
 tau 2, hard reset to 0, detached reset, sigmoid surrogate alpha 4, threshold 0.5 on the attentions' sums (ours:
 snnexp.nn.neurons.LIF, backend fused; theirs: LIFNode, multi-step, its torch backend on the CPU). Norm: BN over
 time and batch (ours: BatchNormOverTime; theirs: BatchNorm1d/2d over the [T * B] samples). What still differs, by
-design of the two libraries (docs/science.md, section 7): SpikingJelly's QKFormer and Spike-driven Transformer
-convolutions have biases where ours have none before a BN (the same function); ours end with non-spiking output
-neurons (a leaky integrator, tau 2: readout=membrane_mean), theirs with the linear layer's outputs.
+design of the two libraries (docs/science.md, "Spiking transformers"): SpikingJelly's QKFormer and Spike-driven
+Transformer convolutions have biases where ours have none before a BN (the same function); ours end with
+non-spiking output neurons (a leaky integrator, tau 2: readout=membrane_mean), theirs with the linear layer's
+outputs.
 
 One step: forward on [16, B, 2, 128, 128] event counts (small non-negative integers, about 90% zeros), the class
 scores = the mean over time of the outputs, cross-entropy, backward, Adam (lr 1e-3, fused, the same for both);

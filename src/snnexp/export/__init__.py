@@ -54,7 +54,7 @@ from torch import nn
 
 from snnexp.errors import ExportError
 from snnexp.export.describe import chain, describe  # noqa: F401  (snnexp export prints them)
-from snnexp.export.transformers import refuse_transformer
+from snnexp.export.transformers import TRANSFORMERS, refuse_transformer
 from snnexp.files import write_atomic
 from snnexp.nn.layers import SeqDropout, SeqFlatten, SeqToANN
 from snnexp.nn.neurons import ALIF, IF, LIF, PLIF, ParallelNeuron, SpikingNeuron
@@ -297,9 +297,9 @@ def to_nir(model: nn.Module, input_shape: Sequence[int], population: int = 1, dt
            metadata: Optional[dict] = None) -> nir.NIRGraph:
     """The NIR graph of a network built from a spec (SpecNet, MLP) in eval mode, for one time step of input
     [*input_shape]; `population` > 1 appends the voting readout's population average."""
-    from snnexp.nn.models import QKFormer, SpecNet, SpikeDrivenTransformer, Spikformer
+    from snnexp.nn.models import SpecNet
 
-    if isinstance(model, (QKFormer, SpikeDrivenTransformer, Spikformer)):
+    if type(model) in TRANSFORMERS:
         refuse_transformer(model)
     if not isinstance(model, SpecNet):
         raise ExportError(f"snnexp export handles the networks written as a spec (model=convnet, mlp, fc, rsnn, "

@@ -20,10 +20,10 @@ from torch import nn
 
 from snnexp.errors import ExportError
 from snnexp.nn.attention import QKAttention, SpikeDrivenSelfAttention, SpikingSelfAttention
+from snnexp.nn.models.transformers import QKFormer, SpikeDrivenTransformer, Spikformer
 
 # their config option, and what each attention multiplies
-TRANSFORMERS = {"Spikformer": "spikformer", "SpikeDrivenTransformer": "spike_driven_transformer",
-                "QKFormer": "qkformer"}
+TRANSFORMERS = {Spikformer: "spikformer", SpikeDrivenTransformer: "spike_driven_transformer", QKFormer: "qkformer"}
 ATTENTION_PRODUCTS = {SpikingSelfAttention: "Q K^T V", SpikeDrivenSelfAttention: "Q (x) SN(SUM_tokens(K (x) V))",
                       QKAttention: "SN(SUM(Q)) (x) K"}
 NO_ATTENTION = "export a network without attention (model=convnet, mlp, fc, rsnn, plif_*, stbp_*)"
@@ -32,7 +32,7 @@ NO_ATTENTION = "export a network without attention (model=convnet, mlp, fc, rsnn
 def refuse_transformer(model: nn.Module) -> None:
     """ExportError for a spiking transformer (module docstring), naming its first attention block: position, class
     and config option."""
-    option = f"model={TRANSFORMERS[type(model).__name__]}"
+    option = f"model={TRANSFORMERS[type(model)]}"
     for i, module in enumerate(model):
         attention = getattr(module, "attention", None)
         if type(attention) in ATTENTION_PRODUCTS:

@@ -12,7 +12,7 @@ Overlapping windows (the spiking transformers' tokenisers pool 3x3 windows at st
 max_pool2d forward, but what is kept for the backward is the index of each window's maximum in 2 bytes, where
 PyTorch's autograd keeps the input and 8-byte indices: on Spikformer's tokeniser ([16, 8, 16, 128,
 128] spikes) 16 MiB instead of 192 MiB for the first pool, which took the step's peak memory from 0.77x
-SpikingJelly's to 0.68x (bench/bench_transformers.py). The backward adds each window's gradient at its maximum
+SpikingJelly's to 0.66x (bench/bench_transformers.py). The backward adds each window's gradient at its maximum
 (`scatter_add_`): PyTorch's gradients, summed in another order where windows overlap. Other devices and dtypes,
 dilation and ceil mode run PyTorch's own max_pool2d.
 """
@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from snnexp.ops.fused import kernel_unavailable, prepare_cpu_kernels
 from snnexp.ops.kernels import cpu
+from snnexp.ops.pooled import is_channels_last
 
 
 @torch.library.custom_op("snnexp::max_pool_tiled", mutates_args=())
@@ -71,7 +72,7 @@ _pool_op.register_autograd(_backward, setup_context=_setup_context)
 def max_pool_tiled(x: Tensor, kh: int, kw: int) -> Tensor:
     """max_pool2d(x, (kh, kw)) of x [N, C, H, W] (float32 / float64, CPU) through the kernel, in x's memory
     order (channels_last or NCHW; any other layout is made NCHW first)."""
-    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    channels_last = is_channels_last(x)
     return _pool_op(x if channels_last else x.contiguous(), kh, kw, channels_last)[0]
 
 
@@ -84,25 +85,20 @@ class _CompactIndices(torch.autograd.Function):
         y, indices = F.max_pool2d(x, k, s, p, return_indices=True)
         small = torch.int16 if x.shape[2] * x.shape[3] < 2**15 else torch.int32
         ctx.save_for_backward(indices.to(small))
-        ctx.args = x.shape, _memory_format(x)
+        ctx.args = x.shape, is_channels_last(x)
         return y
 
     @staticmethod
     def backward(ctx, grad_y: Tensor):
         """Each window's gradient added at its maximum, into dL/dx in x's memory order."""
         (indices,) = ctx.saved_tensors
-        (N, C, H, W), memory_format = ctx.args
+        (N, C, H, W), channels_last = ctx.args
         index, src = indices.long().flatten(2), grad_y.reshape(N, C, -1)
-        if memory_format == torch.channels_last:  # [N, H W, C]: the channels of a pixel side by side
+        if channels_last:  # [N, H W, C]: the channels of a pixel side by side
             grad_x = grad_y.new_zeros(N, H * W, C).scatter_add_(1, index.transpose(1, 2), src.transpose(1, 2))
             return grad_x.view(N, H, W, C).permute(0, 3, 1, 2), None, None, None
         grad_x = grad_y.new_zeros(N, C, H * W).scatter_add_(2, index, src)
         return grad_x.view(N, C, H, W), None, None, None
-
-
-def _memory_format(x: Tensor) -> torch.memory_format:
-    return torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
-        else torch.contiguous_format
 
 
 class MaxPool2d(nn.MaxPool2d):
@@ -116,15 +112,15 @@ class MaxPool2d(nn.MaxPool2d):
         kh, kw = nn.modules.utils._pair(self.kernel_size)
         if self._tiles(x, kh, kw):
             return max_pool_tiled(x, kh, kw)
-        if self._keeps_positions(x, kh, kw):
+        if self._keeps_compact_indices(x):
             pair = nn.modules.utils._pair
             return _CompactIndices.apply(x, (kh, kw), pair(self.stride or self.kernel_size), pair(self.padding))
         return super().forward(x)
 
-    def _keeps_positions(self, x: Tensor, kh: int, kw: int) -> bool:
+    def _keeps_compact_indices(self, x: Tensor) -> bool:
         """Overlapping windows whose backward keeps 2 bytes per window (module docstring)."""
         return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and x.dim() == 4
-                and x.requires_grad and torch.is_grad_enabled() and kh * kw <= 256
+                and x.requires_grad and torch.is_grad_enabled()
                 and nn.modules.utils._pair(self.dilation) == (1, 1) and not self.ceil_mode and not self.return_indices)
 
     def _tiles(self, x: Tensor, kh: int, kw: int) -> bool:

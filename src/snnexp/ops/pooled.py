@@ -111,7 +111,7 @@ def lif_pool(x: Tensor, dynamics: tuple, kh: int, kw: int, steps: int = 0, norm:
     tau, *args = op_args(*dynamics, x.device)
     params, inner, batch = norm_op_args(norm)
     y, _, counts = _lif_pool_op(x, tau, params, *args, int(steps), inner, batch, kh, kw,
-                                _channels_last(x if steps else x[0]), count)
+                                is_channels_last(x if steps else x[0]), count)
     return (y, counts) if count else y
 
 
@@ -120,11 +120,12 @@ def joinable_input(x: Tensor, steps: int, kh: int, count: bool = False) -> bool:
     in NCHW or channels_last order. To `count` the spikes the windows must also divide the map's height: the kernel
     leaves the rows below the last window out."""
     step = x if steps else x[0]
-    dense = step.is_contiguous() or _channels_last(step)
+    dense = step.is_contiguous() or is_channels_last(step)
     seq_ok = steps > 0 or (x.dim() == 5 and x.shape[0] > 0 and x.stride(0) == step.numel())
     return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and dense and step.dim() == 4
             and seq_ok and (not count or step.shape[-2] % kh == 0))
 
 
-def _channels_last(step: Tensor) -> bool:
+def is_channels_last(step: Tensor) -> bool:
+    """A 4-d map in channels_last order (and not also contiguous, as a map with one channel or one pixel is)."""
     return step.dim() == 4 and step.is_contiguous(memory_format=torch.channels_last) and not step.is_contiguous()

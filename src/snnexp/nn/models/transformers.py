@@ -134,7 +134,12 @@ def _width(dim: int, parts: int, name: str) -> None:
 
 
 class _Transformer(nn.Sequential):
-    """The three models' common ground: layers run in order (run_layers), fusion's layer runs, the output check."""
+    """The three models' common ground: layers run in order (run_layers), fusion's layer runs, lazy parameters
+    shaped (norm=neunorm's)."""
+
+    def __init__(self, layers: List[nn.Module], input_shape: tuple):
+        super().__init__(*layers)
+        materialize(self, input_shape)
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         """[T, B, C, H, W] -> [T, B, num_outputs]; direct coding's repeated input runs the first layers once."""
@@ -169,8 +174,7 @@ class Spikformer(_Transformer):
         for _ in range(depth):
             attention = SpikingSelfAttention(embed_dim, heads, neuron, norm, scale, attention_threshold)
             layers.append(Block(attention, spiking_mlp(embed_dim, mlp_ratio, neuron, norm)))
-        super().__init__(*layers, *head(embed_dim, num_outputs, neuron))
-        materialize(self, shape)
+        super().__init__(layers + head(embed_dim, num_outputs, neuron), shape)
 
 
 class SpikeDrivenTransformer(_Transformer):
@@ -206,8 +210,7 @@ class SpikeDrivenTransformer(_Transformer):
         for _ in range(depth):
             attention = SpikeDrivenSelfAttention(embed_dim, heads, neuron, norm, attention_threshold)
             layers.append(Block(attention, membrane_mlp(embed_dim, mlp_ratio, neuron, norm)))
-        super().__init__(*layers, *head(embed_dim, num_outputs, neuron, spikes_first=True))
-        materialize(self, shape)
+        super().__init__(layers + head(embed_dim, num_outputs, neuron, spikes_first=True), shape)
 
 
 class QKFormer(_Transformer):
@@ -261,8 +264,7 @@ class QKFormer(_Transformer):
                     attention = SpikingSelfAttention(dim, heads, neuron, norm, scale, attention_threshold)
                 layers.append(Block(attention, spiking_mlp(dim, mlp_ratio, neuron, norm)))
             cin = dim
-        super().__init__(*layers, *head(embed_dim, num_outputs, neuron))
-        materialize(self, shape)
+        super().__init__(layers + head(embed_dim, num_outputs, neuron), shape)
 
     @staticmethod
     def stem(cin: int, dim: int, stem: str, neuron: Callable, norm: Callable) -> List[nn.Module]:

@@ -169,6 +169,8 @@ RULES = {
     "sched.T_max": (_at_least_1, "an integer >= 1"),
     "sched.step_size": (_at_least_1, "an integer >= 1"),
     "sched.gamma": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "sched.epochs": (lambda v: _integer(v) and v >= 1, "an integer >= 1 (the run's epochs)"),
+    "sched.warmup_epochs": (lambda v: _integer(v) and v >= 0, "an integer >= 0"),
     "paper.test_acc": (lambda v: v is None or 0 < v <= 1, "a fraction in (0, 1], or null"),
     "dataset.test_fraction": (lambda v: 0 < v < 1, "in (0, 1)"),
     "dataset.val_fraction": (lambda v: 0 <= v < 1, "in [0, 1): 0 for no validation set"),

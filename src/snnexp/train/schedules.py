@@ -17,6 +17,7 @@ import logging
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, SequentialLR
 
+from snnexp.config import require
 from snnexp.errors import ConfigError
 
 log = logging.getLogger("snnexp")
@@ -29,10 +30,8 @@ def warmup_cosine(optimizer: Optimizer, epochs: int, warmup_epochs: int = 0, war
     """Linear warmup from `warmup_lr` to the optimizer's lr over `warmup_epochs`, then cosine annealing to `eta_min`
     over the rest of the `epochs` (module docstring). `warmup_lr` is that of the optimizer's lr (optim.lr); a
     parameter group at another lr (learned delays') starts at the same fraction of its own."""
-    if not (isinstance(epochs, int) and epochs >= 1):
-        raise ConfigError(f"sched.epochs={epochs!r} is out of range: must be an integer >= 1 (the run's epochs)")
-    if not (isinstance(warmup_epochs, int) and warmup_epochs >= 0):
-        raise ConfigError(f"sched.warmup_epochs={warmup_epochs!r} is out of range: must be an integer >= 0")
+    require("sched.epochs", epochs)
+    require("sched.warmup_epochs", warmup_epochs)
     if warmup_epochs >= epochs:
         log.info("sched.warmup_epochs=%d in a run of %d epochs: the warmup takes the first %d, the cosine the last",
                  warmup_epochs, epochs, epochs - 1)
